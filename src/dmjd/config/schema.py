@@ -1,0 +1,172 @@
+"""The configuration schema: every key, its type, its default and its allowed values.
+
+Configs are data: defaults here < a YAML preset < dotted command-line overrides. Unknown keys and
+invalid values are rejected before anything heavy starts (pydantic, ``extra="forbid"``), and the
+cross-key rules (image size vs patch size, masking combinations, HOG cells vs patches) are checked
+by building the lightweight objects they describe.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ModelSize = Literal["tiny", "small", "base", "large", "huge"]
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Encoder backbone and the two branches (masked prediction, visible distillation)."""
+
+    arch: Literal["vit"] = "vit"
+    size: ModelSize = "base"
+    img_size: int = Field(224, ge=8)
+    patch_size: int = Field(16, ge=1)
+    in_chans: Literal[1, 3] = 3
+    embed_dim: int | None = Field(None, ge=8, description="override the size preset's width")
+    depth: int | None = Field(None, ge=1, description="override the size preset's depth")
+    num_heads: int | None = Field(None, ge=1, description="override the size preset's heads")
+    decoder_dim: int = Field(512, ge=8)
+    decoder_depth: int = Field(8, ge=0)
+    decoder_heads: int = Field(16, ge=1)
+    vdb: bool = Field(True, description="visible distillation branch on/off (joint distillation)")
+    vdb_hidden: int = Field(512, ge=8)
+    projector: Literal["nonlinear", "linear"] = "nonlinear"
+    grad_checkpointing: bool = False
+
+
+class MaskingConfig(_Section):
+    """Disjoint masking: K views per image, each masking m_corr, their union m_pred."""
+
+    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0, description="corruption rate m_corr per view")
+    num_views: int = Field(1, ge=1, description="K masked views per image")
+    pred_ratio: float | None = Field(
+        None, gt=0.0, le=1.0, description="prediction rate m_pred; null = min(1, K * m_corr)"
+    )
+    pattern: Literal["random", "block", "rectangle"] = "random"
+    block_size: int = Field(2, ge=1, description="cell side in tokens for pattern=block")
+
+
+class TargetConfig(_Section):
+    """What the branches regress: normalised pixels or HOG."""
+
+    name: Literal["pixels", "hog"] = "pixels"
+    norm_pix: bool = True
+    hog_variant: Literal["dmjd", "maskfeat"] = "dmjd"
+    cell_size: int = Field(8, ge=1)
+    nbins: int = Field(9, ge=2)
+
+
+class LossConfig(_Section):
+    """L = vis_weight * L_vis + mim_weight * L_mim (Eq. 6, lambda = mim_weight)."""
+
+    mim_weight: float = Field(1.0, ge=0.0)
+    vis_weight: float = Field(1.0, ge=0.0)
+    vis_beta: float = Field(2.0, gt=0.0)
+
+
+class OptimConfig(_Section):
+    """AdamW, per-iteration warmup + half-cycle cosine, and the learning-rate rule."""
+
+    batch_size: int = Field(64, ge=1, description="unique images per process per micro-step")
+    accum_iter: int = Field(1, ge=1)
+    epochs: int = Field(400, ge=1)
+    warmup_epochs: float = Field(20.0, ge=0.0)
+    blr: float = Field(1.5e-4, gt=0.0, description="base learning rate eta_base")
+    lr: float | None = Field(None, gt=0.0, description="absolute learning rate; overrides blr")
+    lr_rule: Literal["dmjd", "linear"] = Field(
+        "dmjd", description="dmjd: Eq. 4 b_u*m_pred/m_corr/256; linear: b*K/256"
+    )
+    min_lr: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_grad: float | None = Field(None, gt=0.0)
+    fused: bool | None = Field(None, description="fused AdamW; null = when supported")
+
+
+class DataConfig(_Section):
+    """Pre-training data set and augmentation (RandomResizedCrop + flip, the paper's recipe)."""
+
+    name: Literal["embedded", "imagefolder", "cifar10", "cifar100", "stl10", "fashion_mnist"] = (
+        "embedded"
+    )
+    path: str | None = None
+    download: bool = False
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    hflip: bool = True
+    limit: int | None = Field(None, ge=1, description="use only the first N images")
+    num_workers: int = Field(4, ge=0)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        if self.name == "imagefolder" and not self.path:
+            raise ValueError("data.path is required for data.name=imagefolder")
+        return self
+
+
+class TrainConfig(_Section):
+    """Run-level settings: device, precision, logging, checkpointing, fault handling."""
+
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    seed: int = 0
+    log_interval: int = Field(20, ge=1, description="optimizer steps between metric lines")
+    checkpoint_interval: int = Field(20, ge=1, description="epochs between numbered checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="numbered checkpoints kept on disk")
+    max_nonfinite_steps: int = Field(20, ge=1, description="stop after this many skipped steps in a row")
+    compile: bool = False
+    tensorboard: bool = True
+    progress: bool = True
+
+
+class Config(_Section):
+    """A whole pre-training run."""
+
+    model: ModelConfig = ModelConfig()
+    masking: MaskingConfig = MaskingConfig()
+    target: TargetConfig = TargetConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        m, t = self.model, self.target
+        if m.img_size % m.patch_size:
+            raise ValueError(
+                f"model.img_size={m.img_size} is not divisible by model.patch_size={m.patch_size}"
+            )
+        if t.name == "hog" and m.patch_size % t.cell_size:
+            raise ValueError(
+                f"target.cell_size={t.cell_size} must divide model.patch_size={m.patch_size} for HOG"
+            )
+        if not (m.vdb and self.loss.vis_weight > 0) and self.loss.mim_weight == 0:
+            raise ValueError("loss.mim_weight=0 with the visible distillation branch off trains nothing")
+        from dmjd.masking import DisjointMasking  # local: keep schema import light
+
+        grid = m.img_size // m.patch_size
+        k = self.masking
+        try:
+            DisjointMasking(
+                grid_size=(grid, grid),
+                mask_ratio=k.mask_ratio,
+                num_views=k.num_views,
+                pred_ratio=k.pred_ratio,
+                pattern=k.pattern,
+                block_size=k.block_size if k.pattern == "block" else 1,
+            )
+        except ValueError as err:
+            raise ValueError(f"masking: {err}") from None
+        return self

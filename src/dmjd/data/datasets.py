@@ -1,0 +1,225 @@
+"""Data sets for pre-training and evaluation.
+
+Every data set yields ``(image, label, skipped)``: the transformed image, its class (-1 when the
+data set has no labels) and 1 when the requested file was unreadable and another one stands in
+(so bad files are counted in the metrics instead of crashing an epoch).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import datasets as tvd
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+DATASET_NAMES = ("embedded", "imagefolder", "cifar10", "cifar100", "stl10", "fashion_mnist")
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+class DataError(RuntimeError):
+    """A data set is missing, empty or unreadable; the message names the options."""
+
+
+def cache_dir() -> Path:
+    """Where dmjd unpacks data it prepares (``$DMJD_CACHE``, default ``~/.cache/dmjd``)."""
+    return Path(os.environ.get("DMJD_CACHE", Path.home() / ".cache" / "dmjd"))
+
+
+class ArrayImages(Dataset):
+    """Images held in memory as a uint8 array [N, H, W] or [N, H, W, C], with labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Transform, classes: tuple[str, ...]) -> None:
+        self.images, self.labels, self.transform, self.classes = images, labels, transform, classes
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index]), 0
+
+
+def embedded_sample(split: str, transform: Transform) -> ArrayImages:
+    """The Fashion-MNIST sample shipped in the package (4,000 train / 1,000 test, 28 px gray)."""
+    if split not in ("train", "test"):
+        raise DataError(f"embedded data has splits 'train' and 'test', not {split!r}")
+    file = resources.files("dmjd.data") / "sample" / "fashion_mnist_sample.npz"
+    with resources.as_file(file) as path, np.load(path) as arrays:
+        return ArrayImages(arrays[f"{split}_images"], arrays[f"{split}_labels"], transform, FASHION_MNIST_CLASSES)
+
+
+def _prepare_debian_fashion_mnist(src: Path, root: Path) -> None:
+    """Unpack Debian's gzip'd Fashion-MNIST files where torchvision's reader expects them."""
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for gz in src.glob("*-ubyte.gz"):
+        out = raw / gz.name.removesuffix(".gz")
+        if not out.exists():
+            tmp = out.with_suffix(".tmp")
+            with gzip.open(gz, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+            tmp.replace(out)
+
+
+def fashion_mnist(split: str, transform: Transform, path: str | None, download: bool) -> Dataset:
+    """Fashion-MNIST through torchvision's reader: Debian's files when present, else download."""
+    root = Path(path) if path else cache_dir()
+    if not path and DEBIAN_FASHION_MNIST.is_dir():
+        _prepare_debian_fashion_mnist(DEBIAN_FASHION_MNIST, root)
+    try:
+        ds = tvd.FashionMNIST(str(root), train=split == "train", download=download)
+    except RuntimeError as err:
+        raise DataError(
+            f"Fashion-MNIST not found under {root} ({err}). Install Debian's dataset-fashion-mnist "
+            "package, set data.path to a folder holding FashionMNIST/raw, or set data.download=true."
+        ) from None
+    return ArrayImages(ds.data.numpy(), ds.targets.numpy(), transform, FASHION_MNIST_CLASSES)
+
+
+class TorchvisionImages(Dataset):
+    """Adapter giving a torchvision data set of (PIL image, label) the dmjd item format."""
+
+    def __init__(self, base: Dataset, transform: Transform) -> None:
+        self.base, self.transform = base, transform
+        self.classes = tuple(getattr(base, "classes", ()))
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        image, label = self.base[index]
+        return self.transform(image), int(label), 0
+
+
+def torchvision_dataset(name: str, split: str, transform: Transform, path: str | None, download: bool) -> Dataset:
+    """CIFAR-10/100 or STL-10 (labelled splits; STL-10 pre-training uses train+unlabeled)."""
+    root = path or str(cache_dir())
+    try:
+        if name in ("cifar10", "cifar100"):
+            cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+            base = cls(root, train=split == "train", download=download)
+        else:
+            stl_split = {"train": "train", "test": "test", "pretrain": "train+unlabeled"}[split]
+            base = tvd.STL10(root, split=stl_split, download=download)
+    except RuntimeError as err:
+        raise DataError(
+            f"{name} not found under {root} ({err}); set data.path to its folder or data.download=true"
+        ) from None
+    return TorchvisionImages(base, transform)
+
+
+class ImageFiles(Dataset):
+    """A folder of images: class sub-folders give labels (ImageFolder), a flat folder gives -1.
+
+    Unreadable, truncated, empty or non-image files are replaced by the next readable file, with one
+    warning per file, and flagged ``skipped=1`` so the trainer can count them.
+    """
+
+    def __init__(self, root: str | Path, transform: Transform) -> None:
+        self.root, self.transform = Path(root), transform
+        if not self.root.is_dir():
+            raise DataError(f"image folder {self.root} does not exist; set data.path to a folder of images")
+        subdirs = sorted(d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        self.classes = tuple(d.name for d in subdirs)
+        if subdirs:
+            self.samples = [(p, c) for c, d in enumerate(subdirs) for p in _image_files(d)]
+        else:
+            self.samples = [(p, -1) for p in _image_files(self.root)]
+        if not self.samples:
+            raise DataError(
+                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {self.root}; "
+                "point data.path at a folder of images or of class sub-folders"
+            )
+        self._warned: set[Path] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, path: Path) -> Image.Image | None:
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return img.copy()
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            if path not in self._warned:
+                self._warned.add(path)
+                warnings.warn(f"skipping unreadable image {path}: {err}", stacklevel=2)
+            return None
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        for offset in range(len(self.samples)):
+            path, label = self.samples[(index + offset) % len(self.samples)]
+            image = self._load(path)
+            if image is not None:
+                return self.transform(image), label, int(offset > 0)
+        raise DataError(f"no readable image in {self.root}")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files below `folder`, recursively, in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def build_dataset(
+    name: str, split: str, transform: Transform, path: str | None = None, download: bool = False
+) -> Dataset:
+    """Build a data set by name: embedded, imagefolder, cifar10, cifar100, stl10, fashion_mnist.
+
+    Raises:
+        DataError: unknown name, missing files or an empty folder, with the options to fix it.
+    """
+    if name == "embedded":
+        ds: Dataset = embedded_sample(split, transform)
+    elif name == "imagefolder":
+        if not path:
+            raise DataError("data.name=imagefolder needs data.path (a folder of images or class folders)")
+        folder = Path(path)
+        if (folder / split).is_dir():
+            folder = folder / split
+        ds = ImageFiles(folder, transform)
+    elif name == "fashion_mnist":
+        ds = fashion_mnist(split, transform, path, download)
+    elif name in ("cifar10", "cifar100", "stl10"):
+        ds = torchvision_dataset(name, split, transform, path, download)
+    else:
+        raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    if len(ds) == 0:  # type: ignore[arg-type]
+        raise DataError(f"data set {name!r} ({split}) is empty")
+    return ds
+
+
+class SeededSamples(Dataset):
+    """Makes each item's random augmentation a pure function of (seed, epoch, index).
+
+    Data order, augmentation and therefore a whole run are then reproducible whatever the number of
+    loader workers or processes, and a run resumed mid-epoch sees exactly the same samples.
+    """
+
+    def __init__(self, base: Dataset, seed: int) -> None:
+        self.base, self.seed, self.epoch = base, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        digest = hashlib.blake2b(f"{self.seed}/{self.epoch}/{index}".encode(), digest_size=8).digest()
+        torch.manual_seed(int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF)
+        return self.base[index]

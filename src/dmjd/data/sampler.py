@@ -1,0 +1,52 @@
+"""Deterministic, resumable, process-count independent batching for pre-training."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Yields this process's slice of each global batch of one epoch.
+
+    Each epoch draws one permutation of the data set from ``(seed, epoch)``; global batch ``s`` is
+    ``perm[s*G:(s+1)*G]`` with ``G = batch_size * world_size``, and process ``rank`` takes the
+    contiguous slice ``[rank*batch_size, (rank+1)*batch_size)``. So N processes see exactly the
+    images one process would with the same global batch, and ``start_step`` resumes mid-epoch.
+    The last incomplete global batch is dropped.
+
+    Raises:
+        ValueError: the data set is smaller than one global batch.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.global_batch = batch_size * world_size
+        if num_samples < self.global_batch:
+            raise ValueError(
+                f"the data set has {num_samples} images, fewer than one global batch of "
+                f"{self.global_batch} (optim.batch_size={batch_size} x {world_size} processes); "
+                "lower optim.batch_size or use more data"
+            )
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Select the epoch's permutation and the first global batch to yield."""
+        self.epoch, self.start_step = epoch, start_step
+
+    def steps_per_epoch(self) -> int:
+        return self.num_samples // self.global_batch
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch() - self.start_step
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.num_samples, generator=g)
+        lo = self.rank * self.batch_size
+        for step in range(self.start_step, self.steps_per_epoch()):
+            start = step * self.global_batch + lo
+            yield perm[start : start + self.batch_size].tolist()

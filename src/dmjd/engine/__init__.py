@@ -1,0 +1,28 @@
+"""Training engine: optimizer and LR rules, checkpoints, metrics, distributed set-up, the trainer."""
+
+from dmjd.engine.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from dmjd.engine.optim import effective_lr, lr_at, param_groups
+from dmjd.engine.trainer import (
+    NonFiniteLossError,
+    OutputDirError,
+    Pretrainer,
+    TrainingInterrupted,
+    pretrain,
+    resume_config,
+)
+
+__all__ = [
+    "CheckpointError",
+    "NonFiniteLossError",
+    "OutputDirError",
+    "Pretrainer",
+    "TrainingInterrupted",
+    "effective_lr",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "lr_at",
+    "param_groups",
+    "pretrain",
+    "resume_config",
+    "save_checkpoint",
+]

@@ -1,0 +1,73 @@
+"""Process-group set-up on PyTorch's own distributed engine (torchrun, SLURM), and small helpers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: its global rank, the world size and its local device index."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(*names: str) -> int | None:
+    for name in names:
+        if name in os.environ:
+            return int(os.environ[name])
+    return None
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group when launched by torchrun (or srun under SLURM), else run alone.
+
+    Uses NCCL on GPUs and gloo on CPUs; ``MASTER_ADDR``/``MASTER_PORT`` come from the launcher
+    (torchrun sets them; under SLURM set them in the batch script as MAE's docs do).
+    """
+    world = _env_int("WORLD_SIZE", "SLURM_NTASKS") or 1
+    if world <= 1:
+        return DistInfo()
+    rank = _env_int("RANK", "SLURM_PROCID") or 0
+    local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID") or 0
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every process (no-op when alone)."""
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Average a tensor over processes (returns it unchanged when alone)."""
+    if info.enabled and dist.is_initialized():
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= info.world_size
+    return tensor
+
+
+def cleanup(info: DistInfo) -> None:
+    """Leave the process group."""
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

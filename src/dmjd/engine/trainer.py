@@ -1,0 +1,580 @@
+"""The pre-training engine: builds a run from a Config and trains it, resumable at any step.
+
+Reproducibility by construction: the data order comes from ``(seed, epoch)``, each image's
+augmentation from ``(seed, epoch, index)`` and each micro-step's masks from ``(seed, step)``, so
+a run resumed mid-epoch, or run on another number of processes with the same global batch, sees
+the same images, augmentations and masks.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import dmjd
+from dmjd.config import Config, config_from_dict, config_to_yaml
+from dmjd.data import EpochBatchSampler, Normalize, SeededSamples, build_dataset, default_mean_std, pretrain_transform
+from dmjd.engine import checkpoint as ckpt
+from dmjd.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from dmjd.engine.metrics import MetricsLogger
+from dmjd.engine.optim import build_adamw, effective_lr, lr_at, param_groups, set_lr
+from dmjd.losses import dmjd_loss
+from dmjd.masking import DisjointMasking, MaskedViews, measured_pred_ratio
+from dmjd.models import DMJDModel, build_model
+from dmjd.targets import Target, create_target
+
+RUN_FILES = ("metrics.jsonl", "config.yaml", "summary.json", "tensorboard", ckpt.LAST)
+
+
+class TrainingInterrupted(RuntimeError):
+    """The run was stopped (SIGTERM/SIGINT) and saved a resumable checkpoint."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+class OutputDirError(RuntimeError):
+    """The output directory already holds a run and neither resume nor overwrite was asked."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: ``auto`` is bf16 on GPUs that support it, fp32 (no autocast) on CPU."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def build_target(cfg: Config) -> Target:
+    """The target tokenizer named by ``cfg.target`` for the model's patch size and channels."""
+    t, m = cfg.target, cfg.model
+    if t.name == "pixels":
+        return create_target("pixels", patch_size=m.patch_size, in_chans=m.in_chans, norm_pix=t.norm_pix)
+    return create_target(
+        "hog", patch_size=m.patch_size, in_chans=m.in_chans, variant=t.hog_variant, cell_size=t.cell_size, nbins=t.nbins
+    )
+
+
+def build_masking(cfg: Config) -> DisjointMasking:
+    """Disjoint masking on the model's patch grid."""
+    k, grid = cfg.masking, cfg.model.img_size // cfg.model.patch_size
+    return DisjointMasking(
+        grid_size=(grid, grid),
+        mask_ratio=k.mask_ratio,
+        num_views=k.num_views,
+        pred_ratio=k.pred_ratio,
+        pattern=k.pattern,
+        block_size=k.block_size if k.pattern == "block" else 1,
+    )
+
+
+def build_dmjd_model(cfg: Config, target_dim: int) -> DMJDModel:
+    """Encoder + masked prediction branch + (optional) visible distillation branch."""
+    return build_model(**cfg.model.model_dump(), target_dim=target_dim)
+
+
+def mean_std(cfg: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation statistics: the config's, else defaults for the channel count."""
+    mean, std = default_mean_std(cfg.model.in_chans)
+    return tuple(cfg.data.mean or mean), tuple(cfg.data.std or std)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (model initialisation uses the global generators)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states, for the checkpoint."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` saved (CUDA states only where the device count matches)."""
+    random.setstate(_as_python_state(state["python"]))
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_python_state(state: Any) -> tuple:
+    """``random.getstate()`` tuples come back from a weights-only load as lists."""
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def step_seed(seed: int, micro_step: int) -> int:
+    """The seed of one micro-step's masks (independent of process count and resumption)."""
+    return (seed * 2_654_435_761 + micro_step * 40_503 + 12_345) % (2**63 - 1)
+
+
+def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
+    """Refuse to touch a folder that already holds a run, unless resuming or overwriting.
+
+    Raises:
+        OutputDirError: a run is there and neither ``resume`` nor ``overwrite`` was given, or the
+            folder cannot be written.
+    """
+    existing = [name for name in RUN_FILES if (output_dir / name).exists()] + [
+        p.name for p in ckpt.numbered_checkpoints(output_dir)
+    ] if output_dir.is_dir() else []
+    if existing and not resume and not overwrite:
+        raise OutputDirError(
+            f"{output_dir} already holds a run ({', '.join(sorted(existing)[:4])}); "
+            "pass --resume auto to continue it, --overwrite to replace it, or choose another --output-dir"
+        )
+    if not is_main:
+        return
+    if existing and overwrite and not resume:
+        for name in RUN_FILES:
+            target = output_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        for p in ckpt.numbered_checkpoints(output_dir):
+            p.unlink()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise OutputDirError(f"cannot write to output dir {output_dir}: {err}") from None
+
+
+@dataclass
+class RunState:
+    """Where a run stands: epochs completed, micro-steps into the current epoch, optimizer steps."""
+
+    epoch: int = 0
+    epoch_step: int = 0
+    opt_step: int = 0
+    nonfinite_total: int = 0
+    bad_images: int = 0
+    elapsed: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Pretrainer:
+    """One pre-training run: ``Pretrainer(cfg, output_dir).fit()``.
+
+    Args:
+        cfg: validated configuration.
+        output_dir: where metrics, checkpoints, config and figures go.
+        resume: a checkpoint path, ``"auto"`` (the newest in ``output_dir``; a fresh start when
+            there is none) or None.
+        overwrite: replace a run already in ``output_dir``.
+    """
+
+    def __init__(self, cfg: Config, output_dir: str | Path, resume: str | Path | None = None, overwrite: bool = False) -> None:
+        self.output_dir = Path(output_dir)
+        self.device = resolve_device(cfg.train.device)
+        self.dist: DistInfo = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        resume_path = self._resolve_resume(resume)
+        prepare_output_dir(self.output_dir, resume_path is not None or resume == "auto", overwrite, self.dist.is_main)
+        barrier(self.dist)
+        self.state = RunState()
+        loaded = ckpt.load_checkpoint(resume_path) if resume_path else None
+        self.cfg = cfg
+        self._build()
+        if loaded is not None:
+            self._restore(loaded)
+            if self.dist.is_main:
+                print(f"dmjd: resumed from {resume_path} at epoch {self.state.epoch}, step {self.state.opt_step}")
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def _resolve_resume(self, resume: str | Path | None) -> Path | None:
+        if resume is None:
+            return None
+        if str(resume) == "auto":
+            return ckpt.latest_checkpoint(self.output_dir) if self.output_dir.is_dir() else None
+        path = Path(resume)
+        if not path.is_file():
+            raise ckpt.CheckpointError(f"--resume {path}: no such checkpoint file")
+        return path
+
+    def _build(self) -> None:
+        cfg, dev = self.cfg, self.device
+        seed_everything(cfg.train.seed)
+        self.target = build_target(cfg).to(dev)
+        self.masking = build_masking(cfg)
+        model = build_dmjd_model(cfg, self.target.dim).to(dev)
+        if cfg.model.grad_checkpointing:
+            model.encoder.set_grad_checkpointing(True)
+        self.model = model
+        mean, std = mean_std(cfg)
+        self.normalize = Normalize(mean, std).to(dev)
+        self.amp_dtype = autocast_dtype(cfg.train.precision, dev)
+        self.scaler = torch.amp.GradScaler(dev.type) if self.amp_dtype == torch.float16 else None
+
+        transform = pretrain_transform(cfg.model.img_size, cfg.model.in_chans, tuple(cfg.data.crop_scale), cfg.data.hflip)
+        split = "pretrain" if cfg.data.name == "stl10" else "train"
+        base = build_dataset(cfg.data.name, split, transform, cfg.data.path, cfg.data.download)
+        if cfg.data.limit is not None and cfg.data.limit < len(base):
+            base = torch.utils.data.Subset(base, range(cfg.data.limit))
+        self.dataset = SeededSamples(base, cfg.train.seed)
+        o = cfg.optim
+        self.sampler = EpochBatchSampler(len(self.dataset), o.batch_size, cfg.train.seed, self.dist.rank, self.dist.world_size)
+        workers = cfg.data.num_workers
+        self.loader = DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=dev.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        self.steps_per_epoch = self.sampler.steps_per_epoch() // o.accum_iter
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"one epoch has {self.sampler.steps_per_epoch()} micro-steps, fewer than optim.accum_iter={o.accum_iter}"
+            )
+        self.total_steps = self.steps_per_epoch * o.epochs
+        self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
+        self.unique_batch = o.batch_size * o.accum_iter * self.dist.world_size
+        m_pred = self.masking.num_predicted / (self.masking.grid_size[0] * self.masking.grid_size[1])
+        m_corr = self.masking.num_masked / (self.masking.grid_size[0] * self.masking.grid_size[1])
+        self.peak_lr = o.lr or effective_lr(o.blr, self.unique_batch, self.masking.num_views, m_corr, m_pred, o.lr_rule)
+        groups = param_groups(self.model.named_parameters(), o.weight_decay, self.model.no_weight_decay())
+        self.optimizer = build_adamw(groups, self.peak_lr, tuple(o.betas), o.fused, dev)
+        self.fused = bool(self.optimizer.defaults.get("fused"))
+        self.ddp: nn.Module = self.model
+        if self.dist.enabled:
+            self.ddp = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        self.forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
+        self.mask_gen = torch.Generator(device=dev)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise ckpt.CheckpointError(f"checkpoint does not match the configured model: {err}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.state = RunState(**state["run_state"])
+        if self.state.epoch_step % self.cfg.optim.accum_iter:
+            raise ckpt.CheckpointError("checkpoint was saved inside a gradient-accumulation cycle")
+        if "rng" in state:
+            restore_rng_state(state["rng"])
+
+    # ---------------------------------------------------------------- running
+    def fit(self) -> dict[str, Any]:
+        """Train until ``optim.epochs``; returns the run summary (also written to summary.json)."""
+        cfg, main = self.cfg, self.dist.is_main
+        self.logger = MetricsLogger(self.output_dir, cfg.train.tensorboard) if main else None
+        if main:
+            (self.output_dir / "config.yaml").write_text(config_to_yaml(cfg))
+            self._print_start()
+        old_handlers = self._install_signal_handlers()
+        start = time.perf_counter() - self.state.elapsed
+        last = {}
+        try:
+            while self.state.epoch < cfg.optim.epochs:
+                last = self._train_epoch(start)
+                self.state.epoch += 1
+                self.state.epoch_step = 0
+                self.state.elapsed = time.perf_counter() - start
+                self._save_epoch_checkpoints()
+        finally:
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+            if self.logger is not None:
+                self.logger.close()
+        return self._finish(time.perf_counter() - start, last)
+
+    def _print_start(self) -> None:
+        c, m = self.cfg, self.masking
+        n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        print(
+            f"dmjd: {c.model.arch}-{c.model.size} ({n_params / 1e6:.2f}M trainable params) on {self.device}"
+            f" x{self.dist.world_size}, precision {self.amp_dtype or torch.float32}\n"
+            f"dmjd: masking {m!r}\n"
+            f"dmjd: target {c.target.name} (dim {self.target.dim}), VDB {'on' if self.model.vdb is not None else 'off'}\n"
+            f"dmjd: unique batch b_u={self.unique_batch} x K={m.num_views} views; lr rule {c.optim.lr_rule}: "
+            f"effective lr {self.peak_lr:.4g} (blr {c.optim.blr:g}); {self.steps_per_epoch} steps/epoch,"
+            f" {self.total_steps} steps, {self.warmup_steps} warmup"
+        )
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        def request_stop(signum: int, _frame: Any) -> None:
+            self._stop_signal = signum
+
+        old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                old[sig] = signal.signal(sig, request_stop)
+            except ValueError:  # not the main thread
+                pass
+        return old
+
+    def _masks(self, micro_step: int, batch_size: int) -> MaskedViews:
+        """This process's slice of the global batch's masks for one micro-step."""
+        self.mask_gen.manual_seed(step_seed(self.cfg.train.seed, micro_step))
+        world, rank = self.dist.world_size, self.dist.rank
+        mask = self.masking(batch_size * world, generator=self.mask_gen, device=self.device)
+        return MaskedViews.from_mask(mask[rank * batch_size : (rank + 1) * batch_size], self.masking.num_masked)
+
+    def compute_losses(self, images: Tensor, views: MaskedViews) -> dict[str, Tensor]:
+        """Targets once per image, the model on K views, the loss terms (Eq. 6)."""
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
+        )
+        with autocast:
+            targets = self.target(images)
+            out = self.forward(self.normalize(images), views)
+            return dmjd_loss(
+                out,
+                targets,
+                views,
+                mim_weight=self.cfg.loss.mim_weight,
+                vis_weight=self.cfg.loss.vis_weight,
+                vis_beta=self.cfg.loss.vis_beta,
+            )
+
+    def _optimizer_step(self) -> Tensor:
+        """Clip, then step unless the gradient is non-finite; returns the skip flag (0./1.) on device."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.optim.clip_grad
+        if clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        found_inf = (~torch.isfinite(norm)).float()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif self.fused:
+            self.optimizer.found_inf = found_inf  # fused AdamW skips the update on device, no sync
+            self.optimizer.step()
+        elif not bool(found_inf):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return found_inf
+
+    def _train_epoch(self, run_start: float) -> dict[str, float]:
+        cfg, st, o = self.cfg, self.state, self.cfg.optim
+        self.model.train()
+        self.dataset.set_epoch(st.epoch)
+        self.sampler.set_epoch(st.epoch, st.epoch_step)
+        micro_per_epoch = self.sampler.steps_per_epoch()
+        usable_micro = self.steps_per_epoch * o.accum_iter
+        K = self.masking.num_views
+        sums = _Sums(self.device)
+        epoch_sums = _Sums(self.device)
+        consecutive = torch.zeros((), device=self.device)
+        window_start, window_images = time.perf_counter(), 0
+        bar = tqdm(
+            total=usable_micro, initial=st.epoch_step, desc=f"epoch {st.epoch}", leave=False,
+            disable=not (cfg.train.progress and self.dist.is_main), dynamic_ncols=True,
+        )  # fmt: skip
+        for images, _labels, skipped in self.loader:
+            if st.epoch_step >= usable_micro:
+                break
+            micro = st.epoch * micro_per_epoch + st.epoch_step
+            images = images.to(self.device, non_blocking=True)
+            views = self._masks(micro, images.shape[0])
+            boundary = (st.epoch_step + 1) % o.accum_iter == 0
+            sync = nullcontext() if boundary or not self.dist.enabled else self.ddp.no_sync()
+            with sync:
+                losses = self.compute_losses(images, views)
+                loss = losses["loss"] / o.accum_iter
+                if self.scaler is not None:
+                    loss = self.scaler.scale(loss)
+                loss.backward()
+            pred = measured_pred_ratio(views.mask)
+            sums.add(losses, pred)
+            epoch_sums.add(losses, pred)
+            st.bad_images += int(skipped.sum())
+            st.epoch_step += 1
+            window_images += images.shape[0] * self.dist.world_size
+            bar.update(1)
+            if not boundary:
+                continue
+            set_lr(self.optimizer, self._lr())
+            found_inf = self._optimizer_step()
+            consecutive = (consecutive + found_inf) * found_inf
+            sums.skipped += found_inf
+            epoch_sums.skipped += found_inf
+            st.opt_step += 1
+            if st.opt_step % cfg.train.log_interval == 0 or st.epoch_step >= usable_micro:
+                elapsed = time.perf_counter() - window_start
+                record = self._record(sums, window_images / max(elapsed, 1e-9), K)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                if self.logger is not None:
+                    self.logger.log({"kind": "train", **record, "time": round(time.perf_counter() - run_start, 3)})
+                st.nonfinite_total += int(record["skipped_steps"])
+                sums = _Sums(self.device)
+                window_start, window_images = time.perf_counter(), 0
+                if float(consecutive) >= cfg.train.max_nonfinite_steps:
+                    raise NonFiniteLossError(
+                        f"{int(consecutive)} consecutive steps had a non-finite loss or gradient (lr "
+                        f"{self._lr():.3g}); the weights were not updated by them and the last checkpoint is "
+                        "intact. Lower optim.blr, set optim.clip_grad, or use train.precision=bf16/fp32, "
+                        "then --resume auto."
+                    )
+            if self._stop_signal is not None:
+                self._save_interrupt_checkpoint(run_start)
+        bar.close()
+        record = self._record(epoch_sums, 0.0, K)
+        record.pop("images_per_s"), record.pop("views_per_s")
+        record["ete"] = K * (st.epoch + 1)
+        if self.logger is not None:
+            self.logger.log({"kind": "epoch", **record, "time": round(time.perf_counter() - run_start, 3)})
+        return record
+
+    def _lr(self) -> float:
+        o = self.cfg.optim
+        return lr_at(self.state.opt_step, self.total_steps, self.warmup_steps, self.peak_lr, o.min_lr)
+
+    def _record(self, sums: _Sums, images_per_s: float, K: int) -> dict[str, float]:
+        """Average the window's sums over processes (one host sync) into a metrics record."""
+        values = all_reduce_mean(sums.stacked(), self.dist).tolist()
+        n = max(sums.count, 1)
+        st = self.state
+        record: dict[str, Any] = {
+            "epoch": st.epoch,
+            "step": st.opt_step,
+            "loss": values[0] / n,
+            "loss_mim": values[1] / n,
+        }
+        if self.model.vdb is not None:
+            record["loss_vis"] = values[2] / n
+        record.update(
+            lr=self.optimizer.param_groups[0]["lr"],
+            pred_ratio=values[3] / n,
+            ete=K * (st.epoch + st.epoch_step / max(self.sampler.steps_per_epoch(), 1)),
+            images_per_s=images_per_s,
+            views_per_s=images_per_s * K,
+            skipped_steps=values[4] * self.dist.world_size,
+            bad_images=st.bad_images,
+        )
+        return record
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: model, optimizer, scaler, position, RNG, config."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "run_state": {k: v for k, v in vars(self.state).items()},
+            "epoch": self.state.epoch,
+            "step": self.state.opt_step,
+            "rng": rng_state(),
+            "config": self.cfg.model_dump(mode="json"),
+            "dmjd_version": dmjd.__version__,
+        }
+
+    def save(self, name: str) -> Path | None:
+        """Save a checkpoint from the main process (all processes wait for it)."""
+        barrier(self.dist)
+        path = ckpt.save_checkpoint(self.state_dict(), self.output_dir / name) if self.dist.is_main else None
+        barrier(self.dist)
+        return path
+
+    def _save_epoch_checkpoints(self) -> None:
+        epoch, cfg = self.state.epoch, self.cfg
+        if epoch % cfg.train.checkpoint_interval == 0 or epoch == cfg.optim.epochs:
+            self.save(f"checkpoint-{epoch}.pth")
+            if self.dist.is_main:
+                ckpt.prune_checkpoints(self.output_dir, cfg.train.keep_checkpoints)
+        self.save(ckpt.LAST)
+
+    def _save_interrupt_checkpoint(self, run_start: float) -> None:
+        self.state.elapsed = time.perf_counter() - run_start
+        path = self.save(ckpt.LAST)
+        name = signal.Signals(self._stop_signal).name if self._stop_signal else "signal"
+        raise TrainingInterrupted(
+            f"{name} received: saved {path or self.output_dir / ckpt.LAST} at epoch {self.state.epoch}, "
+            f"step {self.state.opt_step}; continue with --resume auto"
+        )
+
+    def _finish(self, seconds: float, last: dict[str, float]) -> dict[str, Any]:
+        summary = {
+            "kind": "summary",
+            "epochs": self.state.epoch,
+            "steps": self.state.opt_step,
+            "ete": self.masking.num_views * self.state.epoch,
+            "time_s": round(seconds, 2),
+            "device": str(self.device),
+            "world_size": self.dist.world_size,
+            "device_hours": round(seconds * self.dist.world_size / 3600, 4),
+            "final_loss": last.get("loss"),
+            "final_loss_mim": last.get("loss_mim"),
+            "final_loss_vis": last.get("loss_vis"),
+            "skipped_steps": self.state.nonfinite_total,
+            "bad_images": self.state.bad_images,
+        }
+        if self.dist.is_main:
+            (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+class _Sums:
+    """Running sums of the logged quantities, kept on the device to avoid host syncs per step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.values = torch.zeros(4, device=device)
+        self.skipped = torch.zeros((), device=device)
+        self.count = 0
+
+    def add(self, losses: dict[str, Tensor], pred_ratio: Tensor) -> None:
+        zero = losses["loss"].new_zeros(())
+        terms = [losses["loss"], losses.get("loss_mim", zero), losses.get("loss_vis", zero), pred_ratio.to(zero)]
+        self.values += torch.stack([t.detach().float() for t in terms])
+        self.count += 1
+
+    def stacked(self) -> Tensor:
+        return torch.cat([self.values, self.skipped.view(1)])
+
+
+def resume_config(checkpoint: str | Path, overrides: list[str] | None = None) -> Config:
+    """The config of a saved run, with dotted ``key=value`` overrides on top (e.g. more epochs)."""
+    from dmjd.config.loading import apply_override, parse_override
+
+    data = ckpt.load_checkpoint(checkpoint)["config"]
+    for item in overrides or []:
+        path, value = parse_override(item)
+        apply_override(data, path, value)
+    return config_from_dict(data)
+
+
+def pretrain(cfg: Config, output_dir: str | Path, resume: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Run a pre-training and return its summary (see ``Pretrainer``)."""
+    return Pretrainer(cfg, output_dir, resume=resume, overwrite=overwrite).fit()
+

@@ -1,0 +1,151 @@
+"""Encoders to evaluate: a dmjd pre-training checkpoint, or any timm ViT by name for comparison.
+
+Every evaluation needs the encoder and what its inputs look like (``InputSpec``: image side,
+channels, normalisation); a dmjd checkpoint also names the data set it was trained on, which is
+where the evaluations look for labelled train/test splits unless told otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from dmjd.config import Config, ConfigError, config_from_dict
+from dmjd.config.loading import apply_override, parse_override
+from dmjd.engine.checkpoint import CheckpointError, load_checkpoint
+from dmjd.engine.trainer import build_dmjd_model, build_target, mean_std
+from dmjd.models import DMJDModel, create_encoder, encoder_state_dict
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What an encoder expects: square images of ``img_size`` with ``in_chans`` channels,
+    normalised with ``mean``/``std`` (one value per channel)."""
+
+    img_size: int
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> InputSpec:
+        """The input of a dmjd run: its model geometry and data statistics."""
+        mean, std = mean_std(cfg)
+        return cls(cfg.model.img_size, cfg.model.in_chans, mean, std)
+
+    @classmethod
+    def from_timm(cls, model: nn.Module) -> InputSpec:
+        """The input a timm model was pre-trained with (its ``pretrained_cfg``)."""
+        data = timm.data.resolve_data_config({}, model=model)
+        chans, height, _width = data["input_size"]
+        return cls(height, chans, tuple(data["mean"]), tuple(data["std"]))
+
+
+def checkpoint_config(state: dict[str, Any], path: str | Path) -> Config:
+    """The validated pre-training config stored in a checkpoint.
+
+    Raises:
+        CheckpointError: no config (not a dmjd pre-training checkpoint), a fine-tuning checkpoint,
+            or a config this dmjd version cannot build (another architecture or version).
+    """
+    if state.get("kind") == "finetune":
+        raise CheckpointError(f"{path} is a dmjd fine-tuning checkpoint; evaluations need a pre-training checkpoint")
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{path} has no 'config' entry: it is not a dmjd pre-training checkpoint")
+    try:
+        return config_from_dict(state["config"])
+    except ConfigError as err:
+        raise CheckpointError(
+            f"{path} describes a model this dmjd version cannot build (another architecture or version):\n{err}"
+        ) from None
+
+
+def _describe(cfg: Config) -> str:
+    m = cfg.model
+    return (
+        f"{m.arch}-{m.size} img {m.img_size} patch {m.patch_size} chans {m.in_chans} "
+        f"dim {m.embed_dim or 'preset'} depth {m.depth or 'preset'} heads {m.num_heads or 'preset'}"
+    )
+
+
+def _load_strict(module: nn.Module, weights: dict[str, torch.Tensor], path: str | Path, cfg: Config) -> None:
+    """``load_state_dict(strict=True)``, turning a mismatch into a CheckpointError that says why."""
+    try:
+        module.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        detail = "\n".join(str(err).splitlines()[1:4])
+        raise CheckpointError(
+            f"{path}: the weights do not match the architecture in its config ({_describe(cfg)}):\n{detail}"
+        ) from None
+
+
+def load_encoder(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config]:
+    """The pre-trained encoder of a dmjd checkpoint, in eval mode, and the run's config.
+
+    Only the encoder is built and loaded (strict keys); the branches are not needed to evaluate.
+
+    Raises:
+        CheckpointError: missing or unreadable file, not a dmjd pre-training checkpoint, or weights
+            of another architecture than its config describes.
+    """
+    state = load_checkpoint(checkpoint)
+    cfg = checkpoint_config(state, checkpoint)
+    m = cfg.model
+    encoder = create_encoder(
+        m.arch, m.size, m.img_size, m.patch_size, m.in_chans, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads
+    )
+    try:
+        weights = encoder_state_dict(state)
+    except ValueError:
+        raise CheckpointError(f"{checkpoint} holds no encoder weights ('encoder.*' keys)") from None
+    _load_strict(encoder, weights, checkpoint, cfg)
+    return encoder.to(device).eval(), cfg
+
+
+def load_dmjd_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[DMJDModel, Config]:
+    """The whole pre-training model (encoder and both branches), in eval mode, and its config.
+
+    Raises:
+        CheckpointError: as ``load_encoder``.
+    """
+    state = load_checkpoint(checkpoint)
+    cfg = checkpoint_config(state, checkpoint)
+    model = build_dmjd_model(cfg, build_target(cfg).dim)
+    _load_strict(model, state["model"], checkpoint, cfg)
+    return model.to(device).eval(), cfg
+
+
+def load_timm_encoder(name: str, pretrained: bool = True, device: str | torch.device = "cpu") -> nn.Module:
+    """A timm model without classifier (``num_classes=0``), in eval mode, to compare against.
+
+    Raises:
+        ValueError: unknown model name.
+        CheckpointError: its pre-trained weights cannot be obtained (e.g. offline).
+    """
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r}; list them with timm.list_models('vit_*')")
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except (RuntimeError, OSError) as err:
+        raise CheckpointError(f"cannot load the pre-trained weights of timm model {name!r}: {err}") from None
+    return model.to(device).eval()
+
+
+def config_with_overrides(base: dict[str, Any], overrides: list[str] | None) -> Config:
+    """A config with dotted ``data.*`` overrides on top of ``base`` (e.g. a checkpoint's config).
+
+    Raises:
+        ConfigError: an override outside the ``data`` section, or an invalid value.
+    """
+    data = {section: dict(values) for section, values in base.items()}
+    for item in overrides or []:
+        path, value = parse_override(item)
+        if path[0] != "data" or len(path) != 2:
+            raise ConfigError(f"evaluations take data.* overrides only (e.g. data.name=cifar10), got {item!r}")
+        apply_override(data, path, value)
+    return config_from_dict(data)

@@ -1,0 +1,151 @@
+"""Figures of what a model does: an image, its K disjoint masked views and the reconstruction per view.
+
+Pixel targets are drawn as images. With ``norm_pix`` the model predicts each masked patch
+normalised by its own mean and variance, which it cannot know; the figure un-normalises the
+prediction with the TRUE patch statistics and says so in its title. HOG targets are drawn as
+orientation glyphs (one line per bin and cell, brightness = bin magnitude).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from dmjd.masking import DisjointMasking, MaskedViews  # noqa: E402
+from dmjd.targets import Target, unpatchify  # noqa: E402
+
+
+@torch.no_grad()
+def predict_views(model: nn.Module, target: Target, normalize: nn.Module, images: Tensor, views: MaskedViews) -> tuple[Tensor, Tensor]:
+    """Targets ``[B, L, T]`` and per-view completions ``[B, K, L, T]``.
+
+    A completion holds the model's prediction at the view's masked tokens and the target at its
+    visible tokens, i.e. what the masked prediction branch reconstructs for that view.
+    """
+    targets = target(images)
+    out = model(normalize(images), views)
+    B, K, L = views.mask.shape
+    full = targets.unsqueeze(1).expand(B, K, L, targets.shape[-1]).clone()
+    idx = views.ids_masked.unsqueeze(-1).expand(-1, -1, -1, targets.shape[-1])
+    full.scatter_(2, idx, out.pred_masked.float().view(B, K, -1, targets.shape[-1]))
+    return targets, full
+
+
+def _masked_image(images: Tensor, mask: Tensor, patch_size: int, grid: tuple[int, int]) -> Tensor:
+    """Images ``[B, C, H, W]`` with the patches of ``mask [B, L]`` greyed out."""
+    m = mask.view(-1, 1, *grid).float()
+    m = m.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
+    return images * (1 - m) + 0.5 * m
+
+
+def _pixels(tokens: Tensor, images: Tensor, target: Target, grid: tuple[int, int]) -> Tensor:
+    """Per-patch pixel tokens ``[B, L, p*p*C]`` back to images, un-normalising norm-pix targets."""
+    if getattr(target, "norm_pix", False):
+        mean, var = target.patch_stats(images)
+        tokens = tokens * (var + target.eps).sqrt() + mean
+    return unpatchify(tokens, target.patch_size, grid, target.in_chans).clamp(0, 1)
+
+
+def _show(ax: plt.Axes, image: Tensor, title: str) -> None:
+    arr = image.permute(1, 2, 0).cpu().numpy()
+    ax.imshow(arr.squeeze(-1) if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1)
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+
+
+def hog_cells(tokens: Tensor, target: Target, grid: tuple[int, int]) -> np.ndarray:
+    """HOG tokens ``[L, T]`` -> cell histograms ``[Hc, Wc, nbins]`` (channels averaged, min-shifted)."""
+    c = target.patch_size // target.cell_size
+    nb = target.nbins
+    x = tokens.view(*grid, c, c, target.in_chans, nb).float().mean(-2)  # [gh, gw, c, c, nb]
+    x = x.permute(0, 2, 1, 3, 4).reshape(grid[0] * c, grid[1] * c, nb)
+    x = x - x.amin(-1, keepdim=True)
+    return x.cpu().numpy()
+
+
+def draw_hog(ax: plt.Axes, cells: np.ndarray, title: str) -> None:
+    """Orientation glyphs: in each cell a line per bin, perpendicular to its gradient direction."""
+    hc, wc, nb = cells.shape
+    theta = (np.arange(nb) + 0.5) * np.pi / nb + np.pi / 2
+    cy, cx = np.meshgrid(np.arange(hc) + 0.5, np.arange(wc) + 0.5, indexing="ij")
+    dx, dy = 0.45 * np.cos(theta), 0.45 * np.sin(theta)
+    segs = np.stack(
+        [
+            np.stack([cx[..., None] - dx, cy[..., None] - dy], -1),
+            np.stack([cx[..., None] + dx, cy[..., None] + dy], -1),
+        ],
+        -2,
+    ).reshape(-1, 2, 2)
+    mag = cells.reshape(-1)
+    mag = mag / (mag.max() + 1e-12)
+    ax.add_collection(LineCollection(segs, colors=np.stack([mag] * 3 + [np.ones_like(mag)], -1), linewidths=0.8))
+    ax.set_xlim(0, wc)
+    ax.set_ylim(hc, 0)
+    ax.set_facecolor("black")
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=7)
+
+
+@torch.no_grad()
+def save_reconstruction_figure(
+    model: nn.Module,
+    target: Target,
+    masking: DisjointMasking,
+    normalize: nn.Module,
+    images: Tensor,
+    path: str | Path,
+    seed: int = 0,
+) -> Path:
+    """Draw each image, its K masked views and the per-view reconstructions into a PNG.
+
+    Args:
+        images: ``[B, C, H, W]`` in [0, 1] on the model's device (a few images).
+        path: output PNG path.
+    """
+    was_training = model.training
+    model.eval()
+    device = images.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    views = MaskedViews.from_mask(masking(images.shape[0], generator=gen, device=device))
+    targets, full = predict_views(model, target, normalize, images, views)
+    model.train(was_training)
+    grid = masking.grid_size
+    B, K = views.mask.shape[:2]
+    is_hog = hasattr(target, "nbins")
+    cols = 1 + K + K + (1 if is_hog else 0)
+    fig, axes = plt.subplots(B, cols, figsize=(1.4 * cols, 1.5 * B), squeeze=False)
+    for b in range(B):
+        _show(axes[b, 0], images[b], "image")
+        for k in range(K):
+            masked = _masked_image(images[b : b + 1], views.mask[b, k : k + 1], target.patch_size, grid)[0]
+            _show(axes[b, 1 + k], masked, f"view {k + 1} (masked)")
+            if is_hog:
+                draw_hog(axes[b, 1 + K + k], hog_cells(full[b, k], target, grid), f"view {k + 1} HOG pred")
+            else:
+                recon = _pixels(full[b : b + 1, k], images[b : b + 1], target, grid)[0]
+                _show(axes[b, 1 + K + k], recon, f"view {k + 1} recon")
+        if is_hog:
+            draw_hog(axes[b, -1], hog_cells(targets[b], target, grid), "HOG target")
+    note = (
+        "norm-pix predictions un-normalised with the TRUE per-patch mean/std of the image"
+        if getattr(target, "norm_pix", False)
+        else ("HOG predicted at masked cells, target at visible cells" if is_hog else "raw pixel predictions")
+    )
+    fig.suptitle(textwrap.fill(f"{masking!r}", 110) + f"\n{note}", fontsize=6)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

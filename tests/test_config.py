@@ -1,0 +1,71 @@
+"""Config loading: presets, dotted overrides, and validation that names the offending key."""
+
+import pytest
+
+from dmjd.config import ConfigError, available_presets, config_to_yaml, load_config
+from dmjd.config.loading import parse_override
+
+
+def test_all_presets_validate():
+    names = available_presets()
+    assert {"demo", "mae-vit-b", "dmjd-vit-b", "dmjd-vit-l", "dmjd-small-32px"} <= set(names)
+    for name in names:
+        load_config(name)
+
+
+def test_paper_recipe_preset_values():
+    cfg = load_config("dmjd-vit-b")
+    assert (cfg.masking.pattern, cfg.masking.mask_ratio, cfg.masking.num_views) == ("block", 0.6, 2)
+    assert (cfg.target.name, cfg.model.decoder_depth, cfg.model.decoder_dim, cfg.model.vdb) == ("hog", 8, 512, True)
+    mae = load_config("mae-vit-b")
+    assert (mae.masking.num_views, mae.target.name, mae.model.vdb, mae.masking.mask_ratio) == (1, "pixels", False, 0.75)
+    assert load_config("dmjd-vit-l").optim.clip_grad == 3.0
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config("demo", ["optim.lr=1e-3", "data.path=/imgs", "masking.num_views=3", "optim.betas=[0.9, 0.99]"])
+    assert cfg.optim.lr == pytest.approx(1e-3)
+    assert cfg.data.path == "/imgs"
+    assert cfg.masking.num_views == 3
+    assert cfg.optim.betas == (0.9, 0.99)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("optim.lrr=1", "unknown key 'optim.lrr'"),
+        ("nosuch.key=1", "unknown key 'nosuch'"),
+        ("masking.pattern=zigzag", "masking.pattern"),
+        ("masking.mask_ratio=1.5", "masking.mask_ratio"),
+        ("optim.epochs=ten", "optim.epochs"),
+        ("model.patch_size=5", "not divisible by model.patch_size"),
+        ("masking.pred_ratio=1.0", "masking"),  # demo: K=2 views of 0.6 reach 1.0; 0.3 cannot
+        ("target.name=hog", "cell_size"),
+        ("masking.block_size=3", "block_size"),
+        ("optim.lr", "key=value"),
+    ],
+)
+def test_bad_values_name_the_key(override, fragment):
+    extra = ["masking.mask_ratio=0.3"] if override.startswith("masking.pred_ratio") else []
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace("'", ".")):
+        load_config("demo", extra + [override])
+
+
+def test_unknown_key_message_lists_allowed_keys():
+    with pytest.raises(ConfigError) as info:
+        load_config("demo", ["optim.lrr=1"])
+    assert "blr" in str(info.value) and "weight_decay" in str(info.value)
+
+
+def test_unknown_preset_lists_options(tmp_path):
+    with pytest.raises(ConfigError, match="available: .*demo"):
+        load_config("no-such-preset")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_yaml_file_preset_round_trip(tmp_path):
+    cfg = load_config("demo", ["optim.epochs=7"])
+    path = tmp_path / "run.yaml"
+    path.write_text(config_to_yaml(cfg))
+    assert load_config(path) == cfg
