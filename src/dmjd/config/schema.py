@@ -125,6 +125,7 @@ class TrainConfig(_Section):
     checkpoint_interval: int = Field(20, ge=1, description="epochs between numbered checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="numbered checkpoints kept on disk")
     max_nonfinite_steps: int = Field(20, ge=1, description="stop after this many skipped steps in a row")
+    max_time_s: float | None = Field(None, gt=0, description="stop after this much training time (s)")
     compile: bool = False
     tensorboard: bool = True
     progress: bool = True

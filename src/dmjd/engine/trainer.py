@@ -13,6 +13,7 @@ import random
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,9 @@ from dmjd.models import DMJDModel, build_model
 from dmjd.targets import Target, create_target
 
 RUN_FILES = ("metrics.jsonl", "config.yaml", "summary.json", "tensorboard", ckpt.LAST)
+
+
+EpochHook = Callable[["Pretrainer"], "dict[str, Any] | None"]
 
 
 class TrainingInterrupted(RuntimeError):
@@ -213,6 +217,7 @@ class Pretrainer:
             if self.dist.is_main:
                 print(f"dmjd: resumed from {resume_path} at epoch {self.state.epoch}, step {self.state.opt_step}")
         self._stop_signal: int | None = None
+        self.time_up = False
 
     # ------------------------------------------------------------------ set-up
     def _resolve_resume(self, resume: str | Path | None) -> Path | None:
@@ -291,8 +296,15 @@ class Pretrainer:
             restore_rng_state(state["rng"])
 
     # ---------------------------------------------------------------- running
-    def fit(self) -> dict[str, Any]:
-        """Train until ``optim.epochs``; returns the run summary (also written to summary.json)."""
+    def fit(self, on_epoch_end: EpochHook | None = None) -> dict[str, Any]:
+        """Train until ``optim.epochs`` (or ``train.max_time_s``); returns the run summary.
+
+        Args:
+            on_epoch_end: optional ``hook(trainer) -> dict | None`` run on the main process after
+                each epoch (and when the time budget ends the run), e.g. a kNN / linear-probe
+                monitor; a returned dict is logged as a ``kind: "eval"`` record. Its run time is
+                not counted as training time.
+        """
         cfg, main = self.cfg, self.dist.is_main
         self.logger = MetricsLogger(self.output_dir, cfg.train.tensorboard) if main else None
         if main:
@@ -300,20 +312,34 @@ class Pretrainer:
             self._print_start()
         old_handlers = self._install_signal_handlers()
         start = time.perf_counter() - self.state.elapsed
-        last = {}
+        last: dict[str, Any] = {}
         try:
-            while self.state.epoch < cfg.optim.epochs:
+            while self.state.epoch < cfg.optim.epochs and not self.time_up:
                 last = self._train_epoch(start)
-                self.state.epoch += 1
-                self.state.epoch_step = 0
+                if not self.time_up:
+                    self.state.epoch += 1
+                    self.state.epoch_step = 0
                 self.state.elapsed = time.perf_counter() - start
                 self._save_epoch_checkpoints()
+                if on_epoch_end is not None and main:
+                    hook_start = time.perf_counter()
+                    metrics = on_epoch_end(self)
+                    if metrics and self.logger is not None:
+                        self.logger.log({"kind": "eval", **self._position(), "time": round(self.state.elapsed, 3), **metrics})
+                    start += time.perf_counter() - hook_start
+                barrier(self.dist)
         finally:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             if self.logger is not None:
                 self.logger.close()
         return self._finish(time.perf_counter() - start, last)
+
+    def _position(self) -> dict[str, Any]:
+        """Epoch, optimizer step and effective training epochs done (K x fractional epochs)."""
+        st, usable = self.state, self.steps_per_epoch * self.cfg.optim.accum_iter
+        ete = self.masking.num_views * (st.epoch + st.epoch_step / usable)
+        return {"epoch": st.epoch, "step": st.opt_step, "ete": round(ete, 6)}
 
     def _print_start(self) -> None:
         c, m = self.cfg, self.masking
@@ -449,10 +475,15 @@ class Pretrainer:
                     )
             if self._stop_signal is not None:
                 self._save_interrupt_checkpoint(run_start)
+            max_time = cfg.train.max_time_s
+            if max_time is not None and time.perf_counter() - run_start >= max_time:
+                self.time_up = True
+                break
         bar.close()
         record = self._record(epoch_sums, 0.0, K)
         record.pop("images_per_s"), record.pop("views_per_s")
-        record["ete"] = K * (st.epoch + 1)
+        if not self.time_up:
+            record.update(epoch=st.epoch, ete=K * (st.epoch + 1))
         if self.logger is not None:
             self.logger.log({"kind": "epoch", **record, "time": round(time.perf_counter() - run_start, 3)})
         return record
@@ -466,18 +497,12 @@ class Pretrainer:
         values = all_reduce_mean(sums.stacked(), self.dist).tolist()
         n = max(sums.count, 1)
         st = self.state
-        record: dict[str, Any] = {
-            "epoch": st.epoch,
-            "step": st.opt_step,
-            "loss": values[0] / n,
-            "loss_mim": values[1] / n,
-        }
+        record: dict[str, Any] = {**self._position(), "loss": values[0] / n, "loss_mim": values[1] / n}
         if self.model.vdb is not None:
             record["loss_vis"] = values[2] / n
         record.update(
             lr=self.optimizer.param_groups[0]["lr"],
             pred_ratio=values[3] / n,
-            ete=K * (st.epoch + st.epoch_step / max(self.sampler.steps_per_epoch(), 1)),
             images_per_s=images_per_s,
             views_per_s=images_per_s * K,
             skipped_steps=values[4] * self.dist.world_size,
@@ -509,7 +534,7 @@ class Pretrainer:
 
     def _save_epoch_checkpoints(self) -> None:
         epoch, cfg = self.state.epoch, self.cfg
-        if epoch % cfg.train.checkpoint_interval == 0 or epoch == cfg.optim.epochs:
+        if not self.time_up and (epoch % cfg.train.checkpoint_interval == 0 or epoch == cfg.optim.epochs):
             self.save(f"checkpoint-{epoch}.pth")
             if self.dist.is_main:
                 ckpt.prune_checkpoints(self.output_dir, cfg.train.keep_checkpoints)
@@ -529,7 +554,8 @@ class Pretrainer:
             "kind": "summary",
             "epochs": self.state.epoch,
             "steps": self.state.opt_step,
-            "ete": self.masking.num_views * self.state.epoch,
+            "ete": self._position()["ete"],
+            "stopped_by": "time budget" if self.time_up else "epochs",
             "time_s": round(seconds, 2),
             "device": str(self.device),
             "world_size": self.dist.world_size,

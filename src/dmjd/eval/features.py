@@ -1,0 +1,192 @@
+"""Shared evaluation plumbing: labelled splits and frozen-feature extraction.
+
+Every evaluation has the same shape: build the labelled train/test splits of a data set, extract
+one feature vector per image with the frozen encoder, then run the protocol on those features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from dmjd.data import DataError, build_dataset
+from dmjd.engine.trainer import autocast_dtype
+
+Pool = Literal["cls", "avg"]
+Transform = Callable[[Image.Image], Tensor]
+
+
+def _imagefolder_splits(path: str | None) -> tuple[str, str]:
+    """The train and test folders of an ImageFolder tree (``train`` + ``val`` or ``test``).
+
+    Accepts the tree's root or its ``train`` folder (what pre-training configs often point at).
+    """
+    root = Path(path or "")
+    if root.name == "train" and not (root / "train").is_dir():
+        root = root.parent
+    test = next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
+    if not (root / "train").is_dir() or test is None:
+        raise DataError(
+            f"evaluating on data.name=imagefolder needs labelled class folders under {root}/train and "
+            f"{root}/val (or test); set data.path to that root"
+        )
+    return str(root / "train"), str(test)
+
+
+def subsample(dataset: Dataset, max_images: int | None, seed: int = 0) -> Dataset:
+    """A seeded random subset of at most ``max_images`` items, in index order (all when None)."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if max_images is None or max_images >= n:
+        return dataset
+    keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
+    return Subset(dataset, keep.tolist())
+
+
+def labelled_splits(
+    name: str,
+    path: str | None,
+    train_transform: Transform,
+    test_transform: Transform,
+    download: bool = False,
+    max_images: int | None = None,
+    seed: int = 0,
+) -> tuple[Dataset, Dataset]:
+    """The labelled ``train`` and ``test`` splits of a data set (see ``dmjd.data.build_dataset``).
+
+    Args:
+        max_images: keep a seeded random subset of at most this many images per split.
+
+    Raises:
+        DataError: the data set is missing or has no labelled splits.
+    """
+    if name == "imagefolder":
+        train_path, test_path = _imagefolder_splits(path)
+        train = build_dataset(name, "train", train_transform, train_path)
+        test = build_dataset(name, "test", test_transform, test_path)
+    else:
+        train = build_dataset(name, "train", train_transform, path, download)
+        test = build_dataset(name, "test", test_transform, path, download)
+    return subsample(train, max_images, seed), subsample(test, max_images, seed)
+
+
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """Class labels of every item ``[N]``, read without decoding images where the data set allows."""
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
+    if hasattr(dataset, "labels") and len(dataset.labels) == len(dataset):  # type: ignore[arg-type]
+        return np.asarray(dataset.labels, dtype=np.int64)
+    if hasattr(dataset, "samples"):
+        return np.asarray([label for _, label in dataset.samples], dtype=np.int64)
+    base = getattr(dataset, "base", None)
+    for attr in ("targets", "labels"):
+        if base is not None and hasattr(base, attr):
+            return np.asarray(getattr(base, attr), dtype=np.int64)
+    return np.asarray([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)  # type: ignore[arg-type]
+
+
+def pool_tokens(encoder: nn.Module, tokens: Tensor, pool: Pool) -> Tensor:
+    """One vector per image from the encoder's output tokens ``[B, P + L, D]`` -> ``[B, D]``.
+
+    ``cls``: the class token (MAE's linear-probe feature); ``avg``: the mean of the patch tokens.
+
+    Raises:
+        ValueError: ``cls`` for an encoder without class token, or an unknown pool.
+    """
+    prefix = getattr(encoder, "num_prefix_tokens", 1)
+    if pool == "cls":
+        if getattr(encoder, "cls_token", None) is None:
+            raise ValueError("this encoder has no class token; use pool='avg'")
+        return tokens[:, 0]
+    if pool == "avg":
+        return tokens[:, prefix:].mean(dim=1)
+    raise ValueError(f"unknown pool {pool!r}; choose 'cls' or 'avg'")
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_indices(n: int, rank: int, world: int) -> list[int]:
+    """Items ``rank, rank + world, ...`` of ``n``, padded by wrap-around to ``ceil(n / world)``
+    so every process runs the same number of batches."""
+    per_rank = -(-n // world)
+    return [(rank + i * world) % n for i in range(per_rank)]
+
+
+def interleave_shards(shards: Tensor, n: int) -> Tensor:
+    """Undo ``shard_indices``: ``[world, per_rank, ...]`` gathered shards -> ``[n, ...]`` in item order."""
+    return shards.transpose(0, 1).reshape(-1, *shards.shape[2:])[:n]
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    pool: Pool = "cls",
+    normalize: nn.Module | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Frozen features of every image of a data set.
+
+    The encoder runs in eval mode without gradients (bf16 autocast on GPUs that support it) and is
+    put back in its previous mode afterwards, so it can be called in the middle of training. With
+    an initialised process group each process encodes a shard and the results are all-gathered.
+
+    Args:
+        encoder: a ViT with ``forward_features(x) -> [B, P + L, D]`` (dmjd or timm).
+        dataset: items ``(image [C, H, W] in [0, 1], label, ...)``.
+        normalize: applied on the device to each batch (the encoder's mean/std).
+
+    Returns:
+        ``(features float32[N, D], labels int64[N])`` on the CPU, in data set order.
+    """
+    device = torch.device(device)
+    normalize = normalize.to(device) if normalize is not None else None
+    rank, world = _world()
+    n = len(dataset)  # type: ignore[arg-type]
+    local = Subset(dataset, shard_indices(n, rank, world)) if world > 1 else dataset
+    loader = DataLoader(local, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
+    amp = autocast_dtype("auto", device)
+    autocast = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
+    was_training = encoder.training
+    encoder.eval()
+    feats, labels = [], []
+    try:
+        for images, targets, *_ in tqdm(loader, desc="features", leave=False, disable=not progress or rank != 0):
+            x = images.to(device, non_blocking=True)
+            if normalize is not None:
+                x = normalize(x)
+            with autocast:
+                tokens = encoder.forward_features(x)
+            feats.append(pool_tokens(encoder, tokens, pool).float())
+            labels.append(torch.as_tensor(targets).to(device))
+    finally:
+        encoder.train(was_training)
+    features, label_t = torch.cat(feats), torch.cat(labels).long()
+    if world > 1:
+        features = interleave_shards(_all_gather(features), n)
+        label_t = interleave_shards(_all_gather(label_t), n)
+    return features.cpu(), label_t.cpu()
+
+
+def _all_gather(tensor: Tensor) -> Tensor:
+    """Stack one equally shaped tensor from every process: ``[world, ...]``."""
+    out = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, tensor.contiguous())
+    return torch.stack(out)

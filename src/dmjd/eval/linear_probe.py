@@ -1,0 +1,145 @@
+"""Linear probing of frozen features: the MAE protocol, and a fast logistic-regression probe.
+
+MAE protocol: a BatchNorm without affine parameters (it only whitens the features, so the probe
+stays linear) followed by a linear head initialised with std 0.01, trained with LARS (or SGD),
+per-iteration warmup + half-cycle cosine, ``lr = blr * batch / 256``. The encoder is frozen and
+the probe runs on cached features of centre-cropped images, so no augmentation is applied (MAE
+uses random-resized crops on ImageNet; on small data sets cached features are the usual choice).
+
+Fast probe: scikit-learn's multinomial logistic regression on standardised features, for small data
+and for monitoring during pre-training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.optim import Lars
+from torch import Tensor, nn
+
+from dmjd.engine.optim import lr_at, set_lr
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """Hyper-parameters of the MAE linear-probe protocol (MAE defaults unless noted)."""
+
+    epochs: int = field(default=90, metadata={"help": "training epochs"})
+    warmup_epochs: float = field(default=10.0, metadata={"help": "linear warmup epochs"})
+    batch_size: int = field(default=256, metadata={"help": "probe batch (MAE: 16384 on ImageNet)"})
+    blr: float = field(default=0.1, metadata={"help": "base learning rate; lr = blr * batch / 256"})
+    lr: float | None = field(default=None, metadata={"help": "absolute learning rate (overrides blr)", "type": float})
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay of the head's weight"})
+    optimizer: Literal["lars", "sgd"] = field(default="lars", metadata={"help": "optimizer", "choices": ("lars", "sgd")})
+    momentum: float = field(default=0.9, metadata={"help": "momentum"})
+    seed: int = field(default=0, metadata={"help": "seed of the head's initialisation and the batch order"})
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.warmup_epochs < 0:
+            raise ValueError("linear probe needs epochs >= 1, batch_size >= 1 and warmup_epochs >= 0")
+        if self.optimizer not in ("lars", "sgd"):
+            raise ValueError(f"unknown probe optimizer {self.optimizer!r}; choose 'lars' or 'sgd'")
+
+    def peak_lr(self, batch_size: int) -> float:
+        """``lr`` when given, else ``blr * batch_size / 256``."""
+        return self.lr if self.lr is not None else self.blr * batch_size / 256
+
+
+class LinearProbeHead(nn.Sequential):
+    """``BatchNorm1d(affine=False, eps=1e-6)`` then ``Linear(dim, num_classes)`` (weights ~ N(0, 0.01))."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__(nn.BatchNorm1d(dim, affine=False, eps=1e-6), nn.Linear(dim, num_classes))
+        nn.init.trunc_normal_(self[1].weight, std=0.01)
+        nn.init.zeros_(self[1].bias)
+
+
+def build_optimizer(head: LinearProbeHead, settings: ProbeSettings) -> torch.optim.Optimizer:
+    """LARS as in MAE (layer-wise adaptation and weight decay on the weight only) or SGD."""
+    linear = head[1]
+    if settings.optimizer == "sgd":
+        groups = [
+            {"params": [linear.weight], "weight_decay": settings.weight_decay},
+            {"params": [linear.bias], "weight_decay": 0.0},
+        ]
+        return torch.optim.SGD(groups, lr=0.0, momentum=settings.momentum)
+    groups = [
+        {"params": [linear.weight], "weight_decay": settings.weight_decay, "always_adapt": True},
+        {"params": [linear.bias], "weight_decay": 0.0, "always_adapt": False},
+    ]
+    return Lars(groups, lr=0.0, momentum=settings.momentum)
+
+
+def train_linear_probe(
+    feats: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    settings: ProbeSettings = ProbeSettings(),
+    device: str | torch.device = "cpu",
+) -> LinearProbeHead:
+    """Train a probe head on cached features ``[N, D]`` with labels ``int[N]``; returns it in eval mode."""
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    head = LinearProbeHead(feats.shape[1], num_classes).to(device)
+    optimizer = build_optimizer(head, settings)
+    x, y = feats.float().to(device), labels.long().to(device)
+    batch = min(settings.batch_size, x.shape[0])
+    steps_per_epoch = x.shape[0] // batch  # drop the last partial batch, as MAE
+    total = steps_per_epoch * settings.epochs
+    warmup = int(round(settings.warmup_epochs * steps_per_epoch))
+    peak = settings.peak_lr(batch)
+    head.train()
+    for epoch in range(settings.epochs):
+        order = torch.randperm(x.shape[0], generator=gen)[: steps_per_epoch * batch].to(device)
+        for i, idx in enumerate(order.view(steps_per_epoch, batch)):
+            set_lr(optimizer, lr_at(epoch * steps_per_epoch + i, total, warmup, peak))
+            loss = F.cross_entropy(head(x[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return head.eval()
+
+
+@torch.no_grad()
+def probe_top1(head: nn.Module, feats: Tensor, labels: Tensor, batch_size: int = 4096) -> float:
+    """Top-1 accuracy (fraction) of a trained head on features ``[M, D]``."""
+    device = next(head.parameters()).device
+    preds = torch.cat([head(chunk.float().to(device)).argmax(1).cpu() for chunk in feats.split(batch_size)])
+    return (preds == labels.cpu()).float().mean().item()
+
+
+def linear_probe(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    test_labels: Tensor,
+    settings: ProbeSettings = ProbeSettings(),
+    device: str | torch.device = "cpu",
+) -> float:
+    """MAE linear probe: train on the train features, return top-1 (fraction) on the test features."""
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    head = train_linear_probe(train_feats, train_labels, num_classes, settings, device)
+    return probe_top1(head, test_feats, test_labels)
+
+
+def logistic_regression_top1(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    test_labels: Tensor,
+    c: float = 1.0,
+    max_iter: int = 1000,
+) -> float:
+    """Fast probe: standardised features + multinomial logistic regression (L-BFGS); top-1 fraction."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
+    probe.fit(train_feats.float().numpy(), train_labels.numpy())
+    return float(np.mean(probe.predict(test_feats.float().numpy()) == test_labels.numpy()))
