@@ -77,10 +77,16 @@ def _prepare_debian_fashion_mnist(src: Path, root: Path) -> None:
 
 
 def fashion_mnist(split: str, transform: Transform, path: str | None, download: bool) -> Dataset:
-    """Fashion-MNIST through torchvision's reader: Debian's files when present, else download."""
+    """Fashion-MNIST through torchvision's reader.
+
+    ``path`` may hold gzip'd IDX files (Debian's layout, the default /usr/share/datasets/fashion-mnist:
+    unpacked once into the cache) or torchvision's ``FashionMNIST/raw`` folder; else download.
+    """
+    source = Path(path) if path else DEBIAN_FASHION_MNIST
     root = Path(path) if path else cache_dir()
-    if not path and DEBIAN_FASHION_MNIST.is_dir():
-        _prepare_debian_fashion_mnist(DEBIAN_FASHION_MNIST, root)
+    if source.is_dir() and any(source.glob("*-ubyte.gz")):  # Debian's layout: gzip'd IDX files
+        root = cache_dir()
+        _prepare_debian_fashion_mnist(source, root)
     try:
         ds = tvd.FashionMNIST(str(root), train=split == "train", download=download)
     except RuntimeError as err:

@@ -28,15 +28,13 @@ from tqdm import tqdm
 
 import dmjd
 from dmjd.config import Config, config_from_dict, config_to_yaml
-from dmjd.data import EpochBatchSampler, Normalize, SeededSamples, build_dataset, default_mean_std, pretrain_transform
+from dmjd.data import EpochBatchSampler, Normalize, SeededSamples, build_dataset, pretrain_transform
 from dmjd.engine import checkpoint as ckpt
 from dmjd.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from dmjd.engine.metrics import MetricsLogger
 from dmjd.engine.optim import build_adamw, effective_lr, lr_at, param_groups, set_lr
-from dmjd.losses import dmjd_loss
-from dmjd.masking import DisjointMasking, MaskedViews, measured_pred_ratio
-from dmjd.models import DMJDModel, build_model
-from dmjd.targets import Target, create_target
+from dmjd.engine.builders import build_dmjd_model, build_loss, build_masking, build_target, mean_std
+from dmjd.masking import MaskedViews, measured_pred_ratio
 
 RUN_FILES = ("metrics.jsonl", "config.yaml", "summary.json", "tensorboard", ckpt.LAST)
 
@@ -68,40 +66,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def build_target(cfg: Config) -> Target:
-    """The target tokenizer named by ``cfg.target`` for the model's patch size and channels."""
-    t, m = cfg.target, cfg.model
-    if t.name == "pixels":
-        return create_target("pixels", patch_size=m.patch_size, in_chans=m.in_chans, norm_pix=t.norm_pix)
-    return create_target(
-        "hog", patch_size=m.patch_size, in_chans=m.in_chans, variant=t.hog_variant, cell_size=t.cell_size, nbins=t.nbins
-    )
-
-
-def build_masking(cfg: Config) -> DisjointMasking:
-    """Disjoint masking on the model's patch grid."""
-    k, grid = cfg.masking, cfg.model.img_size // cfg.model.patch_size
-    return DisjointMasking(
-        grid_size=(grid, grid),
-        mask_ratio=k.mask_ratio,
-        num_views=k.num_views,
-        pred_ratio=k.pred_ratio,
-        pattern=k.pattern,
-        block_size=k.block_size if k.pattern == "block" else 1,
-    )
-
-
-def build_dmjd_model(cfg: Config, target_dim: int) -> DMJDModel:
-    """Encoder + masked prediction branch + (optional) visible distillation branch."""
-    return build_model(**cfg.model.model_dump(), target_dim=target_dim)
-
-
-def mean_std(cfg: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Normalisation statistics: the config's, else defaults for the channel count."""
-    mean, std = default_mean_std(cfg.model.in_chans)
-    return tuple(cfg.data.mean or mean), tuple(cfg.data.std or std)
 
 
 def seed_everything(seed: int) -> None:
@@ -235,6 +199,7 @@ class Pretrainer:
         seed_everything(cfg.train.seed)
         self.target = build_target(cfg).to(dev)
         self.masking = build_masking(cfg)
+        self.loss_fn = build_loss(cfg)
         model = build_dmjd_model(cfg, self.target.dim).to(dev)
         if cfg.model.grad_checkpointing:
             model.encoder.set_grad_checkpointing(True)
@@ -381,14 +346,7 @@ class Pretrainer:
         with autocast:
             targets = self.target(images)
             out = self.forward(self.normalize(images), views)
-            return dmjd_loss(
-                out,
-                targets,
-                views,
-                mim_weight=self.cfg.loss.mim_weight,
-                vis_weight=self.cfg.loss.vis_weight,
-                vis_beta=self.cfg.loss.vis_beta,
-            )
+            return self.loss_fn(out, targets, views)
 
     def _optimizer_step(self) -> Tensor:
         """Clip, then step unless the gradient is non-finite; returns the skip flag (0./1.) on device."""

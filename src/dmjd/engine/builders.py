@@ -1,0 +1,60 @@
+"""Factories that turn a validated Config into the run's parts: target, masking, model, loss.
+
+Kept apart from the trainer so evaluation, benchmarks and new methods build the same parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from torch import Tensor
+
+from dmjd.config import Config
+from dmjd.data import default_mean_std
+from dmjd.losses import dmjd_loss
+from dmjd.masking import DisjointMasking, MaskedViews
+from dmjd.models import DMJDModel, build_model
+from dmjd.targets import Target, create_target
+
+LossFn = Callable[[object, Tensor, MaskedViews], dict[str, Tensor]]
+
+
+def build_target(cfg: Config) -> Target:
+    """The target tokenizer named by ``cfg.target`` for the model's patch size and channels."""
+    t, m = cfg.target, cfg.model
+    if t.name == "pixels":
+        return create_target("pixels", patch_size=m.patch_size, in_chans=m.in_chans, norm_pix=t.norm_pix)
+    return create_target(
+        "hog", patch_size=m.patch_size, in_chans=m.in_chans, variant=t.hog_variant, cell_size=t.cell_size, nbins=t.nbins
+    )
+
+
+def build_masking(cfg: Config) -> DisjointMasking:
+    """Disjoint masking on the model's patch grid."""
+    k, grid = cfg.masking, cfg.model.img_size // cfg.model.patch_size
+    return DisjointMasking(
+        grid_size=(grid, grid),
+        mask_ratio=k.mask_ratio,
+        num_views=k.num_views,
+        pred_ratio=k.pred_ratio,
+        pattern=k.pattern,
+        block_size=k.block_size if k.pattern == "block" else 1,
+    )
+
+
+def build_dmjd_model(cfg: Config, target_dim: int) -> DMJDModel:
+    """Encoder + masked prediction branch + (optional) visible distillation branch."""
+    return build_model(**cfg.model.model_dump(), target_dim=target_dim)
+
+
+def mean_std(cfg: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation statistics: the config's, else defaults for the channel count."""
+    mean, std = default_mean_std(cfg.model.in_chans)
+    return tuple(cfg.data.mean or mean), tuple(cfg.data.std or std)
+
+
+def build_loss(cfg: Config) -> LossFn:
+    """``loss_fn(out, targets, views) -> {"loss", "loss_mim", "loss_vis"}`` (Eq. 6)."""
+    lc = cfg.loss
+    return partial(dmjd_loss, mim_weight=lc.mim_weight, vis_weight=lc.vis_weight, vis_beta=lc.vis_beta)
