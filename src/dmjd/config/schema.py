@@ -24,7 +24,7 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """Encoder backbone and the two branches (masked prediction, visible distillation)."""
 
-    arch: Literal["vit"] = "vit"
+    arch: Literal["vit", "convit"] = "vit"
     size: ModelSize = "base"
     img_size: int = Field(224, ge=8)
     patch_size: int = Field(16, ge=1)

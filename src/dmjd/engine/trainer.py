@@ -79,7 +79,7 @@ def rng_state() -> dict[str, Any]:
     """Global RNG states, for the checkpoint."""
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state_to_plain(np.random.get_state()),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -90,10 +90,17 @@ def rng_state() -> dict[str, Any]:
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Restore what ``rng_state`` saved (CUDA states only where the device count matches)."""
     random.setstate(_as_python_state(state["python"]))
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state_to_plain(state: tuple) -> tuple:
+    """NumPy's RNG state with its key array as a tensor, so weights-only loading accepts it."""
+    name, keys, pos, has_gauss, cached = state
+    return (name, torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(cached))
 
 
 def _as_python_state(state: Any) -> tuple:

@@ -76,7 +76,22 @@ def labelled_splits(
     else:
         train = build_dataset(name, "train", train_transform, path, download)
         test = build_dataset(name, "test", test_transform, path, download)
+    for split, ds in (("train", train), ("test", test)):
+        if dataset_labels(ds).min() < 0:
+            raise DataError(f"data set {name!r} ({split}) has unlabelled images; evaluations need class labels")
     return subsample(train, max_images, seed), subsample(test, max_images, seed)
+
+
+def num_classes(*datasets: Dataset) -> int:
+    """Number of classes: the largest label of the data sets plus one."""
+    return int(max(dataset_labels(ds).max() for ds in datasets)) + 1
+
+
+def class_names(dataset: Dataset) -> tuple[str, ...] | None:
+    """The class names of a data set (through subsets), None when it has none."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return tuple(getattr(dataset, "classes", ())) or None
 
 
 def dataset_labels(dataset: Dataset) -> np.ndarray:

@@ -11,6 +11,7 @@ from dmjd.models.registry import (
     create_encoder,
     register_encoder,
 )
+from dmjd.models import convit  # noqa: F401  (registers "convit")
 
 __all__ = [
     "VIT_SIZES",

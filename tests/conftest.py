@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny configurations that pre-train in seconds on the embedded sample."""
+
+from __future__ import annotations
+
+import pytest
+
+from dmjd.config import Config, load_config
+
+TINY = [
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_dim=32",
+    "model.decoder_depth=1",
+    "model.decoder_heads=2",
+    "model.vdb_hidden=32",
+    "model.patch_size=8",
+    "masking.block_size=1",
+    "data.limit=512",
+    "optim.batch_size=64",
+    "optim.epochs=2",
+    "optim.warmup_epochs=0.5",
+    "optim.blr=1e-3",
+    "train.progress=false",
+    "train.tensorboard=false",
+    "train.log_interval=2",
+]
+
+
+def tiny_config(*overrides: str) -> Config:
+    """The demo preset shrunk to a 4x4-token ViT with 2 blocks; extra overrides win."""
+    return load_config("demo", [*TINY, *overrides])
+
+
+@pytest.fixture
+def tiny_cfg() -> Config:
+    return tiny_config()
