@@ -107,12 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dmjd`` console script; returns the process exit code."""
     from dmjd.config import ConfigError
     from dmjd.data import DataError
-    from dmjd.engine import CheckpointError, NonFiniteLossError, OutputDirError, TrainingInterrupted
+    from dmjd.engine import CheckpointError, NonFiniteLossError, OutputDirError, ResourceError, TrainingInterrupted
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, OutputDirError, CheckpointError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, DataError, OutputDirError, CheckpointError, ResourceError, ValueError, FileNotFoundError) as err:
         print(f"dmjd: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except NonFiniteLossError as err:

@@ -25,6 +25,11 @@ class ModelConfig(_Section):
     """Encoder backbone and the two branches (masked prediction, visible distillation)."""
 
     arch: Literal["vit", "convit"] = "vit"
+    style: Literal["mae", "simmim"] = Field(
+        "mae",
+        description="mae: encoder sees visible tokens, decoder_* branch predicts; simmim: encoder "
+        "sees all tokens with a mask token, a linear head predicts (SimMIM, MaskFeat, BEiT)",
+    )
     size: ModelSize = "base"
     img_size: int = Field(224, ge=8)
     patch_size: int = Field(16, ge=1)
@@ -54,18 +59,35 @@ class MaskingConfig(_Section):
 
 
 class TargetConfig(_Section):
-    """What the branches regress: normalised pixels or HOG."""
+    """What the branches regress: pixels, HOG, a tokenizer's visual tokens or a teacher's features."""
 
-    name: Literal["pixels", "hog"] = "pixels"
+    name: Literal["pixels", "hog", "tokens", "teacher"] = "pixels"
     norm_pix: bool = True
     hog_variant: Literal["dmjd", "maskfeat"] = "dmjd"
     cell_size: int = Field(8, ge=1)
     nbins: int = Field(9, ge=2)
+    gaussian_window: int = Field(0, ge=0, description="HOG maskfeat variant: Gaussian window side, 0 = off")
+    tokenizer_path: str | None = Field(None, description="tokens: tokenizer file (see docs/methods.md)")
+    tokenizer_arch: Literal["dalle", "program"] = Field(
+        "dalle", description="tokens: DALL-E encoder state dict, or a torch.export (.pt2) / TorchScript program"
+    )
+    tokenizer_img_size: int | None = Field(None, ge=8, description="tokens: tokenizer input side; null = model.img_size")
+    vocab_size: int | None = Field(None, ge=2, description="tokens: codebook size; null = read from the tokenizer")
+    teacher_source: Literal["open_clip", "timm"] = "open_clip"
+    teacher_model: str | None = Field(None, description="teacher: open_clip or timm model name")
+    teacher_pretrained: str | None = Field(
+        None, description="teacher: open_clip tag or weights file; timm weights file (null: timm download)"
+    )
+    teacher_layer: int = Field(-1, description="teacher: block whose output is the target, negative from the end")
+    teacher_img_size: int | None = Field(None, ge=8, description="teacher: input side; null = the teacher's own")
 
 
 class LossConfig(_Section):
     """L = vis_weight * L_vis + mim_weight * L_mim (Eq. 6, lambda = mim_weight)."""
 
+    mim_loss: Literal["mse", "l1", "ce"] = Field(
+        "mse", description="masked prediction loss: mse (MAE, MaskFeat, DMJD), l1 (SimMIM), ce (BEiT tokens)"
+    )
     mim_weight: float = Field(1.0, ge=0.0)
     vis_weight: float = Field(1.0, ge=0.0)
     vis_beta: float = Field(2.0, gt=0.0)
@@ -153,6 +175,17 @@ class Config(_Section):
             raise ValueError(
                 f"target.cell_size={t.cell_size} must divide model.patch_size={m.patch_size} for HOG"
             )
+        if (t.name == "tokens") != (self.loss.mim_loss == "ce"):
+            raise ValueError(
+                "target.name=tokens (discrete visual tokens) and loss.mim_loss=ce (cross-entropy over the "
+                f"codebook) go together; got target.name={t.name}, loss.mim_loss={self.loss.mim_loss}"
+            )
+        if t.name == "tokens" and not t.tokenizer_path:
+            raise ValueError("target.name=tokens needs target.tokenizer_path (see docs/methods.md)")
+        if t.name == "teacher" and not t.teacher_model:
+            raise ValueError("target.name=teacher needs target.teacher_model (e.g. ViT-B-16 for open_clip)")
+        if m.style == "simmim" and m.arch != "vit":
+            raise ValueError(f"model.style=simmim needs model.arch=vit, got {m.arch}")
         if not (m.vdb and self.loss.vis_weight > 0) and self.loss.mim_weight == 0:
             raise ValueError("loss.mim_weight=0 with the visible distillation branch off trains nothing")
         from dmjd.masking import DisjointMasking  # local: keep schema import light

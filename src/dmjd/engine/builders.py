@@ -12,22 +12,36 @@ from torch import Tensor
 
 from dmjd.config import Config
 from dmjd.data import default_mean_std
-from dmjd.losses import dmjd_loss
+from dmjd.losses import method_loss
 from dmjd.masking import DisjointMasking, MaskedViews
-from dmjd.models import DMJDModel, build_model
+from dmjd.models import DMJDModel, build_model, build_simmim_model
 from dmjd.targets import Target, create_target
 
 LossFn = Callable[[object, Tensor, MaskedViews], dict[str, Tensor]]
 
 
 def build_target(cfg: Config) -> Target:
-    """The target tokenizer named by ``cfg.target`` for the model's patch size and channels."""
+    """The target tokenizer named by ``cfg.target`` for the model's patch size and channels.
+
+    ``tokens`` and ``teacher`` load weights from disk (see docs/methods.md).
+    """
     t, m = cfg.target, cfg.model
+    grid = {"patch_size": m.patch_size, "in_chans": m.in_chans}
     if t.name == "pixels":
-        return create_target("pixels", patch_size=m.patch_size, in_chans=m.in_chans, norm_pix=t.norm_pix)
+        return create_target("pixels", **grid, norm_pix=t.norm_pix)
+    if t.name == "hog":
+        return create_target(
+            "hog", **grid, variant=t.hog_variant, cell_size=t.cell_size, nbins=t.nbins, gaussian_window=t.gaussian_window
+        )
+    if t.name == "tokens":
+        return create_target(
+            "tokens", **grid, path=t.tokenizer_path, arch=t.tokenizer_arch,
+            img_size=t.tokenizer_img_size or m.img_size, vocab_size=t.vocab_size,
+        )  # fmt: skip
     return create_target(
-        "hog", patch_size=m.patch_size, in_chans=m.in_chans, variant=t.hog_variant, cell_size=t.cell_size, nbins=t.nbins
-    )
+        "teacher", **grid, model=t.teacher_model, source=t.teacher_source, pretrained=t.teacher_pretrained,
+        layer=t.teacher_layer, img_size=t.teacher_img_size,
+    )  # fmt: skip
 
 
 def build_masking(cfg: Config) -> DisjointMasking:
@@ -44,8 +58,15 @@ def build_masking(cfg: Config) -> DisjointMasking:
 
 
 def build_dmjd_model(cfg: Config, target_dim: int) -> DMJDModel:
-    """Encoder + masked prediction branch + (optional) visible distillation branch."""
-    return build_model(**cfg.model.model_dump(), target_dim=target_dim)
+    """Encoder + masked prediction branch + (optional) visible distillation branch.
+
+    ``model.style=simmim`` gives the full-sequence encoder with a linear head (no decoder).
+    """
+    m = cfg.model
+    if m.style == "simmim":
+        unused = {"style", "decoder_dim", "decoder_depth", "decoder_heads"}
+        return build_simmim_model(**m.model_dump(exclude=unused), target_dim=target_dim)
+    return build_model(**m.model_dump(exclude={"style"}), target_dim=target_dim)
 
 
 def mean_std(cfg: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -55,6 +76,8 @@ def mean_std(cfg: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def build_loss(cfg: Config) -> LossFn:
-    """``loss_fn(out, targets, views) -> {"loss", "loss_mim", "loss_vis"}`` (Eq. 6)."""
+    """``loss_fn(out, targets, views) -> {"loss", "loss_mim", "loss_vis"}`` (Eq. 6, the method's L_mim)."""
     lc = cfg.loss
-    return partial(dmjd_loss, mim_weight=lc.mim_weight, vis_weight=lc.vis_weight, vis_beta=lc.vis_beta)
+    return partial(
+        method_loss, mim_loss=lc.mim_loss, mim_weight=lc.mim_weight, vis_weight=lc.vis_weight, vis_beta=lc.vis_beta
+    )

@@ -13,8 +13,8 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,41 @@ def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool, is_main:
         raise OutputDirError(f"cannot write to output dir {output_dir}: {err}") from None
 
 
+class ResourceError(RuntimeError):
+    """The run cannot fit the machine: out of memory or disk; the message says what to change."""
+
+
+@contextmanager
+def _explain_oom(batch_size: int, accum_iter: int) -> Iterator[None]:
+    """Turn a CUDA out-of-memory error into advice: the batch/accumulation that keeps the global batch."""
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        smaller = max(batch_size // 2, 1)
+        raise ResourceError(
+            f"out of GPU memory at optim.batch_size={batch_size} ({str(err).splitlines()[0]}). Try "
+            f"optim.batch_size={smaller} optim.accum_iter={accum_iter * batch_size // smaller} (same global "
+            "batch, same learning rate), or model.grad_checkpointing=true"
+        ) from None
+
+
+def check_disk_space(output_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Fail early when the output folder cannot hold two checkpoints (weights + AdamW moments).
+
+    Raises:
+        ResourceError: with the space needed and the space free.
+    """
+    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    needed = 2 * 3 * n_bytes + (64 << 20)
+    free = shutil.disk_usage(output_dir).free
+    if free < needed:
+        raise ResourceError(
+            f"only {free / 2**20:.0f} MiB free under {output_dir}; a checkpoint of this model needs about "
+            f"{3 * n_bytes / 2**20:.0f} MiB and two must fit while one is written. Free space or choose "
+            "another --output-dir"
+        )
+
+
 @dataclass
 class RunState:
     """Where a run stands: epochs completed, micro-steps into the current epoch, optimizer steps."""
@@ -252,6 +287,8 @@ class Pretrainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
         self.forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
         self.mask_gen = torch.Generator(device=dev)
+        if self.dist.is_main:
+            check_disk_space(self.output_dir, self.model, self.optimizer)
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
@@ -401,7 +438,7 @@ class Pretrainer:
             views = self._masks(micro, images.shape[0])
             boundary = (st.epoch_step + 1) % o.accum_iter == 0
             sync = nullcontext() if boundary or not self.dist.enabled else self.ddp.no_sync()
-            with sync:
+            with sync, _explain_oom(o.batch_size, o.accum_iter):
                 losses = self.compute_losses(images, views)
                 loss = losses["loss"] / o.accum_iter
                 if self.scaler is not None:

@@ -12,19 +12,23 @@ from dmjd.models.registry import (
     register_encoder,
 )
 from dmjd.models import convit  # noqa: F401  (registers "convit")
+from dmjd.models.simmim import LinearPredictionHead, SimMIMModel, build_simmim_model
 
 __all__ = [
     "VIT_SIZES",
     "DMJDModel",
     "DMJDOutput",
+    "LinearPredictionHead",
     "MaskedEncoder",
     "MaskedPredictionBranch",
     "MaskedViT",
     "ProjectorKind",
+    "SimMIMModel",
     "VisibleDistillationBranch",
     "available_encoders",
     "build_model",
     "build_projector",
+    "build_simmim_model",
     "create_encoder",
     "encoder_state_dict",
     "init_mae_weights",

@@ -33,9 +33,9 @@ from dmjd.models.registry import register_encoder
 
 # Stage widths, depths and MLP ratios. base / large: the official DMJD ConViT-B / ConViT-L
 # (ConvMAE-B's stages with MLP ratios 8, 8, 4); small: Fast ConvMAE's ConViT-S (Alpha-VL);
-# tiny: ViT-Ti width with small-ConViT proportions, for CPU runs and small images.
+# tiny: ViT-Ti width in stage 3 and light convolution stages, for CPU runs and small images.
 CONVIT_SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {"embed_dims": (64, 128, 192), "depths": (2, 2, 11), "num_heads": 3, "mlp_ratios": (4.0, 4.0, 4.0)},
+    "tiny": {"embed_dims": (32, 64, 192), "depths": (2, 2, 11), "num_heads": 3, "mlp_ratios": (4.0, 4.0, 4.0)},
     "small": {"embed_dims": (128, 256, 384), "depths": (2, 2, 11), "num_heads": 6, "mlp_ratios": (4.0, 4.0, 4.0)},
     "base": {"embed_dims": (256, 384, 768), "depths": (2, 2, 11), "num_heads": 12, "mlp_ratios": (8.0, 8.0, 4.0)},
     "large": {"embed_dims": (384, 768, 1024), "depths": (2, 2, 23), "num_heads": 16, "mlp_ratios": (8.0, 8.0, 4.0)},
@@ -176,7 +176,8 @@ class ConViT(nn.Module):
         self.pos_embed = nn.Parameter(
             sincos_pos_embed_2d(dim3, self._grid).unsqueeze(0), requires_grad=False
         )
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         d1, d2, _ = depths
         self.blocks1 = nn.ModuleList(
             MaskedConvBlock(dim1, mlp_ratios[0], rates[i]) for i in range(d1)

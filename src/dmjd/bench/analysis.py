@@ -1,0 +1,140 @@
+"""Convergence-curve arithmetic of the efficiency benchmark.
+
+A curve is a run's evaluation points (training seconds or effective training epochs on x, an
+accuracy on y), joined by straight lines. From curves we read the accuracy at equal wall time or
+equal ETE, the time a run needs to reach a given accuracy, the speed-up over a baseline (the
+paper's Tables II/III quantity) and the mean and spread of any of these over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Evaluation points of one run, in training order.
+
+    Attributes:
+        x: training seconds or ETE, non-decreasing, ``[P]``.
+        y: accuracy at each point, ``[P]``.
+    """
+
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y) or not self.x:
+            raise ValueError(f"a curve needs as many x as y values and at least one point, got {len(self.x)}/{len(self.y)}")
+        if any(b < a for a, b in zip(self.x, self.x[1:])):
+            raise ValueError(f"curve x values must be non-decreasing, got {self.x}")
+
+    @classmethod
+    def from_points(cls, points: Sequence[dict[str, float]], x: str, y: str) -> Curve:
+        """The curve of ``y`` against ``x`` from evaluation records holding both keys."""
+        pairs = [(float(p[x]), float(p[y])) for p in points if p.get(x) is not None and p.get(y) is not None]
+        return cls(tuple(a for a, _ in pairs), tuple(b for _, b in pairs))
+
+    @property
+    def end(self) -> float:
+        """The last x (where the run stopped)."""
+        return self.x[-1]
+
+    @property
+    def final(self) -> float:
+        """The last y (the accuracy of the finished run)."""
+        return self.y[-1]
+
+
+def value_at(curve: Curve, x: float) -> float:
+    """The curve's accuracy at ``x`` by linear interpolation.
+
+    Beyond the last point the final accuracy holds: the run has stopped and its final model is
+    what exists at any later time. Before the first point the first accuracy holds.
+    """
+    return float(np.interp(x, curve.x, curve.y))
+
+
+def first_reach(curve: Curve, level: float) -> float | None:
+    """The smallest x at which the piecewise-linear curve reaches ``level``; None if it never does."""
+    ys = np.asarray(curve.y)
+    hits = np.flatnonzero(ys >= level)
+    if hits.size == 0:
+        return None
+    i = int(hits[0])
+    if i == 0:
+        return curve.x[0]
+    x0, x1, y0, y1 = curve.x[i - 1], curve.x[i], ys[i - 1], ys[i]
+    return float(x0 + (level - y0) * (x1 - x0) / (y1 - y0))
+
+
+@dataclass(frozen=True)
+class SpeedUp:
+    """How fast a variant reaches the baseline's final accuracy.
+
+    Attributes:
+        level: the baseline's final accuracy.
+        baseline_x: x (seconds or ETE) at which the baseline first reached ``level``.
+        variant_x: x at which the variant first reached it, None if it never did.
+        ratio: ``baseline_x / variant_x``; None if the variant never reached the level, or
+            already had it at x = 0 (before any training, where the ratio is undefined).
+    """
+
+    level: float
+    baseline_x: float
+    variant_x: float | None
+    ratio: float | None
+
+
+def speedup(baseline: Curve, variant: Curve) -> SpeedUp:
+    """Speed-up = (x the baseline needs to reach its final accuracy) / (x the variant needs)."""
+    level = baseline.final
+    base_x = first_reach(baseline, level)
+    assert base_x is not None  # a curve always reaches its own final value
+    var_x = first_reach(variant, level)
+    ratio = base_x / var_x if var_x is not None and var_x > 0 else None
+    return SpeedUp(level, base_x, var_x, ratio)
+
+
+def common_end(curves: Sequence[Curve]) -> float:
+    """The largest x every curve reached (e.g. the equal-ETE point of a comparison)."""
+    return min(c.end for c in curves)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Mean and spread of one quantity over seeds.
+
+    Attributes:
+        mean: mean of the defined values (None when there is none).
+        std: sample standard deviation (ddof 1), None with fewer than two values.
+        min, max: range of the defined values.
+        n: number of defined values; total: number of seeds (undefined ones are e.g. a speed-up
+            of a variant that never reached the level).
+    """
+
+    mean: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+    n: int
+    total: int
+
+
+def aggregate(values: Sequence[float | None]) -> Stats:
+    """Mean, sample std and range of the values that are not None (or infinite)."""
+    defined = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if defined.size == 0:
+        return Stats(None, None, None, None, 0, len(values))
+    std = float(defined.std(ddof=1)) if defined.size > 1 else None
+    return Stats(float(defined.mean()), std, float(defined.min()), float(defined.max()), int(defined.size), len(values))
+
+
+def mean_curve(curves: Sequence[Curve], grid: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, min and max over curves (e.g. seeds) of their interpolated values on ``grid`` ``[G]``."""
+    values = np.asarray([[value_at(c, x) for x in grid] for c in curves])
+    return values.mean(axis=0), values.min(axis=0), values.max(axis=0)

@@ -1,0 +1,443 @@
+"""The efficiency benchmark: the paper's configurations pre-trained side by side on one machine.
+
+Protocol (issue 4, paper Tables II-VI and Fig. 6):
+
+* Every run uses the same model, data, augmentation, batch, base learning rate and seed; only the
+  variant's overrides (views, prediction rate, target, branches) differ.
+* Every run gets the same training wall-clock budget (``train.max_time_s``; evaluation time is
+  not counted) and records its effective training epochs (ETE = K x epochs).
+* Schedule rule: each distinct configuration first trains for a few seconds to measure its
+  optimizer steps per second; its ``optim.epochs`` is then the number of epochs that speed fits in
+  the budget (rounded, at least 1) and its warmup a fixed fraction of them, so that every run's
+  cosine schedule ends at the budget. The same rule applies to every configuration.
+* The encoder is evaluated (weighted kNN and the fast logistic-regression linear probe on frozen
+  features of the labelled splits) before training and after every few epochs, always at the end.
+* The analysis (``dmjd.bench.analysis``) reads accuracy at equal wall time (the budget), at equal
+  ETE (the largest ETE every run of the comparison reached) and the speed-up over the baseline.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dmjd.bench.analysis import Curve, aggregate, common_end, speedup, value_at
+from dmjd.bench.environment import git_commit, machine_info, now_utc
+from dmjd.bench.presets import PRESETS, SECTIONS, BenchPreset, Variant
+from dmjd.config import Config, load_config
+from dmjd.engine import NonFiniteLossError, Pretrainer
+from dmjd.engine.metrics import read_metrics
+from dmjd.engine.trainer import resolve_device
+from dmjd.eval.monitor import OnlineMonitor
+
+METRICS = {"linprobe_top1": "linear probe", "knn_top1": "kNN"}
+PRIMARY_METRIC = "linprobe_top1"
+SCHEDULE_RULE = (
+    "each configuration trains {calibrate_s:g} s to measure its steps/s; optim.epochs = "
+    "max(1, round(budget x steps/s / steps per epoch)), optim.warmup_epochs = {warmup:g} x epochs, "
+    "so every cosine schedule ends at the {budget_s:g} s budget; evaluation every "
+    "ceil(epochs / {eval_points}) epochs and at the end"
+)
+
+Monitor = Callable[[nn.Module], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A configuration's measured training speed."""
+
+    steps_per_s: float
+    steps_per_epoch: int
+
+
+def scheduled_epochs(budget_s: float, calibration: Calibration) -> int:
+    """Epochs that fit in ``budget_s`` at the measured speed (rounded, at least 1)."""
+    return max(1, round(budget_s * calibration.steps_per_s / calibration.steps_per_epoch))
+
+
+def eval_interval(epochs: int, points: int) -> int:
+    """Epochs between evaluations so that a run of ``epochs`` has about ``points`` of them."""
+    return max(1, math.ceil(epochs / max(points, 1)))
+
+
+class EpochEvaluator:
+    """The trainer's epoch hook: evaluates every ``every`` epochs and when the run ends.
+
+    Args:
+        monitor: ``monitor(encoder) -> {"knn_top1": ..., "linprobe_top1": ...}``.
+        every: epochs between evaluations.
+    """
+
+    def __init__(self, monitor: Monitor, every: int) -> None:
+        self.monitor, self.every = monitor, every
+
+    def evaluate(self, encoder: nn.Module) -> dict[str, float]:
+        """The monitor's accuracies plus ``eval_s``, the seconds the evaluation took."""
+        start = time.perf_counter()
+        result = dict(self.monitor(encoder))
+        result["eval_s"] = time.perf_counter() - start
+        return result
+
+    def __call__(self, trainer: Pretrainer) -> dict[str, float] | None:
+        done = trainer.state.epoch >= trainer.cfg.optim.epochs
+        if not (trainer.time_up or done or trainer.state.epoch % self.every == 0):
+            return None
+        return self.evaluate(trainer.model.encoder)
+
+
+def run_overrides(
+    preset: BenchPreset, variant: Variant, seed: int, budget_s: float, data_path: str | None, device: str | None
+) -> list[str]:
+    """The config overrides of one run: preset base < variant < seed, budget, data path, device."""
+    overrides = [*preset.base, *variant.overrides, f"train.seed={seed}", f"train.max_time_s={budget_s}"]
+    if data_path:
+        overrides.append(f"data.path={data_path}")
+    if device:
+        overrides.append(f"train.device={device}")
+    return overrides
+
+
+def config_identity(cfg: Config, with_seed: bool = True) -> str:
+    """A canonical string of a resolved config: equal strings train identically."""
+    data = cfg.model_dump(mode="json")
+    if not with_seed:
+        data["train"].pop("seed")
+    return json.dumps(data, sort_keys=True)
+
+
+def slug(text: str) -> str:
+    """A folder-name form of a label (``+DM`` -> ``dm``, ``depth 2, no VDB`` -> ``depth-2-no-vdb``)."""
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "run"
+
+
+def with_schedule(cfg: Config, epochs: int, warmup_fraction: float) -> Config:
+    """A copy of ``cfg`` with ``optim.epochs`` and proportional ``optim.warmup_epochs``."""
+    out = cfg.model_copy(deep=True)
+    out.optim.epochs = epochs
+    out.optim.warmup_epochs = warmup_fraction * epochs
+    return out
+
+
+def calibrate(cfg: Config, seconds: float, workdir: Path) -> Calibration:
+    """Train ``cfg`` for ``seconds`` and measure its optimizer steps per second.
+
+    The speed is read between the first and the last logged training record, so the start-up
+    (model build, first batches) is excluded; too short a run falls back to steps / total time.
+    """
+    probe = cfg.model_copy(deep=True)
+    probe.optim.epochs = 1_000_000
+    probe.train.max_time_s = seconds
+    probe.train.log_interval = 5
+    try:
+        trainer = Pretrainer(probe, workdir, overwrite=True)
+        summary = trainer.fit()
+        steps_per_epoch = trainer.steps_per_epoch
+        train = [r for r in read_metrics(workdir / "metrics.jsonl") if r.get("kind") == "train"]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        _release()
+    if len(train) >= 2 and train[-1]["time"] > train[0]["time"]:
+        rate = (train[-1]["step"] - train[0]["step"]) / (train[-1]["time"] - train[0]["time"])
+    else:
+        rate = summary["steps"] / max(summary["time_s"], 1e-9)
+    return Calibration(steps_per_s=rate, steps_per_epoch=steps_per_epoch)
+
+
+def train_run(cfg: Config, run_dir: Path, evaluator: EpochEvaluator) -> dict[str, Any]:
+    """Pre-train one configuration with evaluations; returns its summary and evaluation points.
+
+    The folder keeps ``metrics.jsonl``, ``config.yaml`` and ``summary.json``; checkpoints are
+    deleted. A run stopped by non-finite losses is reported with its error and the points it made.
+    """
+    trainer = Pretrainer(cfg, run_dir, overwrite=True)
+    first = {"time": 0.0, "ete": 0.0, "epoch": 0, **evaluator.evaluate(trainer.model.encoder)}
+    error = None
+    try:
+        summary = trainer.fit(on_epoch_end=evaluator)
+    except NonFiniteLossError as err:
+        error = str(err)
+        summary = {"epochs": trainer.state.epoch, "steps": trainer.state.opt_step, "stopped_by": "non-finite loss"}
+    finally:
+        for checkpoint in run_dir.glob("*.pth"):
+            checkpoint.unlink()
+    keys = ("time", "ete", "epoch", "eval_s", *METRICS)
+    evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "eval"]
+    points = [first] + [{k: r[k] for k in keys if k in r} for r in evals]
+    record = {
+        "summary": summary,
+        "points": points,
+        "steps_per_epoch": trainer.steps_per_epoch,
+        "num_views": trainer.masking.num_views,
+        "pred_ratio": trainer.masking.num_predicted / (trainer.masking.grid_size[0] * trainer.masking.grid_size[1]),
+        "peak_lr": trainer.peak_lr,
+        "error": error,
+    }
+    del trainer
+    _release()
+    return record
+
+
+def _release() -> None:
+    """Free the finished run's memory before the next one starts."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class PlannedRun:
+    """One training run of the benchmark, shared by every comparison that needs its config."""
+
+    key: str
+    label: str
+    seed: int
+    overrides: list[str]
+    cfg: Config
+
+
+def plan_runs(
+    preset: BenchPreset,
+    sections: Sequence[str],
+    seeds: Sequence[int],
+    budget_s: float,
+    data_path: str | None,
+    device: str | None,
+) -> tuple[list[PlannedRun], dict[str, dict[str, Any]]]:
+    """The distinct runs of the requested comparisons, and each comparison's map to them.
+
+    Runs are ordered comparison by comparison, seed by seed, so that the configurations of a
+    comparison run interleaved (any drift of the machine affects them alike). A configuration
+    that two comparisons share (e.g. MAE in ``main`` and ``pred_ratio``) trains once per seed.
+
+    Returns:
+        ``(runs, comparisons)`` where ``comparisons[section]["variants"]`` lists
+        ``{"label", "runs": {seed: run key}}``.
+    """
+    runs: list[PlannedRun] = []
+    by_identity: dict[str, PlannedRun] = {}
+    comparisons: dict[str, dict[str, Any]] = {}
+    for name in sections:
+        section = SECTIONS[name]
+        entry = {"title": section.title, "baseline": section.baseline,
+                 "variants": [{"label": v.label, "runs": {}} for v in section.variants]}  # fmt: skip
+        for seed in seeds:
+            for variant, slot in zip(section.variants, entry["variants"]):
+                overrides = run_overrides(preset, variant, seed, budget_s, data_path, device)
+                cfg = load_config(None, overrides)
+                identity = config_identity(cfg)
+                if identity not in by_identity:
+                    run = PlannedRun(f"{name}-{slug(variant.label)}-seed{seed}", variant.label, seed, overrides, cfg)
+                    by_identity[identity] = run
+                    runs.append(run)
+                slot["runs"][str(seed)] = by_identity[identity].key
+        comparisons[name] = entry
+    return runs, comparisons
+
+
+def build_monitor(cfg: Config, eval_images: int | None) -> OnlineMonitor:
+    """The kNN + linear-probe evaluator on the labelled splits of the runs' data set."""
+    return OnlineMonitor.from_config(cfg, max_images=eval_images, device=resolve_device(cfg.train.device))
+
+
+def run_efficiency(
+    preset: BenchPreset | str,
+    output_dir: str | Path,
+    sections: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    budget_s: float | None = None,
+    data_path: str | None = None,
+    device: str | None = None,
+    command: str = "",
+    monitor: Monitor | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark and write ``results.json``, ``report.md`` and the convergence figures.
+
+    Args:
+        preset: a ``BenchPreset`` or the name of one in ``PRESETS``.
+        output_dir: receives ``runs/<run>/``, ``results.json`` (rewritten after every run, so an
+            interrupted benchmark keeps what it measured), ``report.md`` and PNG figures.
+        sections: comparisons to run, from ``main, pred_ratio, targets, decoder, profile``
+            (default: the preset's).
+        seeds: default: the preset's.
+        budget_s: training seconds per run (default: the preset's).
+        data_path: ``data.path`` of every run (e.g. a folder with Fashion-MNIST's ``*-ubyte.gz``).
+        device: ``train.device`` of every run (default: the preset's).
+        command: the command line, for the report.
+        monitor: evaluator replacing the default ``OnlineMonitor`` (tests).
+
+    Returns:
+        The results dict written to ``results.json`` (with its ``analysis``).
+
+    Raises:
+        ValueError: unknown preset or section.
+    """
+    from dmjd.bench.profile import profile_configs
+    from dmjd.bench.report import write_report
+
+    preset = PRESETS[preset] if isinstance(preset, str) else preset
+    sections = tuple(sections or preset.sections)
+    unknown = [s for s in sections if s not in SECTIONS and s != "profile"]
+    if unknown:
+        raise ValueError(f"unknown benchmark section(s) {', '.join(unknown)}; choose from {', '.join([*SECTIONS, 'profile'])}")
+    seeds = tuple(seeds if seeds is not None else preset.seeds)
+    budget = float(budget_s or preset.budget_s)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    comparisons_wanted = [s for s in sections if s in SECTIONS]
+    runs, comparisons = plan_runs(preset, comparisons_wanted, seeds, budget, data_path, device)
+    first_cfg = runs[0].cfg if runs else load_config(None, run_overrides(preset, SECTIONS["main"].variants[0], seeds[0], budget, data_path, device))
+    dev = resolve_device(first_cfg.train.device)
+    results: dict[str, Any] = {
+        "benchmark": "dmjd efficiency",
+        "command": command,
+        "date": now_utc(),
+        "commit": git_commit(),
+        "machine": machine_info(dev),
+        "preset": asdict(preset),
+        "sections": list(sections),
+        "seeds": list(seeds),
+        "budget_s": budget,
+        "data_path": data_path,
+        "schedule_rule": SCHEDULE_RULE.format(
+            calibrate_s=preset.calibrate_s, warmup=preset.warmup_fraction, budget_s=budget, eval_points=preset.eval_points
+        ),
+        "comparisons": comparisons,
+        "runs": {},
+        "calibration": {},
+    }
+    if runs:
+        monitor = monitor or build_monitor(first_cfg, preset.eval_images)
+        _train_all(runs, preset, budget, monitor, out, results)
+    if "profile" in sections:
+        variants = (SECTIONS["main"].variants[0], SECTIONS["main"].variants[-1])
+        cfgs = {v.label: load_config(None, run_overrides(preset, v, seeds[0], budget, data_path, device)) for v in variants}
+        results["profile"] = profile_configs(cfgs, out / "profile-work", preset.profile_steps, preset.profile_warmup)
+    results["analysis"] = analyse(results)
+    _write_json(results, out / "results.json")
+    write_report(results, out)
+    return results
+
+
+def _train_all(
+    runs: list[PlannedRun], preset: BenchPreset, budget: float, monitor: Monitor, out: Path, results: dict[str, Any]
+) -> None:
+    """Calibrate each distinct configuration once, then train every run; save after each run."""
+    calibrations: dict[str, Calibration] = {}
+    for i, run in enumerate(runs, 1):
+        identity = config_identity(run.cfg, with_seed=False)
+        if identity not in calibrations:
+            calibrations[identity] = calibrate(run.cfg, preset.calibrate_s, out / "calibration-work")
+            results["calibration"][run.key] = asdict(calibrations[identity])
+        cal = calibrations[identity]
+        epochs = scheduled_epochs(budget, cal)
+        every = eval_interval(epochs, preset.eval_points)
+        print(
+            f"bench: [{i}/{len(runs)}] {run.label} seed {run.seed}: {cal.steps_per_s:.2f} steps/s -> "
+            f"{epochs} epochs in {budget:g} s, evaluation every {every}",
+            flush=True,
+        )
+        cfg = with_schedule(run.cfg, epochs, preset.warmup_fraction)
+        record = train_run(cfg, out / "runs" / run.key, EpochEvaluator(monitor, every))
+        results["runs"][run.key] = {
+            "label": run.label,
+            "seed": run.seed,
+            "overrides": run.overrides,
+            "epochs": epochs,
+            "warmup_epochs": cfg.optim.warmup_epochs,
+            "eval_every": every,
+            "calibrated_steps_per_s": cal.steps_per_s,
+            **record,
+        }
+        _write_json(results, out / "results.json")
+
+
+def _write_json(data: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------------- analysis
+def _curves(results: dict[str, Any], keys: dict[str, str], x: str, metric: str) -> dict[str, Curve]:
+    """Per seed, the curve of ``metric`` against ``x`` of the runs named in ``keys`` (seed -> run)."""
+    out = {}
+    for seed, key in keys.items():
+        run = results["runs"].get(key)
+        if run is not None:
+            curve_points = [p for p in run["points"] if p.get(metric) is not None]
+            if curve_points:
+                out[seed] = Curve.from_points(curve_points, x, metric)
+    return out
+
+
+def analyse_comparison(results: dict[str, Any], name: str) -> dict[str, Any]:
+    """Accuracy at equal time and ETE, and speed-ups over the baseline, per variant and metric.
+
+    Returns:
+        ``{"equal_time_s", "equal_ete", "metrics": {metric: {label: {...}}}, "runs": {label: {...}}}``
+        where each variant's entry holds ``at_time``, ``at_ete``, ``speedup``, ``ete_speedup``
+        (each ``Stats`` as a dict), ``time_to_level`` and ``ete_to_level`` per seed, and
+        ``reached`` (seeds that reached the baseline's final accuracy).
+    """
+    comparison = results["comparisons"][name]
+    budget = results["budget_s"]
+    variants = comparison["variants"]
+    baseline = next(v for v in variants if v["label"] == comparison["baseline"])
+    all_ete = [c for v in variants for c in _curves(results, v["runs"], "ete", PRIMARY_METRIC).values()]
+    equal_ete = common_end(all_ete) if all_ete else 0.0
+    metrics: dict[str, dict[str, Any]] = {}
+    for metric in METRICS:
+        base_time = _curves(results, baseline["runs"], "time", metric)
+        base_ete = _curves(results, baseline["runs"], "ete", metric)
+        table = {}
+        for v in variants:
+            time_curves = _curves(results, v["runs"], "time", metric)
+            ete_curves = _curves(results, v["runs"], "ete", metric)
+            seeds = [s for s in time_curves if s in base_time]
+            speeds = {s: speedup(base_time[s], time_curves[s]) for s in seeds}
+            ete_speeds = {s: speedup(base_ete[s], ete_curves[s]) for s in seeds}
+            table[v["label"]] = {
+                "at_time": asdict(aggregate([value_at(c, budget) for c in time_curves.values()])),
+                "at_ete": asdict(aggregate([value_at(c, equal_ete) for c in ete_curves.values()])),
+                "final": asdict(aggregate([c.final for c in time_curves.values()])),
+                "speedup": asdict(aggregate([speeds[s].ratio for s in seeds])),
+                "ete_speedup": asdict(aggregate([ete_speeds[s].ratio for s in seeds])),
+                "level": {s: speeds[s].level for s in seeds},
+                "time_to_level": {s: speeds[s].variant_x for s in seeds},
+                "ete_to_level": {s: ete_speeds[s].variant_x for s in seeds},
+                "reached": sum(speeds[s].variant_x is not None for s in seeds),
+                "seeds": len(seeds),
+            }
+        metrics[metric] = table
+    runs_info = {}
+    for v in variants:
+        rs = [results["runs"][k] for k in v["runs"].values() if k in results["runs"]]
+        runs_info[v["label"]] = {
+            "epochs": asdict(aggregate([r["summary"].get("epochs") for r in rs])),
+            "scheduled_epochs": asdict(aggregate([r["epochs"] for r in rs])),
+            "ete": asdict(aggregate([r["points"][-1]["ete"] for r in rs])),
+            "time_s": asdict(aggregate([r["summary"].get("time_s") for r in rs])),
+            "eval_s": asdict(aggregate([sum(p.get("eval_s", 0.0) for p in r["points"]) for r in rs])),
+            "num_views": rs[0]["num_views"] if rs else None,
+            "pred_ratio": rs[0]["pred_ratio"] if rs else None,
+            "peak_lr": rs[0]["peak_lr"] if rs else None,
+            "errors": [r["error"] for r in rs if r.get("error")],
+        }
+    return {"equal_time_s": budget, "equal_ete": equal_ete, "metrics": metrics, "runs": runs_info}
+
+
+def analyse(results: dict[str, Any]) -> dict[str, Any]:
+    """The analysis of every comparison that has runs."""
+    return {name: analyse_comparison(results, name) for name in results["comparisons"]}
+

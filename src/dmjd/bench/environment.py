@@ -1,0 +1,75 @@
+"""Where a benchmark ran: machine, accelerator, software versions, date and commit.
+
+Every published number carries these, so that it can be traced to the code and hardware that
+produced it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+import dmjd
+
+
+def cpu_model() -> str:
+    """The CPU model name (from /proc/cpuinfo on Linux, else ``platform.processor()``)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name of the device computations ran on (the GPU model for CUDA)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU: {cpu_model()}"
+
+
+def git_commit() -> str:
+    """The commit of the dmjd checkout (``git rev-parse HEAD``), else ``$DMJD_GIT_COMMIT``, else 'unknown'.
+
+    The environment variable serves copies of the tree without a ``.git`` folder.
+    """
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(dmjd.__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("DMJD_GIT_COMMIT", "unknown")
+
+
+def machine_info(device: torch.device) -> dict[str, object]:
+    """Hardware and software facts for a report."""
+    info: dict[str, object] = {
+        "device": device_name(device),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "dmjd": dmjd.__version__,
+        "platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def now_utc() -> str:
+    """The current date and time in UTC, ISO 8601 to the second."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()

@@ -1,0 +1,261 @@
+"""What the efficiency benchmark runs: machine presets and the compared configurations.
+
+A *preset* fixes everything that must be identical across configurations on one machine (model,
+data, batch, augmentation, base learning rate, wall-clock budget, evaluation) as config overrides.
+A *section* is one comparison of the paper: a list of variants, each a few config overrides on
+top of the preset; the first-named baseline is what speed-ups are measured against. Variants
+spell out every key they change, so they never depend on another variant's settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of a comparison: a label and its config overrides."""
+
+    label: str
+    overrides: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A number the paper reports for a variant, to hold our measurement against.
+
+    Attributes:
+        kind: ``speedup`` (time-to-accuracy ratio over the baseline) or ``gain`` (linear-probe
+            points over the baseline at the end of the equal wall-clock budget).
+        label: the variant it is about.
+        low, high: the paper's range.
+        source: where the paper reports it.
+    """
+
+    kind: str
+    label: str
+    low: float
+    high: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Section:
+    """One comparison of the paper.
+
+    Attributes:
+        name: short id (``main``, ``pred_ratio``, ``targets``, ``decoder``).
+        title: heading in the report.
+        paper: where the paper shows it, and what it reports.
+        baseline: label of the variant speed-ups are measured against.
+        variants: the configurations, baseline included.
+        expected_pairs: ``(worse, better)`` label pairs as the paper orders them.
+        claims: the paper's numbers to compare with.
+    """
+
+    name: str
+    title: str
+    paper: str
+    baseline: str
+    variants: tuple[Variant, ...]
+    expected_pairs: tuple[tuple[str, str], ...] = ()
+    claims: tuple[Claim, ...] = ()
+
+
+def chain(*labels: str) -> tuple[tuple[str, str], ...]:
+    """Consecutive ``(worse, better)`` pairs of a ranking given from worst to best."""
+    return tuple(zip(labels, labels[1:]))
+
+
+@dataclass(frozen=True)
+class BenchPreset:
+    """Machine-level settings shared by every run of a benchmark.
+
+    Attributes:
+        name: preset id (``smoke``, ``cpu``, ``gpu``).
+        description: one line for the report.
+        base: config overrides common to every run (model, data, batch, base lr, run settings).
+        budget_s: training wall-clock seconds per run (``train.max_time_s``).
+        calibrate_s: training seconds per distinct configuration to measure its steps/s, from
+            which its epochs are set so that the cosine schedule ends at the budget.
+        eval_points: evaluations per run after the one before training (about; the final one
+            at the end of the run is always made).
+        eval_images: seeded subset of each labelled split for the probes (None: all).
+        seeds: default seeds; every configuration runs once per seed.
+        warmup_fraction: warmup epochs as a fraction of the scheduled epochs.
+        profile_steps, profile_warmup: measured and discarded steps of the step profile.
+    """
+
+    name: str
+    description: str
+    base: tuple[str, ...]
+    budget_s: float
+    calibrate_s: float
+    eval_points: int
+    eval_images: int | None
+    seeds: tuple[int, ...]
+    warmup_fraction: float = 0.1
+    profile_steps: int = 20
+    profile_warmup: int = 5
+    sections: tuple[str, ...] = field(default=("main", "profile"))
+
+
+# Masking and target building blocks of the compared configurations (paper Sec. III).
+_ONE_VIEW = ("masking.mask_ratio=0.75", "masking.pattern=random", "masking.num_views=1", "masking.pred_ratio=null")
+_TWO_VIEWS = ("masking.mask_ratio=0.75", "masking.pattern=random", "masking.num_views=2", "masking.pred_ratio=1.0")
+_NORM_PIX = ("target.name=pixels", "target.norm_pix=true", "model.vdb=false")
+_JOINT = ("target.name=hog", "target.hog_variant=dmjd", "model.vdb=true", "model.projector=nonlinear")
+_LR_RULE = ("optim.lr_rule=dmjd",)  # Eq. 4; equals the linear rule for K = 1
+
+MAE = Variant("MAE", _ONE_VIEW + _NORM_PIX + _LR_RULE)
+PLUS_DM = Variant("+DM", _TWO_VIEWS + _NORM_PIX + _LR_RULE)
+PLUS_JD = Variant("+JD", _ONE_VIEW + _JOINT + _LR_RULE)
+DMJD = Variant("DMJD", _TWO_VIEWS + _JOINT + _LR_RULE)
+
+
+def _pred_ratio_variant(pred_ratio: float) -> Variant:
+    return Variant(
+        f"m_pred {pred_ratio:.2f}",
+        ("masking.mask_ratio=0.75", "masking.pattern=random", "masking.num_views=2", f"masking.pred_ratio={pred_ratio}")
+        + _NORM_PIX
+        + _LR_RULE,
+    )
+
+
+def _target_variant(label: str, target: tuple[str, ...]) -> Variant:
+    return Variant(label, _TWO_VIEWS + target + ("model.vdb=true", "model.projector=nonlinear") + _LR_RULE)
+
+
+def _decoder_variant(label: str, depth: int, projector: str | None) -> Variant:
+    head = ("model.vdb=false",) if projector is None else ("model.vdb=true", f"model.projector={projector}")
+    target = ("target.name=hog", "target.hog_variant=dmjd")
+    return Variant(label, _TWO_VIEWS + target + (f"model.decoder_depth={depth}",) + head + _LR_RULE)
+
+
+SECTIONS: dict[str, Section] = {
+    s.name: s
+    for s in (
+        Section(
+            "main",
+            "Disjoint masking and joint distillation against MAE",
+            "Tables II, III, VI and Fig. 6d: DM reaches MAE's accuracy 1.8x-3.7x faster; JD adds "
+            "+3.4 to +5.8 linear-probe points; together they converge fastest.",
+            "MAE",
+            (MAE, PLUS_DM, PLUS_JD, DMJD),
+            expected_pairs=(("MAE", "+DM"), ("MAE", "+JD"), ("+DM", "DMJD"), ("+JD", "DMJD")),
+            claims=(
+                Claim("speedup", "+DM", 1.8, 3.7, "Tables II-III"),
+                Claim("speedup", "DMJD", 1.8, 3.0, "Table VI"),
+                Claim("gain", "DMJD", 3.4, 5.8, "Table VI"),
+            ),
+        ),
+        Section(
+            "pred_ratio",
+            "Prediction rate at a fixed corruption rate of 0.75",
+            "Fig. 6a: with m_corr fixed, a higher prediction rate trains faster, saturating near 0.95.",
+            "MAE (m_pred 0.75)",
+            (
+                Variant("MAE (m_pred 0.75)", MAE.overrides),
+                _pred_ratio_variant(0.85),
+                _pred_ratio_variant(0.95),
+                _pred_ratio_variant(1.0),
+            ),
+            expected_pairs=chain("MAE (m_pred 0.75)", "m_pred 0.85", "m_pred 0.95"),
+        ),
+        Section(
+            "targets",
+            "Learning targets (DM + VDB)",
+            "Table IV (fine-tuning): RGB 83.1 < RGB + norm 83.9 < HOG + L2 84.2 < HOG + LayerNorm 84.4.",
+            "RGB + norm",
+            (
+                _target_variant("RGB", ("target.name=pixels", "target.norm_pix=false")),
+                _target_variant("RGB + norm", ("target.name=pixels", "target.norm_pix=true")),
+                _target_variant("HOG + L2 (MaskFeat)", ("target.name=hog", "target.hog_variant=maskfeat")),
+                _target_variant("HOG + LayerNorm (DMJD)", ("target.name=hog", "target.hog_variant=dmjd")),
+            ),
+            expected_pairs=chain("RGB", "RGB + norm", "HOG + L2 (MaskFeat)", "HOG + LayerNorm (DMJD)"),
+        ),
+        Section(
+            "decoder",
+            "Decoder depth of the masked prediction branch and the VDB projector (DM + HOG)",
+            "Table V (linear probe): depth 2 linear 60.4 < depth 2 no VDB 61.8 < depth 2 nonlinear 62.5 "
+            "< depth 4 65.0 < depth 8 67.2.",
+            "depth 2, no VDB",
+            (
+                _decoder_variant("depth 2, no VDB", 2, None),
+                _decoder_variant("depth 2, linear", 2, "linear"),
+                _decoder_variant("depth 2, nonlinear", 2, "nonlinear"),
+                _decoder_variant("depth 4, nonlinear", 4, "nonlinear"),
+                _decoder_variant("depth 8, nonlinear", 8, "nonlinear"),
+            ),
+            expected_pairs=chain(
+                "depth 2, linear", "depth 2, no VDB", "depth 2, nonlinear", "depth 4, nonlinear", "depth 8, nonlinear"
+            ),
+        ),
+    )
+}
+
+SECTION_NAMES = (*SECTIONS, "profile")
+
+# The model every preset trains: a ViT on 32 x 32 Fashion-MNIST (8 x 8 grid of 4 px patches),
+# HOG on 2 px cells (2 x 2 cells x 9 bins per patch).
+_RUN = ("train.progress=false", "train.tensorboard=false", "train.checkpoint_interval=100000", "train.log_interval=20")
+_GEOMETRY = ("model.img_size=32", "model.patch_size=4", "model.in_chans=1", "target.cell_size=2")
+
+PRESETS: dict[str, BenchPreset] = {
+    p.name: p
+    for p in (
+        BenchPreset(
+            name="smoke",
+            description="seconds: a 1-block ViT on 16 px images of the embedded sample (tests only)",
+            base=(
+                "model.size=tiny", "model.img_size=16", "model.patch_size=4", "model.in_chans=1", "target.cell_size=2",
+                "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_dim=32",
+                "model.decoder_depth=1", "model.decoder_heads=2", "model.vdb_hidden=32",
+                "data.name=embedded", "data.limit=256", "data.num_workers=0",
+                "optim.batch_size=32", "optim.blr=1e-3", "train.device=cpu", "train.precision=fp32",
+                *_RUN[:3], "train.log_interval=2",
+            ),  # fmt: skip
+            budget_s=1.0,
+            calibrate_s=0.5,
+            eval_points=2,
+            eval_images=128,
+            seeds=(0,),
+            profile_steps=3,
+            profile_warmup=1,
+        ),
+        BenchPreset(
+            name="cpu",
+            description="2 CPU cores: a 4-block ViT (width 96) on a 15,000-image subset of Fashion-MNIST",
+            base=(
+                "model.size=tiny", *_GEOMETRY,
+                "model.embed_dim=96", "model.depth=4", "model.num_heads=3", "model.decoder_dim=64",
+                "model.decoder_depth=2", "model.decoder_heads=4", "model.vdb_hidden=64",
+                "data.name=fashion_mnist", "data.limit=15000", "data.num_workers=1",
+                "optim.batch_size=128", "optim.blr=1e-3", "train.device=cpu", "train.precision=fp32", *_RUN,
+            ),  # fmt: skip
+            budget_s=240.0,
+            calibrate_s=20.0,
+            eval_points=4,
+            eval_images=3000,
+            seeds=(0, 1),
+        ),
+        BenchPreset(
+            name="gpu",
+            description="one H100/H200, bf16: ViT-Ti/4 (12 blocks, width 192) on all 60,000 Fashion-MNIST images",
+            base=(
+                "model.size=tiny", *_GEOMETRY,
+                "model.decoder_dim=128", "model.decoder_depth=4", "model.decoder_heads=4", "model.vdb_hidden=128",
+                "data.name=fashion_mnist", "data.num_workers=12",
+                "optim.batch_size=512", "optim.blr=1e-3", "train.device=cuda", "train.precision=bf16", *_RUN,
+            ),  # fmt: skip
+            budget_s=12.0,
+            calibrate_s=4.0,
+            eval_points=4,
+            eval_images=5000,
+            seeds=(0, 1),
+            profile_steps=20,
+            profile_warmup=5,
+        ),
+    )
+}
