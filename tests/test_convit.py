@@ -65,19 +65,17 @@ def test_stage_strides_multiply_to_patch_size(patch: int) -> None:
     assert s3 == (2 if patch % 2 == 0 else 1) and s2 in (1, 2)
 
 
-@pytest.mark.parametrize(
-    ("img_size", "patch_size"), [(32, 8), (32, 4), (48, 16), ((32, 48), 8)]
-)
+@pytest.mark.parametrize(("img_size", "patch_size"), [(32, 8), ((16, 32), 4), (64, 16)])
 def test_shapes_and_gradients(img_size: int | tuple[int, int], patch_size: int) -> None:
     model = small_convit(img_size, patch_size).train()
     height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
     grid = (height // patch_size, width // patch_size)
     assert model.grid_size == grid and model.embed_dim == 16 and model.num_prefix_tokens == 0
     tokens = grid[0] * grid[1]
-    views = random_views(2, 3, grid, masked=tokens // 2)
+    views = random_views(2, 2, grid, masked=tokens // 2)
     x = torch.randn(2, 3, height, width)
     latent = model.forward_masked(x, views)
-    assert latent.shape == (2 * 3, tokens - tokens // 2, 16)
+    assert latent.shape == (2 * 2, tokens - tokens // 2, 16)
     features = model.forward_features(x)
     assert features.shape == (2, tokens, 16)
     (latent.square().mean() + features.square().mean()).backward()
@@ -430,9 +428,9 @@ TINY_CONVIT = [
     "masking.block_size=1",
     "data.limit=128",
     "optim.batch_size=16",
-    "optim.epochs=3",
+    "optim.epochs=2",
     "optim.warmup_epochs=0.5",
-    "optim.blr=1e-3",
+    "optim.lr=2e-3",
     "train.progress=false",
     "train.tensorboard=false",
     "train.log_interval=2",
@@ -446,6 +444,6 @@ def test_convit_pretraining_loss_goes_down(tmp_path) -> None:
     summary = trainer.fit()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["kind"] == "train"]
-    assert summary["steps"] == 3 * 8 and all(math.isfinite(v) for v in losses)
+    assert summary["steps"] == 2 * 8 and all(math.isfinite(v) for v in losses)
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
     assert isinstance(build_dmjd_model(cfg, 64).encoder, ConViT)

@@ -231,3 +231,24 @@ def test_imagefolder_without_validation_split_or_labels_is_an_error(tmp_path):
         Image.new("L", (8, 8)).save(tmp_path / "b" / split / "x.png")
     with pytest.raises(DataError, match="unlabelled"):
         labelled_splits("imagefolder", str(tmp_path / "b"), tf, tf)
+
+
+def _sharded_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    feats, labels = extract_features(tiny_vit(), Images(11), batch_size=2, progress=False)
+    torch.save((feats, labels), f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_extract_features_shards_over_processes_and_gathers_in_order(tmp_path):
+    torch.multiprocessing.spawn(_sharded_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    torch.manual_seed(0)
+    want, want_labels = extract_features(tiny_vit(), Images(11), batch_size=4, progress=False)
+    for rank in range(2):
+        feats, labels = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(feats, want)
+        assert torch.equal(labels, want_labels)

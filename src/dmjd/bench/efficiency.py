@@ -34,7 +34,7 @@ from torch import nn
 
 from dmjd.bench.analysis import Curve, aggregate, common_end, speedup, value_at
 from dmjd.bench.environment import git_commit, machine_info, now_utc
-from dmjd.bench.presets import PRESETS, SECTIONS, BenchPreset, Variant
+from dmjd.bench.presets import PRESETS, SECTION_NAMES, SECTIONS, BenchPreset, Variant
 from dmjd.config import Config, load_config
 from dmjd.engine import NonFiniteLossError, Pretrainer
 from dmjd.engine.metrics import read_metrics
@@ -287,42 +287,44 @@ def run_efficiency(
 
     preset = PRESETS[preset] if isinstance(preset, str) else preset
     sections = tuple(sections or preset.sections)
-    unknown = [s for s in sections if s not in SECTIONS and s != "profile"]
+    unknown = [s for s in sections if s not in SECTION_NAMES]
     if unknown:
-        raise ValueError(f"unknown benchmark section(s) {', '.join(unknown)}; choose from {', '.join([*SECTIONS, 'profile'])}")
+        raise ValueError(f"unknown benchmark section(s) {', '.join(unknown)}; choose from {', '.join(SECTION_NAMES)}")
     seeds = tuple(seeds if seeds is not None else preset.seeds)
     budget = float(budget_s or preset.budget_s)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    comparisons_wanted = [s for s in sections if s in SECTIONS]
-    runs, comparisons = plan_runs(preset, comparisons_wanted, seeds, budget, data_path, device)
-    first_cfg = runs[0].cfg if runs else load_config(None, run_overrides(preset, SECTIONS["main"].variants[0], seeds[0], budget, data_path, device))
-    dev = resolve_device(first_cfg.train.device)
-    results: dict[str, Any] = {
-        "benchmark": "dmjd efficiency",
-        "command": command,
-        "date": now_utc(),
-        "commit": git_commit(),
-        "machine": machine_info(dev),
-        "preset": asdict(preset),
-        "sections": list(sections),
-        "seeds": list(seeds),
-        "budget_s": budget,
-        "data_path": data_path,
-        "schedule_rule": SCHEDULE_RULE.format(
-            calibrate_s=preset.calibrate_s, warmup=preset.warmup_fraction, budget_s=budget, eval_points=preset.eval_points
-        ),
-        "comparisons": comparisons,
-        "runs": {},
-        "calibration": {},
-    }
-    if runs:
-        monitor = monitor or build_monitor(first_cfg, preset.eval_images)
-        _train_all(runs, preset, budget, monitor, out, results)
-    if "profile" in sections:
-        variants = (SECTIONS["main"].variants[0], SECTIONS["main"].variants[-1])
-        cfgs = {v.label: load_config(None, run_overrides(preset, v, seeds[0], budget, data_path, device)) for v in variants}
-        results["profile"] = profile_configs(cfgs, out / "profile-work", preset.profile_steps, preset.profile_warmup)
+    runs, comparisons = plan_runs(preset, [s for s in sections if s in SECTIONS], seeds, budget, data_path, device)
+    main = SECTIONS["main"].variants
+    profiled = {v.label: load_config(None, run_overrides(preset, v, seeds[0], budget, data_path, device)) for v in (main[0], main[-1])}
+    threads = torch.get_num_threads()
+    if preset.torch_threads:
+        torch.set_num_threads(preset.torch_threads)
+    try:
+        results: dict[str, Any] = {
+            "benchmark": "dmjd efficiency",
+            "command": command,
+            "date": now_utc(),
+            "commit": git_commit(),
+            "machine": machine_info(resolve_device(profiled["MAE"].train.device)),
+            "preset": asdict(preset),
+            "sections": list(sections),
+            "seeds": list(seeds),
+            "budget_s": budget,
+            "data_path": data_path,
+            "schedule_rule": SCHEDULE_RULE.format(
+                calibrate_s=preset.calibrate_s, warmup=preset.warmup_fraction, budget_s=budget, eval_points=preset.eval_points
+            ),
+            "comparisons": comparisons,
+            "runs": {},
+            "calibration": {},
+        }
+        if runs:
+            _train_all(runs, preset, budget, monitor or build_monitor(runs[0].cfg, preset.eval_images), out, results)
+        if "profile" in sections:
+            results["profile"] = profile_configs(profiled, out / "profile-work", preset.profile_steps, preset.profile_warmup)
+    finally:
+        torch.set_num_threads(threads)
     results["analysis"] = analyse(results)
     _write_json(results, out / "results.json")
     write_report(results, out)

@@ -25,8 +25,17 @@ from torch.utils.data import Subset
 from dmjd.config import Config
 from dmjd.data import Normalize, build_dataset, eval_transform
 from dmjd.engine.distributed import init_distributed
-from dmjd.engine.trainer import build_masking, build_target, resolve_device
-from dmjd.eval.features import class_names, dataset_labels, extract_features, labelled_splits, num_classes
+from dmjd.engine.builders import build_masking, build_target
+from dmjd.engine.trainer import resolve_device
+from dmjd.eval.features import (
+    Pool,
+    class_names,
+    dataset_labels,
+    default_pool,
+    extract_features,
+    labelled_splits,
+    num_classes,
+)
 from dmjd.eval.finetune import Finetuner, FinetuneSettings, finetune_transforms
 from dmjd.eval.knn import knn_top1
 from dmjd.eval.linear_probe import ProbeSettings, linear_probe, logistic_regression_top1
@@ -49,6 +58,7 @@ class Source:
     output_dir: Path
     device: torch.device
     name: dict[str, str]
+    pool: Pool
     is_main: bool = True
 
 
@@ -80,7 +90,8 @@ def _add_max_images(p: argparse.ArgumentParser) -> None:
 
 def _add_features(p: argparse.ArgumentParser) -> None:
     _add_max_images(p)
-    p.add_argument("--pool", choices=("cls", "avg"), default="cls", help="class token or mean of patch tokens")
+    p.add_argument("--pool", choices=("cls", "avg"), default=None,
+                   help="class token or mean of patch tokens (default: cls when the encoder has one)")  # fmt: skip
     p.add_argument("--feature-batch-size", type=int, default=256, help="images per feature-extraction batch")
 
 
@@ -115,12 +126,14 @@ def load_source(args: argparse.Namespace, distributed: bool = True) -> Source:
             raise ValueError("--timm-model needs --output-dir")
         encoder = load_timm_encoder(args.timm_model, pretrained=True, device=device)
         cfg = config_with_overrides({}, args.overrides)
-        spec = InputSpec.from_timm(encoder)
-        return Source(encoder, spec, cfg, Path(args.output_dir), device, {"timm_model": args.timm_model}, is_main)
-    encoder, cfg = load_encoder(args.checkpoint, device)
-    cfg = config_with_overrides(cfg.model_dump(mode="json"), args.overrides)
-    out = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent
-    return Source(encoder, InputSpec.from_config(cfg), cfg, out, device, {"checkpoint": str(args.checkpoint)}, is_main)
+        spec, out, name = InputSpec.from_timm(encoder), Path(args.output_dir), {"timm_model": args.timm_model}
+    else:
+        encoder, cfg = load_encoder(args.checkpoint, device)
+        cfg = config_with_overrides(cfg.model_dump(mode="json"), args.overrides)
+        spec, name = InputSpec.from_config(cfg), {"checkpoint": str(args.checkpoint)}
+        out = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent
+    pool = getattr(args, "pool", None) or default_pool(encoder)
+    return Source(encoder, spec, cfg, out, device, name, pool, is_main)
 
 
 def source_features(src: Source, args: argparse.Namespace) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -128,13 +141,13 @@ def source_features(src: Source, args: argparse.Namespace) -> tuple[Tensor, Tens
     transform = eval_transform(src.spec.img_size, src.spec.in_chans)
     data = src.cfg.data
     train, test = labelled_splits(data.name, data.path, transform, transform, data.download, args.max_images)
-    common = dict(batch_size=args.feature_batch_size, device=src.device, pool=args.pool,
+    common = dict(batch_size=args.feature_batch_size, device=src.device, pool=src.pool,
                   normalize=Normalize(src.spec.mean, src.spec.std), num_workers=data.num_workers)  # fmt: skip
     return (*extract_features(src.encoder, train, **common), *extract_features(src.encoder, test, **common))
 
 
-def _describe(src: Source, args: argparse.Namespace, train_y: Tensor, test_y: Tensor) -> dict[str, Any]:
-    return {**src.name, "data": src.cfg.data.name, "pool": args.pool,
+def _describe(src: Source, train_y: Tensor, test_y: Tensor) -> dict[str, Any]:
+    return {**src.name, "data": src.cfg.data.name, "pool": src.pool,
             "train_images": len(train_y), "test_images": len(test_y)}  # fmt: skip
 
 
@@ -145,7 +158,7 @@ def _run_knn(args: argparse.Namespace) -> int:
     top1 = knn_top1(train_x, train_y, test_x, test_y, args.k, args.temperature)
     if src.is_main:
         result = {"kind": "knn", "knn_top1": top1, "k": args.k, "temperature": args.temperature,
-                  **_describe(src, args, train_y, test_y)}  # fmt: skip
+                  **_describe(src, train_y, test_y)}  # fmt: skip
         emit(result, src.output_dir, "knn")
     return 0
 
@@ -171,7 +184,7 @@ def _run_linprobe(args: argparse.Namespace) -> int:
         top1 = linear_probe(train_x, train_y, test_x, test_y, settings, src.device)
         protocol = {"protocol": "mae", **dataclasses.asdict(settings), "lr": settings.peak_lr(settings.batch_size)}
     if src.is_main:
-        result = {"kind": "linprobe", "linprobe_top1": top1, **protocol, **_describe(src, args, train_y, test_y)}
+        result = {"kind": "linprobe", "linprobe_top1": top1, **protocol, **_describe(src, train_y, test_y)}
         emit(result, src.output_dir, "linprobe")
     return 0
 
@@ -225,15 +238,15 @@ def _run_tsne(args: argparse.Namespace) -> int:
     _, test = labelled_splits(data.name, data.path, transform, transform, data.download, args.max_images)
     picked = Subset(test, select_classes(dataset_labels(test), args.num_classes, args.per_class, args.seed).tolist())
     feats, labels = extract_features(
-        src.encoder, picked, args.feature_batch_size, src.device, args.pool,
+        src.encoder, picked, args.feature_batch_size, src.device, src.pool,
         Normalize(src.spec.mean, src.spec.std), data.num_workers,
     )  # fmt: skip
     if src.is_main:
         embedding = tsne_embedding(feats, args.perplexity, args.seed)
-        title = f"t-SNE of {args.pool} features: {next(iter(src.name.values()))} on {data.name}"
+        title = f"t-SNE of {src.pool} features: {next(iter(src.name.values()))} on {data.name}"
         figure = save_tsne_figure(embedding, labels.numpy(), src.output_dir / "tsne.png", class_names(test), title)
         result = {"kind": "tsne", "figure": str(figure), "classes": int(labels.unique().numel()),
-                  "images": len(labels), **src.name, "data": data.name, "pool": args.pool}  # fmt: skip
+                  "images": len(labels), **src.name, "data": data.name, "pool": src.pool}  # fmt: skip
         emit(result, src.output_dir, "tsne")
     return 0
 

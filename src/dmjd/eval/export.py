@@ -58,7 +58,9 @@ def timm_architecture(encoder: nn.Module) -> tuple[str, dict[str, Any]]:
         ValueError: the encoder cannot describe itself to timm (no ``timm_kwargs``).
     """
     if not hasattr(encoder, "timm_kwargs"):
-        raise ValueError(f"{type(encoder).__name__} has no timm_kwargs(); export needs a dmjd encoder")
+        raise ValueError(
+            f"export writes timm ViT weights and needs a ViT encoder (model.arch=vit), got {type(encoder).__name__}"
+        )
     arch = encoder.timm_kwargs()
     name = encoder.timm_model_name()
     if name is None:

@@ -109,6 +109,11 @@ def dataset_labels(dataset: Dataset) -> np.ndarray:
     return np.asarray([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)  # type: ignore[arg-type]
 
 
+def default_pool(encoder: nn.Module) -> Pool:
+    """``cls`` for encoders with a class token (MAE's linear-probe feature), else ``avg`` (ConViT)."""
+    return "cls" if getattr(encoder, "cls_token", None) is not None else "avg"
+
+
 def pool_tokens(encoder: nn.Module, tokens: Tensor, pool: Pool) -> Tensor:
     """One vector per image from the encoder's output tokens ``[B, P + L, D]`` -> ``[B, D]``.
 
@@ -152,28 +157,32 @@ def extract_features(
     dataset: Dataset,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
-    pool: Pool = "cls",
+    pool: Pool | None = None,
     normalize: nn.Module | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    shard: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Frozen features of every image of a data set.
 
     The encoder runs in eval mode without gradients (bf16 autocast on GPUs that support it) and is
     put back in its previous mode afterwards, so it can be called in the middle of training. With
-    an initialised process group each process encodes a shard and the results are all-gathered.
+    an initialised process group and ``shard=True`` each process encodes a shard and the results
+    are all-gathered (every process must call it); ``shard=False`` encodes everything locally.
 
     Args:
-        encoder: a ViT with ``forward_features(x) -> [B, P + L, D]`` (dmjd or timm).
+        encoder: ``forward_features(x) -> [B, P + L, D]`` with ``P = num_prefix_tokens`` (dmjd, timm).
         dataset: items ``(image [C, H, W] in [0, 1], label, ...)``.
+        pool: see ``pool_tokens``; None = ``default_pool(encoder)``.
         normalize: applied on the device to each batch (the encoder's mean/std).
 
     Returns:
         ``(features float32[N, D], labels int64[N])`` on the CPU, in data set order.
     """
     device = torch.device(device)
+    pool = pool or default_pool(encoder)
     normalize = normalize.to(device) if normalize is not None else None
-    rank, world = _world()
+    rank, world = _world() if shard else (0, 1)
     n = len(dataset)  # type: ignore[arg-type]
     local = Subset(dataset, shard_indices(n, rank, world)) if world > 1 else dataset
     loader = DataLoader(local, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")

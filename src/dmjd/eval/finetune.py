@@ -89,7 +89,10 @@ def classifier_kwargs(encoder: nn.Module, num_classes: int, settings: FinetuneSe
         ValueError: the encoder cannot describe itself to timm (no ``timm_kwargs``).
     """
     if not hasattr(encoder, "timm_kwargs"):
-        raise ValueError(f"{type(encoder).__name__} has no timm_kwargs(); fine-tuning needs a dmjd encoder")
+        raise ValueError(
+            f"fine-tuning builds timm's VisionTransformer and needs a ViT encoder (model.arch=vit), "
+            f"got {type(encoder).__name__}"
+        )
     return {
         **encoder.timm_kwargs(),
         "num_classes": num_classes,
@@ -166,7 +169,7 @@ class Finetuner:
     Raises:
         OutputDirError: ``output_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set.
         CheckpointError: the resumed checkpoint is not a fine-tuning checkpoint of this model.
-        ValueError: the training split is smaller than one batch.
+        ValueError: the training split is smaller than one batch, or the encoder is not a ViT.
     """
 
     def __init__(
@@ -189,10 +192,10 @@ class Finetuner:
         self.steps_per_epoch = len(train_set) // settings.batch_size  # type: ignore[arg-type]
         if self.steps_per_epoch < 1:
             raise ValueError(f"{len(train_set)} training images are fewer than one batch of {settings.batch_size}")  # type: ignore[arg-type]
+        self.model_kwargs = classifier_kwargs(encoder, num_classes, settings)
         resume_path = ckpt.latest_checkpoint(self.output_dir) if str(resume) == "auto" else resume
         prepare_output_dir(self.output_dir, resume is not None, overwrite, is_main=True)
         seed_everything(settings.seed)
-        self.model_kwargs = classifier_kwargs(encoder, num_classes, settings)
         self.model = build_classifier(self.model_kwargs, encoder.state_dict()).to(self.device)
         groups = param_groups_layer_decay(
             self.model, settings.weight_decay, self.model.no_weight_decay(), layer_decay=settings.layer_decay

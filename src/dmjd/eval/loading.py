@@ -18,7 +18,7 @@ from torch import nn
 from dmjd.config import Config, ConfigError, config_from_dict
 from dmjd.config.loading import apply_override, parse_override
 from dmjd.engine.checkpoint import CheckpointError, load_checkpoint
-from dmjd.engine.trainer import build_dmjd_model, build_target, mean_std
+from dmjd.engine.builders import build_dmjd_model, build_target, mean_std
 from dmjd.models import DMJDModel, create_encoder, encoder_state_dict
 
 
@@ -73,15 +73,27 @@ def _describe(cfg: Config) -> str:
     )
 
 
+def key_mismatch(module: nn.Module, weights: dict[str, torch.Tensor]) -> str | None:
+    """A one-line summary of how ``weights`` differ from ``module``'s state dict, None if they fit."""
+    own = module.state_dict()
+    problems = {
+        "missing": sorted(own.keys() - weights.keys()),
+        "unexpected": sorted(weights.keys() - own.keys()),
+        "of another shape": sorted(k for k in own.keys() & weights.keys() if own[k].shape != weights[k].shape),
+    }
+    parts = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+             for what, keys in problems.items() if keys]  # fmt: skip
+    return "; ".join(parts) or None
+
+
 def _load_strict(module: nn.Module, weights: dict[str, torch.Tensor], path: str | Path, cfg: Config) -> None:
-    """``load_state_dict(strict=True)``, turning a mismatch into a CheckpointError that says why."""
-    try:
-        module.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        detail = "\n".join(str(err).splitlines()[1:4])
+    """``load_state_dict(strict=True)``, or a CheckpointError that says which keys differ."""
+    mismatch = key_mismatch(module, weights)
+    if mismatch:
         raise CheckpointError(
-            f"{path}: the weights do not match the architecture in its config ({_describe(cfg)}):\n{detail}"
-        ) from None
+            f"{path}: the weights do not match the architecture in its config ({_describe(cfg)}): {mismatch}"
+        )
+    module.load_state_dict(weights, strict=True)
 
 
 def load_encoder(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config]:

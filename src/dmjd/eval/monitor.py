@@ -21,8 +21,8 @@ from dmjd.eval.loading import InputSpec
 class OnlineMonitor:
     """``monitor(encoder) -> {"knn_top1": ..., "linprobe_top1": ...}`` (fractions in [0, 1]).
 
-    Under ``torch.distributed`` every process must call it (feature extraction is sharded and
-    all-gathered); all processes get the same result.
+    It runs in the calling process alone (no collective operations), so a distributed trainer can
+    call it on its main process only.
 
     Args:
         data_name: a labelled data set of ``dmjd.data.build_dataset`` with train/test splits
@@ -34,7 +34,7 @@ class OnlineMonitor:
         device: where features are computed.
         batch_size: feature-extraction batch.
         k, temperature: weighted kNN.
-        pool: ``cls`` token or ``avg`` of patch tokens.
+        pool: ``cls`` token or ``avg`` of patch tokens; None = ``cls`` when the encoder has one.
         linprobe: also fit the fast logistic-regression probe.
         download: let torchvision download the data set.
         num_workers: data-loader processes.
@@ -56,7 +56,7 @@ class OnlineMonitor:
         batch_size: int = 256,
         k: int = 20,
         temperature: float = 0.07,
-        pool: Pool = "cls",
+        pool: Pool | None = None,
         linprobe: bool = True,
         download: bool = False,
         num_workers: int = 0,
@@ -89,7 +89,7 @@ class OnlineMonitor:
     def __call__(self, encoder: nn.Module) -> dict[str, float]:
         """Evaluate ``encoder`` (any mode; it is put back in its mode afterwards)."""
         common = dict(batch_size=self.batch_size, device=self.device, pool=self.pool, normalize=self.normalize,
-                      num_workers=self.num_workers, progress=False)  # fmt: skip
+                      num_workers=self.num_workers, progress=False, shard=False)  # fmt: skip
         train_x, train_y = extract_features(encoder, self.train_set, **common)
         test_x, test_y = extract_features(encoder, self.test_set, **common)
         result = {"knn_top1": knn_top1(train_x, train_y, test_x, test_y, self.k, self.temperature)}

@@ -138,7 +138,9 @@ class FrozenNetworkTarget(Target):
         super().__init__(patch_size, in_chans, dim)
         if in_chans != network_chans and not (in_chans == 1 and network_chans == 3):
             raise ValueError(f"the network takes {network_chans}-channel images, the data has {in_chans}")
-        self.network = network.requires_grad_(False)
+        for param in network.parameters():  # not requires_grad_(): TorchScript modules lack it
+            param.requires_grad_(False)
+        self.network = network
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.network_chans = network_chans
         self.mean: Tensor | None

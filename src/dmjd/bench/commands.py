@@ -1,0 +1,77 @@
+"""``dmjd bench``: the efficiency benchmark and step profile from the command line (a thin layer
+over ``dmjd.bench.efficiency``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from dmjd.bench.presets import PRESETS, SECTION_NAMES
+
+
+def _csv(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers, got {text!r}") from None
+
+
+def register_bench_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``dmjd bench`` to the ``dmjd`` command's subparsers."""
+    presets = "; ".join(f"{p.name}: {p.description} ({p.budget_s:g} s per run)" for p in PRESETS.values())
+    p = subparsers.add_parser(
+        "bench",
+        help="efficiency benchmark: MAE vs +DM vs +JD vs DMJD at equal wall time (and ablations, step profile)",
+        description=(
+            "Pre-train the paper's configurations side by side with the same wall-clock budget, evaluate "
+            "them periodically (kNN + linear probe) and report accuracy at equal time and ETE, speed-ups "
+            f"and a step profile. Presets: {presets}."
+        ),
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="machine preset (default cpu)")
+    p.add_argument("--output-dir", required=True, help="receives runs/, results.json, report.md and PNG figures")
+    p.add_argument("--sections", type=_csv, default=None,
+                   help=f"comma-separated, from {','.join(SECTION_NAMES)} (default: main,profile)")  # fmt: skip
+    p.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the preset's)")
+    p.add_argument("--data-path", default=None, help="data.path of every run, e.g. a folder with Fashion-MNIST *-ubyte.gz")
+    p.add_argument("--device", default=None, help="train.device of every run (default: the preset's)")
+    p.add_argument("--budget-s", type=float, default=None, help="training seconds per run (default: the preset's)")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite report.md and figures from OUTPUT_DIR/results.json without training")  # fmt: skip
+    p.set_defaults(func=run_bench_command)
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    """Run the benchmark (or re-render its report) and print where the report is."""
+    from dmjd.bench.efficiency import analyse, run_efficiency
+    from dmjd.bench.report import write_report
+
+    out = Path(args.output_dir)
+    if args.report_only:
+        path = out / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; run the benchmark first")
+        results = json.loads(path.read_text())
+        results["analysis"] = analyse(results)
+        report = write_report(results, out)
+    else:
+        run_efficiency(
+            args.preset,
+            out,
+            sections=args.sections,
+            seeds=args.seeds,
+            budget_s=args.budget_s,
+            data_path=args.data_path,
+            device=args.device,
+            command=shlex.join(sys.argv),
+        )
+        report = out / "report.md"
+    print(json.dumps({"report": str(report), "results": str(out / "results.json")}))
+    return 0

@@ -1,0 +1,224 @@
+"""Throughput benchmark (issue 6, item 5): images/s, views/s and model FLOPs utilisation.
+
+MAE and DMJD are timed on the engine's own training step (masks made on the device, targets once
+per image, forward + backward, AdamW step) fed with synthetic images that already sit on the
+device, so the loader is out of the measurement. FLOPs of one step (forward + backward, the
+optimizer's are negligible) are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the eager
+model with the math attention kernel (so that attention matmuls are counted on every device); the
+model FLOPs utilisation is achieved FLOP/s over the card's dense bf16 peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from dmjd.bench.environment import device_name, git_commit, machine_info, now_utc
+from dmjd.bench.presets import DMJD, MAE, PRESETS
+from dmjd.config import Config, load_config
+from dmjd.engine import Pretrainer
+
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets; the first name found in
+# the device name wins, so more specific names come first.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("A100", 312e12),
+)
+
+# Per setting and configuration: (preset name or None, overrides). ``vit-b16`` is the paper's
+# ViT-B/16 at 224 px (the shipped MAE and DMJD recipes); ``cpu-small`` the CPU benchmark's model.
+SETTINGS: dict[str, dict[str, tuple[str | None, tuple[str, ...]]]] = {
+    "vit-b16": {"MAE": ("mae-vit-b", ()), "DMJD": ("dmjd-vit-b", ())},
+    "cpu-small": {"MAE": (None, PRESETS["cpu"].base + MAE.overrides), "DMJD": (None, PRESETS["cpu"].base + DMJD.overrides)},
+}
+
+
+def peak_bf16_flops(name: str) -> tuple[str, float] | None:
+    """``(table entry, FLOP/s)`` of the first table name contained in a device name, else None."""
+    return next(((key, peak) for key, peak in PEAK_BF16_FLOPS if key in name), None)
+
+
+def throughput_config(setting: str, config: str, batch: int, device: str, compile: bool) -> Config:
+    """The run config of one measured configuration: its recipe with a synthetic-data setup."""
+    preset, overrides = SETTINGS[setting][config]
+    precision = "bf16" if device.startswith("cuda") else "fp32"
+    return load_config(
+        preset,
+        [
+            *overrides,
+            "data.name=embedded", "data.path=null", "data.limit=null", "data.num_workers=0",
+            f"optim.batch_size={batch}", "optim.accum_iter=1",
+            f"train.device={device}", f"train.precision={precision}", f"train.compile={str(compile).lower()}",
+            "train.tensorboard=false", "train.progress=false",
+        ],
+    )  # fmt: skip
+
+
+def synthetic_images(trainer: Pretrainer, batch: int) -> Tensor:
+    """Uniform images in [0, 1] of the configured shape, created on the training device."""
+    m = trainer.cfg.model
+    gen = torch.Generator(device=trainer.device).manual_seed(0)
+    return torch.rand(batch, m.in_chans, m.img_size, m.img_size, device=trainer.device, generator=gen)
+
+
+def train_step(trainer: Pretrainer, images: Tensor, step: int) -> None:
+    """One engine training step on a fixed batch: masks, targets, forward, backward, AdamW."""
+    views = trainer._masks(step, images.shape[0])
+    trainer.compute_losses(images, views)["loss"].backward()
+    trainer._optimizer_step()
+
+
+def step_flops(trainer: Pretrainer, images: Tensor) -> int:
+    """FLOPs of one forward + backward pass (matmuls, convolutions and attention)."""
+    views = trainer._masks(0, images.shape[0])
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        trainer.model.zero_grad(set_to_none=True)
+        trainer.compute_losses(images, views)["loss"].backward()
+    trainer.model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(cfg: Config, steps: int, warmup: int, count_flops: bool = True) -> dict[str, Any]:
+    """Time ``steps`` training steps after ``warmup`` (compilation happens there).
+
+    Returns:
+        ``{"step_ms", "images_per_s", "views_per_s", "flops_per_step", "batch_size", "num_views",
+        "params_m"}`` (``flops_per_step`` None when not counted, e.g. for a compiled model).
+    """
+    batch = cfg.optim.batch_size
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Pretrainer(cfg, tmp, overwrite=True)
+        images = synthetic_images(trainer, batch)
+        flops = step_flops(trainer, images) if count_flops else None
+        for i in range(warmup):
+            train_step(trainer, images, i)
+        _sync(trainer.device)
+        start = time.perf_counter()
+        for i in range(warmup, warmup + steps):
+            train_step(trainer, images, i)
+        _sync(trainer.device)
+        seconds = (time.perf_counter() - start) / steps
+        views = trainer.masking.num_views
+        params = sum(p.numel() for p in trainer.model.parameters()) / 1e6
+        del trainer
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {
+        "step_ms": 1000 * seconds,
+        "images_per_s": batch / seconds,
+        "views_per_s": batch * views / seconds,
+        "flops_per_step": flops,
+        "batch_size": batch,
+        "num_views": views,
+        "params_m": params,
+    }
+
+
+def run_throughput(
+    setting: str, device: str, batch: int, steps: int, warmup: int, compile: bool
+) -> dict[str, Any]:
+    """Measure MAE and DMJD of a setting; adds achieved TFLOP/s and MFU on a GPU with a known peak."""
+    dev = torch.device(device)
+    name = device_name(dev)
+    peak = peak_bf16_flops(name) if dev.type == "cuda" else None
+    results: dict[str, Any] = {
+        "benchmark": "dmjd throughput",
+        "setting": setting,
+        "device": name,
+        "peak": {"entry": peak[0], "bf16_flops": peak[1]} if peak else None,
+        "batch_size": batch,
+        "steps": steps,
+        "warmup": warmup,
+        "compile": compile,
+        "date": now_utc(),
+        "commit": git_commit(),
+        "machine": machine_info(dev),
+        "configs": {},
+    }
+    for label in SETTINGS[setting]:
+        eager = throughput_config(setting, label, batch, device, compile=False)
+        if compile:
+            r = measure(throughput_config(setting, label, batch, device, compile=True), steps, warmup, count_flops=False)
+            r["flops_per_step"] = measure(eager, 1, 0)["flops_per_step"]
+        else:
+            r = measure(eager, steps, warmup)
+        r["tflops_per_s"] = r["flops_per_step"] / (r["step_ms"] / 1000) / 1e12
+        r["mfu"] = r["tflops_per_s"] * 1e12 / peak[1] if peak else None
+        results["configs"][label] = r
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A markdown table of the measurements, with the peak used for the MFU."""
+    peak = results["peak"]
+    lines = [
+        f"Throughput, setting {results['setting']}, on {results['device']}, batch {results['batch_size']} unique "
+        f"images, {results['steps']} timed steps after {results['warmup']} warm-up, compile {results['compile']}",
+        "MFU peak: " + (f"{peak['entry']} dense bf16 {peak['bf16_flops'] / 1e12:g} TFLOP/s" if peak else "none (no known GPU peak)"),
+        "",
+        "| config | params (M) | K | step ms | images/s | views/s | GFLOP/step | TFLOP/s | MFU |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, r in results["configs"].items():
+        mfu = f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "-"
+        lines.append(
+            f"| {label} | {r['params_m']:.1f} | {r['num_views']} | {r['step_ms']:.1f} | {r['images_per_s']:.0f} | "
+            f"{r['views_per_s']:.0f} | {r['flops_per_step'] / 1e9:.1f} | {r['tflops_per_s']:.2f} | {mfu} |"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The throughput benchmark's options."""
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument("--device", default=default_device, help=f"device (default {default_device})")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default=None,
+                        help="vit-b16 (224 px, the paper's model; default on GPU) or cpu-small (default on CPU)")  # fmt: skip
+    parser.add_argument("--batch", type=int, default=None, help="unique images per step (default 256 GPU, 128 CPU)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 30 GPU, 10 CPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 GPU, 3 CPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (train.compile=true)")
+    parser.add_argument("--output", default=None, help="write results to OUTPUT.json and OUTPUT.md")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python benchmarks/throughput.py [--device cuda] [--batch 256] [--steps 30] [--compile]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    gpu = args.device.startswith("cuda")
+    results = run_throughput(
+        setting=args.setting or ("vit-b16" if gpu else "cpu-small"),
+        device=args.device,
+        batch=args.batch or (256 if gpu else 128),
+        steps=args.steps or (30 if gpu else 10),
+        warmup=args.warmup if args.warmup is not None else (10 if gpu else 3),
+        compile=args.compile,
+    )
+    table = format_table(results)
+    print(table)
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+        out.with_suffix(".md").write_text(table + "\n")
+    return 0

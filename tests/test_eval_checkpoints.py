@@ -1,0 +1,259 @@
+"""From a pre-training checkpoint: loading and its errors, timm export, online monitor, the CLI commands."""
+
+import argparse
+import json
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from threadpoolctl import threadpool_limits
+
+from dmjd.config import ConfigError, load_config
+from dmjd.data import DataError
+from dmjd.engine import CheckpointError, save_checkpoint
+from dmjd.engine.trainer import build_dmjd_model, build_target
+from dmjd.eval.commands import register_eval_commands
+from dmjd.eval.export import export_encoder
+from dmjd.eval.loading import InputSpec, config_with_overrides, load_dmjd_model, load_encoder, load_timm_encoder
+from dmjd.eval.monitor import OnlineMonitor
+from dmjd.models import create_encoder
+
+TINY = [
+    "model.img_size=32", "model.patch_size=8", "model.in_chans=1", "model.embed_dim=32", "model.depth=2",
+    "model.num_heads=2", "model.decoder_dim=32", "model.decoder_depth=1", "model.decoder_heads=2",
+    "model.vdb_hidden=32", "masking.num_views=2", "optim.epochs=1", "optim.batch_size=64", "data.limit=256",
+    "data.num_workers=0", "train.progress=false", "train.tensorboard=false",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One thread for torch and OpenMP/BLAS: spin-waiting threads crawl when tests run in parallel."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(threads)
+
+
+def write_checkpoint(path, overrides=TINY, seed=0, **extra):
+    """A pre-training checkpoint as the trainer writes it (model, config, epoch, step)."""
+    cfg = load_config(None, overrides)
+    torch.manual_seed(seed)
+    model = build_dmjd_model(cfg, build_target(cfg).dim)
+    state = {"model": model.state_dict(), "config": cfg.model_dump(mode="json"), "epoch": 1, "step": 4, **extra}
+    save_checkpoint(state, path)
+    return model, cfg
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    model, cfg = write_checkpoint(folder / "checkpoint-last.pth")
+    return folder, model.eval(), cfg
+
+
+def cli(argv):
+    parser = argparse.ArgumentParser(prog="dmjd")
+    register_eval_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+# ------------------------------------------------------------------------------------ loading
+def test_load_encoder_and_whole_model(run):
+    folder, model, cfg = run
+    encoder, got_cfg = load_encoder(folder / "checkpoint-last.pth")
+    assert got_cfg == cfg and not encoder.training
+    for key, value in model.encoder.state_dict().items():
+        assert torch.equal(encoder.state_dict()[key], value), key
+    whole, _ = load_dmjd_model(folder / "checkpoint-last.pth")
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), model.state_dict().values(), strict=True))
+
+
+def test_checkpoint_errors(tmp_path, run):
+    folder, model, cfg = run
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_encoder(tmp_path / "missing.pth")
+    save_checkpoint({"model": model.state_dict()}, tmp_path / "no_config.pth")
+    with pytest.raises(CheckpointError, match="not a dmjd pre-training checkpoint"):
+        load_encoder(tmp_path / "no_config.pth")
+    other = cfg.model_dump(mode="json")
+    other["model"]["arch"] = "swin"
+    save_checkpoint({"model": model.state_dict(), "config": other}, tmp_path / "swin.pth")
+    with pytest.raises(CheckpointError, match="another architecture"):
+        load_encoder(tmp_path / "swin.pth")
+    wider = cfg.model_dump(mode="json")
+    wider["model"]["embed_dim"] = 64
+    save_checkpoint({"model": model.state_dict(), "config": wider}, tmp_path / "wider.pth")
+    with pytest.raises(CheckpointError, match=r"do not match the architecture.*of another shape \(blocks"):
+        load_encoder(tmp_path / "wider.pth")
+    save_checkpoint({"model": {}, "kind": "finetune"}, tmp_path / "ft.pth")
+    with pytest.raises(CheckpointError, match="fine-tuning checkpoint"):
+        load_encoder(tmp_path / "ft.pth")
+
+
+def test_timm_encoder_for_comparison():
+    vit = load_timm_encoder("vit_tiny_patch16_224", pretrained=False)
+    assert not vit.training and vit.num_classes == 0
+    assert InputSpec.from_timm(vit) == InputSpec(224, 3, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="unknown timm model"):
+        load_timm_encoder("vit_nonexistent_patch3")
+
+
+def test_data_overrides_only(run):
+    cfg = run[2]
+    assert config_with_overrides(cfg.model_dump(mode="json"), ["data.name=cifar10"]).data.name == "cifar10"
+    with pytest.raises(ConfigError, match="data"):
+        config_with_overrides(cfg.model_dump(mode="json"), ["model.depth=3"])
+
+
+# ------------------------------------------------------------------------------------- export
+def test_export_custom_size_loads_strictly_in_timm_with_the_same_features(tmp_path, run):
+    encoder, cfg = load_encoder(run[0] / "checkpoint-last.pth")
+    exported = export_encoder(encoder, tmp_path / "enc.safetensors", InputSpec.from_config(cfg))
+    model = eval(exported.snippet, {"timm": timm})  # the exact line printed for the user
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().forward_features(x), encoder.forward_features(x))
+    assert timm.data.resolve_data_config({}, model=model)["input_size"] == (1, 32, 32)
+    # strict keys: one stray tensor in the file makes the same call fail
+    weights = load_file(exported.file)
+    save_file({**weights, "decoder_embed.weight": torch.zeros(2)}, exported.file)
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        eval(exported.snippet, {"timm": timm})
+
+
+def test_export_registered_architecture_by_name(tmp_path):
+    torch.manual_seed(0)
+    encoder = create_encoder("vit", "tiny", img_size=224, patch_size=16, in_chans=3).eval()
+    exported = export_encoder(encoder, tmp_path / "t.safetensors", InputSpec(224, 3, (0.5,) * 3, (0.5,) * 3))
+    assert exported.model_name == "vit_tiny_patch16_224" and exported.kwargs == {}
+    model = eval(exported.snippet, {"timm": timm}).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), encoder(x))
+    with pytest.raises(ValueError, match="safetensors"):
+        export_encoder(encoder, tmp_path / "t.pth", InputSpec(224, 3, (0.5,) * 3, (0.5,) * 3))
+
+
+# ------------------------------------------------------------------------------------ monitor
+def test_online_monitor(run):
+    _, model, cfg = run
+    monitor = OnlineMonitor.from_config(cfg, max_images=120)
+    assert len(monitor.train_set) == len(monitor.test_set) == 120
+    model.encoder.train()
+    result = monitor(model.encoder)
+    assert model.encoder.training
+    assert set(result) == {"knn_top1", "linprobe_top1"} and all(0.0 <= v <= 1.0 for v in result.values())
+    assert monitor(model.encoder) == result
+
+
+def test_online_monitor_needs_labelled_splits(tmp_path):
+    (tmp_path / "flat").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "flat" / "a.png")
+    with pytest.raises(DataError, match="train"):
+        OnlineMonitor("imagefolder", str(tmp_path / "flat"), img_size=32, in_chans=1)
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def test_knn_command_uses_the_checkpoints_data_and_ends_with_json(run, capsys):
+    folder = run[0]
+    assert cli(["knn", "--checkpoint", str(folder / "checkpoint-last.pth"), "--max-images", "100"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert result["data"] == "embedded" and result["train_images"] == result["test_images"] == 100
+    assert 0.0 <= result["knn_top1"] <= 1.0 and result["k"] == 20
+    assert json.loads((folder / "knn.json").read_text()) == result
+
+
+def test_feature_commands_with_data_overrides(run, tmp_path, capsys):
+    for split in ("train", "val"):
+        for c, color in (("dark", 20), ("light", 230)):
+            (tmp_path / "tree" / split / c).mkdir(parents=True)
+            for i in range(6):
+                Image.new("L", (20, 20), color=color + i).save(tmp_path / "tree" / split / c / f"{i}.png")
+    ckpt = str(run[0] / "checkpoint-last.pth")
+    data = ["data.name=imagefolder", f"data.path={tmp_path / 'tree'}"]
+    out = ["--output-dir", str(tmp_path / "out")]
+    cli(["linprobe", "--checkpoint", ckpt, "--fast", *out, *data])
+    cli(["linprobe", "--checkpoint", ckpt, "--epochs", "5", "--batch-size", "4", *out, *data])
+    cli(["tsne", "--checkpoint", ckpt, "--per-class", "6", *out, *data])
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["kind"] for r in lines] == ["linprobe", "linprobe", "tsne"]
+    assert lines[0]["protocol"] == "logreg" and lines[1]["protocol"] == "mae" and lines[1]["epochs"] == 5
+    assert lines[0]["data"] == "imagefolder" and lines[0]["train_images"] == 12
+    assert lines[0]["linprobe_top1"] == 1.0  # dark vs light is linearly separable
+    assert lines[2]["classes"] == 2 and (tmp_path / "out" / "tsne.png").stat().st_size > 0
+
+
+def test_export_command_prints_a_loadable_call(run, tmp_path, capsys):
+    target = tmp_path / "exported" / "encoder.safetensors"
+    cli(["export", "--checkpoint", str(run[0] / "checkpoint-last.pth"), "--output", str(target)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    calls = [line for line in lines if line.startswith("timm.create_model(")]
+    assert len(calls) == 1 and json.loads(lines[-1])["file"] == str(target.resolve())
+    model = eval(calls[0], {"timm": timm})
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().forward_features(x), run[1].encoder.forward_features(x))
+
+
+def test_visualize_and_plot_commands(run, tmp_path, capsys):
+    ckpt = str(run[0] / "checkpoint-last.pth")
+    cli(["visualize", "--checkpoint", ckpt, "--num-images", "2", "--output-dir", str(tmp_path)])
+    (tmp_path / "metrics.jsonl").write_text(
+        json.dumps({"kind": "train", "step": 1, "loss": 1.0, "ete": 0.5, "time": 3.0}) + "\n"
+    )
+    cli(["plot", str(tmp_path)])
+    figures = [json.loads(line)["figure"] for line in capsys.readouterr().out.strip().splitlines()]
+    assert figures == [str(tmp_path / "visualize.png"), str(tmp_path / "curves.png")]
+    assert all((tmp_path / name).stat().st_size > 0 for name in ("visualize.png", "curves.png", "curves.json"))
+
+
+def test_command_errors(tmp_path, run):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        cli(["knn", "--checkpoint", str(tmp_path / "nope.pth")])
+    with pytest.raises(ValueError, match="--output-dir"):
+        cli(["knn", "--timm-model", "vit_tiny_patch16_224"])
+    with pytest.raises(ValueError, match="unknown timm model"):
+        cli(["knn", "--timm-model", "not_a_model", "--output-dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="data"):
+        cli(["knn", "--checkpoint", str(run[0] / "checkpoint-last.pth"), "optim.lr=1"])
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        cli(["--help"])
+    text = capsys.readouterr().out
+    for command in ("knn", "linprobe", "finetune", "tsne", "visualize", "plot", "export"):
+        assert command in text
+    with pytest.raises(SystemExit):
+        cli(["finetune", "--help"])
+    assert "--layer-decay" in capsys.readouterr().out
+
+
+def test_finetune_command_and_resume(run, tmp_path, capsys):
+    base = ["finetune", "--checkpoint", str(run[0] / "checkpoint-last.pth"), "--output-dir", str(tmp_path),
+            "--max-images", "32", "--batch-size", "16"]  # fmt: skip
+    cli([*base, "--epochs", "1"])
+    cli([*base, "--epochs", "2", "--resume", "auto"])
+    first, second = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines())
+    assert (first["epochs"], first["steps"], second["epochs"], second["steps"]) == (1, 2, 2, 4)
+    assert 0.0 <= second["finetune_top1"] <= 1.0 and second["settings"]["layer_decay"] == 0.65
+    assert json.loads((tmp_path / "finetune.json").read_text()) == second
+
+
+def test_convit_checkpoint_evaluates_with_pooled_tokens(tmp_path, capsys):
+    convit = [*TINY, "model.arch=convit", "model.size=tiny", "model.depth=1", "model.num_heads=2"]
+    write_checkpoint(tmp_path / "checkpoint-last.pth", convit)
+    ckpt = str(tmp_path / "checkpoint-last.pth")
+    cli(["knn", "--checkpoint", ckpt, "--max-images", "40"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["pool"] == "avg" and 0.0 <= result["knn_top1"] <= 1.0
+    with pytest.raises(ValueError, match="ViT encoder"):
+        cli(["export", "--checkpoint", ckpt])
+    with pytest.raises(ValueError, match="ViT encoder"):
+        cli(["finetune", "--checkpoint", ckpt, "--max-images", "32", "--epochs", "1", "--batch-size", "16"])
