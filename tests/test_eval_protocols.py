@@ -245,7 +245,8 @@ def _sharded_worker(rank: int, world: int, init_file: str, out_dir: str) -> None
 
 
 def test_extract_features_shards_over_processes_and_gathers_in_order(tmp_path):
-    torch.multiprocessing.spawn(_sharded_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    args = (2, str(tmp_path / "init"), str(tmp_path))
+    torch.multiprocessing.start_processes(_sharded_worker, args=args, nprocs=2, start_method="fork")
     torch.manual_seed(0)
     want, want_labels = extract_features(tiny_vit(), Images(11), batch_size=4, progress=False)
     for rank in range(2):

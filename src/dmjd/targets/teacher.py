@@ -277,6 +277,15 @@ def _import_open_clip() -> Any:
     return open_clip
 
 
+def _open_clip_file(tag_cfg: dict[str, Any]) -> str:
+    """Where open_clip downloads a pretrained tag from (its Hugging Face file, else its URL)."""
+    hub = tag_cfg.get("hf_hub", "")
+    if not hub:
+        return tag_cfg.get("url", "the weights of this tag")
+    repo, _, filename = hub.rpartition("/")
+    return f"https://huggingface.co/{repo}/resolve/main/{filename or 'open_clip_pytorch_model.bin'}"
+
+
 def load_open_clip_teacher(
     name: str, pretrained: str | None, layer: int, img_size: int | None
 ) -> tuple[IntermediateFeatures, tuple[int, int], tuple[float, ...], tuple[float, ...], int]:
@@ -312,9 +321,9 @@ def load_open_clip_teacher(
     checkpoint = pretrained
     tag_cfg = {} if pretrained is None else open_clip.get_pretrained_cfg(name, pretrained)
     if tag_cfg:
-        hub = tag_cfg.get("hf_hub", "")
-        source = tag_cfg.get("url") or f"https://huggingface.co/{hub.rstrip('/')}"
-        fix = f"Download {source} and set target.teacher_pretrained=/path/to/that/file"
+        fix = f"Download {_open_clip_file(tag_cfg)} and set target.teacher_pretrained=/path/to/that/file"
+        if tag_cfg.get("quick_gelu", False):
+            fix += f" and target.teacher_model={name}-quickgelu"
         try:
             checkpoint = open_clip.download_pretrained(tag_cfg)
         except (OSError, RuntimeError) as err:
