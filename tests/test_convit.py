@@ -315,14 +315,18 @@ def official_state_dict(
 
     for j in range(depths[2]):
         shapes |= vit_block(f"blocks3.{j}.", d3, d3 * mlp[2])
-    shapes |= {"decoder_embed.weight": (decoder, d3), "decoder_embed.bias": (decoder,), "mask_token": (1, 1, decoder),
-               "decoder_pos_embed": (1, grid * grid, decoder), "decoder_norm.weight": (decoder,),
-               "decoder_norm.bias": (decoder,), "decoder_pred.weight": (target, decoder),
-               "decoder_pred.bias": (target,), "predictor.0.weight": (target, decoder), "predictor.0.bias": (target,)}  # fmt: skip
+    shapes |= {"decoder_embed.weight": (decoder, d3), "decoder_embed.bias": (decoder,),
+               "mask_token": (1, 1, decoder), "decoder_pos_embed": (1, grid * grid, decoder),
+               "decoder_norm.weight": (decoder,), "decoder_norm.bias": (decoder,),
+               "decoder_pred.weight": (target, decoder), "decoder_pred.bias": (target,)}  # fmt: skip
     shapes |= vit_block("decoder_blocks.0.", decoder, decoder * mlp[0])
-    for i, shape in {0: (decoder, d3), 3: (decoder, decoder), 6: (decoder, decoder)}.items():
-        shapes |= {f"proj_embed.{i}.weight": shape, f"proj_embed.{i}.bias": (decoder,)}
-        shapes |= {f"proj_embed.{i + 1}.weight": (decoder,), f"proj_embed.{i + 1}.bias": (decoder,)} if i < 6 else {}
+    # DMJD's visible distillation branch: Linear, LN, GELU, Linear, LN, GELU, Linear, LN (no affine).
+    shapes |= {"proj_embed.0.weight": (decoder, d3), "proj_embed.0.bias": (decoder,),
+               "proj_embed.1.weight": (decoder,), "proj_embed.1.bias": (decoder,),
+               "proj_embed.3.weight": (decoder, decoder), "proj_embed.3.bias": (decoder,),
+               "proj_embed.4.weight": (decoder,), "proj_embed.4.bias": (decoder,),
+               "proj_embed.6.weight": (decoder, decoder), "proj_embed.6.bias": (decoder,),
+               "predictor.0.weight": (target, decoder), "predictor.0.bias": (target,)}  # fmt: skip
     gen = torch.Generator().manual_seed(0)
     return {key: torch.randn(shape, generator=gen) for key, shape in shapes.items()}
 
@@ -410,7 +414,8 @@ def test_convit_presets() -> None:
         exclude={"model": {"size"}, "optim": {"clip_grad"}}
     )
     base = load_config("convmae-convit-b")
-    assert (base.model.arch, base.model.vdb, base.target.name, base.target.norm_pix) == ("convit", False, "pixels", True)
+    model, target = base.model, base.target
+    assert (model.arch, model.vdb, target.name, target.norm_pix) == ("convit", False, "pixels", True)
     assert (base.masking.pattern, base.masking.mask_ratio, base.masking.num_views) == ("random", 0.75, 1)
 
 

@@ -32,10 +32,11 @@ def test_embedded_sample_splits_and_labels():
 
 def test_seeded_augmentation_is_a_function_of_epoch_and_index():
     ds = SeededSamples(embedded_sample("train", pretrain_transform(32, 1, (0.2, 1.0))), seed=3)
-    a, b = ds[7][0], ds[7][0]
+    a, b = ds[7][0], ds[(0, 7)][0]
     assert torch.equal(a, b)
     ds.set_epoch(1)
     assert not torch.equal(a, ds[7][0])
+    assert torch.equal(ds[7][0], ds[(1, 7)][0])
 
 
 def test_sampler_partitions_global_batches_across_ranks():
@@ -50,6 +51,7 @@ def test_sampler_partitions_global_batches_across_ranks():
         assert batch == ranked[0][step] + ranked[1][step]
     flat = [i for b in batches for i in b]
     assert len(set(flat)) == len(flat)  # no image twice in an epoch
+    assert {e for e, _ in flat} == {2}  # the epoch travels with each index
 
 
 def test_sampler_resumes_mid_epoch_and_changes_with_epoch():

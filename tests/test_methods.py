@@ -396,6 +396,20 @@ def test_open_clip_teacher_from_a_local_file(tmp_path):
         TeacherTarget(8, 3, "dmjd-test-clip", "open_clip", str(tmp_path / "missing.pth"))
 
 
+def test_open_clip_tag_offline_says_what_to_download(monkeypatch):
+    open_clip = pytest.importorskip("open_clip")
+
+    def offline(*_args, **_kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(open_clip, "download_pretrained", offline)
+    with pytest.raises(TeacherWeightsError) as info:
+        TeacherTarget(16, 3, "ViT-B-16", "open_clip", "openai")
+    message = str(info.value)
+    assert "huggingface.co/timm/vit_base_patch16_clip_224.openai/resolve/main/open_clip_pytorch_model.bin" in message
+    assert "target.teacher_model=ViT-B-16-quickgelu" in message and "no network" in message
+
+
 # ------------------------------------------------------------------- a few steps on the sample
 
 

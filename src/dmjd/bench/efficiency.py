@@ -18,7 +18,6 @@ Protocol (issue 4, paper Tables II-VI and Fig. 6):
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import re
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from dmjd.bench.analysis import Curve, aggregate, common_end, speedup, value_at
-from dmjd.bench.environment import git_commit, machine_info, now_utc
+from dmjd.bench.environment import git_commit, machine_info, now_utc, release_device_memory
 from dmjd.bench.presets import PRESETS, SECTION_NAMES, SECTIONS, BenchPreset, Variant
 from dmjd.config import Config, load_config
 from dmjd.engine import NonFiniteLossError, Pretrainer
@@ -146,7 +145,7 @@ def calibrate(cfg: Config, seconds: float, workdir: Path) -> Calibration:
         train = [r for r in read_metrics(workdir / "metrics.jsonl") if r.get("kind") == "train"]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-        _release()
+        release_device_memory()
     if len(train) >= 2 and train[-1]["time"] > train[0]["time"]:
         rate = (train[-1]["step"] - train[0]["step"]) / (train[-1]["time"] - train[0]["time"])
     else:
@@ -184,15 +183,9 @@ def train_run(cfg: Config, run_dir: Path, evaluator: EpochEvaluator) -> dict[str
         "error": error,
     }
     del trainer
-    _release()
+    release_device_memory()
     return record
 
-
-def _release() -> None:
-    """Free the finished run's memory before the next one starts."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 @dataclass

@@ -6,6 +6,7 @@ produced it.
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import subprocess
@@ -73,3 +74,10 @@ def machine_info(device: torch.device) -> dict[str, object]:
 def now_utc() -> str:
     """The current date and time in UTC, ISO 8601 to the second."""
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def release_device_memory() -> None:
+    """Return a finished run's cached GPU memory before the next run starts (no-op without CUDA)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        gc.collect()
+        torch.cuda.empty_cache()

@@ -95,7 +95,7 @@ def comparison_table(results: dict[str, Any], name: str) -> list[str]:
     base = results["comparisons"][name]["baseline"]
     t, e = a["equal_time_s"], a["equal_ete"]
     head = (
-        f"| variant | K | m_pred | epochs | ETE | train s | linear @ {t:g} s | kNN @ {t:g} s | "
+        f"| variant | K | m_pred | scheduled epochs | ETE | train s | linear @ {t:g} s | kNN @ {t:g} s | "
         f"linear @ ETE {e:.1f} | kNN @ ETE {e:.1f} | s to {base} final | speed-up (time) | "
         f"ETE to {base} final | speed-up (ETE) |"
     )
@@ -106,7 +106,7 @@ def comparison_table(results: dict[str, Any], name: str) -> list[str]:
         if run["num_views"] is None:
             continue
         lines.append(
-            f"| {label} | {run['num_views']} | {run['pred_ratio']:.2f} | {number(run['epochs'])} | "
+            f"| {label} | {run['num_views']} | {run['pred_ratio']:.2f} | {number(run['scheduled_epochs'], 0)} | "
             f"{number(run['ete'])} | {number(run['time_s'])} | {pct(lin['at_time'])} | {pct(knn['at_time'])} | "
             f"{pct(lin['at_ete'])} | {pct(knn['at_ete'])} | {seconds_to_level(lin['time_to_level'])} | "
             f"{ratio(lin['speedup'])} | {seconds_to_level(lin['ete_to_level'])} | {ratio(lin['ete_speedup'])} |"

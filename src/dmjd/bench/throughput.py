@@ -11,7 +11,6 @@ model FLOPs utilisation is achieved FLOP/s over the card's dense bf16 peak.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import tempfile
 import time
@@ -24,7 +23,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from dmjd.bench.environment import device_name, git_commit, machine_info, now_utc
+from dmjd.bench.environment import device_name, git_commit, machine_info, now_utc, release_device_memory
 from dmjd.bench.presets import DMJD, MAE, PRESETS
 from dmjd.config import Config, load_config
 from dmjd.engine import Pretrainer
@@ -119,9 +118,7 @@ def measure(cfg: Config, steps: int, warmup: int, count_flops: bool = True) -> d
         views = trainer.masking.num_views
         params = sum(p.numel() for p in trainer.model.parameters()) / 1e6
         del trainer
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    release_device_memory()
     return {
         "step_ms": 1000 * seconds,
         "images_per_s": batch / seconds,

@@ -213,7 +213,9 @@ class SeededSamples(Dataset):
     """Makes each item's random augmentation a pure function of (seed, epoch, index).
 
     Data order, augmentation and therefore a whole run are then reproducible whatever the number of
-    loader workers or processes, and a run resumed mid-epoch sees exactly the same samples.
+    loader workers or processes, and a run resumed mid-epoch sees exactly the same samples. Items
+    are addressed by ``(epoch, index)`` pairs (as ``EpochBatchSampler`` yields them) or by a plain
+    index for the epoch last given to ``set_epoch``.
     """
 
     def __init__(self, base: Dataset, seed: int) -> None:
@@ -225,7 +227,8 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        digest = hashlib.blake2b(f"{self.seed}/{self.epoch}/{index}".encode(), digest_size=8).digest()
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        digest = hashlib.blake2b(f"{self.seed}/{epoch}/{index}".encode(), digest_size=8).digest()
         torch.manual_seed(int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF)
         return self.base[index]

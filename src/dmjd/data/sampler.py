@@ -8,8 +8,11 @@ import torch
 from torch.utils.data import Sampler
 
 
-class EpochBatchSampler(Sampler[list[int]]):
-    """Yields this process's slice of each global batch of one epoch.
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Yields this process's slice of each global batch of one epoch, as ``(epoch, index)`` pairs.
+
+    The epoch travels with each index so that data sets seeded per (epoch, index)
+    (``SeededSamples``) stay correct in persistent loader workers, which never see ``set_epoch``.
 
     Each epoch draws one permutation of the data set from ``(seed, epoch)``; global batch ``s`` is
     ``perm[s*G:(s+1)*G]`` with ``G = batch_size * world_size``, and process ``rank`` takes the
@@ -43,10 +46,10 @@ class EpochBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.steps_per_epoch() - self.start_step
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(self.num_samples, generator=g)
         lo = self.rank * self.batch_size
         for step in range(self.start_step, self.steps_per_epoch()):
             start = step * self.global_batch + lo
-            yield perm[start : start + self.batch_size].tolist()
+            yield [(self.epoch, i) for i in perm[start : start + self.batch_size].tolist()]

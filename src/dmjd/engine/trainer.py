@@ -265,7 +265,7 @@ class Pretrainer:
             batch_sampler=self.sampler,
             num_workers=workers,
             pin_memory=dev.type == "cuda",
-            persistent_workers=False,
+            persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
         )
         self.steps_per_epoch = self.sampler.steps_per_epoch() // o.accum_iter
@@ -417,7 +417,6 @@ class Pretrainer:
     def _train_epoch(self, run_start: float) -> dict[str, float]:
         cfg, st, o = self.cfg, self.state, self.cfg.optim
         self.model.train()
-        self.dataset.set_epoch(st.epoch)
         self.sampler.set_epoch(st.epoch, st.epoch_step)
         micro_per_epoch = self.sampler.steps_per_epoch()
         usable_micro = self.steps_per_epoch * o.accum_iter

@@ -214,7 +214,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
         num_workers=data.num_workers, resume=args.resume, overwrite=args.overwrite,
     )  # fmt: skip
     summary = trainer.fit()
-    emit({**summary, **src.name, "data": data.name, "settings": dataclasses.asdict(settings)}, src.output_dir, "finetune")
+    result = {**summary, **src.name, "data": data.name, "settings": dataclasses.asdict(settings)}
+    emit(result, src.output_dir, "finetune")
     return 0
 
 
@@ -271,14 +272,16 @@ def _run_visualize(args: argparse.Namespace) -> int:
     cfg = config_with_overrides(cfg.model_dump(mode="json"), args.overrides)
     spec = InputSpec.from_config(cfg)
     split = "train" if cfg.data.name == "imagefolder" else "test"
-    ds = build_dataset(cfg.data.name, split, eval_transform(spec.img_size, spec.in_chans), cfg.data.path, cfg.data.download)
+    transform = eval_transform(spec.img_size, spec.in_chans)
+    ds = build_dataset(cfg.data.name, split, transform, cfg.data.path, cfg.data.download)
     images = torch.stack([ds[i][0] for i in range(min(args.num_images, len(ds)))]).to(device)
     out = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent
     figure = save_reconstruction_figure(
         model, build_target(cfg).to(device), build_masking(cfg), Normalize(spec.mean, spec.std).to(device),
         images, out / "visualize.png", seed=args.seed,
     )  # fmt: skip
-    emit({"kind": "visualize", "figure": str(figure), "checkpoint": str(args.checkpoint), "images": len(images)}, out, "visualize")
+    result = {"kind": "visualize", "figure": str(figure), "checkpoint": str(args.checkpoint), "images": len(images)}
+    emit(result, out, "visualize")
     return 0
 
 

@@ -189,9 +189,10 @@ class Finetuner:
         self.settings, self.device, self.progress = settings, torch.device(device), progress
         self.output_dir, self.num_workers = Path(output_dir), num_workers
         self.train_set, self.val_set = train_set, val_set
-        self.steps_per_epoch = len(train_set) // settings.batch_size  # type: ignore[arg-type]
+        n_train = len(train_set)  # type: ignore[arg-type]
+        self.steps_per_epoch = n_train // settings.batch_size
         if self.steps_per_epoch < 1:
-            raise ValueError(f"{len(train_set)} training images are fewer than one batch of {settings.batch_size}")  # type: ignore[arg-type]
+            raise ValueError(f"{n_train} training images are fewer than one batch of {settings.batch_size}")
         self.model_kwargs = classifier_kwargs(encoder, num_classes, settings)
         resume_path = ckpt.latest_checkpoint(self.output_dir) if str(resume) == "auto" else resume
         prepare_output_dir(self.output_dir, resume is not None, overwrite, is_main=True)
