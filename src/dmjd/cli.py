@@ -12,6 +12,7 @@ import torch
 from pydantic import BaseModel
 
 from dmjd.config import Config
+from dmjd.engine import Pretrainer
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
@@ -20,8 +21,6 @@ EXIT_INTERRUPTED = 130
 
 def describe_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
     """One help line per config key: dotted name, default and description."""
-    from dmjd.config import Config
-
     model = model or Config
     lines = []
     for name, field in model.model_fields.items():
@@ -68,10 +67,28 @@ def sample_images(cfg: Config, n: int) -> torch.Tensor:
     return torch.stack([ds[i][0] for i in range(min(n, len(ds)))])
 
 
+def monitor_hook(cfg: Config, trainer: Pretrainer) -> Callable[[Pretrainer], dict | None] | None:
+    """The online kNN / linear-probe monitor as an epoch hook, when ``monitor.interval`` > 0."""
+    if cfg.monitor.interval == 0 or not trainer.dist.is_main:
+        return None
+    from dmjd.eval.monitor import OnlineMonitor
+
+    monitor = OnlineMonitor.from_config(cfg, max_images=cfg.monitor.max_images, device=str(trainer.device))
+    last_epoch = cfg.optim.epochs
+
+    def hook(t: Pretrainer) -> dict | None:
+        done = t.state.epoch
+        if done % cfg.monitor.interval == 0 or done == last_epoch or t.time_up:
+            return monitor(t.model.encoder)
+        return None
+
+    return hook
+
+
 def _run_pretrain(args: argparse.Namespace) -> int:
     from dmjd.config import load_config
-    from dmjd.engine import Pretrainer, latest_checkpoint, resume_config
-    from dmjd.eval.visualize import save_reconstruction_figure
+    from dmjd.engine import latest_checkpoint, resume_config
+    from dmjd.eval.visualize import can_draw, save_reconstruction_figure
 
     resume = args.resume
     ckpt_path = latest_checkpoint(args.output_dir) if resume == "auto" and Path(args.output_dir).is_dir() else None
@@ -79,14 +96,15 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         ckpt_path = Path(resume)
     cfg = resume_config(ckpt_path, args.overrides) if ckpt_path else load_config(args.config, args.overrides)
     trainer = Pretrainer(cfg, args.output_dir, resume=ckpt_path, overwrite=args.overwrite)
-    summary = trainer.fit()
-    if trainer.dist.is_main:
+    summary = trainer.fit(on_epoch_end=monitor_hook(cfg, trainer))
+    if trainer.dist.is_main and can_draw(trainer.target):
         images = sample_images(cfg, 4).to(trainer.device)
         figure = save_reconstruction_figure(
             trainer.model, trainer.target, trainer.masking, trainer.normalize, images,
             Path(args.output_dir) / "reconstruction.png",
         )  # fmt: skip
         summary["figure"] = str(figure)
+    if trainer.dist.is_main:
         print(json.dumps(summary))
     return 0
 
@@ -97,7 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dmjd", description="Efficient masked image modeling: Disjoint Masking with Joint Distillation."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    registrars: list[Callable[[argparse._SubParsersAction], None]] = [_add_pretrain]
+    from dmjd.bench import register_bench_command
+    from dmjd.eval.commands import register_eval_commands
+
+    registrars: list[Callable[[argparse._SubParsersAction], None]] = [
+        _add_pretrain,
+        register_eval_commands,
+        register_bench_command,
+    ]
     for registrar in registrars:
         registrar(sub)
     return parser

@@ -29,7 +29,9 @@ class Curve:
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y) or not self.x:
-            raise ValueError(f"a curve needs as many x as y values and at least one point, got {len(self.x)}/{len(self.y)}")
+            raise ValueError(
+                f"a curve needs as many x as y values and at least one point, got {len(self.x)}/{len(self.y)}"
+            )
         if any(b < a for a, b in zip(self.x, self.x[1:])):
             raise ValueError(f"curve x values must be non-decreasing, got {self.x}")
 

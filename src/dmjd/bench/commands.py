@@ -40,7 +40,8 @@ def register_bench_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sections", type=_csv, default=None,
                    help=f"comma-separated, from {','.join(SECTION_NAMES)} (default: main,profile)")  # fmt: skip
     p.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the preset's)")
-    p.add_argument("--data-path", default=None, help="data.path of every run, e.g. a folder with Fashion-MNIST *-ubyte.gz")
+    p.add_argument("--data-path", default=None,
+                   help="data.path of every run, e.g. a folder with Fashion-MNIST *-ubyte.gz")  # fmt: skip
     p.add_argument("--device", default=None, help="train.device of every run (default: the preset's)")
     p.add_argument("--budget-s", type=float, default=None, help="training seconds per run (default: the preset's)")
     p.add_argument("--report-only", action="store_true",

@@ -7,9 +7,10 @@ Protocol (issue 4, paper Tables II-VI and Fig. 6):
 * Every run gets the same training wall-clock budget (``train.max_time_s``; evaluation time is
   not counted) and records its effective training epochs (ETE = K x epochs).
 * Schedule rule: each distinct configuration first trains for a few seconds to measure its
-  optimizer steps per second; its ``optim.epochs`` is then the number of epochs that speed fits in
-  the budget (rounded, at least 1) and its warmup a fixed fraction of them, so that every run's
-  cosine schedule ends at the budget. The same rule applies to every configuration.
+  optimizer steps per second and its start-up time; its ``optim.epochs`` is then the number of
+  epochs that speed fits in the budget after the start-up (rounded, at least 1) and its warmup a
+  fixed fraction of them, so that every run's cosine schedule ends at the budget. The same rule
+  applies to every configuration.
 * The encoder is evaluated (weighted kNN and the fast logistic-regression linear probe on frozen
   features of the labelled splits) before training and after every few epochs, always at the end.
 * The analysis (``dmjd.bench.analysis``) reads accuracy at equal wall time (the budget), at equal
@@ -23,12 +24,14 @@ import math
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from dmjd.bench.analysis import Curve, aggregate, common_end, speedup, value_at
@@ -43,8 +46,8 @@ from dmjd.eval.monitor import OnlineMonitor
 METRICS = {"linprobe_top1": "linear probe", "knn_top1": "kNN"}
 PRIMARY_METRIC = "linprobe_top1"
 SCHEDULE_RULE = (
-    "each configuration trains {calibrate_s:g} s to measure its steps/s; optim.epochs = "
-    "max(1, round(budget x steps/s / steps per epoch)), optim.warmup_epochs = {warmup:g} x epochs, "
+    "each configuration trains {calibrate_s:g} s to measure its steps/s and start-up seconds; optim.epochs = "
+    "max(1, round((budget - start-up) x steps/s / steps per epoch)), optim.warmup_epochs = {warmup:g} x epochs, "
     "so every cosine schedule ends at the {budget_s:g} s budget; evaluation every "
     "ceil(epochs / {eval_points}) epochs and at the end"
 )
@@ -54,15 +57,24 @@ Monitor = Callable[[nn.Module], dict[str, float]]
 
 @dataclass(frozen=True)
 class Calibration:
-    """A configuration's measured training speed."""
+    """A configuration's measured training speed.
+
+    Attributes:
+        steps_per_s: optimizer steps per second once running.
+        steps_per_epoch: optimizer steps in one epoch.
+        startup_s: seconds a run spends before its steps go at that speed (first batches,
+            loader workers, kernel selection).
+    """
 
     steps_per_s: float
     steps_per_epoch: int
+    startup_s: float = 0.0
 
 
 def scheduled_epochs(budget_s: float, calibration: Calibration) -> int:
-    """Epochs that fit in ``budget_s`` at the measured speed (rounded, at least 1)."""
-    return max(1, round(budget_s * calibration.steps_per_s / calibration.steps_per_epoch))
+    """Epochs that fit in ``budget_s`` after the start-up at the measured speed (rounded, at least 1)."""
+    running = max(budget_s - calibration.startup_s, 0.0)
+    return max(1, round(running * calibration.steps_per_s / calibration.steps_per_epoch))
 
 
 def eval_interval(epochs: int, points: int) -> int:
@@ -131,8 +143,9 @@ def with_schedule(cfg: Config, epochs: int, warmup_fraction: float) -> Config:
 def calibrate(cfg: Config, seconds: float, workdir: Path) -> Calibration:
     """Train ``cfg`` for ``seconds`` and measure its optimizer steps per second.
 
-    The speed is read between the first and the last logged training record, so the start-up
-    (model build, first batches) is excluded; too short a run falls back to steps / total time.
+    The speed is read between the first and the last logged training record; the start-up is the
+    first record's time minus its steps at that speed. Too short a run falls back to steps / total
+    time with no separate start-up.
     """
     probe = cfg.model_copy(deep=True)
     probe.optim.epochs = 1_000_000
@@ -143,14 +156,15 @@ def calibrate(cfg: Config, seconds: float, workdir: Path) -> Calibration:
         summary = trainer.fit()
         steps_per_epoch = trainer.steps_per_epoch
         train = [r for r in read_metrics(workdir / "metrics.jsonl") if r.get("kind") == "train"]
+        del trainer
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         release_device_memory()
     if len(train) >= 2 and train[-1]["time"] > train[0]["time"]:
         rate = (train[-1]["step"] - train[0]["step"]) / (train[-1]["time"] - train[0]["time"])
-    else:
-        rate = summary["steps"] / max(summary["time_s"], 1e-9)
-    return Calibration(steps_per_s=rate, steps_per_epoch=steps_per_epoch)
+        startup = max(train[0]["time"] - train[0]["step"] / rate, 0.0)
+        return Calibration(steps_per_s=rate, steps_per_epoch=steps_per_epoch, startup_s=startup)
+    return Calibration(steps_per_s=summary["steps"] / max(summary["time_s"], 1e-9), steps_per_epoch=steps_per_epoch)
 
 
 def train_run(cfg: Config, run_dir: Path, evaluator: EpochEvaluator) -> dict[str, Any]:
@@ -185,7 +199,6 @@ def train_run(cfg: Config, run_dir: Path, evaluator: EpochEvaluator) -> dict[str
     del trainer
     release_device_memory()
     return record
-
 
 
 @dataclass
@@ -243,6 +256,22 @@ def build_monitor(cfg: Config, eval_images: int | None) -> OnlineMonitor:
     return OnlineMonitor.from_config(cfg, max_images=eval_images, device=resolve_device(cfg.train.device))
 
 
+@contextmanager
+def thread_limit(threads: int | None) -> Iterator[None]:
+    """Limit torch's intra-op threads and the BLAS / OpenMP pools (scikit-learn's probe) to
+    ``threads`` inside the block; no limit for None."""
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def run_efficiency(
     preset: BenchPreset | str,
     output_dir: str | Path,
@@ -278,6 +307,7 @@ def run_efficiency(
     from dmjd.bench.profile import profile_configs
     from dmjd.bench.report import write_report
 
+    started = time.perf_counter()
     preset = PRESETS[preset] if isinstance(preset, str) else preset
     sections = tuple(sections or preset.sections)
     unknown = [s for s in sections if s not in SECTION_NAMES]
@@ -288,12 +318,11 @@ def run_efficiency(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs, comparisons = plan_runs(preset, [s for s in sections if s in SECTIONS], seeds, budget, data_path, device)
-    main = SECTIONS["main"].variants
-    profiled = {v.label: load_config(None, run_overrides(preset, v, seeds[0], budget, data_path, device)) for v in (main[0], main[-1])}
-    threads = torch.get_num_threads()
-    if preset.torch_threads:
-        torch.set_num_threads(preset.torch_threads)
-    try:
+    profiled = {
+        v.label: load_config(None, run_overrides(preset, v, seeds[0], budget, data_path, device))
+        for v in (SECTIONS["main"].variants[0], SECTIONS["main"].variants[-1])  # MAE and DMJD
+    }
+    with thread_limit(preset.threads):
         results: dict[str, Any] = {
             "benchmark": "dmjd efficiency",
             "command": command,
@@ -306,42 +335,63 @@ def run_efficiency(
             "budget_s": budget,
             "data_path": data_path,
             "schedule_rule": SCHEDULE_RULE.format(
-                calibrate_s=preset.calibrate_s, warmup=preset.warmup_fraction, budget_s=budget, eval_points=preset.eval_points
+                calibrate_s=preset.calibrate_s,
+                warmup=preset.warmup_fraction,
+                budget_s=budget,
+                eval_points=preset.eval_points,
             ),
             "comparisons": comparisons,
             "runs": {},
-            "calibration": {},
         }
         if runs:
-            _train_all(runs, preset, budget, monitor or build_monitor(runs[0].cfg, preset.eval_images), out, results)
+            monitor = monitor or build_monitor(runs[0].cfg, preset.eval_images)
+            results["evaluation"] = {
+                "images_per_split": preset.eval_images,
+                "knn_k": getattr(monitor, "k", None),
+                "pool": getattr(monitor, "pool", None),
+            }
+            _train_all(runs, preset, budget, monitor, out, results)
         if "profile" in sections:
-            results["profile"] = profile_configs(profiled, out / "profile-work", preset.profile_steps, preset.profile_warmup)
-    finally:
-        torch.set_num_threads(threads)
+            work = out / "profile-work"
+            results["profile"] = profile_configs(profiled, work, preset.profile_steps, preset.profile_warmup)
+    results["wall_s"] = time.perf_counter() - started
     results["analysis"] = analyse(results)
     _write_json(results, out / "results.json")
     write_report(results, out)
     return results
 
 
+def calibrate_all(runs: Sequence[PlannedRun], seconds: float, workdir: Path) -> dict[str, Calibration]:
+    """The calibration of every distinct configuration (seed aside), keyed by identity.
+
+    A discarded half-length calibration of the first configuration runs first, so that one-off
+    costs of the process (lazy kernel loading, allocator growth, library initialisation) do not
+    count as that configuration's start-up.
+    """
+    distinct: dict[str, PlannedRun] = {}
+    for run in runs:
+        distinct.setdefault(config_identity(run.cfg, with_seed=False), run)
+    if distinct:
+        calibrate(runs[0].cfg, seconds / 2, workdir)
+    calibrations = {}
+    for identity, run in distinct.items():
+        calibrations[identity] = cal = calibrate(run.cfg, seconds, workdir)
+        print(f"bench: calibrated {run.label}: {cal.steps_per_s:.2f} steps/s after {cal.startup_s:.1f} s start-up",
+              flush=True)  # fmt: skip
+    return calibrations
+
+
 def _train_all(
     runs: list[PlannedRun], preset: BenchPreset, budget: float, monitor: Monitor, out: Path, results: dict[str, Any]
 ) -> None:
-    """Calibrate each distinct configuration once, then train every run; save after each run."""
-    calibrations: dict[str, Calibration] = {}
+    """Calibrate each distinct configuration, then train every run; save the results after each."""
+    calibrations = calibrate_all(runs, preset.calibrate_s, out / "calibration-work")
     for i, run in enumerate(runs, 1):
-        identity = config_identity(run.cfg, with_seed=False)
-        if identity not in calibrations:
-            calibrations[identity] = calibrate(run.cfg, preset.calibrate_s, out / "calibration-work")
-            results["calibration"][run.key] = asdict(calibrations[identity])
-        cal = calibrations[identity]
+        cal = calibrations[config_identity(run.cfg, with_seed=False)]
         epochs = scheduled_epochs(budget, cal)
         every = eval_interval(epochs, preset.eval_points)
-        print(
-            f"bench: [{i}/{len(runs)}] {run.label} seed {run.seed}: {cal.steps_per_s:.2f} steps/s -> "
-            f"{epochs} epochs in {budget:g} s, evaluation every {every}",
-            flush=True,
-        )
+        print(f"bench: [{i}/{len(runs)}] {run.label} seed {run.seed}: {epochs} epochs in {budget:g} s, "
+              f"evaluation every {every}", flush=True)  # fmt: skip
         cfg = with_schedule(run.cfg, epochs, preset.warmup_fraction)
         record = train_run(cfg, out / "runs" / run.key, EpochEvaluator(monitor, every))
         results["runs"][run.key] = {
@@ -351,7 +401,7 @@ def _train_all(
             "epochs": epochs,
             "warmup_epochs": cfg.optim.warmup_epochs,
             "eval_every": every,
-            "calibrated_steps_per_s": cal.steps_per_s,
+            "calibration": asdict(cal),
             **record,
         }
         _write_json(results, out / "results.json")
@@ -381,9 +431,10 @@ def analyse_comparison(results: dict[str, Any], name: str) -> dict[str, Any]:
 
     Returns:
         ``{"equal_time_s", "equal_ete", "metrics": {metric: {label: {...}}}, "runs": {label: {...}}}``
-        where each variant's entry holds ``at_time``, ``at_ete``, ``speedup``, ``ete_speedup``
-        (each ``Stats`` as a dict), ``time_to_level`` and ``ete_to_level`` per seed, and
-        ``reached`` (seeds that reached the baseline's final accuracy).
+        where each variant's entry holds ``at_time``, ``at_ete``, ``start`` (before training),
+        ``final``, ``speedup``, ``ete_speedup`` (each ``Stats`` as a dict), ``level``,
+        ``time_to_level`` and ``ete_to_level`` per seed, and ``reached`` (seeds that reached the
+        baseline's final accuracy).
     """
     comparison = results["comparisons"][name]
     budget = results["budget_s"]
@@ -405,6 +456,7 @@ def analyse_comparison(results: dict[str, Any], name: str) -> dict[str, Any]:
             table[v["label"]] = {
                 "at_time": asdict(aggregate([value_at(c, budget) for c in time_curves.values()])),
                 "at_ete": asdict(aggregate([value_at(c, equal_ete) for c in ete_curves.values()])),
+                "start": asdict(aggregate([c.y[0] for c in time_curves.values()])),
                 "final": asdict(aggregate([c.final for c in time_curves.values()])),
                 "speedup": asdict(aggregate([speeds[s].ratio for s in seeds])),
                 "ete_speedup": asdict(aggregate([ete_speeds[s].ratio for s in seeds])),

@@ -84,9 +84,10 @@ class BenchPreset:
         seeds: default seeds; every configuration runs once per seed.
         warmup_fraction: warmup epochs as a fraction of the scheduled epochs.
         profile_steps, profile_warmup: measured and discarded steps of the step profile.
-        torch_threads: intra-op threads of the benchmark process (None: torch's default). On a
-            small CPU, cores minus loader workers avoids oversubscription, which can slow
-            training by an order of magnitude when other processes share the machine.
+        threads: torch intra-op and BLAS / OpenMP threads of the benchmark process (None: the
+            libraries' defaults). On a small CPU, cores minus loader workers avoids
+            oversubscription, which slowed training and the probe by an order of magnitude on a
+            shared 2-core machine.
         sections: default comparisons.
     """
 
@@ -101,7 +102,7 @@ class BenchPreset:
     warmup_fraction: float = 0.1
     profile_steps: int = 20
     profile_warmup: int = 5
-    torch_threads: int | None = None
+    threads: int | None = None
     sections: tuple[str, ...] = field(default=("main", "profile"))
 
 
@@ -204,7 +205,7 @@ SECTION_NAMES = (*SECTIONS, "profile")
 
 # The model every preset trains: a ViT on 32 x 32 Fashion-MNIST (8 x 8 grid of 4 px patches),
 # HOG on 2 px cells (2 x 2 cells x 9 bins per patch).
-_RUN = ("train.progress=false", "train.tensorboard=false", "train.checkpoint_interval=100000", "train.log_interval=20")
+_RUN = ("train.progress=false", "train.tensorboard=false", "train.checkpoint_interval=100000")
 _GEOMETRY = ("model.img_size=32", "model.patch_size=4", "model.in_chans=1", "target.cell_size=2")
 
 PRESETS: dict[str, BenchPreset] = {
@@ -219,7 +220,7 @@ PRESETS: dict[str, BenchPreset] = {
                 "model.decoder_depth=1", "model.decoder_heads=2", "model.vdb_hidden=32",
                 "data.name=embedded", "data.limit=128", "data.num_workers=0",
                 "optim.batch_size=32", "optim.blr=1e-3", "train.device=cpu", "train.precision=fp32",
-                *_RUN[:3], "train.log_interval=2",
+                *_RUN, "train.log_interval=2",
             ),  # fmt: skip
             budget_s=0.5,
             calibrate_s=0.25,
@@ -228,7 +229,7 @@ PRESETS: dict[str, BenchPreset] = {
             seeds=(0,),
             profile_steps=2,
             profile_warmup=1,
-            torch_threads=1,
+            threads=1,
         ),
         BenchPreset(
             name="cpu",
@@ -238,14 +239,15 @@ PRESETS: dict[str, BenchPreset] = {
                 "model.embed_dim=64", "model.depth=4", "model.num_heads=4", "model.decoder_dim=64",
                 "model.decoder_depth=2", "model.decoder_heads=4", "model.vdb_hidden=64",
                 "data.name=fashion_mnist", "data.limit=12000", "data.num_workers=1",
-                "optim.batch_size=128", "optim.blr=1e-3", "train.device=cpu", "train.precision=fp32", *_RUN,
+                "optim.batch_size=128", "optim.blr=1e-3", "train.device=cpu", "train.precision=fp32",
+                *_RUN, "train.log_interval=20",
             ),  # fmt: skip
-            budget_s=200.0,
-            calibrate_s=15.0,
+            budget_s=240.0,
+            calibrate_s=30.0,
             eval_points=4,
             eval_images=2000,
             seeds=(0, 1),
-            torch_threads=1,
+            threads=1,
         ),
         BenchPreset(
             name="gpu",
@@ -254,9 +256,10 @@ PRESETS: dict[str, BenchPreset] = {
                 "model.size=tiny", *_GEOMETRY,
                 "model.decoder_dim=128", "model.decoder_depth=4", "model.decoder_heads=4", "model.vdb_hidden=128",
                 "data.name=fashion_mnist", "data.num_workers=12",
-                "optim.batch_size=512", "optim.blr=1e-3", "train.device=cuda", "train.precision=bf16", *_RUN,
+                "optim.batch_size=512", "optim.blr=1e-3", "train.device=cuda", "train.precision=bf16",
+                *_RUN, "train.log_interval=20",
             ),  # fmt: skip
-            budget_s=12.0,
+            budget_s=10.0,
             calibrate_s=4.0,
             eval_points=4,
             eval_images=5000,

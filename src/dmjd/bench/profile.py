@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dmjd.bench.environment import release_device_memory
 from dmjd.config import Config
 from dmjd.engine import Pretrainer
 from dmjd.losses import dmjd_loss
@@ -74,13 +75,12 @@ def _backward(trainer: Pretrainer, loss: Tensor) -> None:
     (trainer.scaler.scale(loss) if trainer.scaler is not None else loss).backward()
 
 
-def split_step(trainer: Pretrainer, batches: Iterator[Tensor], micro_step: int, timer: PartTimer) -> None:
-    """One training step with each part timed separately (same gradients as the joint step)."""
+def split_backward(trainer: Pretrainer, images: Tensor, views: MaskedViews, timer: PartTimer) -> None:
+    """Targets, forward and backward of one batch with encoder, decoder and VDB timed apart.
+
+    Leaves in ``.grad`` exactly the gradients of the joint ``compute_losses(...)["loss"]``.
+    """
     model, loss_cfg = trainer.model, trainer.cfg.loss
-    with timer("data"):
-        images = next(batches).to(trainer.device, non_blocking=True)
-    with timer("masking"):
-        views: MaskedViews = trainer._masks(micro_step, images.shape[0])
     with timer("targets"), _autocast(trainer):
         targets = trainer.target(images)
     with timer("encoder"), _autocast(trainer):
@@ -89,20 +89,32 @@ def split_step(trainer: Pretrainer, batches: Iterator[Tensor], micro_step: int, 
     with timer("decoder"):
         with _autocast(trainer):
             pred_masked = model.mpb(detached, views)
-            out = DMJDOutput(pred_masked, None, detached)
-            loss = dmjd_loss(out, targets, views, mim_weight=loss_cfg.mim_weight, vis_weight=0.0)["loss"]
-        _backward(trainer, loss)
-    if model.vdb is not None and loss_cfg.vis_weight > 0:
+        if loss_cfg.mim_weight > 0:
+            with _autocast(trainer):
+                out = DMJDOutput(pred_masked, None, detached)
+                loss = dmjd_loss(out, targets, views, mim_weight=loss_cfg.mim_weight, vis_weight=0.0)["loss"]
+            _backward(trainer, loss)
+    if model.vdb is not None:
         with timer("vdb"):
             with _autocast(trainer):
-                visible = model.vdb(detached[:, model.encoder.num_prefix_tokens :])
-                out = DMJDOutput(pred_masked.detach(), visible, detached)
-                loss = dmjd_loss(
-                    out, targets, views, mim_weight=0.0, vis_weight=loss_cfg.vis_weight, vis_beta=loss_cfg.vis_beta
-                )["loss"]
-            _backward(trainer, loss)
+                pred_visible = model.vdb(detached[:, model.encoder.num_prefix_tokens :])
+            if loss_cfg.vis_weight > 0:
+                with _autocast(trainer):
+                    out = DMJDOutput(pred_masked.detach(), pred_visible, detached)
+                    loss = dmjd_loss(out, targets, views, mim_weight=0.0, vis_weight=loss_cfg.vis_weight,
+                                     vis_beta=loss_cfg.vis_beta)["loss"]  # fmt: skip
+                _backward(trainer, loss)
     with timer("encoder"):
         latent.backward(detached.grad)
+
+
+def split_step(trainer: Pretrainer, batches: Iterator[Tensor], micro_step: int, timer: PartTimer) -> None:
+    """One training step with each part timed separately."""
+    with timer("data"):
+        images = next(batches).to(trainer.device, non_blocking=True)
+    with timer("masking"):
+        views = trainer._masks(micro_step, images.shape[0])
+    split_backward(trainer, images, views, timer)
     with timer("optimizer"):
         trainer._optimizer_step()
 
@@ -147,9 +159,12 @@ def profile_step(cfg: Config, workdir: str | Path, steps: int = 20, warmup: int 
             split_step(trainer, batches, i, timer)
         plain_steps(trainer, batches, warmup + steps, warmup)
         seconds = plain_steps(trainer, batches, 2 * warmup + steps, steps)
+        views, device = trainer.masking.num_views, str(trainer.device)
+        del trainer, batches
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    batch, views = cfg.optim.batch_size, trainer.masking.num_views
+        release_device_memory()
+    batch = cfg.optim.batch_size
     ms = {part: 1000 * s / steps for part, s in timer.seconds.items()}
     step_s = seconds / steps
     return {
@@ -160,7 +175,7 @@ def profile_step(cfg: Config, workdir: str | Path, steps: int = 20, warmup: int 
         "views_per_s": batch * views / step_s,
         "batch_size": batch,
         "num_views": views,
-        "device": str(trainer.device),
+        "device": device,
     }
 
 

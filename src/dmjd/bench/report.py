@@ -29,10 +29,14 @@ def pct(stats: dict[str, Any]) -> str:
     return text + (f" ± {100 * stats['std']:.1f}" if stats["std"] is not None else "")
 
 
-def ratio(stats: dict[str, Any]) -> str:
-    """``mean ± std x`` of a speed-up, with ``(n/total)`` when some seeds never reached the level."""
+def ratio(stats: dict[str, Any], reached: int | None = None) -> str:
+    """``mean ± std x`` of a speed-up, with ``(n/total)`` when it is defined for only some seeds.
+
+    Undefined everywhere means never reached (``reached`` 0), or reached before any training
+    because the baseline ended no better than it started.
+    """
     if stats["mean"] is None:
-        return f"not reached (0/{stats['total']})"
+        return f"not reached (0/{stats['total']})" if not reached else "undefined (level held before training)"
     text = f"{stats['mean']:.2f}x" + (f" ± {stats['std']:.2f}" if stats["std"] is not None else "")
     return text + (f" ({stats['n']}/{stats['total']})" if stats["n"] < stats["total"] else "")
 
@@ -65,8 +69,13 @@ def plot_comparison(results: dict[str, Any], name: str, x: str, path: Path) -> P
     """Accuracy against training time or ETE, one line per variant (mean over seeds, min-max band),
     one panel per metric."""
     comparison = results["comparisons"][name]
+    base = next(v for v in comparison["variants"] if v["label"] == comparison["baseline"])
     fig, axes = plt.subplots(1, len(METRIC_NAMES), figsize=(5.2 * len(METRIC_NAMES), 3.8), squeeze=False)
     for ax, (metric, metric_name) in zip(axes[0], METRIC_NAMES.items()):
+        base_curves = _run_curves(results, base["runs"], x, metric)
+        if base_curves:
+            level = 100 * float(np.mean([c.final for c in base_curves]))
+            ax.axhline(level, color="0.5", linestyle=":", linewidth=1, label=f"{base['label']} final")
         for variant in comparison["variants"]:
             curves = _run_curves(results, variant["runs"], x, metric)
             if not curves:
@@ -109,7 +118,8 @@ def comparison_table(results: dict[str, Any], name: str) -> list[str]:
             f"| {label} | {run['num_views']} | {run['pred_ratio']:.2f} | {number(run['scheduled_epochs'], 0)} | "
             f"{number(run['ete'])} | {number(run['time_s'])} | {pct(lin['at_time'])} | {pct(knn['at_time'])} | "
             f"{pct(lin['at_ete'])} | {pct(knn['at_ete'])} | {seconds_to_level(lin['time_to_level'])} | "
-            f"{ratio(lin['speedup'])} | {seconds_to_level(lin['ete_to_level'])} | {ratio(lin['ete_speedup'])} |"
+            f"{ratio(lin['speedup'], lin['reached'])} | {seconds_to_level(lin['ete_to_level'])} | "
+            f"{ratio(lin['ete_speedup'], lin['reached'])} |"
         )
     return lines
 
@@ -124,33 +134,40 @@ def profile_table(profile: dict[str, Any]) -> list[str]:
     for label, p in profile["configs"].items():
         parts = " | ".join(f"{p['ms'][part]:.2f}" for part in PARTS)
         lines.append(
-            f"| {label} | {p['device']} | {p['batch_size']} x {p['num_views']} | {parts} | {p['instrumented_ms']:.2f} | "
-            f"{p['step_ms']:.2f} | {p['images_per_s']:.0f} | {p['views_per_s']:.0f} |"
+            f"| {label} | {p['device']} | {p['batch_size']} x {p['num_views']} | {parts} | "
+            f"{p['instrumented_ms']:.2f} | {p['step_ms']:.2f} | {p['images_per_s']:.0f} | {p['views_per_s']:.0f} |"
         )
     return lines
 
 
 # ------------------------------------------------------------------------------------ reading
-def _mean(stats: dict[str, Any]) -> float | None:
-    return stats["mean"]
-
-
 def reading(results: dict[str, Any], name: str) -> list[str]:
     """Plain sentences stating what the comparison's numbers show, including where they do not
     match the paper."""
     section: Section = SECTIONS[name]
     a = results["analysis"][name]
     lin = a["metrics"][PRIMARY]
-    labels = [v["label"] for v in results["comparisons"][name]["variants"] if _mean(lin[v["label"]]["at_time"]) is not None]
+    variants = results["comparisons"][name]["variants"]
+    labels = [v["label"] for v in variants if lin[v["label"]]["at_time"]["mean"] is not None]
     if not labels:
         return ["- No evaluation results."]
     base = section.baseline
     t = a["equal_time_s"]
     best = max(labels, key=lambda lab: lin[lab]["at_time"]["mean"])
+    start = lin[labels[0]]["start"]
+    gain = 100 * (lin[best]["at_time"]["mean"] - start["mean"])
     out = [
         f"- At equal wall time ({t:g} s of training), {best} has the highest linear-probe accuracy "
-        f"({pct(lin[best]['at_time'])} %); {base}: {pct(lin[base]['at_time'])} %."
+        f"({pct(lin[best]['at_time'])} %); {base}: {pct(lin[base]['at_time'])} %. Before training the "
+        f"encoder scores {pct(start)} % ({pct(a['metrics']['knn_top1'][labels[0]]['start'])} % kNN), so the "
+        f"best run gained {gain:+.1f} points."
     ]
+    knn = a["metrics"]["knn_top1"]
+    best_knn = max(labels, key=lambda lab: knn[lab]["at_time"]["mean"])
+    out.append(
+        f"- kNN at equal wall time: {best_knn} is best ({pct(knn[best_knn]['at_time'])} %); "
+        f"{base}: {pct(knn[base]['at_time'])} %."
+    )
     best_ete = max(labels, key=lambda lab: lin[lab]["at_ete"]["mean"])
     out.append(
         f"- At equal ETE ({a['equal_ete']:.1f}, the most every run reached), {best_ete} is best "
@@ -160,10 +177,15 @@ def reading(results: dict[str, Any], name: str) -> list[str]:
     reached = [lab for lab in others if lin[lab]["speedup"]["mean"] is not None]
     if reached:
         fastest = max(reached, key=lambda lab: lin[lab]["speedup"]["mean"])
-        out.append(
-            f"- Fastest to reach {base}'s final linear-probe accuracy: {fastest}, speed-up "
-            f"{ratio(lin[fastest]['speedup'])} in wall time, {ratio(lin[fastest]['ete_speedup'])} in ETE."
-        )
+        speed = lin[fastest]["speedup"]["mean"]
+        detail = f"{ratio(lin[fastest]['speedup'])} in wall time, {ratio(lin[fastest]['ete_speedup'])} in ETE"
+        if speed >= 1.0:
+            out.append(f"- Fastest to reach {base}'s final linear-probe accuracy: {fastest}, speed-up {detail}.")
+        else:
+            out.append(
+                f"- No variant reached {base}'s final linear-probe accuracy sooner than {base}; the closest, "
+                f"{fastest}, needed {1 / speed:.2f}x its time (speed-up {detail})."
+            )
     never = [f"{lab} ({lin[lab]['seeds'] - lin[lab]['reached']}/{lin[lab]['seeds']} seeds)" for lab in others
              if lin[lab]["reached"] < lin[lab]["seeds"]]  # fmt: skip
     if never:
@@ -185,7 +207,7 @@ def _paper_check(section: Section, lin: dict[str, Any], labels: Sequence[str]) -
         text = f"- Paper order ({section.paper.split(':')[0]}): {len(held)} of {len(pairs)} orderings hold here"
         out.append(text + (f"; NOT matching: {', '.join(broken)}." if broken else "."))
     for claim in section.claims:
-        if claim.label in labels:
+        if claim.label in labels and section.baseline in labels:
             out.append(_claim_line(claim, section.baseline, lin))
     return out
 
@@ -194,15 +216,17 @@ def _claim_line(claim: Claim, base: str, lin: dict[str, Any]) -> str:
     """One sentence holding a measured number against the paper's range."""
     if claim.kind == "speedup":
         value = lin[claim.label]["speedup"]["mean"]
-        measured = ratio(lin[claim.label]["speedup"])
+        measured = ratio(lin[claim.label]["speedup"], lin[claim.label]["reached"])
         unit, paper = "x", f"{claim.low:g}x-{claim.high:g}x"
         subject = f"{claim.label}'s speed-up over {base}"
     else:
         value = 100 * (lin[claim.label]["at_time"]["mean"] - lin[base]["at_time"]["mean"])
         measured, unit, paper = f"{value:+.1f} points", "", f"+{claim.low:g} to +{claim.high:g} points"
         subject = f"{claim.label}'s linear-probe gain over {base} at equal time"
-    if value is None:
+    if value is None and lin[claim.label]["reached"] == 0:
         verdict = "does NOT reproduce it (never reached)"
+    elif value is None:
+        verdict = "cannot be compared (the baseline did not improve on its start)"
     elif value >= claim.low:
         verdict = "matches or exceeds it"
     elif value > (1.0 if unit == "x" else 0.0):
@@ -218,6 +242,7 @@ def write_report(results: dict[str, Any], output_dir: str | Path) -> Path:
     out = Path(output_dir)
     preset = results["preset"]
     m = results["machine"]
+    ev = results.get("evaluation", {})
     lines = [
         "# dmjd efficiency benchmark",
         "",
@@ -226,11 +251,12 @@ def write_report(results: dict[str, Any], output_dir: str | Path) -> Path:
         f"Python {m['python']}, torch {m['torch']}, dmjd {m['dmjd']}",
         f"- Date (UTC): {results['date']}; commit: `{results['commit']}`",
         f"- Preset `{preset['name']}`: {preset['description']}; seeds {', '.join(map(str, results['seeds']))}; "
-        f"training budget {results['budget_s']:g} s per run",
+        f"training budget {results['budget_s']:g} s per run; whole benchmark {results.get('wall_s', 0) / 60:.1f} min",
         f"- Schedule rule: {results['schedule_rule']}",
-        f"- Evaluation: weighted kNN (k=20) and logistic-regression linear probe on frozen features of "
-        f"{preset['eval_images'] or 'all'} images per labelled split (train / test); "
-        "accuracies are top-1 on the test split, mean ± std over seeds",
+        f"- Evaluation: weighted kNN (k={ev.get('knn_k')}) and logistic-regression linear probe on frozen "
+        f"{ev.get('pool') or 'class-token'} features of {ev.get('images_per_split') or 'all'} images per "
+        "labelled split (train / test, seeded subsets); accuracies are top-1 on the test split, "
+        "mean ± std over seeds; ETE = K x epochs",
         f"- Common settings (every run): `{' '.join(preset['base'])}`",
         "",
     ]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -41,7 +43,7 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
 # ViT-B/16 at 224 px (the shipped MAE and DMJD recipes); ``cpu-small`` the CPU benchmark's model.
 SETTINGS: dict[str, dict[str, tuple[str | None, tuple[str, ...]]]] = {
     "vit-b16": {"MAE": ("mae-vit-b", ()), "DMJD": ("dmjd-vit-b", ())},
-    "cpu-small": {"MAE": (None, PRESETS["cpu"].base + MAE.overrides), "DMJD": (None, PRESETS["cpu"].base + DMJD.overrides)},
+    "cpu-small": {v.label: (None, PRESETS["cpu"].base + v.overrides) for v in (MAE, DMJD)},
 }
 
 
@@ -154,7 +156,8 @@ def run_throughput(
     for label in SETTINGS[setting]:
         eager = throughput_config(setting, label, batch, device, compile=False)
         if compile:
-            r = measure(throughput_config(setting, label, batch, device, compile=True), steps, warmup, count_flops=False)
+            compiled = throughput_config(setting, label, batch, device, compile=True)
+            r = measure(compiled, steps, warmup, count_flops=False)
             r["flops_per_step"] = measure(eager, 1, 0)["flops_per_step"]
         else:
             r = measure(eager, steps, warmup)
@@ -169,8 +172,11 @@ def format_table(results: dict[str, Any]) -> str:
     peak = results["peak"]
     lines = [
         f"Throughput, setting {results['setting']}, on {results['device']}, batch {results['batch_size']} unique "
-        f"images, {results['steps']} timed steps after {results['warmup']} warm-up, compile {results['compile']}",
-        "MFU peak: " + (f"{peak['entry']} dense bf16 {peak['bf16_flops'] / 1e12:g} TFLOP/s" if peak else "none (no known GPU peak)"),
+        f"images, {results['steps']} timed steps after {results['warmup']} warm-up, compile {results['compile']}, "
+        f"{results['machine']['torch_threads']} torch threads",
+        f"Command: `{results.get('command', '')}`; date (UTC) {results['date']}; commit `{results['commit']}`",
+        "MFU peak: "
+        + (f"{peak['entry']} dense bf16 {peak['bf16_flops'] / 1e12:g} TFLOP/s" if peak else "none (no known GPU peak)"),
         "",
         "| config | params (M) | K | step ms | images/s | views/s | GFLOP/step | TFLOP/s | MFU |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -188,12 +194,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The throughput benchmark's options."""
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--device", default=default_device, help=f"device (default {default_device})")
-    parser.add_argument("--setting", choices=sorted(SETTINGS), default=None,
-                        help="vit-b16 (224 px, the paper's model; default on GPU) or cpu-small (default on CPU)")  # fmt: skip
+    parser.add_argument(
+        "--setting", choices=sorted(SETTINGS), default=None,
+        help="vit-b16 (224 px, the paper's model; default on GPU) or cpu-small (default on CPU)",
+    )  # fmt: skip
     parser.add_argument("--batch", type=int, default=None, help="unique images per step (default 256 GPU, 128 CPU)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 30 GPU, 10 CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 GPU, 3 CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (train.compile=true)")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch intra-op threads (default: torch's); 1 on a small shared CPU avoids oversubscription",
+    )  # fmt: skip
     parser.add_argument("--output", default=None, help="write results to OUTPUT.json and OUTPUT.md")
 
 
@@ -202,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     gpu = args.device.startswith("cuda")
     results = run_throughput(
         setting=args.setting or ("vit-b16" if gpu else "cpu-small"),
@@ -211,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup=args.warmup if args.warmup is not None else (10 if gpu else 3),
         compile=args.compile,
     )
+    results["command"] = shlex.join(sys.argv if argv is None else ["throughput", *argv])
     table = format_table(results)
     print(table)
     if args.output:

@@ -71,7 +71,9 @@ class TargetConfig(_Section):
     tokenizer_arch: Literal["dalle", "program"] = Field(
         "dalle", description="tokens: DALL-E encoder state dict, or a torch.export (.pt2) / TorchScript program"
     )
-    tokenizer_img_size: int | None = Field(None, ge=8, description="tokens: tokenizer input side; null = model.img_size")
+    tokenizer_img_size: int | None = Field(
+        None, ge=8, description="tokens: tokenizer input side; null = model.img_size"
+    )
     vocab_size: int | None = Field(None, ge=2, description="tokens: codebook size; null = read from the tokenizer")
     teacher_source: Literal["open_clip", "timm"] = "open_clip"
     teacher_model: str | None = Field(None, description="teacher: open_clip or timm model name")
@@ -153,6 +155,13 @@ class TrainConfig(_Section):
     progress: bool = True
 
 
+class MonitorConfig(_Section):
+    """Online evaluation during pre-training: kNN + fast linear probe on a labelled split."""
+
+    interval: int = Field(0, ge=0, description="epochs between evaluations; 0 = off")
+    max_images: int = Field(5000, ge=100, description="images per split used by the monitor")
+
+
 class Config(_Section):
     """A whole pre-training run."""
 
@@ -163,6 +172,7 @@ class Config(_Section):
     optim: OptimConfig = OptimConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

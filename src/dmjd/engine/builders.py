@@ -31,8 +31,9 @@ def build_target(cfg: Config) -> Target:
         return create_target("pixels", **grid, norm_pix=t.norm_pix)
     if t.name == "hog":
         return create_target(
-            "hog", **grid, variant=t.hog_variant, cell_size=t.cell_size, nbins=t.nbins, gaussian_window=t.gaussian_window
-        )
+            "hog", **grid, variant=t.hog_variant, cell_size=t.cell_size, nbins=t.nbins,
+            gaussian_window=t.gaussian_window,
+        )  # fmt: skip
     if t.name == "tokens":
         return create_target(
             "tokens", **grid, path=t.tokenizer_path, arch=t.tokenizer_arch,

@@ -35,6 +35,7 @@ from dmjd.engine.metrics import MetricsLogger
 from dmjd.engine.optim import build_adamw, effective_lr, lr_at, param_groups, set_lr
 from dmjd.engine.builders import build_dmjd_model, build_loss, build_masking, build_target, mean_std
 from dmjd.masking import MaskedViews, measured_pred_ratio
+from dmjd.targets import FrozenNetworkTarget
 
 RUN_FILES = ("metrics.jsonl", "config.yaml", "summary.json", "tensorboard", ckpt.LAST)
 
@@ -509,6 +510,8 @@ class Pretrainer:
             skipped_steps=values[4] * self.dist.world_size,
             bad_images=st.bad_images,
         )
+        if isinstance(self.target, FrozenNetworkTarget):  # teacher cost, counted apart (paper: in ETE)
+            record.update(self.target.cost_metrics())
         return record
 
     # ------------------------------------------------------------ checkpoints
@@ -567,6 +570,8 @@ class Pretrainer:
             "skipped_steps": self.state.nonfinite_total,
             "bad_images": self.state.bad_images,
         }
+        if isinstance(self.target, FrozenNetworkTarget):
+            summary.update(self.target.cost_metrics())
         if self.dist.is_main:
             (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary

@@ -90,7 +90,7 @@ def export_encoder(encoder: nn.Module, path: str | Path, spec: InputSpec) -> Exp
     save_file(weights, str(path), metadata=metadata)
     overlay = {
         "file": str(path.resolve()),
-        "crop_mode": "center",
+        "num_classes": 0,
         "input_size": (spec.in_chans, spec.img_size, spec.img_size),
         "mean": spec.mean,
         "std": spec.std,

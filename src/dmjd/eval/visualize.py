@@ -21,7 +21,7 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from dmjd.masking import DisjointMasking, MaskedViews  # noqa: E402
-from dmjd.targets import Target, unpatchify  # noqa: E402
+from dmjd.targets import HOGTarget, PixelTarget, Target, unpatchify  # noqa: E402
 
 
 @torch.no_grad()
@@ -97,6 +97,11 @@ def draw_hog(ax: plt.Axes, cells: np.ndarray, title: str) -> None:
     ax.set_title(title, fontsize=7)
 
 
+def can_draw(target: Target) -> bool:
+    """Reconstructions can be drawn for pixel and HOG targets (not for token ids or teacher features)."""
+    return isinstance(target, (PixelTarget, HOGTarget))
+
+
 @torch.no_grad()
 def save_reconstruction_figure(
     model: nn.Module,
@@ -112,7 +117,12 @@ def save_reconstruction_figure(
     Args:
         images: ``[B, C, H, W]`` in [0, 1] on the model's device (a few images).
         path: output PNG path.
+
+    Raises:
+        ValueError: a target that has no picture (BEiT token ids, teacher features).
     """
+    if not can_draw(target):
+        raise ValueError(f"cannot draw reconstructions of {type(target).__name__} targets; only pixels and HOG")
     was_training = model.training
     model.eval()
     device = images.device
@@ -122,7 +132,7 @@ def save_reconstruction_figure(
     model.train(was_training)
     grid = masking.grid_size
     B, K = views.mask.shape[:2]
-    is_hog = hasattr(target, "nbins")
+    is_hog = isinstance(target, HOGTarget)
     cols = 1 + K + K + (1 if is_hog else 0)
     fig, axes = plt.subplots(B, cols, figsize=(1.4 * cols, 1.5 * B), squeeze=False)
     for b in range(B):

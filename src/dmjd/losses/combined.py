@@ -4,9 +4,7 @@ from typing import Protocol
 
 from torch import Tensor
 
-from dmjd.losses.distillation import visible_distillation_loss
-from dmjd.losses.reconstruction import masked_prediction_loss
-from dmjd.masking import MaskedViews, gather_tokens
+from dmjd.masking import MaskedViews
 
 __all__ = ["BranchPredictions", "dmjd_loss"]
 
@@ -55,21 +53,6 @@ def dmjd_loss(
     Raises:
         ValueError: on a negative weight or when no term is active.
     """
-    if mim_weight < 0 or vis_weight < 0:
-        raise ValueError(f"loss weights must be >= 0, got mim {mim_weight}, vis {vis_weight}")
-    terms: dict[str, Tensor] = {}
-    total: Tensor | None = None
-    if mim_weight > 0:
-        terms["loss_mim"] = masked_prediction_loss(
-            out.pred_masked, gather_tokens(targets, views.ids_masked)
-        )
-        total = mim_weight * terms["loss_mim"]
-    if vis_weight > 0 and out.pred_visible is not None:
-        terms["loss_vis"] = visible_distillation_loss(
-            out.pred_visible, gather_tokens(targets, views.ids_keep), beta=vis_beta
-        )
-        weighted = vis_weight * terms["loss_vis"]
-        total = weighted if total is None else total + weighted
-    if total is None:
-        raise ValueError("no active loss term: mim_weight is 0 and no visible term applies")
-    return {"loss": total, **terms}
+    from dmjd.losses.methods import method_loss  # local: methods builds on this module's types
+
+    return method_loss(out, targets, views, "mse", mim_weight, vis_weight, vis_beta)

@@ -61,24 +61,23 @@ class CostMeter:
     def run(self, network: nn.Module, inputs: Tensor) -> Any:
         """``network(inputs)`` with its cost added; ``inputs`` is a batch ``[B, ...]``."""
         shape, batch = tuple(inputs.shape[1:]), inputs.shape[0]
+        start: torch.cuda.Event | float = time.perf_counter()
         if inputs.is_cuda:
             start = torch.cuda.Event(enable_timing=True)
             start.record()
-        else:
-            started = time.perf_counter()
         if shape in self._flops_per_image:
             out = network(inputs)
         else:
             with FlopCounterMode(display=False) as counter:
                 out = network(inputs)
             self._flops_per_image[shape] = counter.get_total_flops() / batch
-        if inputs.is_cuda:
+        if isinstance(start, float):
+            self.seconds += time.perf_counter() - start
+        else:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
             self._pending.append((start, end))
             self._collect(wait=False)
-        else:
-            self.seconds += time.perf_counter() - started
         self.images += batch
         self.flops += self._flops_per_image[shape] * batch
         return out

@@ -54,7 +54,8 @@ class _DALLEBlock(nn.Module):
         self.post_gain = post_gain
         self.id_path = nn.Conv2d(n_in, n_out, 1) if n_in != n_out else nn.Identity()
         layers: list[tuple[str, nn.Module]] = []
-        for i, (a, b, k) in enumerate([(n_in, hidden, 3), (hidden, hidden, 3), (hidden, hidden, 3), (hidden, n_out, 1)]):
+        convs = [(n_in, hidden, 3), (hidden, hidden, 3), (hidden, hidden, 3), (hidden, n_out, 1)]
+        for i, (a, b, k) in enumerate(convs):
             layers += [(f"relu_{i + 1}", nn.ReLU()), (f"conv_{i + 1}", nn.Conv2d(a, b, k, padding=k // 2))]
         self.res_path = nn.Sequential(OrderedDict(layers))
 
@@ -94,7 +95,8 @@ class DALLEEncoder(nn.Module):
                 group.append(("pool", nn.MaxPool2d(2)))
             stages.append((f"group_{g + 1}", nn.Sequential(OrderedDict(group))))
             width = out
-        stages.append(("output", nn.Sequential(OrderedDict([("relu", nn.ReLU()), ("conv", nn.Conv2d(width, vocab_size, 1))]))))
+        head = OrderedDict([("relu", nn.ReLU()), ("conv", nn.Conv2d(width, vocab_size, 1))])
+        stages.append(("output", nn.Sequential(head)))
         self.blocks = nn.Sequential(OrderedDict(stages))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -208,14 +210,16 @@ class TokenizerTarget(FrozenNetworkTarget):
         if probe.is_floating_point() and probe.ndim == 4:
             found = probe.shape[1]
         elif not probe.is_floating_point() and probe.ndim == 3:
+            if vocab_size is None:
+                raise ValueError(f"tokenizer {path} returns token ids; set target.vocab_size to its codebook size")
             found = vocab_size
         else:
             raise ValueError(
                 f"tokenizer {path} returned {probe.dtype} {tuple(probe.shape)}; expected logits "
                 "[B, V, h, w] or integer ids [B, h, w]"
             )
-        if found is None or (vocab_size is not None and found != vocab_size):
-            raise ValueError(f"tokenizer {path}: codebook size {found}, target.vocab_size={vocab_size}")
+        if vocab_size is not None and found != vocab_size:
+            raise ValueError(f"tokenizer {path} has a codebook of {found} tokens, target.vocab_size={vocab_size}")
         super().__init__(
             patch_size, in_chans, found, network, size, chans,
             mean=(_DALLE_MEAN,) * chans if dalle else None, std=(_DALLE_STD,) * chans if dalle else None,

@@ -1,0 +1,313 @@
+"""The benchmark's logic: curve arithmetic, speed-ups, aggregation, run planning, the report's
+reading, the FLOP counter, and a smoke run of the whole efficiency benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dmjd.bench import register_bench_command
+from dmjd.bench.analysis import Curve, aggregate, common_end, first_reach, speedup, value_at
+from dmjd.bench.efficiency import (
+    Calibration,
+    EpochEvaluator,
+    analyse_comparison,
+    eval_interval,
+    plan_runs,
+    run_efficiency,
+    scheduled_epochs,
+)
+from dmjd.bench.presets import PRESETS, SECTIONS
+from dmjd.bench.report import reading
+from dmjd.bench.throughput import peak_bf16_flops, step_flops, synthetic_images, throughput_config
+from dmjd.engine import Pretrainer
+
+
+# ------------------------------------------------------------------------------ curve arithmetic
+def test_first_reach_interpolates_between_points():
+    c = Curve((0.0, 10.0, 20.0), (0.1, 0.5, 0.7))
+    assert first_reach(c, 0.6) == pytest.approx(15.0)
+    assert first_reach(c, 0.5) == pytest.approx(10.0)
+    assert first_reach(c, 0.05) == 0.0
+    assert first_reach(c, 0.71) is None
+
+
+def test_first_reach_takes_the_first_crossing_of_a_noisy_curve():
+    c = Curve((0.0, 10.0, 20.0, 30.0), (0.1, 0.65, 0.5, 0.6))
+    assert first_reach(c, 0.6) == pytest.approx(10.0 * 0.5 / 0.55)
+
+
+def test_value_at_interpolates_and_holds_the_final_accuracy():
+    c = Curve((0.0, 2.0, 4.0), (0.2, 0.4, 0.3))
+    assert value_at(c, 1.0) == pytest.approx(0.3)
+    assert value_at(c, 3.0) == pytest.approx(0.35)
+    assert value_at(c, 100.0) == pytest.approx(0.3)
+    assert common_end([c, Curve((0.0, 3.0), (0.1, 0.2))]) == 3.0
+
+
+def test_curve_rejects_bad_input():
+    with pytest.raises(ValueError):
+        Curve((0.0, 2.0, 1.0), (0.1, 0.2, 0.3))
+    with pytest.raises(ValueError):
+        Curve((), ())
+    with pytest.raises(ValueError):
+        Curve((0.0,), (0.1, 0.2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(st.floats(0.1, 10.0), min_size=1, max_size=8),
+    ys=st.lists(st.floats(0.0, 1.0), min_size=9, max_size=9),
+    level=st.floats(0.0, 1.0),
+)
+def test_first_reach_is_where_the_curve_first_meets_the_level(steps, ys, level):
+    xs = [0.0]
+    for s in steps:
+        xs.append(xs[-1] + s)
+    c = Curve(tuple(xs), tuple(ys[: len(xs)]))
+    x = first_reach(c, level)
+    if x is None:
+        assert max(c.y) < level
+        return
+    assert value_at(c, x) >= level - 1e-9
+    # Every evaluation point before x is below the level, and the curve meets it exactly at x
+    # unless the very first point already does.
+    assert all(y < level for px, y in zip(c.x, c.y) if px < x - 1e-9)
+    if x > c.x[0]:
+        assert value_at(c, x) == pytest.approx(level, abs=1e-9)
+
+
+def test_speedup_on_synthetic_curves():
+    base = Curve((0.0, 10.0, 20.0, 30.0), (0.1, 0.4, 0.5, 0.6))
+    fast = Curve((0.0, 10.0, 20.0), (0.1, 0.7, 0.8))  # reaches 0.6 at 10 * 5/6
+    s = speedup(base, fast)
+    assert s.level == 0.6 and s.baseline_x == 30.0
+    assert s.variant_x == pytest.approx(25.0 / 3.0)
+    assert s.ratio == pytest.approx(3.6)
+    never = speedup(base, Curve((0.0, 10.0, 40.0), (0.1, 0.5, 0.55)))
+    assert never.variant_x is None and never.ratio is None
+    assert speedup(base, base).ratio == pytest.approx(1.0)
+    # A noisy baseline reaches its own final accuracy before its last point.
+    noisy = Curve((0.0, 10.0, 20.0, 30.0), (0.1, 0.65, 0.5, 0.6))
+    assert speedup(noisy, fast).baseline_x == pytest.approx(10.0 * 0.5 / 0.55)
+
+
+def test_aggregate_mean_spread_and_undefined_values():
+    s = aggregate([0.5, 0.7, None])
+    assert s.mean == pytest.approx(0.6) and s.std == pytest.approx(math.sqrt(0.02))
+    assert (s.min, s.max, s.n, s.total) == (0.5, 0.7, 2, 3)
+    one = aggregate([0.4])
+    assert one.mean == 0.4 and one.std is None
+    none = aggregate([None, None])
+    assert none.mean is None and none.n == 0 and none.total == 2
+
+
+def test_schedule_rule():
+    assert scheduled_epochs(100.0, Calibration(steps_per_s=2.0, steps_per_epoch=50)) == 4
+    assert scheduled_epochs(100.0, Calibration(steps_per_s=2.0, steps_per_epoch=70)) == 3  # 2.86 rounds
+    assert scheduled_epochs(1.0, Calibration(steps_per_s=0.1, steps_per_epoch=100)) == 1
+    assert scheduled_epochs(100.0, Calibration(steps_per_s=2.0, steps_per_epoch=50, startup_s=25.0)) == 3
+    assert eval_interval(12, 4) == 3 and eval_interval(13, 4) == 4 and eval_interval(2, 4) == 1
+
+
+def test_evaluator_runs_every_few_epochs_and_at_the_end():
+    calls = []
+    evaluator = EpochEvaluator(lambda encoder: calls.append(encoder) or {"knn_top1": 0.5}, every=3)
+
+    def trainer(epoch: int, time_up: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(
+            state=SimpleNamespace(epoch=epoch), cfg=SimpleNamespace(optim=SimpleNamespace(epochs=7)),
+            time_up=time_up, model=SimpleNamespace(encoder="enc"),
+        )  # fmt: skip
+
+    due = [e for e in range(1, 8) if evaluator(trainer(e)) is not None]
+    assert due == [3, 6, 7]
+    result = evaluator(trainer(4, time_up=True))
+    assert result["knn_top1"] == 0.5 and result["eval_s"] >= 0 and calls == ["enc"] * 4
+
+
+# ---------------------------------------------------------------------------------- planning
+def test_shared_configurations_train_once_per_seed():
+    runs, comparisons = plan_runs(PRESETS["cpu"], ["main", "pred_ratio", "decoder"], [0, 1], 60.0, None, None)
+    keys = [r.key for r in runs]
+    assert len(keys) == len(set(keys))
+    # pred_ratio shares MAE and m_pred 1.0 (= +DM); decoder's depth-2 nonlinear is DMJD at the
+    # preset's depth 2: 4 + 2 + 4 distinct configurations per seed.
+    assert len(runs) == 2 * (4 + 2 + 4)
+    pred = {v["label"]: v["runs"] for v in comparisons["pred_ratio"]["variants"]}
+    main = {v["label"]: v["runs"] for v in comparisons["main"]["variants"]}
+    dec = {v["label"]: v["runs"] for v in comparisons["decoder"]["variants"]}
+    assert pred["MAE (m_pred 0.75)"] == main["MAE"] and pred["m_pred 1.00"] == main["+DM"]
+    assert dec["depth 2, nonlinear"] == main["DMJD"]
+    assert main["MAE"]["0"] != main["MAE"]["1"]
+    by_key = {r.key: r for r in runs}
+    dmjd = by_key[main["DMJD"]["0"]].cfg
+    assert (dmjd.masking.num_views, dmjd.target.name, dmjd.model.vdb) == (2, "hog", True)
+    mae = by_key[main["MAE"]["1"]].cfg
+    assert (mae.masking.num_views, mae.target.name, mae.model.vdb, mae.train.seed) == (1, "pixels", False, 1)
+    assert mae.train.max_time_s == 60.0 and mae.model.embed_dim == dmjd.model.embed_dim
+
+
+def test_variants_differ_only_in_their_own_keys():
+    runs, _ = plan_runs(PRESETS["gpu"], ["main"], [0], 10.0, "/data/fmnist", None)
+    dumps = [r.cfg.model_dump() for r in runs]
+    for section in ("model", "masking", "target", "optim", "data", "train"):
+        keys = set(dumps[0][section])
+        varying = {k for k in keys if len({json.dumps(d[section][k]) for d in dumps}) > 1}
+        allowed = {"model": {"vdb"}, "masking": {"num_views", "pred_ratio"}, "target": {"name"}}.get(section, set())
+        assert varying <= allowed, (section, varying)
+    assert all(d["data"]["path"] == "/data/fmnist" for d in dumps)
+
+
+# ---------------------------------------------------------------------------------- analysis
+def _fake_results(curves: dict[str, dict[int, list[tuple[float, float, float]]]], budget: float = 30.0) -> dict:
+    """Benchmark results of the ``main`` comparison with the given (time, ete, accuracy) points."""
+    runs, variants = {}, []
+    for label in ("MAE", "+DM", "+JD", "DMJD"):
+        keys = {}
+        for seed, points in curves[label].items():
+            key = f"{label}-{seed}"
+            runs[key] = {
+                "points": [{"time": t, "ete": e, "linprobe_top1": a, "knn_top1": a / 2} for t, e, a in points],
+                "summary": {"epochs": 3, "time_s": points[-1][0]},
+                "epochs": 3, "num_views": 1, "pred_ratio": 0.75, "peak_lr": 1e-3, "error": None,
+            }  # fmt: skip
+            keys[str(seed)] = key
+        variants.append({"label": label, "runs": keys})
+    return {"budget_s": budget, "seeds": [0, 1], "runs": runs,
+            "comparisons": {"main": {"title": "t", "baseline": "MAE", "variants": variants}}}  # fmt: skip
+
+
+def _example() -> dict:
+    ticks = (0.0, 10.0, 20.0, 30.0)
+    return _fake_results({
+        "MAE": {0: list(zip(ticks, (0, 1, 2, 3), (0.2, 0.4, 0.5, 0.6))),
+                1: list(zip(ticks, (0, 1, 2, 3), (0.2, 0.45, 0.55, 0.62)))},
+        "+DM": {s: [(0.0, 0, 0.2), (15.0, 2, 0.6), (30.0, 4, 0.7)] for s in (0, 1)},
+        "+JD": {s: [(0.0, 0, 0.2), (15.0, 1.5, 0.3), (30.0, 3, 0.4)] for s in (0, 1)},
+        "DMJD": {s: [(0.0, 0, 0.2), (10.0, 2, 0.58), (30.0, 6, 0.64)] for s in (0, 1)},
+    })  # fmt: skip
+
+
+def test_analysis_equal_time_equal_ete_and_speedups_by_hand():
+    a = analyse_comparison(_example(), "main")
+    assert a["equal_ete"] == 3.0  # MAE and +JD reach ETE 3 only
+    lin = a["metrics"]["linprobe_top1"]
+    assert lin["MAE"]["at_time"]["mean"] == pytest.approx(0.61)
+    assert lin["+DM"]["at_ete"]["mean"] == pytest.approx(0.65)  # halfway between ETE 2 and 4
+    assert lin["DMJD"]["at_ete"]["mean"] == pytest.approx(0.58 + 0.06 / 4)
+    # +DM reaches 0.6 at 15 s (seed 0) and 0.62 at 18 s (seed 1); MAE needs 30 s for both.
+    assert lin["+DM"]["time_to_level"] == {"0": pytest.approx(15.0), "1": pytest.approx(18.0)}
+    assert lin["+DM"]["speedup"]["mean"] == pytest.approx((2.0 + 30 / 18) / 2)
+    assert lin["+DM"]["speedup"]["std"] == pytest.approx(abs(2.0 - 30 / 18) / math.sqrt(2))
+    assert lin["+DM"]["ete_speedup"]["mean"] == pytest.approx((3 / 2 + 3 / 2.4) / 2)
+    assert lin["+JD"]["reached"] == 0 and lin["+JD"]["speedup"]["mean"] is None
+    assert lin["MAE"]["speedup"]["mean"] == pytest.approx(1.0)
+    knn = a["metrics"]["knn_top1"]
+    assert knn["+DM"]["at_time"]["mean"] == pytest.approx(0.35)
+
+
+def test_reading_states_matches_and_mismatches_with_the_paper():
+    lines = "\n".join(reading({**_example(), "analysis": {"main": analyse_comparison(_example(), "main")}}, "main"))
+    assert "At equal wall time (30 s of training), +DM has the highest linear-probe accuracy (70.0 ± 0.0 %)" in lines
+    assert "+DM's speed-up over MAE: 1.83x ± 0.24; paper (Tables II-III): 1.8x-3.7x." in lines
+    assert "1.8x-3.7x. Ours matches or exceeds it." in lines
+    assert "Did not reach MAE's final linear-probe accuracy within the budget: +JD (2/2 seeds)" in lines
+    assert "+JD <= MAE" in lines and "DMJD <= +DM" in lines
+    assert "DMJD's linear-probe gain over MAE at equal time: +3.0 points" in lines and "SMALLER" in lines
+
+
+# -------------------------------------------------------------------------------- throughput
+def test_peak_table_picks_the_specific_card():
+    assert peak_bf16_flops("NVIDIA H100 PCIe") == ("H100 PCIe", 756e12)
+    assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == ("H100", 989e12)
+    assert peak_bf16_flops("NVIDIA H200") == ("H200", 989e12)
+    assert peak_bf16_flops("NVIDIA A100-SXM4-40GB") == ("A100", 312e12)
+    assert peak_bf16_flops("Tesla T4") is None
+
+
+def test_flop_count_is_positive_and_linear_in_the_batch(tmp_path):
+    cfg = throughput_config("cpu-small", "DMJD", 4, "cpu", compile=False)
+    trainer = Pretrainer(cfg, tmp_path, overwrite=True)
+    small = step_flops(trainer, synthetic_images(trainer, 4))
+    large = step_flops(trainer, synthetic_images(trainer, 8))
+    assert small > 0
+    assert large == pytest.approx(2 * small, rel=1e-6)
+    # At least the encoder blocks' matmuls: 3 passes x 2 FLOPs x weights x tokens of K views.
+    blocks = sum(p.numel() for n, p in trainer.model.encoder.blocks.named_parameters() if p.ndim == 2)
+    tokens = 4 * cfg.masking.num_views * (1 + trainer.masking.grid_size[0] ** 2 - trainer.masking.num_masked)
+    assert small > 3 * 2 * blocks * tokens
+
+
+# ---------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    run_efficiency("smoke", out, sections=["main", "profile"], command="dmjd bench --preset smoke")
+    return out
+
+
+def test_smoke_benchmark_writes_results_report_and_figures(smoke_dir):
+    results = json.loads((smoke_dir / "results.json").read_text())
+    assert set(results["runs"]) == {f"main-{s}-seed0" for s in ("mae", "dm", "jd", "dmjd")}
+    for run in results["runs"].values():
+        points = run["points"]
+        assert points[0]["time"] == 0.0 and points[0]["ete"] == 0.0 and len(points) >= 2
+        assert all(b["time"] >= a["time"] and b["ete"] >= a["ete"] for a, b in zip(points, points[1:]))
+        assert all(0.0 <= p[m] <= 1.0 for p in points for m in ("knn_top1", "linprobe_top1"))
+        assert run["epochs"] >= 1 and run["error"] is None
+        assert not list((smoke_dir / "runs").glob("*/*.pth"))  # checkpoints removed
+    dm = results["runs"]["main-dm-seed0"]
+    assert dm["num_views"] == 2 and dm["pred_ratio"] == 1.0
+    profile = results["profile"]["configs"]
+    assert profile["MAE"]["ms"]["vdb"] == 0.0 and profile["DMJD"]["ms"]["vdb"] > 0.0
+    assert profile["DMJD"]["views_per_s"] == pytest.approx(2 * profile["DMJD"]["images_per_s"])
+    report = (smoke_dir / "report.md").read_text()
+    assert "`dmjd bench --preset smoke`" in report and results["commit"] in report
+    assert "| MAE | 1 | 0.75 |" in report and "## Step profile" in report and "Reading:" in report
+    for png in ("main_time.png", "main_ete.png"):
+        assert (smoke_dir / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_parses_and_rerenders_the_report(smoke_dir, capsys):
+    parser = argparse.ArgumentParser(prog="dmjd")
+    register_bench_command(parser.add_subparsers(dest="command"))
+    argv = ["bench", "--preset", "gpu", "--output-dir", "x", "--sections", "main,targets", "--seeds", "0,1"]
+    args = parser.parse_args(argv)
+    assert (args.preset, args.sections, args.seeds) == ("gpu", ["main", "targets"], [0, 1])
+    (smoke_dir / "report.md").unlink()
+    args = parser.parse_args(["bench", "--output-dir", str(smoke_dir), "--report-only"])
+    assert args.func(args) == 0
+    assert "report.md" in capsys.readouterr().out and (smoke_dir / "report.md").is_file()
+
+
+def test_sections_are_checked_before_training(tmp_path):
+    with pytest.raises(ValueError, match="unknown benchmark section"):
+        run_efficiency("smoke", tmp_path, sections=["main", "speed"])
+    assert set(SECTIONS) == {"main", "pred_ratio", "targets", "decoder"}
+
+
+def test_profile_split_backward_gives_the_joint_gradients(tmp_path):
+    from dmjd.bench.profile import PartTimer, split_backward
+
+    cfg = throughput_config("cpu-small", "DMJD", 6, "cpu", compile=False)
+    trainer = Pretrainer(cfg, tmp_path, overwrite=True)
+    images, views = synthetic_images(trainer, 6), trainer._masks(0, 6)
+    trainer.compute_losses(images, views)["loss"].backward()
+    joint = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    trainer.model.zero_grad(set_to_none=True)
+    timer = PartTimer(trainer.device)
+    split_backward(trainer, images, views, timer)
+    split = {n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None}
+    assert split.keys() == joint.keys() and any(n.startswith("vdb.") for n in split)
+    for name, grad in joint.items():
+        torch.testing.assert_close(split[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    assert all(timer.seconds[part] > 0 for part in ("targets", "encoder", "decoder", "vdb"))
