@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 # The suite runs in parallel workers (pytest -n 2 on 2 cores): one thread each, inherited by the
 # subprocesses tests start, avoids oversubscription (it made small runs 6x slower here).
@@ -43,3 +44,14 @@ def tiny_config(*overrides: str) -> Config:
 @pytest.fixture
 def tiny_cfg() -> Config:
     return tiny_config()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One thread for torch and OpenMP/BLAS in a module (``pytest.mark.usefixtures("one_thread")``):
+    spin-waiting threads crawl when tests run in parallel."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(threads)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from timm.optim import param_groups_layer_decay
 from torch import Tensor
 
+from conftest import tiny_config
 from dmjd.config import load_config
 from dmjd.engine import Pretrainer
 from dmjd.engine.checkpoint import CheckpointError
@@ -419,31 +420,11 @@ def test_convit_presets() -> None:
     assert (base.masking.pattern, base.masking.mask_ratio, base.masking.num_views) == ("random", 0.75, 1)
 
 
-TINY_CONVIT = [
-    "model.arch=convit",
-    "model.size=tiny",
-    "model.embed_dim=32",
-    "model.depth=2",
-    "model.num_heads=2",
-    "model.decoder_dim=32",
-    "model.decoder_depth=1",
-    "model.decoder_heads=2",
-    "model.vdb_hidden=32",
-    "model.patch_size=8",
-    "masking.block_size=1",
-    "data.limit=128",
-    "optim.batch_size=16",
-    "optim.epochs=2",
-    "optim.warmup_epochs=0.5",
-    "optim.lr=2e-3",
-    "train.progress=false",
-    "train.tensorboard=false",
-    "train.log_interval=2",
-]
+TINY_CONVIT = ("model.arch=convit", "model.size=tiny", "data.limit=128", "optim.batch_size=16", "optim.lr=2e-3")
 
 
 def test_convit_pretraining_loss_goes_down(tmp_path) -> None:
-    cfg = load_config("demo", TINY_CONVIT)
+    cfg = tiny_config(*TINY_CONVIT)
     trainer = Pretrainer(cfg, tmp_path)
     assert isinstance(trainer.model.encoder, ConViT)
     summary = trainer.fit()

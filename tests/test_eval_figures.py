@@ -6,21 +6,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from threadpoolctl import threadpool_limits
 
 from dmjd.eval.knn import knn_top1
 from dmjd.eval.plot import run_summary, save_curves_figure
 from dmjd.eval.tsne import save_tsne_figure, select_classes, tsne_embedding
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread for torch and OpenMP/BLAS: spin-waiting threads crawl when tests run in parallel."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_drawn_png(path, min_size=(300, 200)):

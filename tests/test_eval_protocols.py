@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from threadpoolctl import threadpool_limits
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import Dataset
 
@@ -27,18 +26,12 @@ from dmjd.eval.linear_probe import (
     build_optimizer,
     linear_probe,
     logistic_regression_top1,
+    torch_logistic_regression_top1,
 )
 from dmjd.models import create_encoder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread for torch and OpenMP/BLAS: spin-waiting threads crawl when tests run in parallel."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def blobs(num_classes: int = 10, n: int = 1000, dim: int = 32, spread: float = 0.3, seed: int = 0):
@@ -128,10 +121,26 @@ def test_linear_probe_separable_and_shuffled(settings):
     assert linear_probe(train_x, shuffled(train_y), test_x, test_y, settings) < 0.2
 
 
-def test_logistic_regression_separable_and_shuffled():
+@pytest.mark.parametrize("probe", [logistic_regression_top1, torch_logistic_regression_top1])
+def test_fast_probes_separable_and_shuffled(probe):
     train_x, train_y, test_x, test_y = blobs(spread=1.0)
-    assert logistic_regression_top1(train_x, train_y, test_x, test_y) > 0.98
-    assert logistic_regression_top1(train_x, shuffled(train_y), test_x, test_y) < 0.2
+    assert probe(train_x, train_y, test_x, test_y) > 0.98
+    assert probe(train_x, shuffled(train_y), test_x, test_y) < 0.2
+
+
+def test_torch_probe_agrees_with_sklearn_on_overlapping_correlated_features():
+    """Overlapping classes seen through an ill-conditioned linear map (like real encoder features):
+    both probes fit the same regularised objective, so their accuracies agree within a few points."""
+    train_x, train_y, test_x, test_y = blobs(n=2000, dim=64, spread=12.0)
+    g = torch.Generator().manual_seed(2)
+    mixing = torch.randn(64, 64, generator=g) * torch.logspace(-2, 1, 64)
+    train_x, test_x = train_x @ mixing + 5.0, test_x @ mixing + 5.0
+    sklearn_top1 = logistic_regression_top1(train_x, train_y, test_x, test_y)
+    torch_top1 = torch_logistic_regression_top1(train_x, train_y, test_x, test_y)
+    assert 0.3 < sklearn_top1 < 0.9  # a non-trivial problem
+    assert abs(torch_top1 - sklearn_top1) < 0.03
+    weak = torch_logistic_regression_top1(train_x, train_y, test_x, test_y, c=1e-4)
+    assert weak < sklearn_top1 and abs(weak - logistic_regression_top1(train_x, train_y, test_x, test_y, c=1e-4)) < 0.03
 
 
 def test_probe_settings_validate():

@@ -8,9 +8,12 @@ by building the lightweight objects they describe.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from dmjd.masking import DisjointMasking
 
 ModelSize = Literal["tiny", "small", "base", "large", "huge"]
 
@@ -56,6 +59,23 @@ class MaskingConfig(_Section):
     )
     pattern: Literal["random", "block", "rectangle"] = "random"
     block_size: int = Field(2, ge=1, description="cell side in tokens for pattern=block")
+
+    def build(self, grid: int) -> DisjointMasking:
+        """The disjoint masking these settings describe on a ``grid x grid`` patch grid.
+
+        Raises:
+            ValueError: settings the masking rejects (e.g. K views that cannot be disjoint).
+        """
+        from dmjd.masking import DisjointMasking  # local: keep schema import light
+
+        return DisjointMasking(
+            grid_size=(grid, grid),
+            mask_ratio=self.mask_ratio,
+            num_views=self.num_views,
+            pred_ratio=self.pred_ratio,
+            pattern=self.pattern,
+            block_size=self.block_size if self.pattern == "block" else 1,
+        )
 
 
 class TargetConfig(_Section):
@@ -198,19 +218,8 @@ class Config(_Section):
             raise ValueError(f"model.style=simmim needs model.arch=vit, got {m.arch}")
         if not (m.vdb and self.loss.vis_weight > 0) and self.loss.mim_weight == 0:
             raise ValueError("loss.mim_weight=0 with the visible distillation branch off trains nothing")
-        from dmjd.masking import DisjointMasking  # local: keep schema import light
-
-        grid = m.img_size // m.patch_size
-        k = self.masking
         try:
-            DisjointMasking(
-                grid_size=(grid, grid),
-                mask_ratio=k.mask_ratio,
-                num_views=k.num_views,
-                pred_ratio=k.pred_ratio,
-                pattern=k.pattern,
-                block_size=k.block_size if k.pattern == "block" else 1,
-            )
+            self.masking.build(m.img_size // m.patch_size)
         except ValueError as err:
             raise ValueError(f"masking: {err}") from None
         return self

@@ -47,15 +47,7 @@ def build_target(cfg: Config) -> Target:
 
 def build_masking(cfg: Config) -> DisjointMasking:
     """Disjoint masking on the model's patch grid."""
-    k, grid = cfg.masking, cfg.model.img_size // cfg.model.patch_size
-    return DisjointMasking(
-        grid_size=(grid, grid),
-        mask_ratio=k.mask_ratio,
-        num_views=k.num_views,
-        pred_ratio=k.pred_ratio,
-        pattern=k.pattern,
-        block_size=k.block_size if k.pattern == "block" else 1,
-    )
+    return cfg.masking.build(cfg.model.img_size // cfg.model.patch_size)
 
 
 def build_dmjd_model(cfg: Config, target_dim: int) -> DMJDModel:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 
 from dmjd.config import Config
 from dmjd.data import Normalize, build_dataset, eval_transform
@@ -110,17 +109,19 @@ def _settings(cls: type, args: argparse.Namespace) -> Any:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
-def load_source(args: argparse.Namespace, distributed: bool = True) -> Source:
+def load_source(args: argparse.Namespace) -> Source:
     """Load ``--checkpoint`` or ``--timm-model`` and resolve the data, device and output folder.
+
+    Under torchrun this joins the process group; on GPUs each process takes ``cuda:LOCAL_RANK``.
 
     Raises:
         ValueError: ``--timm-model`` without ``--output-dir``.
     """
     device = resolve_device(args.device)
-    info = init_distributed(device.type) if distributed else None
-    if info is not None and info.enabled and device.type == "cuda":
+    info = init_distributed(device.type)
+    if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
-    is_main = info is None or info.is_main
+    is_main = info.is_main
     if getattr(args, "timm_model", None):
         if args.output_dir is None:
             raise ValueError("--timm-model needs --output-dir")
@@ -136,14 +137,24 @@ def load_source(args: argparse.Namespace, distributed: bool = True) -> Source:
     return Source(encoder, spec, cfg, out, device, name, pool, is_main)
 
 
-def source_features(src: Source, args: argparse.Namespace) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Frozen features and labels of the train and test splits: ``(train_x, train_y, test_x, test_y)``."""
+def source_splits(src: Source, args: argparse.Namespace) -> tuple[Dataset, Dataset]:
+    """The labelled train and test splits of the source's data set, centre-cropped for its encoder."""
     transform = eval_transform(src.spec.img_size, src.spec.in_chans)
     data = src.cfg.data
-    train, test = labelled_splits(data.name, data.path, transform, transform, data.download, args.max_images)
-    common = dict(batch_size=args.feature_batch_size, device=src.device, pool=src.pool,
-                  normalize=Normalize(src.spec.mean, src.spec.std), num_workers=data.num_workers)  # fmt: skip
-    return (*extract_features(src.encoder, train, **common), *extract_features(src.encoder, test, **common))
+    return labelled_splits(data.name, data.path, transform, transform, data.download, args.max_images)
+
+
+def dataset_features(src: Source, dataset: Dataset, args: argparse.Namespace) -> tuple[Tensor, Tensor]:
+    """Frozen features ``[N, D]`` and labels ``[N]`` of a data set, with the source's encoder and pool."""
+    normalize = Normalize(src.spec.mean, src.spec.std)
+    return extract_features(src.encoder, dataset, args.feature_batch_size, src.device, src.pool, normalize,
+                            src.cfg.data.num_workers)  # fmt: skip
+
+
+def source_features(src: Source, args: argparse.Namespace) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Frozen features and labels of the train and test splits: ``(train_x, train_y, test_x, test_y)``."""
+    train, test = source_splits(src, args)
+    return (*dataset_features(src, train, args), *dataset_features(src, test, args))
 
 
 def _describe(src: Source, train_y: Tensor, test_y: Tensor) -> dict[str, Any]:
@@ -201,10 +212,8 @@ def _add_linprobe(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------------- finetune
 def _run_finetune(args: argparse.Namespace) -> int:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("dmjd finetune runs in one process; start it without torchrun")
     args.output_dir = args.output_dir or str(Path(args.checkpoint).parent / "finetune")
-    src = load_source(args, distributed=False)
+    src = load_source(args)
     settings = _settings(FinetuneSettings, args)
     train_tf, val_tf = finetune_transforms(src.spec, settings)
     data = src.cfg.data
@@ -214,13 +223,18 @@ def _run_finetune(args: argparse.Namespace) -> int:
         num_workers=data.num_workers, resume=args.resume, overwrite=args.overwrite,
     )  # fmt: skip
     summary = trainer.fit()
-    result = {**summary, **src.name, "data": data.name, "settings": dataclasses.asdict(settings)}
-    emit(result, src.output_dir, "finetune")
+    if src.is_main:
+        result = {**summary, **src.name, "data": data.name, "settings": dataclasses.asdict(settings)}
+        emit(result, src.output_dir, "finetune")
     return 0
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="fine-tune end to end (MAE recipe), top-1 on the validation split")
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune end to end (MAE / ConvMAE recipe), top-1 on the validation split; "
+        "data-parallel under torchrun (--batch-size per process)",
+    )
     _add_checkpoint(p, timm_ok=False)
     _add_max_images(p)
     p.add_argument("--resume", default=None, help="fine-tuning checkpoint, or 'auto' = the one in --output-dir")
@@ -235,13 +249,9 @@ def _run_tsne(args: argparse.Namespace) -> int:
 
     src = load_source(args)
     data = src.cfg.data
-    transform = eval_transform(src.spec.img_size, src.spec.in_chans)
-    _, test = labelled_splits(data.name, data.path, transform, transform, data.download, args.max_images)
+    _, test = source_splits(src, args)
     picked = Subset(test, select_classes(dataset_labels(test), args.num_classes, args.per_class, args.seed).tolist())
-    feats, labels = extract_features(
-        src.encoder, picked, args.feature_batch_size, src.device, src.pool,
-        Normalize(src.spec.mean, src.spec.std), data.num_workers,
-    )  # fmt: skip
+    feats, labels = dataset_features(src, picked, args)
     if src.is_main:
         embedding = tsne_embedding(feats, args.perplexity, args.seed)
         title = f"t-SNE of {src.pool} features: {next(iter(src.name.values()))} on {data.name}"
@@ -320,14 +330,15 @@ def _run_export(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else Path(args.checkpoint).parent / "encoder.safetensors"
     exported = export_encoder(encoder, output, InputSpec.from_config(cfg))
     print(exported.snippet)
-    result = {"kind": "export", "file": str(exported.file), "timm_model": exported.model_name,
-              "timm_kwargs": exported.kwargs, "checkpoint": str(args.checkpoint)}  # fmt: skip
+    result = {"kind": "export", "file": str(exported.file), **exported.describe(), "checkpoint": str(args.checkpoint)}
     emit(result, output.parent, "export")
     return 0
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="encoder -> safetensors loadable by timm.create_model (prints the call)")
+    p = sub.add_parser(
+        "export", help="encoder -> safetensors loadable by timm.create_model (ViT) or dmjd's ConViT (prints the call)"
+    )
     p.add_argument("--checkpoint", required=True, help="dmjd pre-training checkpoint")
     p.add_argument("--output", default=None, help="FILE.safetensors (default: <checkpoint folder>/encoder.safetensors)")
     p.set_defaults(func=_run_export)

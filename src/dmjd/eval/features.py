@@ -6,7 +6,7 @@ one feature vector per image with the frozen encoder, then run the protocol on t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
@@ -181,19 +181,41 @@ def extract_features(
     """
     device = torch.device(device)
     pool = pool or default_pool(encoder)
-    normalize = normalize.to(device) if normalize is not None else None
     rank, world = _world() if shard else (0, 1)
     n = len(dataset)  # type: ignore[arg-type]
     local = Subset(dataset, shard_indices(n, rank, world)) if world > 1 else dataset
     loader = DataLoader(local, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
+    batches = tqdm(loader, desc="features", leave=False, disable=not progress or rank != 0)
+    features, label_t = encode_batches(encoder, batches, device, pool, normalize)
+    if world > 1:
+        features = interleave_shards(_all_gather(features), n)
+        label_t = interleave_shards(_all_gather(label_t), n)
+    return features.cpu(), label_t.cpu()
+
+
+@torch.no_grad()
+def encode_batches(
+    encoder: nn.Module,
+    batches: Iterable[Sequence],
+    device: torch.device,
+    pool: Pool,
+    normalize: nn.Module | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Pooled features of batches ``(images [B, C, H, W] in [0, 1] (float, or uint8 in [0, 255]), labels, ...)``.
+
+    The encoder runs in eval mode (bf16 autocast where supported) and is put back in its previous
+    mode afterwards. Returns ``(float32[N, D], int64[N])`` on ``device``.
+    """
+    normalize = normalize.to(device) if normalize is not None else None
     amp = autocast_dtype("auto", device)
     autocast = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
     was_training = encoder.training
     encoder.eval()
     feats, labels = [], []
     try:
-        for images, targets, *_ in tqdm(loader, desc="features", leave=False, disable=not progress or rank != 0):
+        for images, targets, *_ in batches:
             x = images.to(device, non_blocking=True)
+            x = x.float().mul_(1 / 255) if x.dtype == torch.uint8 else x  # as v2.ToDtype(scale=True)
             if normalize is not None:
                 x = normalize(x)
             with autocast:
@@ -202,11 +224,7 @@ def extract_features(
             labels.append(torch.as_tensor(targets).to(device))
     finally:
         encoder.train(was_training)
-    features, label_t = torch.cat(feats), torch.cat(labels).long()
-    if world > 1:
-        features = interleave_shards(_all_gather(features), n)
-        label_t = interleave_shards(_all_gather(label_t), n)
-    return features.cpu(), label_t.cpu()
+    return torch.cat(feats), torch.cat(labels).long()
 
 
 def _all_gather(tensor: Tensor) -> Tensor:

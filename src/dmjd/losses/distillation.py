@@ -3,6 +3,8 @@
 import torch.nn.functional as F
 from torch import Tensor
 
+from dmjd.losses.reconstruction import float32_pair
+
 __all__ = ["visible_distillation_loss"]
 
 _TARGET_NORM_EPS = 1e-6
@@ -31,11 +33,9 @@ def visible_distillation_loss(
     Raises:
         ValueError: if the shapes differ or ``beta`` is not positive.
     """
-    if pred.shape != target.shape:
-        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    pred, target = float32_pair(pred, target)
     if beta <= 0:
         raise ValueError(f"beta must be positive, got {beta}")
-    target = target.detach().float()
     if normalize:
         target = F.layer_norm(target, target.shape[-1:], eps=_TARGET_NORM_EPS)
-    return F.smooth_l1_loss(pred.float(), target, beta=beta)
+    return F.smooth_l1_loss(pred, target, beta=beta)

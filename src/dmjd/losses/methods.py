@@ -21,7 +21,7 @@ from torch import Tensor
 
 from dmjd.losses.combined import BranchPredictions
 from dmjd.losses.distillation import visible_distillation_loss
-from dmjd.losses.reconstruction import masked_prediction_loss
+from dmjd.losses.reconstruction import float32_pair, masked_prediction_loss
 from dmjd.masking import MaskedViews, gather_tokens
 
 __all__ = [
@@ -52,9 +52,7 @@ def l1_prediction_loss(pred: Tensor, target: Tensor) -> Tensor:
     Raises:
         ValueError: if the shapes differ.
     """
-    if pred.shape != target.shape:
-        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    return F.l1_loss(pred.float(), target.detach().float())
+    return F.l1_loss(*float32_pair(pred, target))
 
 
 def token_prediction_loss(logits: Tensor, token_ids: Tensor) -> Tensor:

@@ -24,6 +24,18 @@ def masked_prediction_loss(pred: Tensor, target: Tensor) -> Tensor:
     Raises:
         ValueError: if the shapes differ.
     """
+    return F.mse_loss(*float32_pair(pred, target))
+
+
+def float32_pair(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """``(pred, detached target)`` in float32, the inputs of every token regression loss.
+
+    Float32 keeps the losses exact under autocast; detaching the target sends gradients to
+    ``pred`` only.
+
+    Raises:
+        ValueError: if the shapes differ.
+    """
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    return F.mse_loss(pred.float(), target.detach().float())
+    return pred.float(), target.detach().float()

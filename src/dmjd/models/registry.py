@@ -88,6 +88,20 @@ def create_vit(
     )
 
 
+def build_encoder(*, grad_checkpointing: bool = False, **encoder_kwargs: Any) -> nn.Module:
+    """The encoder of every model builder: ``create_encoder(**encoder_kwargs)``.
+
+    Args:
+        grad_checkpointing: recompute encoder blocks in backward to save activation memory.
+        **encoder_kwargs: ``arch``, ``size``, ``img_size``, ``patch_size``, ``in_chans`` and preset
+            overrides, see ``create_encoder``.
+    """
+    encoder = create_encoder(**encoder_kwargs)
+    if grad_checkpointing:
+        encoder.set_grad_checkpointing(True)
+    return encoder
+
+
 def build_model(
     *,
     target_dim: int,
@@ -119,18 +133,17 @@ def build_model(
         projector: ``"nonlinear"`` (paper) or ``"linear"`` projector.
         grad_checkpointing: recompute encoder blocks in backward to save memory.
     """
-    encoder = create_encoder(
-        arch,
-        size,
-        img_size,
-        patch_size,
-        in_chans,
+    encoder = build_encoder(
+        arch=arch,
+        size=size,
+        img_size=img_size,
+        patch_size=patch_size,
+        in_chans=in_chans,
         embed_dim=embed_dim,
         depth=depth,
         num_heads=num_heads,
+        grad_checkpointing=grad_checkpointing,
     )
-    if grad_checkpointing:
-        encoder.set_grad_checkpointing(True)
     mpb = MaskedPredictionBranch(
         encoder.embed_dim,
         target_dim,

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from dmjd.masking import MaskedViews
 from dmjd.models.dmjd import DMJDModel, DMJDOutput
 from dmjd.models.heads import ProjectorKind, VisibleDistillationBranch
-from dmjd.models.registry import create_encoder
+from dmjd.models.registry import build_encoder
 
 __all__ = ["LinearPredictionHead", "SimMIMModel", "build_simmim_model", "encode_full_sequence", "take_view_tokens"]
 
@@ -147,35 +147,26 @@ class SimMIMModel(DMJDModel):
 def build_simmim_model(
     *,
     target_dim: int,
-    arch: str = "vit",
-    size: str = "base",
-    img_size: int = 224,
-    patch_size: int = 16,
-    in_chans: int = 3,
     vdb: bool = False,
     vdb_hidden: int = 512,
     projector: ProjectorKind = "nonlinear",
-    grad_checkpointing: bool = False,
-    **encoder_overrides: Any,
+    **encoder_kwargs: Any,
 ) -> SimMIMModel:
     """Build a SimMIM-style model from the ``model`` config keys it uses.
 
     Args:
         target_dim: target width ``T`` (codebook size for BEiT).
-        arch, size, img_size, patch_size, in_chans: encoder, see ``create_encoder``; it must be a
-            timm ViT (``arch="vit"``).
         vdb: add the visible distillation branch (joint distillation).
         vdb_hidden, projector: visible distillation branch.
-        grad_checkpointing: recompute encoder blocks in backward to save memory.
-        **encoder_overrides: ``embed_dim``, ``depth``, ``num_heads`` (None keeps the preset).
+        **encoder_kwargs: ``arch``, ``size``, ``img_size``, ``patch_size``, ``in_chans``, ``embed_dim``,
+            ``depth``, ``num_heads`` (None keeps the preset) and ``grad_checkpointing``, see
+            ``dmjd.models.registry.build_encoder``; the encoder must be a timm ViT (``arch="vit"``).
 
     Raises:
         ValueError: for a non-ViT encoder.
     """
-    encoder = create_encoder(arch, size, img_size, patch_size, in_chans, **encoder_overrides)
+    encoder = build_encoder(**encoder_kwargs)
     if not isinstance(encoder, VisionTransformer):
-        raise ValueError(f"the SimMIM style needs a ViT encoder, got arch {arch!r}")
-    if grad_checkpointing:
-        encoder.set_grad_checkpointing(True)
+        raise ValueError(f"the SimMIM style needs a ViT encoder, got arch {encoder_kwargs.get('arch', 'vit')!r}")
     branch = VisibleDistillationBranch(encoder.embed_dim, target_dim, vdb_hidden, projector) if vdb else None
     return SimMIMModel(encoder, LinearPredictionHead(encoder.embed_dim, target_dim), branch)
