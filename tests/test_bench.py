@@ -311,3 +311,16 @@ def test_profile_split_backward_gives_the_joint_gradients(tmp_path):
     for name, grad in joint.items():
         torch.testing.assert_close(split[name], grad, rtol=1e-4, atol=1e-7, msg=name)
     assert all(timer.seconds[part] > 0 for part in ("targets", "encoder", "decoder", "vdb"))
+
+
+def test_method_sections_are_runnable_configs():
+    """The Table III pattern (each method with and without DM) and ConvMAE vs DMJD are valid configs."""
+    from dmjd.bench.presets import PRESETS, SECTIONS
+    from dmjd.config import load_config
+
+    for name in ("simmim", "maskfeat", "convit"):
+        base, dm = SECTIONS[name].variants
+        assert dm.label == f"{base.label} + DM" or name == "convit"
+        for variant in (base, dm):
+            cfg = load_config(None, [*PRESETS["cpu"].base, *variant.overrides])
+            assert cfg.masking.num_views == (1 if variant is base else 2)
