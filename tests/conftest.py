@@ -14,6 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from dmjd.config import Config, load_config
+from dmjd.eval.loading import InputSpec
 
 TINY = [
     "model.embed_dim=32",
@@ -55,3 +56,8 @@ def one_thread():
     with threadpool_limits(1):
         yield
     torch.set_num_threads(threads)
+
+
+# Fine-tuning tests: 32 px one-channel inputs, and the MAE recipe with its regularisers off.
+FINETUNE_SPEC = InputSpec(img_size=32, in_chans=1, mean=(0.5,), std=(0.5,))
+PLAIN_FINETUNE = dict(mixup=0.0, cutmix=0.0, smoothing=0.0, rand_augment="none", reprob=0.0, drop_path=0.0)

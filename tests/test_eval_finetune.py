@@ -3,6 +3,9 @@
 import pytest
 import torch
 
+from conftest import FINETUNE_SPEC as SPEC
+from conftest import PLAIN_FINETUNE as PLAIN
+
 from dmjd.engine import CheckpointError, OutputDirError, load_checkpoint
 from dmjd.engine.metrics import read_metrics
 from dmjd.eval.features import labelled_splits
@@ -13,20 +16,11 @@ from dmjd.eval.finetune import (
     classifier_kwargs,
     finetune_transforms,
 )
-from dmjd.eval.loading import InputSpec
 from dmjd.models import create_encoder
 
-SPEC = InputSpec(img_size=32, in_chans=1, mean=(0.5,), std=(0.5,))
-PLAIN = dict(mixup=0.0, cutmix=0.0, smoothing=0.0, rand_augment="none", reprob=0.0, drop_path=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread avoids oversubscribing the cores when tests run in parallel."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_encoder():

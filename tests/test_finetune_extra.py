@@ -9,6 +9,9 @@ import sys
 
 import pytest
 import torch
+
+from conftest import FINETUNE_SPEC as SPEC
+from conftest import PLAIN_FINETUNE as PLAIN
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -29,8 +32,6 @@ from dmjd.eval.finetune import (
 from dmjd.eval.loading import InputSpec, load_encoder
 from dmjd.models.convit import ConViT
 
-SPEC = InputSpec(img_size=32, in_chans=1, mean=(0.5,), std=(0.5,))
-PLAIN = dict(mixup=0.0, cutmix=0.0, smoothing=0.0, rand_augment="none", reprob=0.0, drop_path=0.0)
 CONVIT_RUN = [
     "model.arch=convit", "model.size=tiny", "model.img_size=32", "model.patch_size=8", "model.in_chans=1",
     "model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_dim=32", "model.decoder_depth=1",
@@ -38,12 +39,7 @@ CONVIT_RUN = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_convit() -> ConViT:
