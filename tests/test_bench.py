@@ -292,7 +292,7 @@ def test_cli_parses_and_rerenders_the_report(smoke_dir, capsys):
 def test_sections_are_checked_before_training(tmp_path):
     with pytest.raises(ValueError, match="unknown benchmark section"):
         run_efficiency("smoke", tmp_path, sections=["main", "speed"])
-    assert set(SECTIONS) == {"main", "pred_ratio", "targets", "decoder"}
+    assert set(SECTIONS) == {"main", "pred_ratio", "targets", "decoder", "simmim", "maskfeat", "convit"}
 
 
 def test_profile_split_backward_gives_the_joint_gradients(tmp_path):
