@@ -390,3 +390,13 @@ def test_build_model_wires_dimensions_and_checkpointing() -> None:
     assert len(model.mpb.blocks) == 0 and model.mpb.decoder_embed.in_features == 64
     assert model.mpb.pred.out_features == 24 and isinstance(model.vdb.projector, nn.Linear)
     assert model.mpb.pos_embed.shape == (1, 16, 32)
+
+
+def test_decoder_mlp_ratio_is_configurable():
+    """The official ConViT decoder uses MLP ratio 8; the config key reaches the decoder blocks."""
+    from dmjd.config import load_config
+
+    assert load_config("dmjd-convit-b").model.decoder_mlp_ratio == 8.0
+    model = build_model(target_dim=8, size="tiny", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                        decoder_dim=16, decoder_depth=1, decoder_heads=2, decoder_mlp_ratio=8.0)  # fmt: skip
+    assert model.mpb.blocks[0].mlp.fc1.out_features == 16 * 8

@@ -43,6 +43,7 @@ class ModelConfig(_Section):
     decoder_dim: int = Field(512, ge=8)
     decoder_depth: int = Field(8, ge=0)
     decoder_heads: int = Field(16, ge=1)
+    decoder_mlp_ratio: float = Field(4.0, gt=0, description="decoder MLP ratio (official ConViT decoder: 8)")
     vdb: bool = Field(True, description="visible distillation branch on/off (joint distillation)")
     vdb_hidden: int = Field(512, ge=8)
     projector: Literal["nonlinear", "linear"] = "nonlinear"

@@ -116,6 +116,7 @@ def build_model(
     decoder_dim: int = 512,
     decoder_depth: int = 8,
     decoder_heads: int = 16,
+    decoder_mlp_ratio: float = 4.0,
     vdb: bool = True,
     vdb_hidden: int = 512,
     projector: ProjectorKind = "nonlinear",
@@ -127,7 +128,7 @@ def build_model(
         target_dim: target width ``T`` (``target.dim``).
         arch, size, img_size, patch_size, in_chans: encoder, see ``create_encoder``.
         embed_dim, depth, num_heads: encoder preset overrides, None keeps the preset.
-        decoder_dim, decoder_depth, decoder_heads: masked prediction branch.
+        decoder_dim, decoder_depth, decoder_heads, decoder_mlp_ratio: masked prediction branch.
         vdb: add the visible distillation branch (joint distillation).
         vdb_hidden: projector width of the visible distillation branch.
         projector: ``"nonlinear"`` (paper) or ``"linear"`` projector.
@@ -151,6 +152,7 @@ def build_model(
         decoder_dim=decoder_dim,
         depth=decoder_depth,
         num_heads=decoder_heads,
+        mlp_ratio=decoder_mlp_ratio,
         num_prefix_tokens=encoder.num_prefix_tokens,
     )
     branch = (
