@@ -169,3 +169,16 @@ def test_out_of_memory_suggests_a_batch_that_fits(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "compute_losses", oom)
     with pytest.raises(ResourceError, match=r"optim.batch_size=32 optim.accum_iter=2"):
         trainer.fit()
+
+
+def test_checkpoint_every_n_steps_is_resumable_mid_epoch(tmp_path, monkeypatch):
+    saved = []
+    real_save = trainer_mod.ckpt.save_checkpoint
+
+    def spy(state, path):
+        saved.append((state["run_state"]["epoch"], state["run_state"]["epoch_step"], Path(path).name))
+        return real_save(state, path)
+
+    monkeypatch.setattr(trainer_mod.ckpt, "save_checkpoint", spy)
+    Pretrainer(tiny_config("optim.epochs=1", "train.checkpoint_steps=3"), tmp_path).fit()
+    assert [s for s in saved if s[1] in (3, 6)] == [(0, 3, "checkpoint-last.pth"), (0, 6, "checkpoint-last.pth")]

@@ -168,6 +168,9 @@ class TrainConfig(_Section):
     seed: int = 0
     log_interval: int = Field(20, ge=1, description="optimizer steps between metric lines")
     checkpoint_interval: int = Field(20, ge=1, description="epochs between numbered checkpoints")
+    checkpoint_steps: int | None = Field(
+        None, ge=1, description="also refresh checkpoint-last every N optimizer steps (long epochs)"
+    )
     keep_checkpoints: int = Field(2, ge=1, description="numbered checkpoints kept on disk")
     max_nonfinite_steps: int = Field(20, ge=1, description="stop after this many skipped steps in a row")
     max_time_s: float | None = Field(None, gt=0, description="stop after this much training time (s)")

@@ -477,6 +477,10 @@ class Pretrainer:
                     )
             if self._stop_signal is not None:
                 self._save_interrupt_checkpoint(run_start)
+            every = cfg.train.checkpoint_steps
+            if every and st.opt_step % every == 0 and st.epoch_step < usable_micro:
+                st.elapsed = time.perf_counter() - run_start
+                self.save(ckpt.LAST)  # mid-epoch: resumable exactly like a preemption checkpoint
             max_time = cfg.train.max_time_s
             if max_time is not None and time.perf_counter() - run_start >= max_time:
                 self.time_up = True
