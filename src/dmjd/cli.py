@@ -87,15 +87,13 @@ def monitor_hook(cfg: Config, trainer: Pretrainer) -> Callable[[Pretrainer], dic
 
 def _run_pretrain(args: argparse.Namespace) -> int:
     from dmjd.config import load_config
-    from dmjd.engine import latest_checkpoint, resume_config
+    from dmjd.engine import resume_config
+    from dmjd.engine.trainer import resolve_resume
     from dmjd.eval.visualize import can_draw, save_reconstruction_figure
 
-    resume = args.resume
-    ckpt_path = latest_checkpoint(args.output_dir) if resume == "auto" and Path(args.output_dir).is_dir() else None
-    if resume not in (None, "auto"):
-        ckpt_path = Path(resume)
+    ckpt_path = resolve_resume(args.output_dir, args.resume)
     cfg = resume_config(ckpt_path, args.overrides) if ckpt_path else load_config(args.config, args.overrides)
-    trainer = Pretrainer(cfg, args.output_dir, resume=ckpt_path, overwrite=args.overwrite)
+    trainer = Pretrainer(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite)
     summary = trainer.fit(on_epoch_end=monitor_hook(cfg, trainer))
     if trainer.dist.is_main and can_draw(trainer.target):
         images = sample_images(cfg, 4).to(trainer.device)

@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,23 @@ def check_disk_space(output_dir: Path, model: nn.Module, optimizer: torch.optim.
         )
 
 
+def resolve_resume(output_dir: str | Path, resume: str | Path | None) -> Path | None:
+    """The checkpoint a run resumes from: a path, ``"auto"`` (newest in ``output_dir``, None when
+    there is none: a fresh start) or None.
+
+    Raises:
+        CheckpointError: an explicit path that is not a file.
+    """
+    if resume is None:
+        return None
+    if str(resume) == "auto":
+        return ckpt.latest_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise ckpt.CheckpointError(f"--resume {path}: no such checkpoint file")
+    return path
+
+
 @dataclass
 class RunState:
     """Where a run stands: epochs completed, micro-steps into the current epoch, optimizer steps."""
@@ -192,7 +209,6 @@ class RunState:
     nonfinite_total: int = 0
     bad_images: int = 0
     elapsed: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Pretrainer:
@@ -212,7 +228,7 @@ class Pretrainer:
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        resume_path = self._resolve_resume(resume)
+        resume_path = resolve_resume(self.output_dir, resume)
         prepare_output_dir(self.output_dir, resume_path is not None or resume == "auto", overwrite, self.dist.is_main)
         barrier(self.dist)
         self.state = RunState()
@@ -227,16 +243,6 @@ class Pretrainer:
         self.time_up = False
 
     # ------------------------------------------------------------------ set-up
-    def _resolve_resume(self, resume: str | Path | None) -> Path | None:
-        if resume is None:
-            return None
-        if str(resume) == "auto":
-            return ckpt.latest_checkpoint(self.output_dir) if self.output_dir.is_dir() else None
-        path = Path(resume)
-        if not path.is_file():
-            raise ckpt.CheckpointError(f"--resume {path}: no such checkpoint file")
-        return path
-
     def _build(self) -> None:
         cfg, dev = self.cfg, self.device
         seed_everything(cfg.train.seed)
