@@ -1,4 +1,5 @@
-"""Data: data sets (embedded sample, image folders, torchvision sets), transforms, batching."""
+"""Data: data sets (embedded sample, image folders, torchvision sets), transforms, batching, and the
+device-resident pipeline (uint8 set on the device, batched RandomResizedCrop + flip there)."""
 
 from dmjd.data.datasets import (
     DATASET_NAMES,
@@ -8,11 +9,25 @@ from dmjd.data.datasets import (
     build_dataset,
     embedded_sample,
 )
-from dmjd.data.sampler import EpochBatchSampler
+from dmjd.data.arrays import ImageArray, estimate_nbytes, load_image_array
+from dmjd.data.pipeline import Batches, DeviceBatches, LoaderBatches, choose_pipeline, device_budget_bytes
+from dmjd.data.resample import random_resized_crop_params, resized_crop
+from dmjd.data.sampler import EpochBatchSampler, epoch_permutation
 from dmjd.data.transforms import Normalize, default_mean_std, eval_transform, pretrain_transform
 
 __all__ = [
+    "Batches",
     "DATASET_NAMES",
+    "DeviceBatches",
+    "ImageArray",
+    "LoaderBatches",
+    "choose_pipeline",
+    "device_budget_bytes",
+    "epoch_permutation",
+    "estimate_nbytes",
+    "load_image_array",
+    "random_resized_crop_params",
+    "resized_crop",
     "DataError",
     "EpochBatchSampler",
     "ImageFiles",

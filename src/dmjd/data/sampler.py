@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+from torch import Tensor
 from torch.utils.data import Sampler
+
+
+def epoch_permutation(num_samples: int, seed: int, epoch: int) -> Tensor:
+    """The order of epoch ``epoch``: one CPU permutation drawn from ``(seed, epoch)``."""
+    return torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -47,8 +53,7 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         return self.steps_per_epoch() - self.start_step
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(self.num_samples, generator=g)
+        perm = epoch_permutation(self.num_samples, self.seed, self.epoch)
         lo = self.rank * self.batch_size
         for step in range(self.start_step, self.steps_per_epoch()):
             start = step * self.global_batch + lo

@@ -52,13 +52,18 @@ class ToChannels:
 
 
 def pretrain_transform(
-    img_size: int, in_chans: int, crop_scale: tuple[float, float] = (0.2, 1.0), hflip: bool = True
+    img_size: int,
+    in_chans: int,
+    crop_scale: tuple[float, float] = (0.2, 1.0),
+    hflip: bool = True,
+    interpolation: str = "bicubic",
 ) -> v2.Compose:
-    """RandomResizedCrop (bicubic) + horizontal flip -> float[C, H, W] in [0, 1]."""
+    """RandomResizedCrop (bicubic or bilinear, antialiased) + horizontal flip -> float[C, H, W] in [0, 1]."""
+    mode = v2.InterpolationMode(interpolation)
     steps: list = [
         ToChannels(in_chans),
         v2.PILToTensor(),
-        v2.RandomResizedCrop(img_size, scale=crop_scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.RandomResizedCrop(img_size, scale=crop_scale, interpolation=mode, antialias=True),
     ]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())

@@ -1,0 +1,146 @@
+"""Data sets as one uint8 array ``[N, C, H, W]`` in memory, for the device-resident pipeline.
+
+Array data sets (the embedded sample, Fashion-MNIST, CIFAR-10/100, STL-10) are read as they are
+stored. An ImageFolder is decoded once into a cached array at a chosen square resolution (short
+side resized to ``size`` with antialiased bicubic, centre crop): the cache file is keyed by the
+folder's file list, sizes and modification times, the resolution and the channel count, so that it
+is rebuilt when any of them changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dmjd.data.datasets import ArrayImages, DataError, ImageFiles, TorchvisionImages, build_dataset, cache_dir
+from dmjd.data.transforms import to_mode
+
+
+@dataclass(frozen=True)
+class ImageArray:
+    """A decoded data set: ``images`` uint8 ``[N, C, H, W]``, ``labels`` int64 ``[N]`` (-1: none).
+
+    ``unreadable`` counts the files that could not be decoded (ImageFolder only; they are left out).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    unreadable: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.images.nbytes)
+
+
+def _nchw(images: np.ndarray) -> np.ndarray:
+    """``[N, H, W]`` or ``[N, H, W, C]`` -> ``[N, C, H, W]`` (no copy for the gray case)."""
+    return images[:, None] if images.ndim == 3 else np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+
+
+def _to_gray(images: np.ndarray) -> np.ndarray:
+    """RGB ``[N, 3, H, W]`` -> ``[N, 1, H, W]`` with PIL's 'L' weights (ITU-R 601-2, rounded)."""
+    w = np.array([299, 587, 114], dtype=np.uint32).reshape(1, 3, 1, 1)
+    return ((images.astype(np.uint32) * w).sum(1, keepdims=True) + 500) // 1000
+
+
+def estimate_nbytes(name: str, split: str, path: str | None, size: int, in_chans: int, download: bool) -> int:
+    """Bytes the decoded array will take, without decoding (for the memory budget)."""
+    base = build_dataset(name, split, lambda image: image, path, download)
+    if isinstance(base, ArrayImages):
+        return int(base.images.nbytes)
+    if isinstance(base, TorchvisionImages):
+        return int(getattr(base.base, "data").nbytes)
+    return len(base) * in_chans * size * size  # type: ignore[arg-type]
+
+
+def load_image_array(
+    name: str, split: str, path: str | None, size: int, in_chans: int, download: bool = False, limit: int | None = None
+) -> ImageArray:
+    """The data set as a uint8 array with ``in_chans`` channels (1-channel data is kept at 1 and
+    expanded on the device when ``in_chans`` is 3).
+
+    Args:
+        name, split, path, download: as for ``dmjd.data.build_dataset``.
+        size: decoding resolution of ImageFolder images (ignored for array data sets).
+        in_chans: 1 or 3.
+        limit: keep only the first ``limit`` images (``data.limit``).
+
+    Raises:
+        DataError: as ``build_dataset``, or when no image of a folder can be decoded.
+    """
+    base = build_dataset(name, split, lambda image: image, path, download)
+    if isinstance(base, ImageFiles):
+        return _cached_folder(base, size, in_chans, limit)
+    if isinstance(base, ArrayImages):
+        images, labels = base.images, base.labels
+    elif isinstance(base, TorchvisionImages):
+        raw = base.base
+        images = np.asarray(getattr(raw, "data"))
+        labels = np.asarray(getattr(raw, "targets", None) or getattr(raw, "labels"))
+        if images.ndim == 4 and images.shape[1] == 3:  # STL-10 is stored [N, 3, H, W]
+            images = images.transpose(0, 2, 3, 1)
+    else:  # pragma: no cover - build_dataset returns one of the above
+        raise DataError(f"data set {name!r} has no array form")
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    arr = _nchw(np.asarray(images))
+    if in_chans == 1 and arr.shape[1] == 3:
+        arr = _to_gray(arr).astype(np.uint8)
+    return ImageArray(np.ascontiguousarray(arr), np.asarray(labels, dtype=np.int64))
+
+
+def _folder_key(files: ImageFiles, size: int, in_chans: int, limit: int | None) -> str:
+    """Cache key: every file's relative path, size and mtime, plus the decoding settings."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps({"size": size, "in_chans": in_chans, "limit": limit, "v": 1}).encode())
+    for p, label in files.samples:
+        st = p.stat()
+        h.update(f"{p.relative_to(files.root)}|{st.st_size}|{st.st_mtime_ns}|{label}\n".encode())
+    return h.hexdigest()
+
+
+def _decode(path: Path, size: int, in_chans: int) -> np.ndarray | None:
+    """One image as uint8 ``[C, size, size]``: short side to ``size`` (bicubic), centre crop."""
+    try:
+        with Image.open(path) as img:
+            img = to_mode(img, in_chans)
+            w, h = img.size
+            s = size / min(w, h)
+            nw, nh = max(size, round(w * s)), max(size, round(h * s))
+            img = img.resize((nw, nh), Image.BICUBIC)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            arr = np.asarray(img.crop((left, top, left + size, top + size)))
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _cached_folder(files: ImageFiles, size: int, in_chans: int, limit: int | None) -> ImageArray:
+    """Decode (once) or load the cached array of a folder of images."""
+    samples = files.samples[:limit] if limit is not None else files.samples
+    key = _folder_key(files, size, in_chans, limit)
+    cache = cache_dir() / "decoded" / f"{key}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            return ImageArray(z["images"], z["labels"], int(z["unreadable"]))
+    workers = min(32, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        decoded = list(pool.map(lambda s: _decode(s[0], size, in_chans), samples))
+    keep = [i for i, a in enumerate(decoded) if a is not None]
+    if not keep:
+        raise DataError(f"no image under {files.root} could be decoded")
+    images = np.stack([decoded[i] for i in keep])
+    labels = np.array([samples[i][1] for i in keep], dtype=np.int64)
+    out = ImageArray(images, labels, len(samples) - len(keep))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp.npz")
+    np.savez(tmp, images=out.images, labels=out.labels, unreadable=np.int64(out.unreadable))
+    tmp.replace(cache)
+    return out
