@@ -251,6 +251,7 @@ def test_convit_checkpoint_evaluates_with_pooled_tokens(tmp_path, capsys):
     ckpt = str(tmp_path / "checkpoint-last.pth")
     cli(["knn", "--checkpoint", ckpt, "--max-images", "40"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["pool"] == "avg" and 0.0 <= result["knn_top1"] <= 1.0
+    # ConvMAE's / the official DMJD probe feature: unfused stage-3 tokens, mean, fresh fc_norm.
+    assert result["pool"] == "avg_fc_norm" and 0.0 <= result["knn_top1"] <= 1.0
     cli(["export", "--checkpoint", ckpt])  # ConViT export and fine-tuning: tests/test_finetune_extra.py
     assert "dmjd.models.convit.ConViT(" in capsys.readouterr().out

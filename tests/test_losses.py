@@ -31,10 +31,18 @@ def test_visible_distillation_loss_by_hand_with_layer_norm() -> None:
     # LN(target) = [-1.5, -0.5, 0.5, 1.5] / sqrt(1.25 + 1e-6) (biased variance 1.25)
     s = 1 / math.sqrt(1.25 + 1e-6)
     quadratic = [0.5 * (d * s) ** 2 / 2.0 for d in (1.5, 0.5, 0.5, 1.5)]  # all |D| < beta = 2
-    assert visible_distillation_loss(pred, target).item() == pytest.approx(sum(quadratic) / 4)
+    assert visible_distillation_loss(pred, target, normalize=True).item() == pytest.approx(sum(quadratic) / 4)
     # beta 0.5: |D| = 1.34 takes the linear branch, |D| = 0.45 the quadratic one
     mixed = [1.5 * s - 0.25, 0.5 * (0.5 * s) ** 2 / 0.5] * 2
-    assert visible_distillation_loss(pred, target, beta=0.5).item() == pytest.approx(sum(mixed) / 4)
+    assert visible_distillation_loss(pred, target, beta=0.5, normalize=True).item() == pytest.approx(sum(mixed) / 4)
+
+
+def test_visible_distillation_regresses_the_target_as_given_by_default() -> None:
+    """The official code feeds the same (already normalised) target to both branches: no extra
+    LayerNorm. Targets 1..4: |D| = 1, 2 (quadratic: 0.25, 1.0), 3, 4 (linear: 2, 3)."""
+    target = torch.tensor([[[1.0, 2.0, 3.0, 4.0]]])
+    pred = torch.zeros(1, 1, 4)
+    assert visible_distillation_loss(pred, target).item() == pytest.approx((0.25 + 1.0 + 2.0 + 3.0) / 4)
 
 
 def test_losses_reject_mismatched_shapes_and_bad_beta() -> None:
@@ -75,8 +83,10 @@ def _views() -> MaskedViews:
     return MaskedViews.from_mask(mask)
 
 
-def _expected_terms(pred_masked, pred_visible, targets, views, beta=2.0):
-    """Loop over images and views, picking each view's targets from its mask."""
+def _expected_terms(pred_masked, pred_visible, targets, views, beta=2.0, layernorm=False):
+    """Loop over images and views, picking each view's targets from its mask; both branches
+    regress the same targets (the official code), with ``layernorm`` the visible ones are
+    LayerNorm-ed first (``loss.vis_layernorm``)."""
     mim, vis = [], []
     for b in range(B):
         for k in range(K):
@@ -85,8 +95,9 @@ def _expected_terms(pred_masked, pred_visible, targets, views, beta=2.0):
             visible = (~views.mask[b, k]).nonzero().flatten()
             mim.append(((pred_masked[row] - targets[b, masked]) ** 2).flatten())
             t = targets[b, visible]
-            var = t.var(-1, unbiased=False, keepdim=True)
-            t = (t - t.mean(-1, keepdim=True)) / (var + 1e-6).sqrt()
+            if layernorm:
+                var = t.var(-1, unbiased=False, keepdim=True)
+                t = (t - t.mean(-1, keepdim=True)) / (var + 1e-6).sqrt()
             d = (pred_visible[row] - t).abs()
             vis.append(torch.where(d <= beta, 0.5 * d**2 / beta, d - 0.5 * beta).flatten())
     return torch.cat(mim).mean(), torch.cat(vis).mean()
@@ -113,6 +124,11 @@ def test_dmjd_loss_aligns_targets_with_each_view() -> None:
     torch.testing.assert_close(
         half["loss_vis"], _expected_terms(out.pred_masked, out.pred_visible, targets, views, 0.5)[1]
     )
+    normed = dmjd_loss(out, targets, views, vis_layernorm=True)
+    torch.testing.assert_close(
+        normed["loss_vis"], _expected_terms(out.pred_masked, out.pred_visible, targets, views, layernorm=True)[1]
+    )
+    assert not torch.allclose(normed["loss_vis"], losses["loss_vis"])
 
 
 def test_dmjd_loss_honours_weights() -> None:

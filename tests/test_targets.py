@@ -19,7 +19,14 @@ from dmjd.targets import (
     unpatchify,
 )
 
-# ---------------------------------------------------------------- slow HOG reference
+# ---------------------------------------------------------------- slow HOG references
+# Written from the descriptions of the two reference implementations (docs/fidelity.md), one
+# pixel at a time in float64, each in its own layout; the tests permute them to dmjd's
+# (cell_y, cell_x, channel, bin) order.
+
+# SlowFast HOGLayerC's Sobel kernel weight_x; weight_y is its transpose. Applied by 2-D
+# cross-correlation (F.conv2d) after reflect padding.
+SLOWFAST_WEIGHT_X = ((1.0, 0.0, -1.0), (2.0, 0.0, -2.0), (1.0, 0.0, -1.0))
 
 
 def _reflect(i: int, n: int) -> int:
@@ -31,50 +38,58 @@ def _reflect(i: int, n: int) -> int:
     return i
 
 
-def _pixel_gradient(img: np.ndarray, c: int, y: int, x: int, variant: str) -> tuple[float, float]:
-    """(gx, gy) at one pixel, x to the right and y downwards."""
+def _slowfast_pixel(img: np.ndarray, c: int, y: int, x: int, nbins: int) -> tuple[int, float]:
+    """HOGLayerC at one pixel: (bin, magnitude) with phase = atan2(gx, gy)."""
     _, h, w = img.shape
-    if variant == "dmjd":
-        gx = img[c, y, x + 1] - img[c, y, x - 1] if 0 < x < w - 1 else 0.0
-        gy = img[c, y + 1, x] - img[c, y - 1, x] if 0 < y < h - 1 else 0.0
-        return gx, gy
     gx = gy = 0.0
-    for dy, row_weight in ((-1, 1.0), (0, 2.0), (1, 1.0)):  # Sobel = smoothing x difference
-        yy = _reflect(y + dy, h)
-        gx += row_weight * (img[c, yy, _reflect(x + 1, w)] - img[c, yy, _reflect(x - 1, w)])
-    for dx, col_weight in ((-1, 1.0), (0, 2.0), (1, 1.0)):
-        xx = _reflect(x + dx, w)
-        gy += col_weight * (img[c, _reflect(y + 1, h), xx] - img[c, _reflect(y - 1, h), xx])
-    return gx, gy
+    for a in range(3):
+        for b in range(3):
+            value = img[c, _reflect(y + a - 1, h), _reflect(x + b - 1, w)]
+            gx += SLOWFAST_WEIGHT_X[a][b] * value
+            gy += SLOWFAST_WEIGHT_X[b][a] * value
+    k = math.floor(math.atan2(gx, gy) / math.pi * nbins)  # in [-nbins, nbins]
+    if k < 0:
+        k += nbins
+    if k == nbins:
+        k = 0
+    return k, math.hypot(gx, gy)
 
 
-def _unsigned_bin(gx: float, gy: float, nbins: int) -> int:
-    """Bin of the orientation folded into [0, pi)."""
-    theta = math.atan2(gy, gx)
-    if theta < 0:
-        theta += math.pi
-    return int(theta / math.pi * nbins) % nbins  # theta == pi (gy = 0, gx < 0) is bin 0
+def _official_dmjd_pixel(img: np.ndarray, c: int, y: int, x: int, nbins: int) -> tuple[int, float]:
+    """Official DMJD hog_tensor at one pixel: (bin, magnitude) from g_row, g_col (zero on the border)."""
+    _, h, w = img.shape
+    g_row = img[c, y + 1, x] - img[c, y - 1, x] if 0 < y < h - 1 else 0.0
+    g_col = img[c, y, x + 1] - img[c, y, x - 1] if 0 < x < w - 1 else 0.0
+    orientation = math.degrees(math.atan2(g_row, g_col)) % 180
+    return int(orientation // (180 / nbins)), math.hypot(g_col, g_row)
+
+
+def _mmpretrain_window(size: int) -> np.ndarray:
+    """mmpretrain HOGGenerator's Gaussian kernel: std size // 2, centred, divided by its sum."""
+    n = np.arange(size, dtype=np.float64)
+    g = np.exp(-0.5 * ((n - n.mean()) / (size // 2)) ** 2)
+    kernel = np.outer(g, g)
+    return kernel / kernel.sum()
 
 
 def reference_hog(
     img: np.ndarray, variant: str, patch: int, cell: int, nbins: int, window: int = 0
 ) -> np.ndarray:
-    """Per-pixel loop HOG of one image ``[C, H, W]`` of 0..255 intensities -> ``[L, T]``."""
+    """Per-pixel loop HOG of one image ``[C, H, W]`` -> ``[L, T]`` in dmjd's token layout.
+
+    ``maskfeat``: SlowFast HOGLayerC (+ mmpretrain's window when ``window``) and MaskFeat's token
+    layout (channel, bin, cell_y, cell_x); ``dmjd``: the official DMJD hog_tensor with the
+    InstanceWhitening LayerNorm and its layout (cell_y, cell_x, bin, channel).
+    """
     c_count, h, w = img.shape
+    pixel = _slowfast_pixel if variant == "maskfeat" else _official_dmjd_pixel
+    weights = np.tile(_mmpretrain_window(window), (h // window, w // window)) if window else np.ones((h, w))
     hist = np.zeros((c_count, h // cell, w // cell, nbins))
     for c in range(c_count):
         for y in range(h):
             for x in range(w):
-                gx, gy = _pixel_gradient(img, c, y, x, variant)
-                weight = 1.0
-                if window:
-                    mid, std = (window - 1) / 2, window / 2
-                    weight = math.exp(-0.5 * ((y % window - mid) / std) ** 2) * math.exp(
-                        -0.5 * ((x % window - mid) / std) ** 2
-                    )
-                hist[c, y // cell, x // cell, _unsigned_bin(gx, gy, nbins)] += weight * math.hypot(
-                    gx, gy
-                )
+                k, magnitude = pixel(img, c, y, x, nbins)
+                hist[c, y // cell, x // cell, k] += weights[y, x] * magnitude
     if variant == "dmjd":
         hist = hist / cell**2
         mean = hist.mean(axis=-1, keepdims=True)
@@ -86,12 +101,12 @@ def reference_hog(
     tokens = []
     for py in range(h // patch):
         for px in range(w // patch):
-            values = []
-            for cy in range(k):
-                for cx in range(k):
-                    for c in range(c_count):
-                        values.extend(hist[c, py * k + cy, px * k + cx])
-            tokens.append(values)
+            cells = hist[:, py * k : (py + 1) * k, px * k : (px + 1) * k]  # [C, k, k, nbins]
+            if variant == "dmjd":  # official: (cell_y, cell_x, bin, channel)
+                tokens.append(cells.transpose(1, 2, 3, 0).reshape(-1, nbins, c_count).transpose(0, 2, 1).ravel())
+            else:  # MaskFeat: (channel, bin, cell_y, cell_x)
+                official = cells.transpose(0, 3, 1, 2).ravel()
+                tokens.append(official.reshape(c_count, nbins, k, k).transpose(2, 3, 0, 1).ravel())
     return np.array(tokens)
 
 
@@ -125,6 +140,18 @@ def test_hog_matches_slow_reference(
         np.testing.assert_allclose(out[b].numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("window", [0, 16])
+def test_maskfeat_hog_equals_slowfast_on_the_normalised_input(window: int) -> None:
+    """SlowFast's MaskFeat computes HOGLayerC on the mean/std-normalised image; ours takes [0, 1]
+    images and must give the same values (per-channel affine invariance), window or not."""
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(11))
+    mean = np.array([0.485, 0.456, 0.406]).reshape(3, 1, 1)
+    std = np.array([0.229, 0.224, 0.225]).reshape(3, 1, 1)
+    normalised = (images[0].double().numpy() - mean) / std
+    out = HOGTarget(16, 3, variant="maskfeat", gaussian_window=window)(images)[0]
+    np.testing.assert_allclose(out.numpy(), reference_hog(normalised, "maskfeat", 16, 8, 9, window), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("variant", ["dmjd", "maskfeat"])
 def test_hog_is_exact_on_8bit_images(variant: str) -> None:
     """8-bit images have many gradients that cancel exactly (angle 0 or 90 degrees, on or
@@ -133,6 +160,19 @@ def test_hog_is_exact_on_8bit_images(variant: str) -> None:
     out = HOGTarget(16, 3, variant=variant)(levels / 255.0)[0]
     expected = reference_hog(levels[0].double().numpy(), variant, 16, 8, 9)
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("degrees", "dmjd_bin", "maskfeat_bin"), [(5, 0, 4), (15, 0, 3), (100, 4, 8), (165, 8, 5)])
+def test_hog_bins_of_an_oriented_ramp(degrees: int, dmjd_bin: int, maskfeat_bin: int) -> None:
+    """Hand values: a ramp whose gradient points at ``degrees`` (x right, y down) falls in bin
+    floor(degrees / 20) with the official DMJD convention and in bin floor(((90 - degrees) mod
+    180) / 20) with SlowFast's atan2(gx, gy): mirrored and shifted by half a bin."""
+    theta = math.radians(degrees)
+    y, x = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    image = (0.5 + 0.01 * (math.cos(theta) * x + math.sin(theta) * y)).view(1, 1, 16, 16)
+    for variant, expected in (("dmjd", dmjd_bin), ("maskfeat", maskfeat_bin)):
+        hist = HOGTarget(16, 1, variant=variant).cell_histograms(image)[0, 0, :, 1, 1]
+        assert int(hist.argmax()) == expected, variant
 
 
 def test_hog_dim_for_rgb_16px_patches_and_8px_cells() -> None:
@@ -263,6 +303,62 @@ def test_pixel_target_channel_order_and_stats() -> None:
     torch.testing.assert_close(target(images) * (var + target.eps).sqrt() + mean, raw)
     with pytest.raises(ValueError, match="two values"):
         PixelTarget(1, 1)
+
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def reference_norm_pix(image: np.ndarray, patch: int, mean: tuple, std: tuple) -> np.ndarray:
+    """MAE's forward_loss target, one patch at a time: normalise the image with mean/std, take each
+    patch's p*p*C values (row, column, channel), subtract their mean, divide by sqrt(unbiased
+    variance + 1e-6)."""
+    c_count, h, w = image.shape
+    normalised = (image - np.array(mean).reshape(-1, 1, 1)) / np.array(std).reshape(-1, 1, 1)
+    tokens = []
+    for py in range(h // patch):
+        for px in range(w // patch):
+            values = [normalised[c, py * patch + r, px * patch + q] for r in range(patch) for q in range(patch) for c in range(c_count)]
+            m = sum(values) / len(values)
+            var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
+            tokens.append([(v - m) / math.sqrt(var + 1e-6) for v in values])
+    return np.array(tokens)
+
+
+def test_norm_pix_target_is_maes_on_the_normalised_image() -> None:
+    images = torch.rand(2, 3, 8, 12, generator=torch.Generator().manual_seed(5))
+    target = PixelTarget(4, 3, mean=IMAGENET[0], std=IMAGENET[1])
+    out = target(images)
+    for b in range(2):
+        expected = reference_norm_pix(images[b].double().numpy(), 4, *IMAGENET)
+        np.testing.assert_allclose(out[b].numpy(), expected, rtol=1e-4, atol=1e-5)
+    # RGB: statistics over the three channels together change with the per-channel affine map.
+    assert (out - PixelTarget(4, 3)(images)).abs().max() > 0.1
+    # One channel: the per-patch standardisation absorbs the affine map (up to eps).
+    grey = images[:, :1]
+    torch.testing.assert_close(PixelTarget(4, 1, mean=(0.5,), std=(0.25,))(grey), PixelTarget(4, 1)(grey), atol=1e-3, rtol=1e-3)
+
+
+def test_pixel_target_without_norm_pix_regresses_the_normalised_image() -> None:
+    images = torch.rand(1, 3, 4, 4)
+    out = PixelTarget(4, 3, norm_pix=False, mean=IMAGENET[0], std=IMAGENET[1])(images)
+    torch.testing.assert_close(out[0, 0, :3], (images[0, :, 0, 0] - torch.tensor(IMAGENET[0])) / torch.tensor(IMAGENET[1]))
+
+
+@pytest.mark.parametrize("norm_pix", [True, False])
+@pytest.mark.parametrize("stats", [IMAGENET, (None, None)])
+def test_pixel_target_to_images_inverts_the_target(norm_pix: bool, stats: tuple) -> None:
+    images = torch.rand(2, 3, 8, 12)
+    target = PixelTarget(4, 3, norm_pix=norm_pix, mean=stats[0], std=stats[1])
+    torch.testing.assert_close(target.to_images(target(images), images, (2, 3)), images, atol=1e-5, rtol=1e-5)
+
+
+def test_pixel_target_rejects_incomplete_statistics() -> None:
+    with pytest.raises(ValueError, match="both"):
+        PixelTarget(4, 3, mean=IMAGENET[0])
+    with pytest.raises(ValueError, match="channels"):
+        PixelTarget(4, 1, mean=IMAGENET[0], std=IMAGENET[1])
+    with pytest.raises(ValueError, match="positive"):
+        PixelTarget(4, 3, mean=IMAGENET[0], std=(0.2, 0.0, 0.2))
 
 
 # ---------------------------------------------------------------- patchify / unpatchify

@@ -40,6 +40,10 @@ class ModelConfig(_Section):
     embed_dim: int | None = Field(None, ge=8, description="override the size preset's width")
     depth: int | None = Field(None, ge=1, description="override the size preset's depth")
     num_heads: int | None = Field(None, ge=1, description="override the size preset's heads")
+    mlp_ratios: tuple[float, float, float] | None = Field(
+        None, description="ConViT: MLP ratios of stages 1-3; null = the size preset's (base/large: the "
+        "official DMJD 8, 8, 4; ConvMAE-B: 4, 4, 4)",
+    )
     decoder_dim: int = Field(512, ge=8)
     decoder_depth: int = Field(8, ge=0)
     decoder_heads: int = Field(16, ge=1)
@@ -84,10 +88,18 @@ class TargetConfig(_Section):
 
     name: Literal["pixels", "hog", "tokens", "teacher"] = "pixels"
     norm_pix: bool = True
+    pixel_space: Literal["normalised", "raw"] = Field(
+        "normalised",
+        description="pixels: taken from the mean/std-normalised image (MAE, ConvMAE, SimMIM) or from the "
+        "raw [0, 1] image (dmjd before the fidelity review)",
+    )
     hog_variant: Literal["dmjd", "maskfeat"] = "dmjd"
     cell_size: int = Field(8, ge=1)
     nbins: int = Field(9, ge=2)
-    gaussian_window: int = Field(0, ge=0, description="HOG maskfeat variant: Gaussian window side, 0 = off")
+    gaussian_window: int = Field(
+        0, ge=0, description="HOG maskfeat variant: Gaussian window side, 0 = off (SlowFast's MaskFeat); "
+        "16 = mmpretrain's HOGGenerator"
+    )
     tokenizer_path: str | None = Field(None, description="tokens: tokenizer file (see docs/methods.md)")
     tokenizer_arch: Literal["dalle", "program"] = Field(
         "dalle", description="tokens: DALL-E encoder state dict, or a torch.export (.pt2) / TorchScript program"
@@ -114,6 +126,11 @@ class LossConfig(_Section):
     mim_weight: float = Field(1.0, ge=0.0)
     vis_weight: float = Field(1.0, ge=0.0)
     vis_beta: float = Field(2.0, gt=0.0)
+    vis_layernorm: bool = Field(
+        False,
+        description="extra LayerNorm over each visible token's whole target vector before L_vis; off = the "
+        "official code (both branches regress the same target)",
+    )
 
 
 class OptimConfig(_Section):
@@ -128,8 +145,18 @@ class OptimConfig(_Section):
     lr_rule: Literal["dmjd", "linear"] = Field(
         "dmjd", description="dmjd: Eq. 4 b_u*m_pred/m_corr/256; linear: b*K/256"
     )
+    lr_rates: Literal["nominal", "realised"] = Field(
+        "nominal",
+        description="m_corr, m_pred in Eq. 4: the configured ones (official code) or the realised token "
+        "fractions after rounding",
+    )
     min_lr: float = Field(0.0, ge=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
+    decay_tokens: bool = Field(
+        True,
+        description="weight decay on cls/mask tokens (MAE, official DMJD: only 1-d parameters and biases are "
+        "exempt); false = also exempt the model's no_weight_decay() names",
+    )
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float | None = Field(None, gt=0.0)
     fused: bool | None = Field(None, description="fused AdamW; null = when supported")
@@ -218,6 +245,8 @@ class Config(_Section):
             raise ValueError("target.name=tokens needs target.tokenizer_path (see docs/methods.md)")
         if t.name == "teacher" and not t.teacher_model:
             raise ValueError("target.name=teacher needs target.teacher_model (e.g. ViT-B-16 for open_clip)")
+        if m.mlp_ratios is not None and m.arch != "convit":
+            raise ValueError(f"model.mlp_ratios (per-stage MLP ratios) needs model.arch=convit, got {m.arch}")
         if m.style == "simmim" and m.arch != "vit":
             raise ValueError(f"model.style=simmim needs model.arch=vit, got {m.arch}")
         if not (m.vdb and self.loss.vis_weight > 0) and self.loss.mim_weight == 0:

@@ -23,12 +23,15 @@ LossFn = Callable[[object, Tensor, MaskedViews], dict[str, Tensor]]
 def build_target(cfg: Config) -> Target:
     """The target tokenizer named by ``cfg.target`` for the model's patch size and channels.
 
+    Every target receives the raw ``[0, 1]`` images; ``pixels`` with ``target.pixel_space=normalised``
+    gets the model's mean/std and takes its pixels from the normalised image, as MAE does.
     ``tokens`` and ``teacher`` load weights from disk (see docs/methods.md).
     """
     t, m = cfg.target, cfg.model
     grid = {"patch_size": m.patch_size, "in_chans": m.in_chans}
     if t.name == "pixels":
-        return create_target("pixels", **grid, norm_pix=t.norm_pix)
+        mean, std = mean_std(cfg) if t.pixel_space == "normalised" else (None, None)
+        return create_target("pixels", **grid, norm_pix=t.norm_pix, mean=mean, std=std)
     if t.name == "hog":
         return create_target(
             "hog", **grid, variant=t.hog_variant, cell_size=t.cell_size, nbins=t.nbins,
@@ -72,5 +75,6 @@ def build_loss(cfg: Config) -> LossFn:
     """``loss_fn(out, targets, views) -> {"loss", "loss_mim", "loss_vis"}`` (Eq. 6, the method's L_mim)."""
     lc = cfg.loss
     return partial(
-        method_loss, mim_loss=lc.mim_loss, mim_weight=lc.mim_weight, vis_weight=lc.vis_weight, vis_beta=lc.vis_beta
-    )
+        method_loss, mim_loss=lc.mim_loss, mim_weight=lc.mim_weight, vis_weight=lc.vis_weight, vis_beta=lc.vis_beta,
+        vis_layernorm=lc.vis_layernorm,
+    )  # fmt: skip

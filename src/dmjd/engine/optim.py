@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from dmjd.config import OptimConfig
+    from dmjd.masking import DisjointMasking
+
+RateSource = Literal["nominal", "realised"]
 
 
 def effective_lr(
@@ -31,6 +38,39 @@ def effective_lr(
     if rule == "linear":
         return blr * unique_batch * num_views / 256
     raise ValueError(f"unknown lr rule {rule!r}; choose 'dmjd' or 'linear'")
+
+
+def lr_rates(masking: DisjointMasking, source: RateSource = "nominal") -> tuple[float, float]:
+    """``(m_corr, m_pred)`` for Eq. 4.
+
+    ``"nominal"``: the configured rates, as the official code scales with its ``--mask_ratio`` and
+    ``--pred_ratio`` arguments (``m_pred`` defaults to ``min(1, K * m_corr)``); ``"realised"``: the
+    token fractions after rounding (block 0.6 on 14 x 14 masks 30 of 49 cells = 0.612).
+    """
+    if source == "nominal":
+        return masking.mask_ratio, masking.nominal_pred_ratio
+    if source == "realised":
+        return masking.realised_mask_ratio, masking.realised_pred_ratio
+    raise ValueError(f"unknown rate source {source!r}; choose 'nominal' or 'realised'")
+
+
+def rates_summary(masking: DisjointMasking, source: RateSource) -> str:
+    """One start-up line naming the nominal and the realised ``m_corr`` and ``m_pred`` and which
+    of them Eq. 4 uses."""
+    return (
+        f"m_corr {masking.mask_ratio:g} (realised {masking.realised_mask_ratio:.4g}), m_pred "
+        f"{masking.nominal_pred_ratio:g} (realised {masking.realised_pred_ratio:.4g}); the lr rule uses the "
+        f"{source} rates"
+    )
+
+
+def peak_lr(optim: OptimConfig, masking: DisjointMasking, unique_batch: int) -> float:
+    """The run's peak learning rate: ``optim.lr`` if set, else ``optim.blr`` scaled by ``optim.lr_rule``
+    with the global unique batch ``b_u`` (images per optimizer step over all processes)."""
+    if optim.lr is not None:
+        return optim.lr
+    m_corr, m_pred = lr_rates(masking, optim.lr_rates)
+    return effective_lr(optim.blr, unique_batch, masking.num_views, m_corr, m_pred, optim.lr_rule)
 
 
 def lr_at(step: float, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float = 0.0) -> float:
@@ -61,6 +101,18 @@ def param_groups(
         {"params": decay, "weight_decay": weight_decay},
         {"params": plain, "weight_decay": 0.0},
     ]
+
+
+def pretrain_param_groups(model: nn.Module, weight_decay: float, decay_tokens: bool = True) -> list[dict]:
+    """Pre-training parameter groups.
+
+    ``decay_tokens=True`` (MAE's and the official DMJD code's ``add_weight_decay`` without a skip
+    list): only 1-d parameters and biases are exempt, so ``cls_token`` and ``mask_token`` are
+    decayed; ``False`` also exempts ``model.no_weight_decay()`` (cls/mask tokens, position
+    embeddings), timm's and BEiT's convention.
+    """
+    no_decay = set() if decay_tokens else set(model.no_weight_decay())
+    return param_groups(model.named_parameters(), weight_decay, no_decay)
 
 
 def build_adamw(

@@ -32,7 +32,7 @@ from dmjd.data import EpochBatchSampler, Normalize, SeededSamples, build_dataset
 from dmjd.engine import checkpoint as ckpt
 from dmjd.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from dmjd.engine.metrics import MetricsLogger
-from dmjd.engine.optim import build_adamw, effective_lr, lr_at, param_groups, set_lr
+from dmjd.engine.optim import build_adamw, lr_at, peak_lr, pretrain_param_groups, rates_summary, set_lr
 from dmjd.engine.builders import build_dmjd_model, build_loss, build_masking, build_target, mean_std
 from dmjd.masking import MaskedViews, measured_pred_ratio
 from dmjd.targets import FrozenNetworkTarget
@@ -283,10 +283,8 @@ class Pretrainer:
         self.total_steps = self.steps_per_epoch * o.epochs
         self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
         self.unique_batch = o.batch_size * o.accum_iter * self.dist.world_size
-        m_pred = self.masking.num_predicted / (self.masking.grid_size[0] * self.masking.grid_size[1])
-        m_corr = self.masking.num_masked / (self.masking.grid_size[0] * self.masking.grid_size[1])
-        self.peak_lr = o.lr or effective_lr(o.blr, self.unique_batch, self.masking.num_views, m_corr, m_pred, o.lr_rule)
-        groups = param_groups(self.model.named_parameters(), o.weight_decay, self.model.no_weight_decay())
+        self.peak_lr = peak_lr(o, self.masking, self.unique_batch)
+        groups = pretrain_param_groups(self.model, o.weight_decay, o.decay_tokens)
         self.optimizer = build_adamw(groups, self.peak_lr, tuple(o.betas), o.fused, dev)
         self.fused = bool(self.optimizer.defaults.get("fused"))
         self.ddp: nn.Module = self.model
@@ -369,6 +367,9 @@ class Pretrainer:
             f"effective lr {self.peak_lr:.4g} (blr {c.optim.blr:g}); {self.steps_per_epoch} steps/epoch,"
             f" {self.total_steps} steps, {self.warmup_steps} warmup"
         )
+        print(f"dmjd: {rates_summary(m, c.optim.lr_rates)}")
+        for warning in m.rate_warnings():
+            print(f"dmjd: WARNING: {warning}")
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         def request_stop(signum: int, _frame: Any) -> None:

@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -22,7 +23,8 @@ from tqdm import tqdm
 from dmjd.data import DataError, build_dataset
 from dmjd.engine.trainer import autocast_dtype
 
-Pool = Literal["cls", "avg"]
+Pool = Literal["cls", "avg", "avg_fc_norm"]
+_FC_NORM_EPS = 1e-6
 Transform = Callable[[Image.Image], Tensor]
 
 
@@ -110,14 +112,34 @@ def dataset_labels(dataset: Dataset) -> np.ndarray:
 
 
 def default_pool(encoder: nn.Module) -> Pool:
-    """``cls`` for encoders with a class token (MAE's linear-probe feature), else ``avg`` (ConViT)."""
-    return "cls" if getattr(encoder, "cls_token", None) is not None else "avg"
+    """The reference protocol's feature: ``cls`` for encoders with a class token (MAE's linear
+    probe), ``avg_fc_norm`` for encoders with ``forward_unfused`` (ConViT: ConvMAE's and the
+    official DMJD code's linear probe), else ``avg``."""
+    if getattr(encoder, "cls_token", None) is not None:
+        return "cls"
+    return "avg_fc_norm" if hasattr(encoder, "forward_unfused") else "avg"
+
+
+def encoder_tokens(encoder: nn.Module, images: Tensor, pool: Pool) -> Tensor:
+    """The tokens ``pool`` reads: ``forward_unfused`` for ``avg_fc_norm``, else ``forward_features``.
+
+    Raises:
+        ValueError: ``avg_fc_norm`` for an encoder without ``forward_unfused``.
+    """
+    if pool != "avg_fc_norm":
+        return encoder.forward_features(images)
+    if not hasattr(encoder, "forward_unfused"):
+        raise ValueError(f"pool='avg_fc_norm' needs a ConViT encoder, got {type(encoder).__name__}; use 'cls' or 'avg'")
+    return encoder.forward_unfused(images)
 
 
 def pool_tokens(encoder: nn.Module, tokens: Tensor, pool: Pool) -> Tensor:
     """One vector per image from the encoder's output tokens ``[B, P + L, D]`` -> ``[B, D]``.
 
-    ``cls``: the class token (MAE's linear-probe feature); ``avg``: the mean of the patch tokens.
+    ``cls``: the class token (MAE's linear-probe feature); ``avg``: the mean of the patch tokens;
+    ``avg_fc_norm``: the mean of the patch tokens normalised by a fresh ``fc_norm`` (a LayerNorm
+    with unit weight and zero bias, eps 1e-6, frozen as in a linear probe), for the tokens of
+    ``encoder_tokens`` (ConViT: no fusion, no final norm).
 
     Raises:
         ValueError: ``cls`` for an encoder without class token, or an unknown pool.
@@ -125,11 +147,14 @@ def pool_tokens(encoder: nn.Module, tokens: Tensor, pool: Pool) -> Tensor:
     prefix = getattr(encoder, "num_prefix_tokens", 1)
     if pool == "cls":
         if getattr(encoder, "cls_token", None) is None:
-            raise ValueError("this encoder has no class token; use pool='avg'")
+            raise ValueError("this encoder has no class token; use pool='avg_fc_norm' or 'avg'")
         return tokens[:, 0]
     if pool == "avg":
         return tokens[:, prefix:].mean(dim=1)
-    raise ValueError(f"unknown pool {pool!r}; choose 'cls' or 'avg'")
+    if pool == "avg_fc_norm":
+        mean = tokens[:, prefix:].float().mean(dim=1)
+        return F.layer_norm(mean, mean.shape[-1:], eps=_FC_NORM_EPS)
+    raise ValueError(f"unknown pool {pool!r}; choose 'cls', 'avg' or 'avg_fc_norm'")
 
 
 def _world() -> tuple[int, int]:
@@ -219,7 +244,7 @@ def encode_batches(
             if normalize is not None:
                 x = normalize(x)
             with autocast:
-                tokens = encoder.forward_features(x)
+                tokens = encoder_tokens(encoder, x, pool)
             feats.append(pool_tokens(encoder, tokens, pool).float())
             labels.append(torch.as_tensor(targets).to(device))
     finally:

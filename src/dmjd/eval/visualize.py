@@ -21,7 +21,7 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from dmjd.masking import DisjointMasking, MaskedViews  # noqa: E402
-from dmjd.targets import HOGTarget, PixelTarget, Target, unpatchify  # noqa: E402
+from dmjd.targets import HOGTarget, PixelTarget, Target  # noqa: E402
 
 
 @torch.no_grad()
@@ -48,11 +48,10 @@ def _masked_image(images: Tensor, mask: Tensor, patch_size: int, grid: tuple[int
 
 
 def _pixels(tokens: Tensor, images: Tensor, target: Target, grid: tuple[int, int]) -> Tensor:
-    """Per-patch pixel tokens ``[B, L, p*p*C]`` back to images, un-normalising norm-pix targets."""
-    if getattr(target, "norm_pix", False):
-        mean, var = target.patch_stats(images)
-        tokens = tokens * (var + target.eps).sqrt() + mean
-    return unpatchify(tokens, target.patch_size, grid, target.in_chans).clamp(0, 1)
+    """Per-patch pixel tokens ``[B, L, p*p*C]`` back to ``[0, 1]`` images (see ``PixelTarget.to_images``)."""
+    if not isinstance(target, PixelTarget):
+        raise TypeError(f"pixel reconstructions need a PixelTarget, got {type(target).__name__}")
+    return target.to_images(tokens, images, grid)
 
 
 def _show(ax: plt.Axes, image: Tensor, title: str) -> None:

@@ -30,6 +30,7 @@ def dmjd_loss(
     mim_weight: float = 1.0,
     vis_weight: float = 1.0,
     vis_beta: float = 2.0,
+    vis_layernorm: bool = False,
 ) -> dict[str, Tensor]:
     """Combine the two branch losses; per-image targets are gathered for each view.
 
@@ -45,6 +46,7 @@ def dmjd_loss(
         mim_weight: ``lambda`` of Eq. 6, weight of the masked prediction loss.
         vis_weight: weight of the visible distillation loss (1 in the paper).
         vis_beta: Smooth L1 ``beta`` of Eq. 5.
+        vis_layernorm: extra LayerNorm of each visible target vector (off in the official code).
 
     Returns:
         ``{"loss": weighted sum, "loss_mim": L_mim, "loss_vis": L_vis}`` (unweighted terms,
@@ -55,4 +57,4 @@ def dmjd_loss(
     """
     from dmjd.losses.methods import method_loss  # local: methods builds on this module's types
 
-    return method_loss(out, targets, views, "mse", mim_weight, vis_weight, vis_beta)
+    return method_loss(out, targets, views, "mse", mim_weight, vis_weight, vis_beta, vis_layernorm)

@@ -93,6 +93,7 @@ def method_loss(
     mim_weight: float = 1.0,
     vis_weight: float = 1.0,
     vis_beta: float = 2.0,
+    vis_layernorm: bool = False,
 ) -> dict[str, Tensor]:
     """``L = vis_weight * L_vis + mim_weight * L_mim`` (Eq. 6) with a method's ``L_mim``.
 
@@ -111,6 +112,8 @@ def method_loss(
         mim_weight: ``lambda`` of Eq. 6.
         vis_weight: weight of the visible term.
         vis_beta: Smooth L1 ``beta`` of Eq. 5 (continuous targets only).
+        vis_layernorm: extra LayerNorm of each visible target vector (not in the official code;
+            see ``visible_distillation_loss``).
 
     Returns:
         ``{"loss", "loss_mim", "loss_vis"}``, the unweighted terms present only when computed
@@ -123,7 +126,9 @@ def method_loss(
         raise ValueError(f"mim_loss must be one of {sorted(MIM_LOSSES)}, got {mim_loss!r}")
     if mim_weight < 0 or vis_weight < 0:
         raise ValueError(f"loss weights must be >= 0, got mim {mim_weight}, vis {vis_weight}")
-    vis_fn = token_prediction_loss if mim_loss == "ce" else partial(visible_distillation_loss, beta=vis_beta)
+    vis_fn = token_prediction_loss if mim_loss == "ce" else partial(
+        visible_distillation_loss, beta=vis_beta, normalize=vis_layernorm
+    )
     terms: dict[str, Tensor] = {}
     if mim_weight > 0:
         masked_targets = gather_tokens(targets, views.ids_masked)

@@ -1,6 +1,7 @@
 """Disjoint masking (DM): K masked views per image with a raised prediction rate (Eq. 3)."""
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,6 +15,17 @@ _EPS = 1e-6
 def _masked_units(units: int, ratio: float) -> int:
     """Units masked at ``ratio``: all minus MAE's keep count ``int(u * (1 - ratio))``."""
     return units - int(units * (1.0 - ratio) + _EPS)
+
+
+def _token_counter(block_size: int) -> Callable[[int], str]:
+    """``count -> "N tokens"`` for unit counts, adding ``(n cells of s x s)`` for cell patterns."""
+
+    def tokens(units: int) -> str:
+        if block_size == 1:
+            return f"{units} tokens"
+        return f"{units * block_size**2} tokens ({units} {block_size}x{block_size} cells)"
+
+    return tokens
 
 
 class DisjointMasking:
@@ -90,11 +102,12 @@ class DisjointMasking:
             pattern_kwargs = {**pattern_kwargs, "block_size": block_size}
 
         units = (height // block_size) * (width // block_size)
+        tokens = _token_counter(block_size)
         n_corr = _masked_units(units, mask_ratio)
         if n_corr in (0, units):
             raise ValueError(
-                f"mask_ratio={mask_ratio} masks {n_corr} of {units} units; it must leave at "
-                "least one masked and one visible unit"
+                f"mask_ratio={mask_ratio} masks {tokens(n_corr)} of {tokens(units)}; it must leave "
+                "at least one masked and one visible " + ("cell" if block_size > 1 else "token")
             )
         if pred_ratio is None:
             n_pred = min(units, num_views * n_corr)
@@ -102,15 +115,15 @@ class DisjointMasking:
             n_pred = max(n_corr, _masked_units(units, pred_ratio))
         if n_pred > num_views * n_corr:
             raise ValueError(
-                f"pred_ratio={pred_ratio} needs {n_pred} of {units} units but num_views="
-                f"{num_views} views of {n_corr} cover at most {num_views * n_corr}; "
+                f"pred_ratio={pred_ratio} needs {tokens(n_pred)} of {tokens(units)} but num_views="
+                f"{num_views} views of {tokens(n_corr)} cover at most {tokens(num_views * n_corr)}; "
                 "raise num_views or lower pred_ratio"
             )
         extra = n_pred - n_corr
         if n_pred < units and extra < num_views - 1:
             raise ValueError(
-                f"pred_ratio={pred_ratio} adds only {extra} new units over {num_views - 1} "
-                "later views, each must add >= 1 (disjoint regulation); raise pred_ratio or "
+                f"pred_ratio={pred_ratio} adds only {tokens(extra)} over view 1 for {num_views - 1} "
+                "later views, each must add new ones (disjoint regulation); raise pred_ratio or "
                 "lower num_views"
             )
 
@@ -145,6 +158,37 @@ class DisjointMasking:
     def num_visible(self) -> int:
         """Tokens visible in every view."""
         return self.grid_size[0] * self.grid_size[1] - self.num_masked
+
+    @property
+    def nominal_pred_ratio(self) -> float:
+        """The requested ``m_pred``: ``pred_ratio``, or ``min(1, K * m_corr)`` when it is None."""
+        return self.pred_ratio if self.pred_ratio is not None else min(1.0, self.num_views * self.mask_ratio)
+
+    @property
+    def realised_mask_ratio(self) -> float:
+        """Fraction of the tokens each view really masks (``m_corr`` after rounding)."""
+        return self.num_masked / (self.grid_size[0] * self.grid_size[1])
+
+    @property
+    def realised_pred_ratio(self) -> float:
+        """Fraction of the tokens the K views really cover (``m_pred`` after rounding)."""
+        return self.num_predicted / (self.grid_size[0] * self.grid_size[1])
+
+    def rate_warnings(self, tolerance: float = 0.02) -> list[str]:
+        """One message per rate whose realised value differs from the requested one by more
+        than ``tolerance`` (e.g. block masking 0.6 on a 2 x 2 cell grid masks 3 of 4 cells)."""
+        height, width = self.grid_size
+        cells = f" of {self.block_size}x{self.block_size}-token cells" if self.block_size > 1 else ""
+        pairs = (
+            ("m_corr (masking.mask_ratio)", self.mask_ratio, self.num_masked),
+            ("m_pred (masking.pred_ratio)", self.nominal_pred_ratio, self.num_predicted),
+        )
+        return [
+            f"{name} {requested:g} is realised as {count} of {height * width} tokens = "
+            f"{count / (height * width):.4g} on the {height}x{width} token grid{cells}"
+            for name, requested, count in pairs
+            if abs(count / (height * width) - requested) > tolerance
+        ]
 
     def __call__(
         self,

@@ -32,7 +32,8 @@ from dmjd.models.pos_embed import sincos_pos_embed_2d
 from dmjd.models.registry import register_encoder
 
 # Stage widths, depths and MLP ratios. base / large: the official DMJD ConViT-B / ConViT-L
-# (ConvMAE-B's stages with MLP ratios 8, 8, 4); small: Fast ConvMAE's ConViT-S (Alpha-VL);
+# (ConvMAE-B's stages with MLP ratios 8, 8, 4; ConvMAE-B itself uses 4, 4, 4, set by
+# model.mlp_ratios in the convmae-convit-b preset); small: Fast ConvMAE's ConViT-S (Alpha-VL);
 # tiny: ViT-Ti width in stage 3 and light convolution stages, for CPU runs and small images.
 CONVIT_SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"embed_dims": (32, 64, 192), "depths": (2, 2, 11), "num_heads": 3, "mlp_ratios": (4.0, 4.0, 4.0)},
@@ -261,13 +262,15 @@ class ConViT(nn.Module):
         tokens = self.patch_embed3(x)
         return tokens.flatten(2).transpose(1, 2), fused.flatten(2).transpose(1, 2)
 
+    def _blocks3(self, tokens: Tensor) -> Tensor:
+        """The stage-3 transformer blocks (recomputed in backward with gradient checkpointing)."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint_seq(self.blocks3, tokens, use_reentrant=False)
+        return self.blocks3(tokens)
+
     def _transformer(self, tokens: Tensor, fused: Tensor) -> Tensor:
         """Stage-3 blocks, multi-scale fusion, final norm."""
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            tokens = checkpoint_seq(self.blocks3, tokens, use_reentrant=False)
-        else:
-            tokens = self.blocks3(tokens)
-        return self.norm(tokens + fused)
+        return self.norm(self._blocks3(tokens) + fused)
 
     def forward_masked(self, x: Tensor, views: MaskedViews) -> Tensor:
         """Encode the visible tokens of K masked views per image.
@@ -306,6 +309,16 @@ class ConViT(nn.Module):
         """
         tokens, fused = self._conv_stages(x, None, 1)
         return self._transformer(self.patch_embed4(tokens) + self.pos_embed, fused)
+
+    def forward_unfused(self, x: Tensor) -> Tensor:
+        """Stage-3 tokens of unmasked images without the fusion convolutions and the final norm.
+
+        The tokens ConvMAE's and the official DMJD code's classifier (``models_convit.ConvViT``)
+        pools for fine-tuning, linear probing and kNN: the fusion convolutions are pre-training
+        only, and their ``fc_norm`` after pooling replaces ``norm``. ``[B, C, H, W]`` -> ``[B, L, D]``.
+        """
+        tokens, _ = self._conv_stages(x, None, 1)  # the fusion features are left unused
+        return self._blocks3(self.patch_embed4(tokens) + self.pos_embed)
 
 
 @register_encoder("convit")

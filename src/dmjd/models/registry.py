@@ -113,6 +113,7 @@ def build_model(
     embed_dim: int | None = None,
     depth: int | None = None,
     num_heads: int | None = None,
+    mlp_ratios: tuple[float, float, float] | None = None,
     decoder_dim: int = 512,
     decoder_depth: int = 8,
     decoder_heads: int = 16,
@@ -128,6 +129,7 @@ def build_model(
         target_dim: target width ``T`` (``target.dim``).
         arch, size, img_size, patch_size, in_chans: encoder, see ``create_encoder``.
         embed_dim, depth, num_heads: encoder preset overrides, None keeps the preset.
+        mlp_ratios: ConViT per-stage MLP ratios, None keeps the preset.
         decoder_dim, decoder_depth, decoder_heads, decoder_mlp_ratio: masked prediction branch.
         vdb: add the visible distillation branch (joint distillation).
         vdb_hidden: projector width of the visible distillation branch.
@@ -143,6 +145,7 @@ def build_model(
         embed_dim=embed_dim,
         depth=depth,
         num_heads=num_heads,
+        mlp_ratios=mlp_ratios,
         grad_checkpointing=grad_checkpointing,
     )
     mpb = MaskedPredictionBranch(

@@ -1,19 +1,29 @@
 """Histogram-of-oriented-gradients target, in the MaskFeat and the official DMJD flavours.
 
-Both variants share the pipeline: per-channel gradients, unsigned orientation hard-binned
-into ``nbins`` bins by ``floor(atan2(gy, gx) / pi * nbins) mod nbins`` (x to the right, y
-downwards), gradient magnitudes accumulated per bin and pooled over ``cell x cell`` cells,
-then a per-(cell, channel) normalisation of the histogram. They differ in:
+Both variants share the pipeline: per-channel gradients (x to the right, y downwards),
+unsigned orientation hard-binned into ``nbins`` bins by ``floor(atan2(a, b) / pi * nbins) mod
+nbins``, gradient magnitudes accumulated per bin and pooled over ``cell x cell`` cells, then a
+per-(cell, channel) normalisation of the histogram. Each variant reproduces its reference:
 
 ========================  ====================================  ================================
-step                      ``"maskfeat"`` (MaskFeat/SlowFast)     ``"dmjd"`` (official DMJD code)
+step                      ``"maskfeat"`` (SlowFast HOGLayerC)    ``"dmjd"`` (official DMJD code)
 ========================  ====================================  ================================
-gradient                  3x3 Sobel, reflect padding            [-1, 0, 1], zero at the border
-magnitude weighting       optional Gaussian window              none
+gradient                  3x3 Sobel, reflect padding, SlowFast  [-1, 0, 1] (right minus left,
+                          signs (gx: left minus right, gy: top  bottom minus top), zero at the
+                          minus bottom)                         border
+orientation               ``atan2(gx, gy)`` (from the y axis)   ``atan2(gy, gx)``
+magnitude weighting       none (SlowFast's MaskFeat); optional  none
+                          Gaussian window (mmpretrain: 16 px)
 cell pooling              sum                                   mean (sum / cell^2)
 histogram normalisation   L2 over the bins (eps 1e-12)          LayerNorm over the bins, no
                                                                 affine (eps 1e-5)
 ========================  ====================================  ================================
+
+SlowFast's argument order measures the angle from the y axis: a gradient at the conventional
+angle theta lands in bin ``floor(((90 - theta) mod 180) / 20)`` (9 bins), i.e. the conventional
+bins mirrored and shifted by half a bin (5 degrees: bin 4, 15 degrees: bin 3; conventionally
+both bin 0). The ``maskfeat`` variant keeps SlowFast's order and signs, so its values equal
+HOGLayerC's (up to the order of the dims, below).
 
 Gradients are taken on the 0..255 intensity scale in both variants (as the official code
 does): an 8-bit image loaded as ``k / 255`` maps back to exact integers, so its gradients are
@@ -23,14 +33,14 @@ so only their eps sees the scale.
 
 "Zero at the border" means the first and last row (column) get a zero vertical (horizontal)
 gradient, as in the official code, instead of a spurious edge against zero padding. Both
-normalisations are invariant to a per-channel affine change of intensity (up to eps), so
-computing MaskFeat's HOG on [0, 1] images equals computing it on mean/std-normalised ones.
-SlowFast's ``HOGLayerC`` measures the angle from the y axis (``atan2(gx, gy)``), which mirrors
-its bins and shifts their edges by half a bin; we use the conventional ``atan2(gy, gx)``.
+normalisations are invariant to a per-channel affine change of intensity with a positive
+scale (up to eps), so computing MaskFeat's HOG on [0, 1] images equals SlowFast computing it on
+the mean/std-normalised input.
 
 Within a patch the ``T = (p / cell)^2 * C * nbins`` values are ordered
 ``(cell_y, cell_x, channel, bin)``, so each cell's histogram of one channel is contiguous.
-(The official code orders ``(cell_y, cell_x, bin, channel)``; the losses do not depend on it.)
+(The official DMJD code orders ``(cell_y, cell_x, bin, channel)``, SlowFast's MaskFeat
+``(channel, bin, cell_y, cell_x)``; the losses do not depend on it.)
 """
 
 import math
@@ -78,9 +88,12 @@ def _sobel_gradients(images: Tensor) -> tuple[Tensor, Tensor]:
     return gx, gy
 
 
-def _orientation_bins(gx: Tensor, gy: Tensor, nbins: int) -> Tensor:
-    """Unsigned orientation bin in ``[0, nbins)`` of every pixel, as a long tensor."""
-    return torch.floor(torch.atan2(gy, gx) / math.pi * nbins).long().remainder(nbins)
+def _orientation_bins(numerator: Tensor, denominator: Tensor, nbins: int) -> Tensor:
+    """Unsigned bin ``floor(atan2(numerator, denominator) / pi * nbins) mod nbins`` in ``[0, nbins)``.
+
+    The official DMJD code passes ``(gy, gx)``; SlowFast's HOGLayerC passes ``(gx, gy)``.
+    """
+    return torch.floor(torch.atan2(numerator, denominator) / math.pi * nbins).long().remainder(nbins)
 
 
 def _gaussian_window(size: int) -> Tensor:
@@ -102,7 +115,8 @@ class HOGTarget(Target):
         nbins: orientation bins over [0, pi) (9 in both papers).
         gaussian_window: ``"maskfeat"`` only: side in pixels of a Gaussian (std = side / 2)
             that weights the magnitudes, tiled over the image; must divide ``patch_size``.
-            0 disables it (MaskFeat's mmpretrain config uses 16 with 16-pixel patches).
+            0 disables it, as SlowFast's MaskFeat builds HOGLayerC; mmpretrain's
+            HOGGenerator uses 16 with 16-pixel patches.
 
     Raises:
         ValueError: on an unknown variant or inconsistent sizes.
@@ -153,8 +167,11 @@ class HOGTarget(Target):
         intensities = images * 255.0
         if self.variant == "dmjd":
             gx, gy = _central_gradients(intensities)
+            bins = _orientation_bins(gy, gx, self.nbins)
         else:
             gx, gy = _sobel_gradients(intensities)
+            gx, gy = -gx, -gy  # SlowFast's Sobel kernels: left minus right, top minus bottom
+            bins = _orientation_bins(gx, gy, self.nbins)
         _, c, h, w = images.shape
         magnitude = torch.hypot(gx, gy)
         if self.window is not None:
@@ -162,7 +179,7 @@ class HOGTarget(Target):
             magnitude = magnitude * self.window.to(magnitude.dtype).repeat(tiles)
         # One-hot by comparison rather than scatter_add_: deterministic on every device.
         bin_ids = torch.arange(self.nbins, device=images.device).view(1, 1, -1, 1, 1)
-        one_hot = _orientation_bins(gx, gy, self.nbins).unsqueeze(2) == bin_ids
+        one_hot = bins.unsqueeze(2) == bin_ids
         hist = one_hot * magnitude.unsqueeze(2)  # [B, C, nbins, H, W]
         cells = F.avg_pool2d(hist.flatten(1, 2), self.cell_size).unflatten(1, (c, self.nbins))
         if self.variant == "maskfeat":
