@@ -156,6 +156,32 @@ def test_preset_lr_on_8_gpus(preset: str) -> None:
     assert peak_lr(o, build_masking(cfg), o.batch_size * o.accum_iter * GPUS) == pytest.approx(PRESET_LR_8_GPUS[preset], rel=1e-12)
 
 
+# preset: (gradient clipping, crop scale, ETE = K x epochs), each with its source in the preset file.
+PRESET_RECIPES = {
+    "dmjd-convit-b": (None, (0.5, 1.0), 800),  # official PRETRAIN.md: 400 epochs, K = 2
+    "dmjd-convit-l": (3.0, (0.5, 1.0), 800),  # official: --clip_grad 3.0 for ConViT-L only
+    "dmjd-convit-b-clip": (None, (0.5, 1.0), 400),  # Table VI "400+10000"
+    "dmjd-vit-b": (None, (0.2, 1.0), 800),  # paper: MAE settings, no clipping
+    "dmjd-vit-l": (None, (0.2, 1.0), 800),
+    "dmjd-vit-b-clip": (None, (0.2, 1.0), 400),
+    "convmae-convit-b": (None, (0.2, 1.0), 1600),  # ConvMAE PRETRAIN.md
+    "mae-vit-b": (None, (0.2, 1.0), 800),
+    "maskfeat-vit-b": (0.02, (0.5, 1.0), 1600),
+    "maskfeat-vit-b-dmjd": (0.02, (0.5, 1.0), 1600),  # Table VI
+    "simmim-vit-b": (5.0, (0.67, 1.0), 800),
+    "simmim-vit-b-dm": (5.0, (0.67, 1.0), 800),  # Table III
+    "beit-vit-b": (3.0, (0.08, 1.0), 800),
+    "beit-vit-b-dm": (3.0, (0.08, 1.0), 600),  # Table III
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_RECIPES))
+def test_preset_clipping_crop_and_ete(preset: str) -> None:
+    cfg = load_config(preset)
+    clip, crop, ete = PRESET_RECIPES[preset]
+    assert (cfg.optim.clip_grad, cfg.data.crop_scale, cfg.optim.epochs * cfg.masking.num_views) == (clip, crop, ete)
+
+
 def test_lr_rule_uses_the_nominal_rates_unless_asked() -> None:
     """Official main_pretrain: lr = blr * batch * accum * world * pred_ratio / mask_ratio / 256 with
     the arguments; block 0.6 on 14 x 14 really masks 30 / 49 = 0.612, which would lower lr by 2 %."""
