@@ -25,7 +25,8 @@ def test_paper_recipe_preset_values():
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = load_config("demo", ["optim.lr=1e-3", "data.path=/imgs", "masking.num_views=3", "optim.betas=[0.9, 0.99]"])
+    overrides = ["optim.lr=1e-3", "data.name=imagefolder", "data.path=/imgs", "masking.num_views=3", "optim.betas=[0.9, 0.99]"]
+    cfg = load_config("demo", overrides)
     assert cfg.optim.lr == pytest.approx(1e-3)
     assert cfg.data.path == "/imgs"
     assert cfg.masking.num_views == 3

@@ -89,16 +89,20 @@ def test_image_folder_with_and_without_labels(tmp_path):
     assert [flat[i][1] for i in range(2)] == [-1, -1] and flat[1][0].shape == (1, 16, 16)
 
 
-def test_bad_files_are_skipped_and_flagged(tmp_path):
+def test_bad_files_are_skipped_and_flagged(tmp_path, caplog):
     _write_images(tmp_path, ["RGB", "RGB"])
     (tmp_path / "img0.png").write_bytes(b"")  # zero bytes
     good = (tmp_path / "img1.png").read_bytes()
     (tmp_path / "img2.png").write_bytes(good[: len(good) // 2])  # truncated
     (tmp_path / "img3.jpg").write_text("not an image")
     ds = ImageFiles(tmp_path, eval_transform(8, 3))
-    with pytest.warns(UserWarning, match="skipping unreadable image"):
+    with caplog.at_level("WARNING", logger="dmjd.data.datasets"):
         items = [ds[i] for i in range(len(ds))]
     assert [flag for _, _, flag in items] == [1, 0, 1, 1]
+    # one logged line per unreadable file, naming it
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3 and all("\n" not in m and m.startswith("skipping unreadable image") for m in messages)
+    assert {m.split()[3].rstrip(":") for m in messages} == {str(tmp_path / n) for n in ("img0.png", "img2.png", "img3.jpg")}
 
 
 def test_missing_or_empty_data_is_a_clear_error(tmp_path):

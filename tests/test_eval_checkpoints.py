@@ -47,6 +47,11 @@ def run(tmp_path_factory):
     return folder, model.eval(), cfg
 
 
+def json_lines(text):
+    """The JSON result lines of a command's output (the others are ``dmjd:`` log lines)."""
+    return [json.loads(line) for line in text.strip().splitlines() if line.startswith("{")]
+
+
 def cli(argv):
     parser = argparse.ArgumentParser(prog="dmjd")
     register_eval_commands(parser.add_subparsers(dest="command", required=True))
@@ -180,7 +185,7 @@ def test_feature_commands_with_data_overrides(run, tmp_path, capsys):
     cli(["linprobe", "--checkpoint", ckpt, "--fast", *out, *data])
     cli(["linprobe", "--checkpoint", ckpt, "--epochs", "5", "--batch-size", "4", *out, *data])
     cli(["tsne", "--checkpoint", ckpt, "--per-class", "6", *out, *data])
-    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    lines = json_lines(capsys.readouterr().out)
     assert [r["kind"] for r in lines] == ["linprobe", "linprobe", "tsne"]
     assert lines[0]["protocol"] == "logreg" and lines[1]["protocol"] == "mae" and lines[1]["epochs"] == 5
     assert lines[0]["data"] == "imagefolder" and lines[0]["train_images"] == 12
@@ -207,7 +212,7 @@ def test_visualize_and_plot_commands(run, tmp_path, capsys):
         json.dumps({"kind": "train", "step": 1, "loss": 1.0, "ete": 0.5, "time": 3.0}) + "\n"
     )
     cli(["plot", str(tmp_path)])
-    figures = [json.loads(line)["figure"] for line in capsys.readouterr().out.strip().splitlines()]
+    figures = [r["figure"] for r in json_lines(capsys.readouterr().out)]
     assert figures == [str(tmp_path / "visualize.png"), str(tmp_path / "curves.png")]
     assert all((tmp_path / name).stat().st_size > 0 for name in ("visualize.png", "curves.png", "curves.json"))
 
@@ -239,7 +244,7 @@ def test_finetune_command_and_resume(run, tmp_path, capsys):
             "--max-images", "32", "--batch-size", "16"]  # fmt: skip
     cli([*base, "--epochs", "1"])
     cli([*base, "--epochs", "2", "--resume", "auto"])
-    first, second = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines())
+    first, second = json_lines(capsys.readouterr().out)
     assert (first["epochs"], first["steps"], second["epochs"], second["steps"]) == (1, 2, 2, 4)
     assert 0.0 <= second["finetune_top1"] <= 1.0 and second["settings"]["layer_decay"] == 0.65
     assert json.loads((tmp_path / "finetune.json").read_text()) == second

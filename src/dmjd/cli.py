@@ -1,18 +1,29 @@
-"""The ``dmjd`` command line: thin subcommands over the Python API."""
+"""The ``dmjd`` command line: thin subcommands over the Python API.
+
+Building the parser imports no torch (the subcommands load what they need when they run), so
+``dmjd --help`` and every subcommand's ``--help`` answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel
 
+import dmjd
 from dmjd.config import Config
-from dmjd.engine import Pretrainer
+from dmjd.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from dmjd.engine import Pretrainer
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
@@ -45,14 +56,17 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Pre-train with DMJD. Configuration: schema defaults < --config preset < KEY=VALUE overrides.\n"
-            f"Presets: {', '.join(available_presets())} (or a path to a YAML file).\n"
+            f"Presets: {', '.join(available_presets())} (or a path to a YAML file: a value with / or .yaml).\n"
+            "Own images: data.path=/photos (a folder of images or class folders; the kind is inferred).\n"
             "Example: dmjd pretrain --config dmjd-vit-b --output-dir runs/b data.path=/imagenet/train optim.lr=1e-3"
         ),
         epilog="Overridable keys (KEY=default):\n" + "\n".join(describe_keys()),
     )
     p.add_argument("--config", default=None, help="preset name or YAML file (default: schema defaults)")
-    p.add_argument("--output-dir", required=True, help="run folder: metrics.jsonl, checkpoints, figures")
-    p.add_argument("--resume", default=None, help="checkpoint path, or 'auto' = newest in --output-dir")
+    p.add_argument("--output-dir", required=True, help="run folder: metrics.jsonl, log.txt, checkpoints, figures")
+    p.add_argument("--resume", default=None,
+                   help="checkpoint path, or 'auto' = newest in --output-dir (none: start fresh); only settings "
+                   "that do not change the run may differ (device, workers, logging, ...)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --output-dir")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. optim.epochs=10")
     p.set_defaults(func=_run_pretrain)
@@ -60,6 +74,8 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 def sample_images(cfg: Config, n: int) -> torch.Tensor:
     """The first ``n`` images of the run's data set, resized for evaluation: ``[n, C, H, W]``."""
+    import torch
+
     from dmjd.data import build_dataset, eval_transform
 
     split = "test" if cfg.data.name in ("embedded", "fashion_mnist", "cifar10", "cifar100", "stl10") else "train"
@@ -68,7 +84,10 @@ def sample_images(cfg: Config, n: int) -> torch.Tensor:
 
 
 def monitor_hook(cfg: Config, trainer: Pretrainer) -> Callable[[Pretrainer], dict | None] | None:
-    """The online kNN / linear-probe monitor as an epoch hook, when ``monitor.interval`` > 0."""
+    """The online kNN / linear-probe monitor as an epoch hook, when ``monitor.interval`` > 0.
+
+    Its first call (step 0: the untrained encoder) also reports the raw-pixel baselines.
+    """
     if cfg.monitor.interval == 0 or not trainer.dist.is_main:
         return None
     from dmjd.eval.monitor import OnlineMonitor
@@ -78,6 +97,8 @@ def monitor_hook(cfg: Config, trainer: Pretrainer) -> Callable[[Pretrainer], dic
 
     def hook(t: Pretrainer) -> dict | None:
         done = t.state.epoch
+        if t.state.opt_step == 0:
+            return {**monitor(t.model.encoder), **monitor.pixel_baseline()}
         if done % cfg.monitor.interval == 0 or done == last_epoch or t.time_up:
             return monitor(t.model.encoder)
         return None
@@ -85,33 +106,59 @@ def monitor_hook(cfg: Config, trainer: Pretrainer) -> Callable[[Pretrainer], dic
     return hook
 
 
+def achievement_lines(summary: dict[str, Any], data_name: str) -> list[str]:
+    """What a monitored run achieved: each accuracy of the trained encoder next to the untrained
+    encoder's and the raw pixels' (from ``Pretrainer``'s summary)."""
+    trained = summary.get("evaluation", {})
+    untrained, pixels = summary.get("evaluation_untrained", {}), summary.get("evaluation_raw_pixels", {})
+    lines = []
+    for key, value in trained.items():
+        if key == "epoch":
+            continue
+        parts = [f"trained encoder {value:.4f} (epoch {trained['epoch']})"]
+        parts += [f"untrained encoder {untrained[key]:.4f}"] if key in untrained else []
+        parts += [f"raw pixels {pixels[key]:.4f}"] if key in pixels else []
+        lines.append(f"dmjd: {key} on the {data_name} test split: " + " | ".join(parts))
+    return lines
+
+
 def _run_pretrain(args: argparse.Namespace) -> int:
     from dmjd.config import load_config
-    from dmjd.engine import resume_config
+    from dmjd.engine import Pretrainer, resume_config
     from dmjd.engine.trainer import resolve_resume
+    from dmjd.eval.plot import save_curves_figure
     from dmjd.eval.visualize import can_draw, save_reconstruction_figure
 
     ckpt_path = resolve_resume(args.output_dir, args.resume)
-    cfg = resume_config(ckpt_path, args.overrides) if ckpt_path else load_config(args.config, args.overrides)
+    if ckpt_path is None or args.config is not None:
+        cfg = load_config(args.config, args.overrides)
+    else:
+        cfg = resume_config(ckpt_path, args.overrides)
     trainer = Pretrainer(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite)
-    summary = trainer.fit(on_epoch_end=monitor_hook(cfg, trainer))
-    if trainer.dist.is_main and can_draw(trainer.target):
-        images = sample_images(cfg, 4).to(trainer.device)
-        figure = save_reconstruction_figure(
-            trainer.model, trainer.target, trainer.masking, trainer.normalize, images,
-            Path(args.output_dir) / "reconstruction.png",
-        )  # fmt: skip
-        summary["figure"] = str(figure)
+    finished_before = trainer.finished
+    summary = trainer.fit(on_epoch_end=None if finished_before else monitor_hook(cfg, trainer))
+    if trainer.dist.is_main and not finished_before:
+        out = Path(args.output_dir)
+        if can_draw(trainer.target):
+            images = sample_images(cfg, 4).to(trainer.device)
+            figure = save_reconstruction_figure(
+                trainer.model, trainer.target, trainer.masking, trainer.normalize, images, out / "reconstruction.png"
+            )
+            summary["figure"] = str(figure)
+        summary["curves"] = str(save_curves_figure([out], out / "curves.png"))
+        for line in achievement_lines(summary, cfg.data.name):
+            print(line)
     if trainer.dist.is_main:
         print(json.dumps(summary))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every subcommand registered."""
+    """The top-level parser with every subcommand registered (no torch import)."""
     parser = argparse.ArgumentParser(
         prog="dmjd", description="Efficient masked image modeling: Disjoint Masking with Joint Distillation."
     )
+    parser.add_argument("--version", action="version", version=f"dmjd {dmjd.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from dmjd.bench import register_bench_command
     from dmjd.eval.commands import register_eval_commands
@@ -127,20 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dmjd`` console script; returns the process exit code."""
-    from dmjd.config import ConfigError
-    from dmjd.data import DataError
-    from dmjd.engine import CheckpointError, NonFiniteLossError, OutputDirError, ResourceError, TrainingInterrupted
+    """Entry point of the ``dmjd`` console script; returns the process exit code.
 
+    Problems with what the user gave (``InputError``) and resources that do not fit are one line
+    on stderr (exit 2); any other exception is a bug and keeps its traceback.
+    """
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="dmjd: %(levelname)s: %(message)s")
+    from dmjd.engine import NonFiniteLossError, ResourceError, TrainingInterrupted
+
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, OutputDirError, CheckpointError, ResourceError, ValueError, FileNotFoundError) as err:
+    except (InputError, ResourceError) as err:
         print(f"dmjd: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except NonFiniteLossError as err:
         print(f"dmjd: error: {err}", file=sys.stderr)
         return EXIT_NONFINITE
     except TrainingInterrupted as err:
-        print(f"dmjd: {err}", file=sys.stderr)
+        print(f"\ndmjd: {err}", file=sys.stderr)  # on its own line, after the terminal's ^C
         return EXIT_INTERRUPTED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from dmjd.config.schema import Config
+from dmjd.errors import InputError
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration problem, reported as one line per offending key."""
 
 
@@ -22,19 +24,31 @@ def available_presets() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def looks_like_path(value: str | Path) -> bool:
+    """A ``--config`` value names a file when it holds a ``/`` or ends in ``.yaml`` / ``.yml``;
+    anything else names a preset (so a folder called ``demo`` does not shadow the preset)."""
+    text = str(value)
+    return isinstance(value, Path) or "/" in text or os.sep in text or text.endswith((".yaml", ".yml"))
+
+
 def read_preset(preset: str | Path) -> dict[str, Any]:
-    """Read a preset by name (shipped) or by path to a YAML file."""
-    path = Path(preset)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    """Read a preset by name (shipped) or a YAML file by path (see ``looks_like_path``).
+
+    Raises:
+        ConfigError: a missing file, an unknown preset, or YAML that is not a mapping.
+    """
+    if looks_like_path(preset):
+        path = Path(preset)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         text = path.read_text()
     else:
         file = resources.files("dmjd.config") / "presets" / f"{preset}.yaml"
         if not file.is_file():
+            hint = f"; for the file {preset}, write ./{preset}" if Path(preset).is_file() else ""
             raise ConfigError(
                 f"unknown preset {preset!r}; available: {', '.join(available_presets())} "
-                "(or give a path to a .yaml file)"
+                f"(or give a path to a .yaml file){hint}"
             )
         text = file.read_text()
     data = yaml.safe_load(text) or {}
@@ -92,10 +106,31 @@ def format_validation_error(err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def resolve_data_path(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``data.path`` given with ``data.name: embedded`` (the demo's) names what to use: the kind
+    is inferred from what the folder holds (``dmjd.data.infer_data_kind``) instead of being ignored.
+
+    Raises:
+        DataError: the path holds nothing dmjd can read.
+    """
+    section = data.get("data")
+    if not isinstance(section, dict) or not section.get("path") or section.get("name", "embedded") != "embedded":
+        return data
+    from dmjd.data.datasets import infer_data_kind  # local: loads torch
+
+    name, path = infer_data_kind(str(section["path"]))
+    return {**data, "data": {**section, "name": name, "path": path}}
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Validate a plain dict (e.g. a checkpoint's saved config) into a Config."""
+    """Validate a plain dict (e.g. a checkpoint's saved config) into a Config.
+
+    Raises:
+        ConfigError: invalid keys or values, one line per problem.
+        DataError: a ``data.path`` with ``data.name: embedded`` that holds nothing readable.
+    """
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(resolve_data_path(data))
     except ValidationError as err:
         raise ConfigError(format_validation_error(err)) from None
 
@@ -112,6 +147,17 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | None = 
         path, value = parse_override(item)
         apply_override(data, path, value)
     return config_from_dict(data)
+
+
+def dotted_items(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections as dotted keys: ``{"optim": {"epochs": 3}}`` -> ``{"optim.epochs": 3}``."""
+    items: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            items.update(dotted_items(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
 
 
 def config_to_yaml(cfg: Config) -> str:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import os
 import shutil
-import warnings
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -22,6 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
+from dmjd.errors import InputError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
@@ -30,9 +32,10 @@ FASHION_MNIST_CLASSES = (
 DATASET_NAMES = ("embedded", "imagefolder", "cifar10", "cifar100", "stl10", "fashion_mnist")
 
 Transform = Callable[[Image.Image], torch.Tensor]
+LOG = logging.getLogger(__name__)
 
 
-class DataError(RuntimeError):
+class DataError(InputError):
     """A data set is missing, empty or unreadable; the message names the options."""
 
 
@@ -133,7 +136,7 @@ class ImageFiles(Dataset):
     """A folder of images: class sub-folders give labels (ImageFolder), a flat folder gives -1.
 
     Unreadable, truncated, empty or non-image files are replaced by the next readable file, with one
-    warning per file, and flagged ``skipped=1`` so the trainer can count them.
+    logged warning (one line) per file, and flagged ``skipped=1`` so the trainer can count them.
     """
 
     def __init__(self, root: str | Path, transform: Transform) -> None:
@@ -164,7 +167,7 @@ class ImageFiles(Dataset):
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
             if path not in self._warned:
                 self._warned.add(path)
-                warnings.warn(f"skipping unreadable image {path}: {err}", stacklevel=2)
+                LOG.warning("skipping unreadable image %s: %s", path, err)
             return None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
@@ -179,6 +182,55 @@ class ImageFiles(Dataset):
 def _image_files(folder: Path) -> list[Path]:
     """Image files below `folder`, recursively, in a stable order."""
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+# Folder names torchvision's readers look for below their root, and the data set each marks.
+_TORCHVISION_FOLDERS = {"cifar-10-batches-py": "cifar10", "cifar-100-python": "cifar100", "stl10_binary": "stl10"}
+
+
+def infer_data_kind(path: str | Path) -> tuple[str, str]:
+    """The data set a folder holds, as ``(data.name, data.path)``: Fashion-MNIST IDX files (gzip'd
+    or below ``FashionMNIST/``), CIFAR-10/100 or STL-10 batches (their folder or its parent), or
+    images (``imagefolder``; class sub-folders give labels).
+
+    Raises:
+        DataError: the path is missing, not a folder, or holds none of these.
+    """
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is not a folder"
+        raise DataError(f"data.path={path} {what}; give a folder of images (class sub-folders give labels), "
+                        "of Fashion-MNIST IDX files or of CIFAR/STL-10 batches")  # fmt: skip
+    if folder.name in _TORCHVISION_FOLDERS:
+        return _TORCHVISION_FOLDERS[folder.name], str(folder.parent)
+    for marker, name in _TORCHVISION_FOLDERS.items():
+        if (folder / marker).is_dir():
+            return name, str(folder)
+    if any(folder.glob("*-ubyte.gz")) or (folder / "FashionMNIST").is_dir():
+        return "fashion_mnist", str(folder)
+    if next((p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS), None) is not None:
+        return "imagefolder", str(folder)
+    raise DataError(
+        f"data.path={path} holds no images ({', '.join(IMAGE_EXTENSIONS)}), Fashion-MNIST IDX files "
+        "(*-ubyte.gz) or CIFAR/STL-10 batches; point it at one of these, or set data.name"
+    )
+
+
+def dataset_classes(dataset: Dataset) -> tuple[str, ...]:
+    """A data set's class names, looking through ``Subset`` / ``SeededSamples`` wrappers (empty: no labels)."""
+    while not hasattr(dataset, "classes"):
+        inner = getattr(dataset, "dataset", getattr(dataset, "base", None))
+        if inner is None:
+            return ()
+        dataset = inner
+    return tuple(dataset.classes)  # type: ignore[attr-defined]
+
+
+def describe_data(name: str, path: str | None, split: str, count: int, classes: tuple[str, ...]) -> str:
+    """One start-up line: the data set, where it is read from, its split, image count and classes."""
+    where = "the packaged Fashion-MNIST sample" if name == "embedded" else (path or f"the {name} default location")
+    labels = f"{len(classes)} classes ({', '.join(classes[:4])}{', ...' if len(classes) > 4 else ''})"
+    return f"data {name} from {where}, {split} split: {count:,} images, {labels if classes else 'no labels'}"
 
 
 def build_dataset(

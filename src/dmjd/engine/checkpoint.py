@@ -2,32 +2,41 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dmjd.errors import InputError
+
 LAST = "checkpoint-last.pth"
+EXPECTED = "a dmjd checkpoint (a .pth file written by dmjd pretrain or finetune)"
+PRETRAINING = "a dmjd pre-training checkpoint (checkpoint-*.pth written by dmjd pretrain)"
 _NUMBERED = re.compile(r"checkpoint-(\d+)\.pth$")
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError):
     """A checkpoint is missing, corrupt, unsafe or from an incompatible run."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically: temp file in the same folder, fsync, rename.
 
-    A process killed mid-save leaves the previous file at ``path`` intact.
+    A process killed mid-save leaves the previous file at ``path`` intact. The file gets the
+    mode of any new file (``file_mode``), not the temp file's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
@@ -44,25 +53,68 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+@functools.cache
+def file_mode() -> int:
+    """The mode a new file gets from the process umask (0644 under the usual umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def foreign_kind(path: Path) -> str | None:
+    """What a file is when its first bytes show it is no PyTorch checkpoint (text, an image,
+    safetensors...); None for a zip archive or a pickle, which ``torch.load`` may read."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return "an empty file"
+    if head.startswith((b"PK", b"\x80")):
+        return None
+    kinds = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"\x1f\x8b": "gzip data"}
+    kind = next((name for magic, name in kinds.items() if head.startswith(magic)), None)
+    if kind is None and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 27:
+        kind = "a safetensors file (as dmjd export writes: load it with safetensors or timm)"
+    if kind is None:
+        try:
+            head.decode("utf-8")
+            kind = "a text file"
+        except UnicodeDecodeError:
+            kind = "unrecognised binary data"
+    return kind
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", expected: str = EXPECTED
+) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``: tensors and plain data only, never code.
 
+    Args:
+        expected: what the caller needs, named in the error messages.
+
     Raises:
-        CheckpointError: missing file, corrupt file, or a pickle that needs code to load.
+        CheckpointError: one line naming the file, what is wrong and what was expected: missing,
+            not a PyTorch checkpoint (empty, text, image, safetensors...), truncated or corrupt,
+            a pickle that needs code to load, or no dict with a ``model`` entry.
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"{path} does not exist; expected {expected}")
+    kind = foreign_kind(path)
+    if kind is not None:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint but {kind}; expected {expected}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        found = _UNSAFE_GLOBAL.search(str(err))
+        what = f"Python objects ({found.group(1)})" if found else "Python objects"
         raise CheckpointError(
-            f"refusing to load {path}: it is not a plain-data checkpoint and loading it would run code ({err})"
+            f"refusing to load {path}: it holds {what} whose loading could run code; expected {expected}"
         ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({err})") from None
+    except (RuntimeError, EOFError, OSError, KeyError, IndexError, ValueError, zipfile.BadZipFile) as err:
+        reason = str(err).strip().split(". ")[0][:160] or type(err).__name__
+        raise CheckpointError(f"{path} is unreadable or truncated ({reason}); expected {expected}") from None
     if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path} is not a dmjd checkpoint (no 'model' entry)")
+        raise CheckpointError(f"{path} holds PyTorch data but not a dmjd checkpoint (no 'model' entry); expected {expected}")
     return state
 
 

@@ -1,4 +1,5 @@
-"""Run logging: one JSON object per line in ``metrics.jsonl``, mirrored to TensorBoard when installed."""
+"""Run logging: ``metrics.jsonl`` (one JSON object per line, mirrored to TensorBoard when installed),
+the plain ``log.txt`` of printed lines, and ``evals.jsonl``, the record of every evaluation of a run."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+EVALS_FILE = "evals.jsonl"
+
 
 class MetricsLogger:
-    """Appends metric records to ``<output_dir>/metrics.jsonl`` (and TensorBoard scalars).
+    """Appends metric records to ``<output_dir>/metrics.jsonl`` (and TensorBoard scalars), and
+    printed lines to ``<output_dir>/log.txt``.
 
     Only the process that owns the run (rank 0) should create one; appending keeps the lines of a
     resumed run after those of the interrupted one.
@@ -19,6 +23,7 @@ class MetricsLogger:
         self.path = Path(output_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", buffering=1)
+        self._text = open(self.path.parent / "log.txt", "a", buffering=1)
         self._tb = None
         if tensorboard:
             try:
@@ -30,27 +35,76 @@ class MetricsLogger:
 
     def log(self, record: dict[str, Any]) -> None:
         """Write one record; numbers are rounded to 6 significant digits, NaN/inf become strings."""
-        clean = {k: _clean(v) for k, v in record.items()}
-        self._file.write(json.dumps(clean) + "\n")
+        self._file.write(json.dumps(round_floats(record)) + "\n")
         if self._tb is not None and "step" in record:
             kind = record.get("kind", "train")
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("step", "epoch") and math.isfinite(value):
                     self._tb.add_scalar(f"{kind}/{key}", value, record["step"])
 
+    def print(self, line: str) -> None:
+        """Print ``line`` and append it to ``log.txt``."""
+        print(line, flush=True)
+        self._text.write(line + "\n")
+
     def close(self) -> None:
         self._file.close()
+        self._text.close()
         if self._tb is not None:
             self._tb.close()
 
 
-def _clean(value: Any) -> Any:
+def round_floats(value: Any, digits: int = 6) -> Any:
+    """``value`` with every float (inside dicts and lists too) rounded to ``digits`` significant
+    digits; NaN and infinities become strings (JSON has no literal for them)."""
     if isinstance(value, float):
-        return float(f"{value:.6g}") if math.isfinite(value) else str(value)
+        return float(f"{value:.{digits}g}") if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {k: round_floats(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [round_floats(v, digits) for v in value]
     return value
 
 
+def progress_line(
+    record: dict[str, Any], epochs: int, images_per_s: float | None = None, bad_images: int | None = None
+) -> str:
+    """One plain log line of a metrics record (``kind`` train, epoch or eval): position, losses,
+    learning rate, images/s and effective training epochs, or the evaluation's accuracies.
+
+    Args:
+        epochs: the run's epochs, shown as ``epoch e/epochs`` (``e`` counted from 1).
+        images_per_s: throughput (default: the record's ``images_per_s``).
+        bad_images: unreadable images met in the epoch, shown when given.
+    """
+    kind, epoch, ete = record.get("kind", "train"), record.get("epoch", 0), record.get("ete")
+    if kind == "eval":
+        scores = [f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k not in ("ete", "time")]
+        return f"dmjd: eval after epoch {epoch}/{epochs}" + (f" (ETE {ete:.2f})" if ete is not None else "") + ": " + ", ".join(scores)
+    where = f"epoch {epoch + 1}/{epochs}" + (" done" if kind == "epoch" else f" step {record.get('step', 0)}")
+    terms = [f"{key.removeprefix('loss_')} {record[key]:.4f}" for key in ("loss_mim", "loss_vis") if key in record]
+    parts = [where, f"loss {record['loss']:.4f}" + (f" ({', '.join(terms)})" if terms else "")]
+    if "lr" in record:
+        parts.append(f"lr {record['lr']:.3g}")
+    speed = images_per_s if images_per_s is not None else record.get("images_per_s")
+    if speed is not None:
+        parts.append(f"{speed:,.0f} images/s")
+    if ete is not None:
+        parts.append(f"ETE {ete:.2f}")
+    if bad_images is not None:
+        parts.append(f"{bad_images} unreadable images")
+    return "dmjd: " + " | ".join(parts)
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Read a ``metrics.jsonl`` file back as a list of records."""
+    """Read a ``metrics.jsonl`` (or ``evals.jsonl``) file back as a list of records."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def append_eval(folder: str | Path, record: dict[str, Any]) -> Path:
+    """Append one evaluation record (rounded) to ``folder/evals.jsonl``; returns the file."""
+    path = Path(folder) / EVALS_FILE
+    with open(path, "a") as f:
+        f.write(json.dumps(round_floats(record)) + "\n")
+    return path

@@ -27,20 +27,25 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import dmjd
-from dmjd.config import Config, config_from_dict, config_to_yaml
+from dmjd.config import Config, ConfigError, config_from_dict, config_to_yaml
+from dmjd.config.loading import dotted_items
 from dmjd.data import EpochBatchSampler, Normalize, SeededSamples, build_dataset, pretrain_transform
 from dmjd.engine import checkpoint as ckpt
 from dmjd.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
-from dmjd.engine.metrics import MetricsLogger
+from dmjd.engine.metrics import MetricsLogger, progress_line, read_metrics, round_floats
+from dmjd.engine.run_dir import OutputDirError, prepare_output_dir
 from dmjd.engine.optim import build_adamw, lr_at, peak_lr, pretrain_param_groups, rates_summary, set_lr
 from dmjd.engine.builders import build_dmjd_model, build_loss, build_masking, build_target, mean_std
 from dmjd.masking import MaskedViews, measured_pred_ratio
 from dmjd.targets import FrozenNetworkTarget
 
-RUN_FILES = ("metrics.jsonl", "config.yaml", "summary.json", "tensorboard", ckpt.LAST)
-
-
 EpochHook = Callable[["Pretrainer"], "dict[str, Any] | None"]
+# What a resumed run may change: where and how it runs and reports, not what it computes.
+RESUMABLE_KEYS = frozenset({
+    "data.num_workers", "data.pipeline", "data.device_memory_gb", "data.download", "train.device",
+    "train.progress", "train.log_interval", "train.tensorboard", "train.checkpoint_interval", "train.checkpoint_steps",
+    "train.keep_checkpoints", "train.max_nonfinite_steps", "train.max_time_s", "train.compile", "train.compile_mode",
+})  # fmt: skip
 
 
 class TrainingInterrupted(RuntimeError):
@@ -49,10 +54,6 @@ class TrainingInterrupted(RuntimeError):
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
-
-
-class OutputDirError(RuntimeError):
-    """The output directory already holds a run and neither resume nor overwrite was asked."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -115,38 +116,6 @@ def step_seed(seed: int, micro_step: int) -> int:
     return (seed * 2_654_435_761 + micro_step * 40_503 + 12_345) % (2**63 - 1)
 
 
-def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
-    """Refuse to touch a folder that already holds a run, unless resuming or overwriting.
-
-    Raises:
-        OutputDirError: a run is there and neither ``resume`` nor ``overwrite`` was given, or the
-            folder cannot be written.
-    """
-    existing = [name for name in RUN_FILES if (output_dir / name).exists()] + [
-        p.name for p in ckpt.numbered_checkpoints(output_dir)
-    ] if output_dir.is_dir() else []
-    if existing and not resume and not overwrite:
-        raise OutputDirError(
-            f"{output_dir} already holds a run ({', '.join(sorted(existing)[:4])}); "
-            "pass --resume auto to continue it, --overwrite to replace it, or choose another --output-dir"
-        )
-    if not is_main:
-        return
-    if existing and overwrite and not resume:
-        for name in RUN_FILES:
-            target = output_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        for p in ckpt.numbered_checkpoints(output_dir):
-            p.unlink()
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as err:
-        raise OutputDirError(f"cannot write to output dir {output_dir}: {err}") from None
-
-
 class ResourceError(RuntimeError):
     """The run cannot fit the machine: out of memory or disk; the message says what to change."""
 
@@ -199,6 +168,47 @@ def resolve_resume(output_dir: str | Path, resume: str | Path | None) -> Path | 
     return path
 
 
+def load_pretraining_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint to resume pre-training from: model, optimizer, position and config.
+
+    Raises:
+        CheckpointError: not a checkpoint, or one without these entries (e.g. a fine-tuning one).
+    """
+    state = ckpt.load_checkpoint(path, expected=ckpt.PRETRAINING)
+    missing = [key for key in ("optimizer", "run_state", "config") if key not in state]
+    if missing or state.get("kind") == "finetune":
+        what = "a fine-tuning checkpoint" if state.get("kind") == "finetune" else f"no {', '.join(missing)} entry"
+        raise ckpt.CheckpointError(f"{path} is not a pre-training checkpoint ({what}); expected {ckpt.PRETRAINING}")
+    return state
+
+
+def run_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """The settings of ``cfg`` that differ from a saved run's config (``key: old -> new``) and
+    change what the run computes (all but ``RESUMABLE_KEYS`` and ``monitor.*``)."""
+    old = dotted_items(config_from_dict(saved).model_dump(mode="json"))
+    new = dotted_items(cfg.model_dump(mode="json"))
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key) and key not in RESUMABLE_KEYS and not key.startswith("monitor.")
+    ]
+
+
+def check_resumable(saved: dict[str, Any], cfg: Config, path: str | Path) -> None:
+    """Refuse to resume a run with settings that change it.
+
+    Raises:
+        ConfigError: one line naming each changed setting and what may change.
+    """
+    changes = run_changes(saved, cfg)
+    if changes:
+        raise ConfigError(
+            f"resuming {path} with these settings would change the run: {'; '.join(changes)}. A resumed run may "
+            "change only where and how it runs (device, data workers and pipeline, logging, checkpointing, time "
+            "budget, monitor); start a new run in another --output-dir instead"
+        )
+
+
 @dataclass
 class RunState:
     """Where a run stands: epochs completed, micro-steps into the current epoch, optimizer steps."""
@@ -229,10 +239,14 @@ class Pretrainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         resume_path = resolve_resume(self.output_dir, resume)
-        prepare_output_dir(self.output_dir, resume_path is not None or resume == "auto", overwrite, self.dist.is_main)
+        if str(resume) == "auto" and resume_path is None and self.dist.is_main:
+            print(f"dmjd: no checkpoint in {self.output_dir}, starting fresh")
+        loaded = load_pretraining_checkpoint(resume_path) if resume_path else None
+        if loaded is not None:
+            check_resumable(loaded["config"], cfg, resume_path)
+        prepare_output_dir(self.output_dir, resume_path is not None, overwrite, self.dist.is_main)
         barrier(self.dist)
         self.state = RunState()
-        loaded = ckpt.load_checkpoint(resume_path) if resume_path else None
         self.cfg = cfg
         self._build()
         if loaded is not None:
@@ -241,6 +255,14 @@ class Pretrainer:
                 print(f"dmjd: resumed from {resume_path} at epoch {self.state.epoch}, step {self.state.opt_step}")
         self._stop_signal: int | None = None
         self.time_up = False
+        metrics_file = self.output_dir / "metrics.jsonl"
+        old_records = read_metrics(metrics_file) if loaded is not None and metrics_file.is_file() else []
+        self.evals: list[dict[str, Any]] = [r for r in old_records if r.get("kind") == "eval"]
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run has trained all its epochs (a finished run is never trained or rewritten)."""
+        return self.state.epoch >= self.cfg.optim.epochs
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
@@ -315,32 +337,46 @@ class Pretrainer:
 
         Args:
             on_epoch_end: optional ``hook(trainer) -> dict | None`` run on the main process after
-                each epoch (and when the time budget ends the run), e.g. a kNN / linear-probe
-                monitor; a returned dict is logged as a ``kind: "eval"`` record. Its run time is
+                each epoch (and when the time budget ends the run), and once before a fresh run
+                trains (epoch 0: the untrained encoder), e.g. a kNN / linear-probe monitor; a
+                returned dict is logged and printed as a ``kind: "eval"`` record. Its run time is
                 not counted as training time.
+
+        A finished run (all epochs trained) is left as it is: its saved summary is returned.
         """
         cfg, main = self.cfg, self.dist.is_main
+        if self.finished:
+            if main:
+                print(f"dmjd: the run in {self.output_dir} has finished its {cfg.optim.epochs} epochs; nothing to "
+                      "train, its files are left as they are")  # fmt: skip
+            summary = self.output_dir / "summary.json"
+            return json.loads(summary.read_text()) if summary.is_file() else {"kind": "summary", "epochs": self.state.epoch}
         self.logger = MetricsLogger(self.output_dir, cfg.train.tensorboard) if main else None
         if main:
             (self.output_dir / "config.yaml").write_text(config_to_yaml(cfg))
             self._print_start()
+            self._warn_short_run()
         old_handlers = self._install_signal_handlers()
         start = time.perf_counter() - self.state.elapsed
         last: dict[str, Any] = {}
         try:
+            if on_epoch_end is not None and self.state.opt_step == 0 and self.state.epoch_step == 0:
+                start += self._evaluate(on_epoch_end)  # epoch 0: the untrained encoder
+                barrier(self.dist)
             while self.state.epoch < cfg.optim.epochs and not self.time_up:
+                epoch_start, steps_before, bad_before = time.perf_counter(), self.state.opt_step, self.state.bad_images
                 last = self._train_epoch(start)
                 if not self.time_up:
                     self.state.epoch += 1
                     self.state.epoch_step = 0
                 self.state.elapsed = time.perf_counter() - start
                 self._save_epoch_checkpoints()
-                if on_epoch_end is not None and main:
-                    hook_start = time.perf_counter()
-                    metrics = on_epoch_end(self)
-                    if metrics and self.logger is not None:
-                        self.logger.log({"kind": "eval", **self._position(), "time": round(self.state.elapsed, 3), **metrics})
-                    start += time.perf_counter() - hook_start
+                if self.logger is not None:
+                    images_per_s = (self.state.opt_step - steps_before) * self.unique_batch / (time.perf_counter() - epoch_start)
+                    bad = self.state.bad_images - bad_before
+                    self.logger.print(progress_line(last, cfg.optim.epochs, images_per_s=images_per_s, bad_images=bad))
+                if on_epoch_end is not None:
+                    start += self._evaluate(on_epoch_end)
                 barrier(self.dist)
         finally:
             for sig, handler in old_handlers.items():
@@ -348,6 +384,33 @@ class Pretrainer:
             if self.logger is not None:
                 self.logger.close()
         return self._finish(time.perf_counter() - start, last)
+
+    def _evaluate(self, hook: EpochHook) -> float:
+        """Run the epoch hook on the main process, log and print what it returns (a ``kind: "eval"``
+        record). Returns its run time, which is not training time."""
+        hook_start = time.perf_counter()
+        metrics = hook(self) if self.dist.is_main else None
+        if metrics and self.logger is not None:
+            record = {"kind": "eval", **self._position(), "time": round(self.state.elapsed, 3), **metrics}
+            self.logger.log(record)
+            self.logger.print(progress_line(record, self.cfg.optim.epochs))
+            self.evals.append(record)
+        return time.perf_counter() - hook_start
+
+    def lr_reached(self) -> float:
+        """The highest learning rate the schedule reaches: the peak, or less when the warmup
+        outlasts the run."""
+        o = self.cfg.optim
+        return lr_at(min(self.warmup_steps, self.total_steps - 1), self.total_steps, self.warmup_steps, self.peak_lr, o.min_lr)
+
+    def _warn_short_run(self) -> None:
+        o = self.cfg.optim
+        if o.warmup_epochs > o.epochs and self.logger is not None:
+            self.logger.print(
+                f"dmjd: WARNING: optim.warmup_epochs={o.warmup_epochs:g} exceeds optim.epochs={o.epochs}: the lr rises "
+                f"for the whole run and reaches {self.lr_reached():.4g}, not the peak {self.peak_lr:.4g}; lower "
+                "optim.warmup_epochs"
+            )
 
     def _position(self) -> dict[str, Any]:
         """Epoch, optimizer step and effective training epochs done (K x fractional epochs)."""
@@ -472,6 +535,8 @@ class Pretrainer:
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                 if self.logger is not None:
                     self.logger.log({"kind": "train", **record, "time": round(time.perf_counter() - run_start, 3)})
+                    if not cfg.train.progress:
+                        self.logger.print(progress_line(record, o.epochs))
                 st.nonfinite_total += int(record["skipped_steps"])
                 sums = _Sums(self.device)
                 window_start, window_images = time.perf_counter(), 0
@@ -580,12 +645,32 @@ class Pretrainer:
             "final_loss_vis": last.get("loss_vis"),
             "skipped_steps": self.state.nonfinite_total,
             "bad_images": self.state.bad_images,
+            "lr_peak": self.peak_lr,
+            "lr_reached": self.lr_reached(),
+            **self._evaluation_summary(),
         }
         if isinstance(self.target, FrozenNetworkTarget):
             summary.update(self.target.cost_metrics())
+        summary = round_floats(summary)
         if self.dist.is_main:
             (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def _evaluation_summary(self) -> dict[str, Any]:
+        """The last evaluation's accuracies (``evaluation``), those of the untrained encoder
+        (``evaluation_untrained``, the epoch-0 evaluation) and the ``pixels_*`` baselines it
+        reported (``evaluation_raw_pixels``)."""
+        if not self.evals:
+            return {}
+        first, last = self.evals[0], self.evals[-1]
+        keys = [k for k in last if k.endswith("top1") and not k.startswith("pixels_")]
+        out: dict[str, Any] = {"evaluation": {"epoch": last["epoch"], **{k: last[k] for k in keys}}}
+        if first["step"] == 0:
+            out["evaluation_untrained"] = {k: first[k] for k in keys if k in first}
+            pixels = {k.removeprefix("pixels_"): v for k, v in first.items() if k.startswith("pixels_")}
+            if pixels:
+                out["evaluation_raw_pixels"] = pixels
+        return out
 
 
 class _Sums:
@@ -607,10 +692,11 @@ class _Sums:
 
 
 def resume_config(checkpoint: str | Path, overrides: list[str] | None = None) -> Config:
-    """The config of a saved run, with dotted ``key=value`` overrides on top (e.g. more epochs)."""
+    """The config of a saved run, with dotted ``key=value`` overrides on top (e.g. another
+    device; ``Pretrainer`` refuses overrides that change the run, see ``check_resumable``)."""
     from dmjd.config.loading import apply_override, parse_override
 
-    data = ckpt.load_checkpoint(checkpoint)["config"]
+    data = load_pretraining_checkpoint(checkpoint)["config"]
     for item in overrides or []:
         path, value = parse_override(item)
         apply_override(data, path, value)

@@ -2,96 +2,139 @@
 
 Every command reads a pre-training checkpoint (``--checkpoint``; the feature evaluations also take
 ``--timm-model NAME`` for comparison), evaluates on the labelled train/test splits of the data set
-named in the checkpoint's config unless ``data.*`` overrides say otherwise, writes ``<command>.json``
-into the output folder (default: the checkpoint's folder) and prints the same JSON as its last line.
-Errors are raised as CheckpointError, DataError, ConfigError or ValueError (exit code 2 in main).
-The figure and export modules (matplotlib, scikit-learn, safetensors) load when their command runs.
+named in the checkpoint's config unless ``data.*`` overrides say otherwise, and writes into its
+output folder (``--output-dir``, default: the checkpoint's folder), which is checked to be writable
+before any work starts. It writes ``<command>.json``, prints the same JSON as its last line, and
+appends a record (protocol, settings, checkpoint and its epoch, date, files written) to the run's
+``evals.jsonl``, so no result replaces another. Problems with what was given raise ``InputError``
+(exit code 2 in ``main``). Torch and the protocols load when a command runs, so ``--help`` is quick.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
-from torch.utils.data import Dataset, Subset
+from dmjd.errors import InputError
+from dmjd.eval.settings import FinetuneSettings, ProbeSettings
 
-from dmjd.config import Config
-from dmjd.data import Normalize, build_dataset, eval_transform
-from dmjd.engine.distributed import init_distributed
-from dmjd.engine.builders import build_masking, build_target
-from dmjd.engine.trainer import resolve_device
-from dmjd.eval.features import (
-    Pool,
-    class_names,
-    dataset_labels,
-    default_pool,
-    extract_features,
-    labelled_splits,
-    num_classes,
-)
-from dmjd.eval.finetune import Finetuner, FinetuneSettings, finetune_transforms
-from dmjd.eval.knn import knn_top1
-from dmjd.eval.linear_probe import ProbeSettings, linear_probe, logistic_regression_top1
-from dmjd.eval.loading import (
-    InputSpec,
-    config_with_overrides,
-    load_dmjd_model,
-    load_encoder,
-    load_timm_encoder,
-)
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+    from torch.utils.data import Dataset
+
+    from dmjd.config import Config
+    from dmjd.eval.loading import InputSpec
 
 
 @dataclass
 class Source:
-    """An encoder to evaluate, its input, the data to evaluate on and where results go."""
+    """An encoder to evaluate, its input, the data to evaluate on and where results go.
+
+    ``output_dir`` receives the command's files, ``run_dir`` the ``evals.jsonl`` record, and
+    ``position`` (epoch, step, ETE of the checkpoint) places the result on the run's curves.
+    """
 
     encoder: nn.Module
     spec: InputSpec
     cfg: Config
     output_dir: Path
+    run_dir: Path
     device: torch.device
     name: dict[str, str]
-    pool: Pool
+    pool: str
+    position: dict[str, Any]
     is_main: bool = True
 
 
-def emit(result: dict[str, Any], folder: Path, name: str) -> None:
-    """Write ``result`` to ``folder/<name>.json`` and print it as one JSON line."""
+def emit(result: dict[str, Any], folder: Path, name: str) -> dict[str, Any]:
+    """Write ``result`` (floats to 6 significant digits) to ``folder/<name>.json``, print it as one
+    JSON line and return it."""
+    from dmjd.engine.metrics import round_floats
+
+    result = round_floats(result)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result), flush=True)
+    return result
 
 
-def _add_checkpoint(p: argparse.ArgumentParser, timm_ok: bool) -> None:
+def record_evaluation(result: dict[str, Any], run_dir: Path, position: dict[str, Any], files: list[Path]) -> None:
+    """Append ``result`` to ``run_dir/evals.jsonl`` with the checkpoint's position, the date and
+    the files written (relative to ``run_dir``; ``--overwrite`` of the run deletes those inside it)."""
+    from dmjd.engine.metrics import append_eval
+
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    names = [os.path.relpath(f, run_dir) for f in files]
+    append_eval(run_dir, {**result, **position, "date": date, "files": names})
+
+
+def writable_output(args: argparse.Namespace, default_sub: str | None = None) -> tuple[Path, Path]:
+    """``(output folder, run folder)`` of a command, the output folder created and checked writable.
+
+    The output folder is ``--output-dir``, else the checkpoint's folder (its ``default_sub`` folder
+    when given); the run folder (``evals.jsonl``) is ``--output-dir``, else the checkpoint's folder.
+
+    Raises:
+        InputError: ``--timm-model`` without ``--output-dir``.
+        OutputDirError: the output folder cannot be written.
+    """
+    from dmjd.engine.run_dir import check_writable
+
+    if args.output_dir:
+        folder = Path(args.output_dir)
+        return check_writable(folder), folder
+    if not getattr(args, "checkpoint", None):
+        raise InputError("--timm-model needs --output-dir (where its results go)")
+    run_dir = Path(args.checkpoint).parent
+    folder = run_dir / default_sub if default_sub else run_dir
+    check_writable(run_dir)
+    return check_writable(folder), run_dir
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def _add_checkpoint(
+    p: argparse.ArgumentParser, timm_ok: bool, output_help: str = "where results go (default: the checkpoint's folder)"
+) -> None:
     if timm_ok:
         group = p.add_mutually_exclusive_group(required=True)
         group.add_argument("--checkpoint", help="dmjd pre-training checkpoint (checkpoint-last.pth)")
         group.add_argument("--timm-model", help="or a timm model name with its pre-trained weights, to compare")
     else:
         p.add_argument("--checkpoint", required=True, help="dmjd pre-training checkpoint (checkpoint-last.pth)")
-    p.add_argument("--output-dir", default=None, help="where results go (default: the checkpoint's folder)")
+    p.add_argument("--output-dir", default=None, help=output_help)
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument(
         "overrides", nargs="*", metavar="data.KEY=VALUE",
-        help="evaluate on other data, e.g. data.name=cifar10 data.path=/data data.num_workers=8",
+        help="evaluate on other data, e.g. data.path=/photos (kind inferred) or data.name=cifar10 data.path=/data",
     )  # fmt: skip
 
 
 def _add_max_images(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-images", type=int, default=None, help="seeded random subset per split (default: all)")
+    p.add_argument("--max-images", type=_positive(int), default=None, help="seeded random subset per split (default: all)")
 
 
 def _add_features(p: argparse.ArgumentParser) -> None:
     _add_max_images(p)
-    p.add_argument("--pool", choices=("cls", "avg"), default=None,
-                   help="class token or mean of patch tokens (default: cls when the encoder has one)")  # fmt: skip
-    p.add_argument("--feature-batch-size", type=int, default=256, help="images per feature-extraction batch")
+    p.add_argument("--pool", choices=("cls", "avg", "avg_fc_norm"), default=None,
+                   help="class token, mean of patch tokens, or that mean through a fresh LayerNorm "
+                   "(default: cls when the encoder has one, avg_fc_norm for a ConViT)")  # fmt: skip
+    p.add_argument("--feature-batch-size", type=_positive(int), default=256, help="images per feature-extraction batch")
 
 
 def _add_settings(p: argparse.ArgumentParser, cls: type) -> None:
@@ -109,43 +152,75 @@ def _settings(cls: type, args: argparse.Namespace) -> Any:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
-def load_source(args: argparse.Namespace) -> Source:
-    """Load ``--checkpoint`` or ``--timm-model`` and resolve the data, device and output folder.
+def load_source(args: argparse.Namespace, default_sub: str | None = None) -> Source:
+    """Check the output folder, then load ``--checkpoint`` or ``--timm-model`` and resolve the
+    data, device and pooling.
 
     Under torchrun this joins the process group; on GPUs each process takes ``cuda:LOCAL_RANK``.
 
     Raises:
-        ValueError: ``--timm-model`` without ``--output-dir``.
+        InputError: ``--timm-model`` without ``--output-dir``, an unwritable output folder, an
+            unusable checkpoint or data override.
     """
+    import torch
+
+    from dmjd.engine.checkpoint import PRETRAINING, load_checkpoint
+    from dmjd.engine.distributed import init_distributed
+    from dmjd.engine.trainer import resolve_device
+    from dmjd.eval.features import default_pool
+    from dmjd.eval.loading import (
+        InputSpec,
+        checkpoint_position,
+        config_with_overrides,
+        encoder_from_state,
+        load_timm_encoder,
+    )
+
+    out, run_dir = writable_output(args, default_sub)
     device = resolve_device(args.device)
     info = init_distributed(device.type)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
-    is_main = info.is_main
     if getattr(args, "timm_model", None):
-        if args.output_dir is None:
-            raise ValueError("--timm-model needs --output-dir")
         encoder = load_timm_encoder(args.timm_model, pretrained=True, device=device)
         cfg = config_with_overrides({}, args.overrides)
-        spec, out, name = InputSpec.from_timm(encoder), Path(args.output_dir), {"timm_model": args.timm_model}
+        spec, name, position = InputSpec.from_timm(encoder), {"timm_model": args.timm_model}, {}
     else:
-        encoder, cfg = load_encoder(args.checkpoint, device)
+        state = load_checkpoint(args.checkpoint, expected=PRETRAINING)
+        encoder, cfg = encoder_from_state(state, args.checkpoint, device)
+        position = checkpoint_position(state, cfg)
         cfg = config_with_overrides(cfg.model_dump(mode="json"), args.overrides)
         spec, name = InputSpec.from_config(cfg), {"checkpoint": str(args.checkpoint)}
-        out = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent
     pool = getattr(args, "pool", None) or default_pool(encoder)
-    return Source(encoder, spec, cfg, out, device, name, pool, is_main)
+    return Source(encoder, spec, cfg, out, run_dir, device, name, pool, position, info.is_main)
+
+
+def labelled_source_splits(src: Source, train_tf: Any, test_tf: Any, max_images: int | None) -> tuple[Dataset, Dataset]:
+    """The labelled train and test splits of the source's data set, each described in a start-up line."""
+    from dmjd.data.datasets import dataset_classes, describe_data
+    from dmjd.eval.features import labelled_splits
+
+    data = src.cfg.data
+    splits = labelled_splits(data.name, data.path, train_tf, test_tf, data.download, max_images)
+    if src.is_main:
+        for split, ds in zip(("train", "test"), splits, strict=True):
+            print(f"dmjd: {describe_data(data.name, data.path, split, len(ds), dataset_classes(ds))}", flush=True)
+    return splits
 
 
 def source_splits(src: Source, args: argparse.Namespace) -> tuple[Dataset, Dataset]:
     """The labelled train and test splits of the source's data set, centre-cropped for its encoder."""
+    from dmjd.data import eval_transform
+
     transform = eval_transform(src.spec.img_size, src.spec.in_chans)
-    data = src.cfg.data
-    return labelled_splits(data.name, data.path, transform, transform, data.download, args.max_images)
+    return labelled_source_splits(src, transform, transform, args.max_images)
 
 
 def dataset_features(src: Source, dataset: Dataset, args: argparse.Namespace) -> tuple[Tensor, Tensor]:
     """Frozen features ``[N, D]`` and labels ``[N]`` of a data set, with the source's encoder and pool."""
+    from dmjd.data import Normalize
+    from dmjd.eval.features import extract_features
+
     normalize = Normalize(src.spec.mean, src.spec.std)
     return extract_features(src.encoder, dataset, args.feature_batch_size, src.device, src.pool, normalize,
                             src.cfg.data.num_workers)  # fmt: skip
@@ -158,19 +233,28 @@ def source_features(src: Source, args: argparse.Namespace) -> tuple[Tensor, Tens
 
 
 def _describe(src: Source, train_y: Tensor, test_y: Tensor) -> dict[str, Any]:
-    return {**src.name, "data": src.cfg.data.name, "pool": src.pool,
+    return {**src.name, "data": src.cfg.data.name, "data_path": src.cfg.data.path, "pool": src.pool,
             "train_images": len(train_y), "test_images": len(test_y)}  # fmt: skip
+
+
+def finish(src: Source, result: dict[str, Any], name: str, files: list[Path] | None = None) -> None:
+    """On the main process: ``emit`` the result into the output folder and record it in the run's
+    ``evals.jsonl`` with the files written (``<name>.json`` and ``files``)."""
+    if src.is_main:
+        emit(result, src.output_dir, name)
+        record_evaluation(result, src.run_dir, src.position, [src.output_dir / f"{name}.json", *(files or [])])
 
 
 # ---------------------------------------------------------------------------------------- knn
 def _run_knn(args: argparse.Namespace) -> int:
+    from dmjd.eval.knn import knn_top1
+
     src = load_source(args)
     train_x, train_y, test_x, test_y = source_features(src, args)
     top1 = knn_top1(train_x, train_y, test_x, test_y, args.k, args.temperature)
-    if src.is_main:
-        result = {"kind": "knn", "knn_top1": top1, "k": args.k, "temperature": args.temperature,
-                  **_describe(src, train_y, test_y)}  # fmt: skip
-        emit(result, src.output_dir, "knn")
+    result = {"kind": "knn", "protocol": "weighted-knn", "knn_top1": top1, "k": args.k,
+              "temperature": args.temperature, **_describe(src, train_y, test_y)}  # fmt: skip
+    finish(src, result, "knn")
     return 0
 
 
@@ -178,25 +262,27 @@ def _add_knn(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("knn", help="weighted k-NN top-1 on frozen features (DINO protocol)")
     _add_checkpoint(p, timm_ok=True)
     _add_features(p)
-    p.add_argument("--k", type=int, default=20, help="neighbours (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T) (default: %(default)s)")
+    p.add_argument("--k", type=_positive(int), default=20, help="neighbours (default: %(default)s)")
+    p.add_argument("--temperature", type=_positive(float), default=0.07,
+                   help="vote weight exp(sim / T) (default: %(default)s)")  # fmt: skip
     p.set_defaults(func=_run_knn)
 
 
 # ----------------------------------------------------------------------------------- linprobe
 def _run_linprobe(args: argparse.Namespace) -> int:
+    from dmjd.eval.linear_probe import linear_probe, logistic_regression_top1
+
+    settings = None if args.fast else _settings(ProbeSettings, args)
     src = load_source(args)
     train_x, train_y, test_x, test_y = source_features(src, args)
-    if args.fast:
+    if settings is None:
         top1 = logistic_regression_top1(train_x, train_y, test_x, test_y, c=args.logreg_c)
         protocol: dict[str, Any] = {"protocol": "logreg", "C": args.logreg_c}
     else:
-        settings = _settings(ProbeSettings, args)
         top1 = linear_probe(train_x, train_y, test_x, test_y, settings, src.device)
         protocol = {"protocol": "mae", **dataclasses.asdict(settings), "lr": settings.peak_lr(settings.batch_size)}
-    if src.is_main:
-        result = {"kind": "linprobe", "linprobe_top1": top1, **protocol, **_describe(src, train_y, test_y)}
-        emit(result, src.output_dir, "linprobe")
+    result = {"kind": "linprobe", "linprobe_top1": top1, **protocol, **_describe(src, train_y, test_y)}
+    finish(src, result, "linprobe-fast" if args.fast else "linprobe")
     return 0
 
 
@@ -204,28 +290,32 @@ def _add_linprobe(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("linprobe", help="linear probe on frozen features (MAE protocol, or --fast)")
     _add_checkpoint(p, timm_ok=True)
     _add_features(p)
-    p.add_argument("--fast", action="store_true", help="logistic regression on standardised features instead")
-    p.add_argument("--logreg-c", type=float, default=1.0, help="inverse L2 strength of --fast (default: %(default)s)")
+    p.add_argument("--fast", action="store_true",
+                   help="logistic regression on standardised features instead (writes linprobe-fast.json)")  # fmt: skip
+    p.add_argument("--logreg-c", type=_positive(float), default=1.0,
+                   help="inverse L2 strength of --fast (default: %(default)s)")  # fmt: skip
     _add_settings(p, ProbeSettings)
     p.set_defaults(func=_run_linprobe)
 
 
 # ----------------------------------------------------------------------------------- finetune
 def _run_finetune(args: argparse.Namespace) -> int:
-    args.output_dir = args.output_dir or str(Path(args.checkpoint).parent / "finetune")
-    src = load_source(args)
+    from dmjd.eval.features import num_classes
+    from dmjd.eval.finetune import Finetuner, finetune_transforms
+
     settings = _settings(FinetuneSettings, args)
+    src = load_source(args, default_sub="finetune")
     train_tf, val_tf = finetune_transforms(src.spec, settings)
-    data = src.cfg.data
-    train, val = labelled_splits(data.name, data.path, train_tf, val_tf, data.download, args.max_images)
+    train, val = labelled_source_splits(src, train_tf, val_tf, args.max_images)
     trainer = Finetuner(
         src.encoder, train, val, num_classes(train, val), settings, src.output_dir, src.device,
-        num_workers=data.num_workers, resume=args.resume, overwrite=args.overwrite,
+        num_workers=src.cfg.data.num_workers, resume=args.resume, overwrite=args.overwrite,
     )  # fmt: skip
     summary = trainer.fit()
-    if src.is_main:
-        result = {**summary, **src.name, "data": data.name, "settings": dataclasses.asdict(settings)}
-        emit(result, src.output_dir, "finetune")
+    result = {**summary, **src.name, "protocol": "mae-finetune", "data": src.cfg.data.name,
+              "data_path": src.cfg.data.path, "settings": dataclasses.asdict(settings)}  # fmt: skip
+    folder = [src.output_dir] if src.output_dir != src.run_dir else []
+    finish(src, result, "finetune", folder)
     return 0
 
 
@@ -235,7 +325,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
         help="fine-tune end to end (MAE / ConvMAE recipe), top-1 on the validation split; "
         "data-parallel under torchrun (--batch-size per process)",
     )
-    _add_checkpoint(p, timm_ok=False)
+    _add_checkpoint(p, timm_ok=False, output_help="fine-tuning run folder (default: <checkpoint folder>/finetune)")
     _add_max_images(p)
     p.add_argument("--resume", default=None, help="fine-tuning checkpoint, or 'auto' = the one in --output-dir")
     p.add_argument("--overwrite", action="store_true", help="replace a fine-tuning run in --output-dir")
@@ -245,6 +335,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 
 # --------------------------------------------------------------------------------------- tsne
 def _run_tsne(args: argparse.Namespace) -> int:
+    from torch.utils.data import Subset
+
+    from dmjd.eval.features import class_names, dataset_labels
     from dmjd.eval.tsne import save_tsne_figure, select_classes, tsne_embedding
 
     src = load_source(args)
@@ -254,11 +347,12 @@ def _run_tsne(args: argparse.Namespace) -> int:
     feats, labels = dataset_features(src, picked, args)
     if src.is_main:
         embedding = tsne_embedding(feats, args.perplexity, args.seed)
-        title = f"t-SNE of {src.pool} features: {next(iter(src.name.values()))} on {data.name}"
+        model = Path(src.name["checkpoint"]).parent.name if "checkpoint" in src.name else src.name["timm_model"]
+        title = f"t-SNE of the {src.pool} features of {model} on {len(labels)} {data.name} test images"
         figure = save_tsne_figure(embedding, labels.numpy(), src.output_dir / "tsne.png", class_names(test), title)
         result = {"kind": "tsne", "figure": str(figure), "classes": int(labels.unique().numel()),
                   "images": len(labels), **src.name, "data": data.name, "pool": src.pool}  # fmt: skip
-        emit(result, src.output_dir, "tsne")
+        finish(src, result, "tsne", [figure])
     return 0
 
 
@@ -266,72 +360,102 @@ def _add_tsne(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tsne", help="t-SNE of frozen features of up to 20 classes (PNG)")
     _add_checkpoint(p, timm_ok=True)
     _add_features(p)
-    p.add_argument("--num-classes", type=int, default=20, help="classes drawn, at most 20 (default: %(default)s)")
-    p.add_argument("--per-class", type=int, default=100, help="test images per class (default: %(default)s)")
-    p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default: %(default)s)")
+    p.add_argument("--num-classes", type=int, choices=range(1, 21), default=20, metavar="1..20",
+                   help="classes drawn (default: %(default)s)")  # fmt: skip
+    p.add_argument("--per-class", type=_positive(int), default=100, help="test images per class (default: %(default)s)")
+    p.add_argument("--perplexity", type=_positive(float), default=30.0, help="t-SNE perplexity (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="image choice and t-SNE seed (default: %(default)s)")
     p.set_defaults(func=_run_tsne)
 
 
 # ---------------------------------------------------------------------------------- visualize
 def _run_visualize(args: argparse.Namespace) -> int:
+    import torch
+
+    from dmjd.data import Normalize, build_dataset, eval_transform
+    from dmjd.engine.builders import build_masking, build_target
+    from dmjd.engine.checkpoint import PRETRAINING, load_checkpoint
+    from dmjd.engine.trainer import resolve_device
+    from dmjd.eval.loading import InputSpec, checkpoint_position, config_with_overrides, dmjd_model_from_state
     from dmjd.eval.visualize import save_reconstruction_figure
 
+    out, run_dir = writable_output(args)
     device = resolve_device(args.device)
-    model, cfg = load_dmjd_model(args.checkpoint, device)
+    state = load_checkpoint(args.checkpoint, expected=PRETRAINING)
+    model, cfg = dmjd_model_from_state(state, args.checkpoint, device)
+    position = checkpoint_position(state, cfg)
     cfg = config_with_overrides(cfg.model_dump(mode="json"), args.overrides)
     spec = InputSpec.from_config(cfg)
     split = "train" if cfg.data.name == "imagefolder" else "test"
-    transform = eval_transform(spec.img_size, spec.in_chans)
-    ds = build_dataset(cfg.data.name, split, transform, cfg.data.path, cfg.data.download)
+    ds = build_dataset(cfg.data.name, split, eval_transform(spec.img_size, spec.in_chans), cfg.data.path, cfg.data.download)
     images = torch.stack([ds[i][0] for i in range(min(args.num_images, len(ds)))]).to(device)
-    out = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent
     figure = save_reconstruction_figure(
         model, build_target(cfg).to(device), build_masking(cfg), Normalize(spec.mean, spec.std).to(device),
         images, out / "visualize.png", seed=args.seed,
     )  # fmt: skip
     result = {"kind": "visualize", "figure": str(figure), "checkpoint": str(args.checkpoint), "images": len(images)}
     emit(result, out, "visualize")
+    record_evaluation(result, run_dir, position, [out / "visualize.json", figure])
     return 0
 
 
 def _add_visualize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("visualize", help="images, their K disjoint masked views and the reconstructions (PNG)")
     _add_checkpoint(p, timm_ok=False)
-    p.add_argument("--num-images", type=int, default=4, help="images drawn (default: %(default)s)")
+    p.add_argument("--num-images", type=_positive(int), default=4, help="images drawn (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="mask seed (default: %(default)s)")
     p.set_defaults(func=_run_visualize)
 
 
 # --------------------------------------------------------------------------------------- plot
 def _run_plot(args: argparse.Namespace) -> int:
-    from dmjd.eval.plot import read_run, run_summary, save_curves_figure
+    from dmjd.engine.run_dir import check_writable
+    from dmjd.eval.plot import read_evals, read_run, run_summary, save_curves_figure
 
-    output = Path(args.output) if args.output else Path(args.runs[0]) / "curves.png"
+    if args.output:
+        output = Path(args.output)
+    else:
+        output = Path(args.output_dir or args.runs[0]) / "curves.png"
+    check_writable(output.parent)
+    runs = {str(run): run_summary(read_run(run), read_evals(run)) for run in args.runs}
     figure = save_curves_figure(args.runs, output, args.labels)
-    runs = {str(run): run_summary(read_run(run)) for run in args.runs}
-    emit({"kind": "plot", "figure": str(figure), "runs": runs}, output.parent, "curves")
+    emit({"kind": "plot", "figure": str(figure), "runs": runs}, output.parent, output.stem)
     return 0
 
 
 def _add_plot(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plot", help="loss vs ETE and wall time, accuracy vs epochs of one or more runs (PNG)")
-    p.add_argument("runs", nargs="+", help="run folders holding metrics.jsonl")
-    p.add_argument("--output", default=None, help="PNG file (default: <first run>/curves.png)")
+    p = sub.add_parser(
+        "plot", help="loss vs ETE and wall time, and evaluations (monitor, evals.jsonl) of one or more runs (PNG)"
+    )
+    p.add_argument("runs", nargs="+", help="run folders holding metrics.jsonl (pre-training or fine-tuning)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--output-dir", default=None, help="folder for curves.png / curves.json (default: the first run)")
+    where.add_argument("--output", default=None, help="or the PNG file itself (its .json goes beside it)")
     p.add_argument("--labels", nargs="+", default=None, help="legend names, one per run (default: folder names)")
     p.set_defaults(func=_run_plot)
 
 
 # ------------------------------------------------------------------------------------- export
 def _run_export(args: argparse.Namespace) -> int:
+    from dmjd.engine.checkpoint import PRETRAINING, load_checkpoint
+    from dmjd.engine.run_dir import check_writable
     from dmjd.eval.export import export_encoder
+    from dmjd.eval.loading import InputSpec, checkpoint_position, encoder_from_state
 
-    encoder, cfg = load_encoder(args.checkpoint)
-    output = Path(args.output) if args.output else Path(args.checkpoint).parent / "encoder.safetensors"
+    if args.output:
+        output = Path(args.output)
+        if output.suffix != ".safetensors":
+            raise InputError(f"export writes a .safetensors file, got --output {output}")
+    else:
+        output = Path(args.output_dir or Path(args.checkpoint).parent) / "encoder.safetensors"
+    folder = check_writable(output.parent)
+    state = load_checkpoint(args.checkpoint, expected=PRETRAINING)
+    encoder, cfg = encoder_from_state(state, args.checkpoint)
     exported = export_encoder(encoder, output, InputSpec.from_config(cfg))
     print(exported.snippet)
     result = {"kind": "export", "file": str(exported.file), **exported.describe(), "checkpoint": str(args.checkpoint)}
-    emit(result, output.parent, "export")
+    emit(result, folder, "export")
+    record_evaluation(result, folder, checkpoint_position(state, cfg), [folder / "export.json", exported.file])
     return 0
 
 
@@ -340,7 +464,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "export", help="encoder -> safetensors loadable by timm.create_model (ViT) or dmjd's ConViT (prints the call)"
     )
     p.add_argument("--checkpoint", required=True, help="dmjd pre-training checkpoint")
-    p.add_argument("--output", default=None, help="FILE.safetensors (default: <checkpoint folder>/encoder.safetensors)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--output-dir", default=None, help="folder for encoder.safetensors (default: the checkpoint's)")
+    where.add_argument("--output", default=None, help="or the FILE.safetensors itself")
     p.set_defaults(func=_run_export)
 
 

@@ -20,14 +20,14 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from timm.data import Mixup, create_transform
+from timm.data import Mixup, auto_augment, create_transform
 from timm.loss import SoftTargetCrossEntropy
 from timm.models.vision_transformer import VisionTransformer
 from timm.optim import param_groups_layer_decay
@@ -43,54 +43,13 @@ from dmjd.data import eval_transform
 from dmjd.data.transforms import ToChannels
 from dmjd.engine import checkpoint as ckpt
 from dmjd.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
-from dmjd.engine.metrics import MetricsLogger
+from dmjd.engine.metrics import MetricsLogger, progress_line
 from dmjd.engine.optim import lr_at, set_lr
-from dmjd.engine.trainer import NonFiniteLossError, autocast_dtype, prepare_output_dir, seed_everything
+from dmjd.engine.run_dir import prepare_output_dir
+from dmjd.engine.trainer import NonFiniteLossError, autocast_dtype, seed_everything
 from dmjd.eval.loading import InputSpec
+from dmjd.eval.settings import FinetuneSettings
 from dmjd.models.convit import ConViT
-
-GlobalPool = Literal["avg", "token"]
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """Hyper-parameters of the MAE fine-tuning recipe (MAE's ViT-B defaults)."""
-
-    epochs: int = field(default=100, metadata={"help": "training epochs"})
-    warmup_epochs: float = field(default=5.0, metadata={"help": "linear warmup epochs"})
-    batch_size: int = field(default=64, metadata={"help": "images per step (even when mixing)"})
-    blr: float = field(default=5e-4, metadata={"help": "base learning rate; lr = blr * batch / 256"})
-    lr: float | None = field(default=None, metadata={"help": "absolute learning rate (overrides blr)", "type": float})
-    min_lr: float = field(default=1e-6, metadata={"help": "final learning rate of the cosine"})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases/norms/tokens)"})
-    layer_decay: float = field(default=0.65, metadata={"help": "layer-wise lr decay (MAE: 0.65 B, 0.75 L/H)"})
-    drop_path: float = field(default=0.1, metadata={"help": "stochastic depth rate"})
-    mixup: float = field(default=0.8, metadata={"help": "Mixup alpha (0 = off)"})
-    cutmix: float = field(default=1.0, metadata={"help": "CutMix alpha (0 = off)"})
-    smoothing: float = field(default=0.1, metadata={"help": "label smoothing"})
-    rand_augment: str = field(default="rand-m9-mstd0.5-inc1", metadata={"help": "timm RandAugment spec ('none' = off)"})
-    reprob: float = field(default=0.25, metadata={"help": "random erasing probability"})
-    global_pool: GlobalPool = field(default="avg", metadata={"help": "classifier pooling", "choices": ("avg", "token")})
-    clip_grad: float | None = field(default=None, metadata={"help": "gradient norm clip", "type": float})
-    seed: int = field(default=0, metadata={"help": "seed of data order, augmentation and the head"})
-    log_interval: int = field(default=20, metadata={"help": "steps between metric lines"})
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.warmup_epochs < 0 or self.log_interval < 1:
-            raise ValueError("fine-tuning needs epochs >= 1, batch_size >= 1, warmup_epochs >= 0, log_interval >= 1")
-        if self.mixing and self.batch_size % 2:
-            raise ValueError(f"Mixup/CutMix need an even batch size, got {self.batch_size}")
-        if not 0 < self.layer_decay <= 1:
-            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
-
-    @property
-    def mixing(self) -> bool:
-        """Whether Mixup or CutMix is on."""
-        return self.mixup > 0 or self.cutmix > 0
-
-    def peak_lr(self, world_size: int = 1) -> float:
-        """``lr`` when given, else ``blr * global batch / 256`` (global batch = ``batch_size * world_size``)."""
-        return self.lr if self.lr is not None else self.blr * self.batch_size * world_size / 256
 
 
 class ConViTClassifier(nn.Module):
@@ -228,9 +187,27 @@ def build_classifier(kwargs: dict[str, Any], encoder_weights: dict[str, Tensor] 
     return model
 
 
+def _posterize_keeping_a_bit(img: Any, bits_to_keep: int, **kwargs: Any) -> Any:
+    """timm's posterize, keeping at least one bit per channel."""
+    return auto_augment.posterize(img, max(int(bits_to_keep), 1), **kwargs)
+
+
+def keep_a_posterize_bit(transform: transforms.Compose) -> None:
+    """Make the posterize ops of timm's RandAugment, AutoAugment or AugMix in ``transform`` keep
+    at least one bit: timm maps the top magnitude of ``PosterizeIncreasing`` (reached by
+    ``rand-m9-mstd0.5-inc1``'s noisy magnitudes) to 0 bits, a black image that current Pillow
+    refuses ("bits must be between or equal to 1 and 8")."""
+    for t in transform.transforms:
+        ops = getattr(t, "ops", None) or [op for sub in getattr(t, "policy", []) for op in sub]
+        for op in ops:
+            if op.name.startswith("Posterize"):
+                op.aug_fn = _posterize_keeping_a_bit
+
+
 def finetune_transforms(spec: InputSpec, settings: FinetuneSettings) -> tuple[transforms.Compose, v2.Compose]:
     """Train (random-resized crop, flip, RandAugment, normalise, random erasing) and validation
-    (resize + centre crop, normalise) transforms; both output normalised ``[C, H, W]`` tensors."""
+    (resize + centre crop, normalise) transforms; both output normalised ``[C, H, W]`` tensors.
+    Posterize keeps at least one bit (``keep_a_posterize_bit``)."""
     aa = None if settings.rand_augment.lower() == "none" else settings.rand_augment
     train = create_transform(
         input_size=(spec.in_chans, spec.img_size, spec.img_size),
@@ -244,6 +221,7 @@ def finetune_transforms(spec: InputSpec, settings: FinetuneSettings) -> tuple[tr
         mean=spec.mean,
         std=spec.std,
     )
+    keep_a_posterize_bit(train)
     val = v2.Compose([eval_transform(spec.img_size, spec.in_chans), v2.Normalize(spec.mean, spec.std)])
     return transforms.Compose([ToChannels(spec.in_chans), train]), val
 
@@ -262,6 +240,8 @@ class Finetuner:
         device: the device; under torchrun on GPUs, each process takes ``cuda:LOCAL_RANK``.
         resume: a fine-tuning checkpoint, ``"auto"`` (this folder's, if any) or None.
         overwrite: replace a fine-tuning run already in ``output_dir``.
+        progress: show a progress bar per epoch.
+        tensorboard: also write TensorBoard logs (``output_dir/tensorboard``), when installed.
 
     Raises:
         OutputDirError: ``output_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set.
@@ -283,12 +263,13 @@ class Finetuner:
         resume: str | Path | None = None,
         overwrite: bool = False,
         progress: bool = True,
+        tensorboard: bool = True,
     ) -> None:
         self.settings, self.device = settings, torch.device(device)
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.progress = progress and self.dist.is_main
+        self.progress, self.tensorboard = progress and self.dist.is_main, tensorboard
         self.output_dir, self.num_workers = Path(output_dir), num_workers
         self.train_set, self.val_set = train_set, val_set
         n_train, world = len(train_set), self.dist.world_size  # type: ignore[arg-type]
@@ -302,6 +283,8 @@ class Finetuner:
         self.peak_lr = settings.peak_lr(world)
         self.model_kwargs = classifier_kwargs(encoder, num_classes, settings)
         resume_path = ckpt.latest_checkpoint(self.output_dir) if str(resume) == "auto" else resume
+        if str(resume) == "auto" and resume_path is None and self.dist.is_main:
+            print(f"dmjd: no checkpoint in {self.output_dir}, starting fresh")
         prepare_output_dir(self.output_dir, resume is not None, overwrite, self.dist.is_main)
         barrier(self.dist)
         seed_everything(settings.seed)
@@ -427,19 +410,22 @@ class Finetuner:
         """Train the remaining epochs, evaluating and saving after each; returns the summary
         (the same on every process; rank 0 logs and saves)."""
         s, main = self.settings, self.dist.is_main
-        logger = MetricsLogger(self.output_dir, tensorboard=False) if main else None
+        logger = MetricsLogger(self.output_dir, tensorboard=self.tensorboard) if main else None
         start = time.perf_counter()
         try:
             result = self.evaluate() if self.epoch >= s.epochs else {}
             while self.epoch < s.epochs:
                 loss = self.train_epoch(logger, start)
-                if logger is not None:
-                    logger.log({"kind": "epoch", "epoch": self.epoch, "step": self.step, "loss": loss})
+                epoch_record = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "loss": loss, "lr": self._lr()}
                 self.epoch += 1
                 result = self.evaluate()
                 self.best_top1 = max(self.best_top1, result["top1"])
                 if logger is not None:
-                    logger.log({"kind": "eval", "epoch": self.epoch, "step": self.step, **result})
+                    eval_record = {"kind": "eval", "epoch": self.epoch, "step": self.step, **result,
+                                   "time": round(time.perf_counter() - start, 3)}  # fmt: skip
+                    for record in (epoch_record, eval_record):
+                        logger.log(record)
+                        logger.print(progress_line(record, s.epochs))
                 self.save()
         finally:
             if logger is not None:
@@ -483,7 +469,7 @@ class Finetuner:
         }
 
     def _restore(self, path: str | Path) -> None:
-        state = ckpt.load_checkpoint(path)
+        state = ckpt.load_checkpoint(path, expected="a dmjd fine-tuning checkpoint (<output-dir>/checkpoint-last.pth)")
         if state.get("kind") != "finetune":
             raise ckpt.CheckpointError(f"{path} is not a dmjd fine-tuning checkpoint")
         if state.get("model_kwargs") != self.model_kwargs:

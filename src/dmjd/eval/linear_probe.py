@@ -19,9 +19,6 @@ monitor costs milliseconds on a GPU instead of tens of seconds of CPU solver tim
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,33 +26,7 @@ from timm.optim import Lars
 from torch import Tensor, nn
 
 from dmjd.engine.optim import lr_at, set_lr
-
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    """Hyper-parameters of the MAE linear-probe protocol (MAE's values unless noted)."""
-
-    epochs: int = field(default=90, metadata={"help": "training epochs"})
-    warmup_epochs: float = field(default=10.0, metadata={"help": "linear warmup epochs"})
-    batch_size: int = field(default=256, metadata={"help": "probe batch (MAE: 16384 on ImageNet)"})
-    blr: float = field(default=0.1, metadata={"help": "base learning rate; lr = blr * batch / 256"})
-    lr: float | None = field(default=None, metadata={"help": "absolute learning rate (overrides blr)", "type": float})
-    weight_decay: float = field(default=0.0, metadata={"help": "weight decay of the head's weight"})
-    optimizer: Literal["sgd", "lars"] = field(
-        default="sgd", metadata={"help": "optimizer (MAE: lars with batch 16384)", "choices": ("sgd", "lars")}
-    )
-    momentum: float = field(default=0.9, metadata={"help": "momentum"})
-    seed: int = field(default=0, metadata={"help": "seed of the head's initialisation and the batch order"})
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.warmup_epochs < 0:
-            raise ValueError("linear probe needs epochs >= 1, batch_size >= 1 and warmup_epochs >= 0")
-        if self.optimizer not in ("lars", "sgd"):
-            raise ValueError(f"unknown probe optimizer {self.optimizer!r}; choose 'lars' or 'sgd'")
-
-    def peak_lr(self, batch_size: int) -> float:
-        """``lr`` when given, else ``blr * batch_size / 256``."""
-        return self.lr if self.lr is not None else self.blr * batch_size / 256
+from dmjd.eval.settings import ProbeSettings
 
 
 class LinearProbeHead(nn.Sequential):

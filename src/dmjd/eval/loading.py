@@ -17,7 +17,7 @@ from torch import nn
 
 from dmjd.config import Config, ConfigError, config_from_dict
 from dmjd.config.loading import apply_override, parse_override
-from dmjd.engine.checkpoint import CheckpointError, load_checkpoint
+from dmjd.engine.checkpoint import PRETRAINING, CheckpointError, load_checkpoint
 from dmjd.engine.builders import build_dmjd_model, build_target, mean_std
 from dmjd.models import DMJDModel, create_encoder, encoder_state_dict
 
@@ -54,9 +54,9 @@ def checkpoint_config(state: dict[str, Any], path: str | Path) -> Config:
             or a config this dmjd version cannot build (another architecture or version).
     """
     if state.get("kind") == "finetune":
-        raise CheckpointError(f"{path} is a dmjd fine-tuning checkpoint; evaluations need a pre-training checkpoint")
+        raise CheckpointError(f"{path} is a dmjd fine-tuning checkpoint; evaluations need {PRETRAINING}")
     if not isinstance(state.get("config"), dict):
-        raise CheckpointError(f"{path} has no 'config' entry: it is not a dmjd pre-training checkpoint")
+        raise CheckpointError(f"{path} has no 'config' entry: it is not a dmjd pre-training checkpoint; expected {PRETRAINING}")
     try:
         return config_from_dict(state["config"])
     except ConfigError as err:
@@ -96,6 +96,13 @@ def _load_strict(module: nn.Module, weights: dict[str, torch.Tensor], path: str 
     module.load_state_dict(weights, strict=True)
 
 
+def checkpoint_position(state: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """Where in its run a pre-training checkpoint was saved: ``epoch``, ``step`` and ``ete``
+    (K x epochs) -- what an evaluation of it is plotted against."""
+    epoch = int(state.get("epoch", 0))
+    return {"epoch": epoch, "step": int(state.get("step", 0)), "ete": cfg.masking.num_views * epoch}
+
+
 def load_encoder(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config]:
     """The pre-trained encoder of a dmjd checkpoint, in eval mode, and the run's config.
 
@@ -105,7 +112,13 @@ def load_encoder(checkpoint: str | Path, device: str | torch.device = "cpu") -> 
         CheckpointError: missing or unreadable file, not a dmjd pre-training checkpoint, or weights
             of another architecture than its config describes.
     """
-    state = load_checkpoint(checkpoint)
+    return encoder_from_state(load_checkpoint(checkpoint, expected=PRETRAINING), checkpoint, device)
+
+
+def encoder_from_state(
+    state: dict[str, Any], checkpoint: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Config]:
+    """``load_encoder`` for a checkpoint already loaded (``checkpoint`` names it in messages)."""
     cfg = checkpoint_config(state, checkpoint)
     m = cfg.model
     encoder = create_encoder(
@@ -125,7 +138,13 @@ def load_dmjd_model(checkpoint: str | Path, device: str | torch.device = "cpu") 
     Raises:
         CheckpointError: as ``load_encoder``.
     """
-    state = load_checkpoint(checkpoint)
+    return dmjd_model_from_state(load_checkpoint(checkpoint, expected=PRETRAINING), checkpoint, device)
+
+
+def dmjd_model_from_state(
+    state: dict[str, Any], checkpoint: str | Path, device: str | torch.device = "cpu"
+) -> tuple[DMJDModel, Config]:
+    """``load_dmjd_model`` for a checkpoint already loaded (``checkpoint`` names it in messages)."""
     cfg = checkpoint_config(state, checkpoint)
     model = build_dmjd_model(cfg, build_target(cfg).dim)
     _load_strict(model, state["model"], checkpoint, cfg)
@@ -151,13 +170,21 @@ def load_timm_encoder(name: str, pretrained: bool = True, device: str | torch.de
 def config_with_overrides(base: dict[str, Any], overrides: list[str] | None) -> Config:
     """A config with dotted ``data.*`` overrides on top of ``base`` (e.g. a checkpoint's config).
 
+    A new ``data.name`` without a ``data.path`` drops the base's path (it belonged to the other
+    data set); a ``data.path`` alone on the embedded sample is used (see ``config_from_dict``).
+
     Raises:
         ConfigError: an override outside the ``data`` section, or an invalid value.
+        DataError: a ``data.path`` that holds nothing dmjd can read.
     """
     data = {section: dict(values) for section, values in base.items()}
+    keys = set()
     for item in overrides or []:
         path, value = parse_override(item)
         if path[0] != "data" or len(path) != 2:
             raise ConfigError(f"evaluations take data.* overrides only (e.g. data.name=cifar10), got {item!r}")
         apply_override(data, path, value)
+        keys.add(path[1])
+    if "name" in keys and "path" not in keys:
+        data.setdefault("data", {})["path"] = None
     return config_from_dict(data)

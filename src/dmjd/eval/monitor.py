@@ -17,6 +17,7 @@ scikit-learn's CPU solver took tens of seconds per evaluation on real encoder fe
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -124,6 +125,31 @@ class OnlineMonitor:
         if self.linprobe:
             result["linprobe_top1"] = torch_logistic_regression_top1(train_x, train_y, test_x, test_y)
         return result
+
+    def pixel_baseline(self, side: int = 32) -> dict[str, float]:
+        """``{"pixels_knn_top1": ...}``: the weighted kNN on raw pixels (each image normalised,
+        area-resized to at most ``side`` x ``side``, flattened), the baseline an encoder should beat."""
+        (train_x, train_y), (test_x, test_y) = (self._pixels(split, side) for split in (0, 1))
+        return {"pixels_knn_top1": knn_top1(train_x, train_y, test_x, test_y, self.k, self.temperature)}
+
+    def _pixels(self, split: int, side: int) -> tuple[Tensor, Tensor]:
+        """Flattened normalised images ``[N, C * s * s]`` (``s = min(side, image side)``) and labels."""
+        if self.cache is not None:
+            images, labels = self.cache[split]
+            batches = zip(images.split(self.batch_size), labels.split(self.batch_size))
+        else:
+            dataset = (self.train_set, self.test_set)[split]
+            batches = ((b[0], b[1]) for b in DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers))
+        normalize = self.normalize.to(self.device)
+        feats, all_labels = [], []
+        for images, labels in batches:
+            x = images.to(self.device)
+            x = normalize(x.float() / 255 if x.dtype == torch.uint8 else x)
+            if x.shape[-1] > side:
+                x = F.adaptive_avg_pool2d(x, side)
+            feats.append(x.flatten(1))
+            all_labels.append(labels.to(self.device))
+        return torch.cat(feats), torch.cat(all_labels)
 
     def _features(self, encoder: nn.Module, split: int) -> tuple[Tensor, Tensor]:
         """Features ``[N, D]`` and labels ``[N]`` of split 0 (train) or 1 (test), on the device."""

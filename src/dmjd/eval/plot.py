@@ -1,8 +1,12 @@
-"""Convergence curves of one or more runs from their ``metrics.jsonl`` (the paper's Figs. 1 and 5).
+"""Curves of one or more runs: losses and evaluations against training progress (the paper's Figs. 1, 5).
 
-Records used: ``kind="train"`` (``loss``, ``loss_mim``, ``loss_vis``, ``ete``, ``time`` in seconds)
-and ``kind="eval"`` (``epoch`` = epochs completed, and any ``*top1`` accuracy such as ``knn_top1``,
-``linprobe_top1`` or a fine-tuning ``top1``, as fractions).
+A pre-training run (``metrics.jsonl`` records ``kind="train"`` with ``loss``, ``loss_mim``,
+``loss_vis``, ``ete``, ``time`` in seconds, and ``kind="eval"`` monitor records) gets three panels:
+loss vs effective training epochs, loss vs wall-clock time (in s, min or h by the runs' length)
+and accuracy vs ETE, where the monitor's records are lines and the evaluations recorded in the
+run's ``evals.jsonl`` (``dmjd knn``, ``linprobe``, ``finetune`` of its checkpoints) are points. A
+fine-tuning run (eval records with ``top1`` and ``val_loss``) gets its own two panels: top-1 and
+loss (training, validation) vs epochs. Legends sit outside the axes, never on the data.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dmjd.engine.metrics import read_metrics  # noqa: E402
+from dmjd.engine.metrics import EVALS_FILE, read_metrics  # noqa: E402
 
 LOSS_STYLES = {"loss": "-", "loss_mim": "--", "loss_vis": ":"}
+MARKERS = "os^Dv<>p"
+Records = list[dict[str, Any]]
 
 
-def read_run(run_dir: str | Path) -> list[dict[str, Any]]:
+def read_run(run_dir: str | Path) -> Records:
     """The metric records of a run folder.
 
     Raises:
@@ -36,46 +42,81 @@ def read_run(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def _series(records: list[dict[str, Any]], kind: str, x: str, y: str) -> tuple[list[float], list[float]]:
+def read_evals(run_dir: str | Path) -> Records:
+    """The evaluation records of a run folder's ``evals.jsonl`` (none when it has no such file)."""
+    path = Path(run_dir) / EVALS_FILE
+    return read_metrics(path) if path.is_file() else []
+
+
+def is_finetune(records: Records) -> bool:
+    """Whether the records are a fine-tuning run's (its evaluations report ``top1`` and ``val_loss``)."""
+    return any(r.get("kind") == "eval" and "val_loss" in r for r in records)
+
+
+def _series(records: Records, kind: str, x: str, y: str) -> tuple[list[float], list[float]]:
     """``(x, y)`` of the records of one kind that have both keys as numbers."""
     pts = [(r[x], r[y]) for r in records if r.get("kind") == kind and isinstance(r.get(x), (int, float))
            and isinstance(r.get(y), (int, float))]  # fmt: skip
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def accuracy_keys(records: list[dict[str, Any]]) -> list[str]:
+def accuracy_keys(records: Records) -> list[str]:
     """The accuracy metrics (keys ending in ``top1``) present in a run's eval records."""
     return sorted({k for r in records if r.get("kind") == "eval" for k in r if k.endswith("top1")})
 
 
-def run_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The last value of each curve of a run: loss terms, ETE, wall time and accuracies."""
+def evaluation_points(evals: Records) -> dict[str, tuple[list[float], list[float]]]:
+    """``label -> (ETE, accuracy)`` of the recorded evaluations, one label per metric and protocol."""
+    points: dict[str, tuple[list[float], list[float]]] = {}
+    for record in evals:
+        if not isinstance(record.get("ete"), (int, float)):
+            continue
+        for key, value in record.items():
+            if key.endswith("top1") and isinstance(value, (int, float)):
+                label = f"{key} ({record['protocol']})" if record.get("protocol") else key
+                xs, ys = points.setdefault(label, ([], []))
+                xs.append(record["ete"])
+                ys.append(value)
+    return points
+
+
+def run_summary(records: Records, evals: Records | None = None) -> dict[str, Any]:
+    """The last value of each curve of a run: loss terms, ETE, wall time, accuracies, and the last
+    result of each recorded evaluation."""
     summary: dict[str, Any] = {}
     for key in (*LOSS_STYLES, "ete", "time"):
         _, ys = _series(records, "train", "step", key)
         if ys:
             summary[f"final_{key}"] = ys[-1]
-    for key in accuracy_keys(records):
+    for key in accuracy_keys(records) + ["val_loss"]:
         _, ys = _series(records, "eval", "epoch", key)
         if ys:
             summary[key] = ys[-1]
+    for label, (_, ys) in evaluation_points(evals or []).items():
+        summary[f"evaluation {label}"] = ys[-1]
     return summary
 
 
-def save_curves_figure(run_dirs: Sequence[str | Path], path: str | Path, labels: Sequence[str] | None = None) -> Path:
-    """One PNG, three panels: loss vs ETE, loss vs wall-clock time, accuracy vs epochs.
+def time_unit(seconds: float) -> tuple[str, float]:
+    """The unit of a time axis spanning ``seconds``: ``(name, seconds per unit)`` -- s below 2 min,
+    min below 2 h, else h."""
+    if seconds < 120:
+        return "s", 1.0
+    return ("min", 60.0) if seconds < 7200 else ("h", 3600.0)
 
-    Raises:
-        ValueError: a folder without metrics, or ``labels`` of another length than ``run_dirs``.
-    """
-    if labels is not None and len(labels) != len(run_dirs):
-        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
-    names = list(labels) if labels is not None else [Path(d).resolve().name for d in run_dirs]
-    runs = [read_run(d) for d in run_dirs]
-    fig, (ax_ete, ax_time, ax_acc) = plt.subplots(1, 3, figsize=(14, 4))
+
+def _legend(ax: plt.Axes) -> None:
+    """The legend below the axes, outside the data."""
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+
+
+def _draw_pretraining(axes: Sequence[plt.Axes], runs: list[tuple[str, Records, Records]], unit: tuple[str, float]) -> None:
+    ax_ete, ax_time, ax_acc = axes
     colors = plt.get_cmap("tab10")
     any_acc = False
-    for i, (name, records) in enumerate(zip(names, runs, strict=True)):
+    for i, (name, records, evals) in enumerate(runs):
         color = colors(i % 10)
         for key, style in LOSS_STYLES.items():
             label = name if key == "loss" else f"{name} {key}"
@@ -84,24 +125,68 @@ def save_curves_figure(run_dirs: Sequence[str | Path], path: str | Path, labels:
                 ax_ete.plot(xs, ys, style, color=color, label=label)
             seconds, ys = _series(records, "train", "time", key)
             if seconds:
-                ax_time.plot([s / 3600 for s in seconds], ys, style, color=color, label=label)
+                ax_time.plot([s / unit[1] for s in seconds], ys, style, color=color, label=label)
         for j, key in enumerate(accuracy_keys(records)):
-            xs, ys = _series(records, "eval", "epoch", key)
+            xs, ys = _series(records, "eval", "ete", key)
             if xs:
-                ax_acc.plot(xs, [100 * y for y in ys], "os^Dv"[j % 5] + "-", ms=3, color=color, label=f"{name} {key}")
+                ax_acc.plot(xs, [100 * y for y in ys], MARKERS[j % 8] + "-", ms=3, color=color, label=f"{name} {key}")
                 any_acc = True
-    ax_ete.set(xlabel="ETE (effective training epochs)", ylabel="loss", title="loss vs ETE")
-    ax_time.set(xlabel="wall-clock time (hours)", ylabel="loss", title="loss vs time")
-    ax_acc.set(xlabel="epochs", ylabel="top-1 (%)", title="probe / validation accuracy")
+        for j, (label, (xs, ys)) in enumerate(evaluation_points(evals).items()):
+            ax_acc.plot(xs, [100 * y for y in ys], MARKERS[j % 8], ms=7, mfc="none", color=color, label=f"{name} {label}")
+            any_acc = True
+    ax_ete.set(xlabel="effective training epochs (ETE = K x epochs)", ylabel="loss", title="Pre-training loss vs ETE")
+    ax_time.set(xlabel=f"wall-clock time ({unit[0]})", ylabel="loss", title="Pre-training loss vs time")
+    ax_acc.set(xlabel="effective training epochs (ETE)", ylabel="top-1 (%)",
+               title="Accuracy: monitor (lines), evaluations (points)")  # fmt: skip
     if not any_acc:
-        ax_acc.text(0.5, 0.5, "no accuracy logged", ha="center", va="center", transform=ax_acc.transAxes)
-    for ax in (ax_ete, ax_time, ax_acc):
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        ax_acc.text(0.5, 0.5, "no accuracy recorded\n(monitor.interval, dmjd knn / linprobe)", ha="center",
+                    va="center", transform=ax_acc.transAxes)  # fmt: skip
+
+
+def _draw_finetuning(axes: Sequence[plt.Axes], runs: list[tuple[str, Records, Records]]) -> None:
+    ax_acc, ax_loss = axes
+    colors = plt.get_cmap("tab10")
+    for i, (name, records, _) in enumerate(runs):
+        color = colors(i % 10)
+        xs, ys = _series(records, "eval", "epoch", "top1")
+        ax_acc.plot(xs, [100 * y for y in ys], "o-", ms=3, color=color, label=name)
+        xs, ys = _series(records, "epoch", "epoch", "loss")
+        ax_loss.plot([x + 1 for x in xs], ys, "-", color=color, label=f"{name} training")
+        xs, ys = _series(records, "eval", "epoch", "val_loss")
+        ax_loss.plot(xs, ys, "--", color=color, label=f"{name} validation")
+    ax_acc.set(xlabel="epochs", ylabel="top-1 (%)", title="Fine-tuning: validation top-1")
+    ax_loss.set(xlabel="epochs", ylabel="cross-entropy", title="Fine-tuning: loss")
+
+
+def save_curves_figure(run_dirs: Sequence[str | Path], path: str | Path, labels: Sequence[str] | None = None) -> Path:
+    """One PNG: a row of pre-training panels (loss vs ETE, loss vs time, accuracy vs ETE) when
+    any run pre-trains, a row of fine-tuning panels (top-1, loss vs epochs) when any fine-tunes.
+
+    Raises:
+        ValueError: a folder without metrics, or ``labels`` of another length than ``run_dirs``.
+    """
+    if labels is not None and len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
+    names = list(labels) if labels is not None else [Path(d).resolve().name for d in run_dirs]
+    runs = [(name, read_run(d), read_evals(d)) for name, d in zip(names, run_dirs, strict=True)]
+    pretraining = [run for run in runs if not is_finetune(run[1])]
+    finetuning = [run for run in runs if is_finetune(run[1])]
+    rows = [row for row in (pretraining, finetuning) if row]
+    fig, grid = plt.subplots(len(rows), 3, figsize=(15, 4.8 * len(rows)), squeeze=False)
+    row = 0
+    if pretraining:
+        longest = max((r.get("time", 0) for _, records, _ in pretraining for r in records), default=0)
+        _draw_pretraining(grid[row], pretraining, time_unit(float(longest)))
+        row += 1
+    if finetuning:
+        _draw_finetuning(grid[row][:2], finetuning)
+        grid[row][2].set_axis_off()
+    for ax in grid.flat:
+        if ax.axison:
+            _legend(ax)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
