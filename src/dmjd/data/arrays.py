@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from PIL import Image, UnidentifiedImageError
 
 from dmjd.data.datasets import ArrayImages, DataError, ImageFiles, TorchvisionImages, build_dataset, cache_dir
 from dmjd.data.transforms import to_mode
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,8 @@ def _decode(path: Path, size: int, in_chans: int) -> np.ndarray | None:
             img = img.resize((nw, nh), Image.BICUBIC)
             left, top = (nw - size) // 2, (nh - size) // 2
             arr = np.asarray(img.crop((left, top, left + size, top + size)))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        LOG.warning("skipping unreadable image %s: %s", path, err)
         return None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 

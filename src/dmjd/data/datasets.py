@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -226,11 +226,14 @@ def dataset_classes(dataset: Dataset) -> tuple[str, ...]:
     return tuple(dataset.classes)  # type: ignore[attr-defined]
 
 
-def describe_data(name: str, path: str | None, split: str, count: int, classes: tuple[str, ...]) -> str:
+def describe_data(
+    name: str, path: str | None, split: str, count: int, num_classes: int, class_names: Sequence[str] = ()
+) -> str:
     """One start-up line: the data set, where it is read from, its split, image count and classes."""
     where = "the packaged Fashion-MNIST sample" if name == "embedded" else (path or f"the {name} default location")
-    labels = f"{len(classes)} classes ({', '.join(classes[:4])}{', ...' if len(classes) > 4 else ''})"
-    return f"data {name} from {where}, {split} split: {count:,} images, {labels if classes else 'no labels'}"
+    names = f" ({', '.join(class_names[:4])}{', ...' if len(class_names) > 4 else ''})" if class_names else ""
+    labels = f"{num_classes} classes{names}" if num_classes else "no labels"
+    return f"data {name} from {where}, {split} split: {count:,} images, {labels}"
 
 
 def build_dataset(

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
+from dmjd.data.datasets import DataError
+
 
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> Tensor:
     """The order of epoch ``epoch``: one CPU permutation drawn from ``(seed, epoch)``."""
@@ -27,7 +29,7 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     The last incomplete global batch is dropped.
 
     Raises:
-        ValueError: the data set is smaller than one global batch.
+        DataError: the data set is smaller than one global batch.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
@@ -35,7 +37,7 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         self.rank, self.world_size = rank, world_size
         self.global_batch = batch_size * world_size
         if num_samples < self.global_batch:
-            raise ValueError(
+            raise DataError(
                 f"the data set has {num_samples} images, fewer than one global batch of "
                 f"{self.global_batch} (optim.batch_size={batch_size} x {world_size} processes); "
                 "lower optim.batch_size or use more data"

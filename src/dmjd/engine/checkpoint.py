@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import pickle
 import re
@@ -53,7 +52,6 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-@functools.cache
 def file_mode() -> int:
     """The mode a new file gets from the process umask (0644 under the usual umask 022)."""
     umask = os.umask(0)

@@ -6,12 +6,11 @@ A folder holds a run once it holds a checkpoint. Files a start leaves before its
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from dmjd.engine import checkpoint as ckpt
-from dmjd.engine.metrics import EVALS_FILE
+from dmjd.engine.metrics import EVALS_FILE, read_metrics
 from dmjd.errors import InputError
 
 RUN_FILES = (
@@ -50,16 +49,10 @@ def check_writable(folder: str | Path) -> Path:
 def evaluation_files(folder: Path) -> list[Path]:
     """The files the evaluations recorded in ``folder/evals.jsonl`` wrote inside ``folder``."""
     log = folder / EVALS_FILE
-    if not log.is_file():
-        return []
-    root, files = folder.resolve(), []
-    for line in log.read_text().splitlines():
-        record = json.loads(line) if line.strip() else {}
-        for name in record.get("files", []):
-            path = (folder / name).resolve()
-            if path != root and path.is_relative_to(root):
-                files.append(path)
-    return files
+    root = folder.resolve()
+    records = read_metrics(log) if log.is_file() else []
+    paths = [(folder / name).resolve() for record in records for name in record.get("files", [])]
+    return [path for path in paths if path != root and path.is_relative_to(root)]
 
 
 def clear_run(folder: str | Path) -> None:

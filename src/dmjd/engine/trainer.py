@@ -374,7 +374,8 @@ class Pretrainer:
                 if self.logger is not None:
                     images_per_s = (self.state.opt_step - steps_before) * self.unique_batch / (time.perf_counter() - epoch_start)
                     bad = self.state.bad_images - bad_before
-                    self.logger.print(progress_line(last, cfg.optim.epochs, images_per_s=images_per_s, bad_images=bad))
+                    epoch_record = {**last, "kind": "epoch"}
+                    self.logger.print(progress_line(epoch_record, cfg.optim.epochs, images_per_s=images_per_s, bad_images=bad))
                 if on_epoch_end is not None:
                     start += self._evaluate(on_epoch_end)
                 barrier(self.dist)

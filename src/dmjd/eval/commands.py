@@ -198,13 +198,14 @@ def load_source(args: argparse.Namespace, default_sub: str | None = None) -> Sou
 def labelled_source_splits(src: Source, train_tf: Any, test_tf: Any, max_images: int | None) -> tuple[Dataset, Dataset]:
     """The labelled train and test splits of the source's data set, each described in a start-up line."""
     from dmjd.data.datasets import dataset_classes, describe_data
-    from dmjd.eval.features import labelled_splits
+    from dmjd.eval.features import labelled_splits, num_classes
 
     data = src.cfg.data
     splits = labelled_splits(data.name, data.path, train_tf, test_tf, data.download, max_images)
     if src.is_main:
         for split, ds in zip(("train", "test"), splits, strict=True):
-            print(f"dmjd: {describe_data(data.name, data.path, split, len(ds), dataset_classes(ds))}", flush=True)
+            line = describe_data(data.name, data.path, split, len(ds), num_classes(ds), dataset_classes(ds))
+            print(f"dmjd: {line}", flush=True)
     return splits
 
 

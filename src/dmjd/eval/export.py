@@ -14,6 +14,7 @@ loads) and the metadata ``{"arch": "convit", "arch_kwargs": JSON}``; its snippet
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import nn
 
+from dmjd.engine.checkpoint import file_mode
 from dmjd.eval.loading import InputSpec
 from dmjd.models.convit import ConViT
 
@@ -107,6 +109,8 @@ def export_encoder(encoder: nn.Module, path: str | Path, spec: InputSpec) -> Exp
             so that ``timm.data.resolve_data_config(model=...)`` gives the right size and
             normalisation, for a ConViT in the file's ``input_spec`` metadata.
 
+    The file gets the mode of any new file (0644 under the usual umask).
+
     Raises:
         ValueError: ``path`` does not end in ``.safetensors``, or the encoder is neither a ViT nor a ConViT.
     """
@@ -123,6 +127,7 @@ def export_encoder(encoder: nn.Module, path: str | Path, spec: InputSpec) -> Exp
     weights = {key: value.detach().cpu().contiguous() for key, value in encoder.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(path), metadata=metadata)
+    os.chmod(path, file_mode())  # safetensors creates it 0600; exports are to be shared
     if arch == "convit":
         return ExportedEncoder(path.resolve(), name, kwargs, {}, arch)
     overlay = {

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -158,9 +159,12 @@ def _draw_finetuning(axes: Sequence[plt.Axes], runs: list[tuple[str, Records, Re
     ax_loss.set(xlabel="epochs", ylabel="cross-entropy", title="Fine-tuning: loss")
 
 
-def save_curves_figure(run_dirs: Sequence[str | Path], path: str | Path, labels: Sequence[str] | None = None) -> Path:
-    """One PNG: a row of pre-training panels (loss vs ETE, loss vs time, accuracy vs ETE) when
-    any run pre-trains, a row of fine-tuning panels (top-1, loss vs epochs) when any fine-tunes.
+def curves_figure(
+    run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None
+) -> matplotlib.figure.Figure:
+    """The curves figure: a row of pre-training panels (loss vs ETE, loss vs time, accuracy vs
+    ETE) when any run pre-trains, a row of fine-tuning panels (top-1, loss vs epochs) when any
+    fine-tunes.
 
     Raises:
         ValueError: a folder without metrics, or ``labels`` of another length than ``run_dirs``.
@@ -173,18 +177,26 @@ def save_curves_figure(run_dirs: Sequence[str | Path], path: str | Path, labels:
     finetuning = [run for run in runs if is_finetune(run[1])]
     rows = [row for row in (pretraining, finetuning) if row]
     fig, grid = plt.subplots(len(rows), 3, figsize=(15, 4.8 * len(rows)), squeeze=False)
-    row = 0
     if pretraining:
         longest = max((r.get("time", 0) for _, records, _ in pretraining for r in records), default=0)
-        _draw_pretraining(grid[row], pretraining, time_unit(float(longest)))
-        row += 1
+        _draw_pretraining(grid[0], pretraining, time_unit(float(longest)))
     if finetuning:
-        _draw_finetuning(grid[row][:2], finetuning)
-        grid[row][2].set_axis_off()
+        _draw_finetuning(grid[-1][:2], finetuning)
+        grid[-1][2].set_axis_off()
     for ax in grid.flat:
         if ax.axison:
             _legend(ax)
     fig.tight_layout()
+    return fig
+
+
+def save_curves_figure(run_dirs: Sequence[str | Path], path: str | Path, labels: Sequence[str] | None = None) -> Path:
+    """``curves_figure`` of the runs as a PNG at ``path``.
+
+    Raises:
+        ValueError: as ``curves_figure``.
+    """
+    fig = curves_figure(run_dirs, labels)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")

@@ -96,6 +96,19 @@ def draw_hog(ax: plt.Axes, cells: np.ndarray, title: str) -> None:
     ax.set_title(title, fontsize=7)
 
 
+def describe_masking(masking: DisjointMasking) -> str:
+    """The masking in words, e.g. ``K=2 disjoint views, 40 of 64 tokens masked each, block 2x2,
+    64 of 64 predicted in all``."""
+    total = masking.grid_size[0] * masking.grid_size[1]
+    pattern = f"block {masking.block_size}x{masking.block_size}" if masking.pattern == "block" else masking.pattern
+    if masking.num_views == 1:
+        return f"K=1 view, {masking.num_masked} of {total} tokens masked, {pattern}"
+    return (
+        f"K={masking.num_views} disjoint views, {masking.num_masked} of {total} tokens masked each, {pattern}, "
+        f"{masking.num_predicted} of {total} predicted in all"
+    )
+
+
 def can_draw(target: Target) -> bool:
     """Reconstructions can be drawn for pixel and HOG targets (not for token ids or teacher features)."""
     return isinstance(target, (PixelTarget, HOGTarget))
@@ -151,7 +164,7 @@ def save_reconstruction_figure(
         if getattr(target, "norm_pix", False)
         else ("HOG predicted at masked cells, target at visible cells" if is_hog else "raw pixel predictions")
     )
-    fig.suptitle(textwrap.fill(f"{masking!r}", 110) + f"\n{note}", fontsize=6)
+    fig.suptitle(textwrap.fill(describe_masking(masking), 110) + f"\n{note}", fontsize=7)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
