@@ -10,10 +10,19 @@ import sys
 from pathlib import Path
 
 from dmjd.bench.presets import PRESETS, SECTION_NAMES
+from dmjd.errors import InputError
 
 
 def _csv(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _sections(text: str) -> list[str]:
+    names = _csv(text)
+    unknown = [name for name in names if name not in SECTION_NAMES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTION_NAMES)}")
+    return names
 
 
 def _seeds(text: str) -> list[int]:
@@ -37,7 +46,7 @@ def register_bench_command(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="machine preset (default cpu)")
     p.add_argument("--output-dir", required=True, help="receives runs/, results.json, report.md and PNG figures")
-    p.add_argument("--sections", type=_csv, default=None,
+    p.add_argument("--sections", type=_sections, default=None,
                    help=f"comma-separated, from {','.join(SECTION_NAMES)} (default: main,profile)")  # fmt: skip
     p.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the preset's)")
     p.add_argument("--data-path", default=None,
@@ -58,7 +67,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     if args.report_only:
         path = out / "results.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist; run the benchmark first")
+            raise InputError(f"{path} does not exist; run the benchmark first")
         results = json.loads(path.read_text())
         results["analysis"] = analyse(results)
         report = write_report(results, out)

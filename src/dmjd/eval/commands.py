@@ -192,6 +192,9 @@ def load_source(args: argparse.Namespace, default_sub: str | None = None) -> Sou
         cfg = config_with_overrides(cfg.model_dump(mode="json"), args.overrides)
         spec, name = InputSpec.from_config(cfg), {"checkpoint": str(args.checkpoint)}
     pool = getattr(args, "pool", None) or default_pool(encoder)
+    fits = {"cls": getattr(encoder, "cls_token", None) is not None, "avg_fc_norm": hasattr(encoder, "forward_unfused")}
+    if not fits.get(pool, True):
+        raise InputError(f"--pool {pool} does not fit this encoder ({type(encoder).__name__}); use --pool avg")
     return Source(encoder, spec, cfg, out, run_dir, device, name, pool, position, info.is_main)
 
 
@@ -378,7 +381,7 @@ def _run_visualize(args: argparse.Namespace) -> int:
     from dmjd.engine.checkpoint import PRETRAINING, load_checkpoint
     from dmjd.engine.trainer import resolve_device
     from dmjd.eval.loading import InputSpec, checkpoint_position, config_with_overrides, dmjd_model_from_state
-    from dmjd.eval.visualize import save_reconstruction_figure
+    from dmjd.eval.visualize import can_draw, save_reconstruction_figure
 
     out, run_dir = writable_output(args)
     device = resolve_device(args.device)
@@ -386,12 +389,15 @@ def _run_visualize(args: argparse.Namespace) -> int:
     model, cfg = dmjd_model_from_state(state, args.checkpoint, device)
     position = checkpoint_position(state, cfg)
     cfg = config_with_overrides(cfg.model_dump(mode="json"), args.overrides)
-    spec = InputSpec.from_config(cfg)
+    spec, target = InputSpec.from_config(cfg), build_target(cfg).to(device)
+    if not can_draw(target):
+        raise InputError(f"{args.checkpoint} regresses {cfg.target.name} targets, which have no picture; "
+                         "visualize draws pixel and HOG targets")  # fmt: skip
     split = "train" if cfg.data.name == "imagefolder" else "test"
     ds = build_dataset(cfg.data.name, split, eval_transform(spec.img_size, spec.in_chans), cfg.data.path, cfg.data.download)
     images = torch.stack([ds[i][0] for i in range(min(args.num_images, len(ds)))]).to(device)
     figure = save_reconstruction_figure(
-        model, build_target(cfg).to(device), build_masking(cfg), Normalize(spec.mean, spec.std).to(device),
+        model, target, build_masking(cfg), Normalize(spec.mean, spec.std).to(device),
         images, out / "visualize.png", seed=args.seed,
     )  # fmt: skip
     result = {"kind": "visualize", "figure": str(figure), "checkpoint": str(args.checkpoint), "images": len(images)}

@@ -47,6 +47,7 @@ from dmjd.engine.metrics import MetricsLogger, progress_line
 from dmjd.engine.optim import lr_at, set_lr
 from dmjd.engine.run_dir import prepare_output_dir
 from dmjd.engine.trainer import NonFiniteLossError, autocast_dtype, seed_everything
+from dmjd.errors import InputError
 from dmjd.eval.loading import InputSpec
 from dmjd.eval.settings import FinetuneSettings
 from dmjd.models.convit import ConViT
@@ -126,12 +127,12 @@ def classifier_kwargs(encoder: nn.Module, num_classes: int, settings: FinetuneSe
     ..., ...}`` (average pooling only: it has no class token).
 
     Raises:
-        ValueError: an encoder that is neither a dmjd ViT (``timm_kwargs``) nor a ConViT, or
-            ``global_pool="token"`` for a ConViT.
+        ValueError: an encoder that is neither a dmjd ViT (``timm_kwargs``) nor a ConViT.
+        InputError: ``global_pool="token"`` for a ConViT.
     """
     if isinstance(encoder, ConViT):
         if settings.global_pool != "avg":
-            raise ValueError("a ConViT has no class token: fine-tune it with global_pool='avg'")
+            raise InputError("a ConViT has no class token: fine-tune it with global_pool='avg'")
         return {"arch": "convit", "arch_kwargs": encoder.arch_kwargs(), "num_classes": num_classes,
                 "drop_path_rate": settings.drop_path}  # fmt: skip
     if not hasattr(encoder, "timm_kwargs"):
@@ -246,8 +247,8 @@ class Finetuner:
     Raises:
         OutputDirError: ``output_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set.
         CheckpointError: the resumed checkpoint is not a fine-tuning checkpoint of this model.
-        ValueError: the training split is smaller than one global batch, or the encoder is
-            neither a ViT nor a ConViT.
+        InputError: the training split is smaller than one global batch.
+        ValueError: the encoder is neither a ViT nor a ConViT.
     """
 
     def __init__(
@@ -276,7 +277,7 @@ class Finetuner:
         self.global_batch = settings.batch_size * world
         self.steps_per_epoch = n_train // self.global_batch
         if self.steps_per_epoch < 1:
-            raise ValueError(
+            raise InputError(
                 f"{n_train} training images are fewer than one global batch of {self.global_batch} "
                 f"(batch_size {settings.batch_size} x {world} processes)"
             )

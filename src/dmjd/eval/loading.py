@@ -19,6 +19,7 @@ from dmjd.config import Config, ConfigError, config_from_dict
 from dmjd.config.loading import apply_override, parse_override
 from dmjd.engine.checkpoint import PRETRAINING, CheckpointError, load_checkpoint
 from dmjd.engine.builders import build_dmjd_model, build_target, mean_std
+from dmjd.errors import InputError
 from dmjd.models import DMJDModel, create_encoder, encoder_state_dict
 
 
@@ -155,11 +156,11 @@ def load_timm_encoder(name: str, pretrained: bool = True, device: str | torch.de
     """A timm model without classifier (``num_classes=0``), in eval mode, to compare against.
 
     Raises:
-        ValueError: unknown model name.
+        InputError: unknown model name.
         CheckpointError: its pre-trained weights cannot be obtained (e.g. offline).
     """
     if not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r}; list them with timm.list_models('vit_*')")
+        raise InputError(f"unknown timm model {name!r}; list them with timm.list_models('vit_*')")
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=0)
     except (RuntimeError, OSError) as err:

@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from dmjd.engine.metrics import EVALS_FILE, read_metrics  # noqa: E402
+from dmjd.errors import InputError  # noqa: E402
 
 LOSS_STYLES = {"loss": "-", "loss_mim": "--", "loss_vis": ":"}
 MARKERS = "os^Dv<>p"
@@ -32,14 +33,14 @@ def read_run(run_dir: str | Path) -> Records:
     """The metric records of a run folder.
 
     Raises:
-        ValueError: the folder has no ``metrics.jsonl`` or it holds no records.
+        InputError: the folder has no ``metrics.jsonl`` or it holds no records.
     """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise ValueError(f"{run_dir} has no metrics.jsonl; pass run folders written by dmjd pretrain/finetune")
+        raise InputError(f"{run_dir} has no metrics.jsonl; pass run folders written by dmjd pretrain/finetune")
     records = read_metrics(path)
     if not records:
-        raise ValueError(f"{path} holds no metric records")
+        raise InputError(f"{path} holds no metric records")
     return records
 
 
@@ -167,10 +168,10 @@ def curves_figure(
     fine-tunes.
 
     Raises:
-        ValueError: a folder without metrics, or ``labels`` of another length than ``run_dirs``.
+        InputError: a folder without metrics, or ``labels`` of another length than ``run_dirs``.
     """
     if labels is not None and len(labels) != len(run_dirs):
-        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
+        raise InputError(f"{len(labels)} labels for {len(run_dirs)} runs")
     names = list(labels) if labels is not None else [Path(d).resolve().name for d in run_dirs]
     runs = [(name, read_run(d), read_evals(d)) for name, d in zip(names, run_dirs, strict=True)]
     pretraining = [run for run in runs if not is_finetune(run[1])]
@@ -194,7 +195,7 @@ def save_curves_figure(run_dirs: Sequence[str | Path], path: str | Path, labels:
     """``curves_figure`` of the runs as a PNG at ``path``.
 
     Raises:
-        ValueError: as ``curves_figure``.
+        InputError: as ``curves_figure``.
     """
     fig = curves_figure(run_dirs, labels)
     path = Path(path)
