@@ -49,8 +49,9 @@ def _stop_after_first_epoch(trainer):
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
-    cfg = tiny_config("optim.epochs=3")
+@pytest.mark.parametrize("pipeline", ["device", "loader"])
+def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path, pipeline):
+    cfg = tiny_config("optim.epochs=3", f"data.pipeline={pipeline}")
     full = Pretrainer(cfg, tmp_path / "full").fit()
     with pytest.raises(TrainingInterrupted, match="SIGTERM"):
         Pretrainer(cfg, tmp_path / "cut").fit(on_epoch_end=_stop_after_first_epoch)

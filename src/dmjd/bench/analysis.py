@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import t as t_dist
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,8 @@ class Stats:
         min, max: range of the defined values.
         n: number of defined values; total: number of seeds (undefined ones are e.g. a speed-up
             of a variant that never reached the level).
+        ci95: half-width of the 95 % confidence interval of the mean (Student's t with n - 1
+            degrees of freedom), None with fewer than two values.
     """
 
     mean: float | None
@@ -125,6 +128,7 @@ class Stats:
     max: float | None
     n: int
     total: int
+    ci95: float | None = None
 
 
 def aggregate(values: Sequence[float | None]) -> Stats:
@@ -133,7 +137,10 @@ def aggregate(values: Sequence[float | None]) -> Stats:
     if defined.size == 0:
         return Stats(None, None, None, None, 0, len(values))
     std = float(defined.std(ddof=1)) if defined.size > 1 else None
-    return Stats(float(defined.mean()), std, float(defined.min()), float(defined.max()), int(defined.size), len(values))
+    ci = float(t_dist.ppf(0.975, defined.size - 1) * std / math.sqrt(defined.size)) if std is not None else None
+    return Stats(
+        float(defined.mean()), std, float(defined.min()), float(defined.max()), int(defined.size), len(values), ci
+    )
 
 
 def mean_curve(curves: Sequence[Curve], grid: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

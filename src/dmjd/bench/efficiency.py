@@ -23,6 +23,7 @@ import json
 import math
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -167,8 +168,29 @@ def calibrate(cfg: Config, seconds: float, workdir: Path) -> Calibration:
     return Calibration(steps_per_s=summary["steps"] / max(summary["time_s"], 1e-9), steps_per_epoch=steps_per_epoch)
 
 
-def train_run(cfg: Config, run_dir: Path, evaluator: EpochEvaluator) -> dict[str, Any]:
-    """Pre-train one configuration with evaluations; returns its summary and evaluation points.
+class EndOfRunFinetune:
+    """Fine-tunes a run's final encoder on the monitor's cached labelled splits
+    (``dmjd.eval.quick_finetune``) and returns the test top-1; None when the splits are not cached."""
+
+    def __init__(self, monitor: Monitor, epochs: int) -> None:
+        self.monitor, self.epochs = monitor, epochs
+
+    def __call__(self, encoder: nn.Module, amp_dtype: torch.dtype | None, seed: int) -> float | None:
+        cache = getattr(self.monitor, "cache", None)
+        if not self.epochs or cache is None:
+            return None
+        from dmjd.eval.quick_finetune import quick_finetune_top1
+
+        train, test = cache
+        return quick_finetune_top1(encoder, train, test, self.monitor.normalize, epochs=self.epochs,
+                                   pool=self.monitor.pool, amp_dtype=amp_dtype, seed=seed)  # fmt: skip
+
+
+def train_run(
+    cfg: Config, run_dir: Path, evaluator: EpochEvaluator, finetune: EndOfRunFinetune | None = None
+) -> dict[str, Any]:
+    """Pre-train one configuration with evaluations; returns its summary and evaluation points,
+    and the end-of-run fine-tuning accuracy when ``finetune`` is given.
 
     The folder keeps ``metrics.jsonl``, ``config.yaml`` and ``summary.json``; checkpoints are
     deleted. A run stopped by non-finite losses is reported with its error and the points it made.
@@ -196,6 +218,10 @@ def train_run(cfg: Config, run_dir: Path, evaluator: EpochEvaluator) -> dict[str
         "peak_lr": trainer.peak_lr,
         "error": error,
     }
+    if finetune is not None:
+        start = time.perf_counter()
+        record["finetune_top1"] = finetune(trainer.model.encoder, trainer.amp_dtype, cfg.train.seed)
+        record["finetune_s"] = time.perf_counter() - start
     del trainer
     release_device_memory()
     return record
@@ -251,9 +277,25 @@ def plan_runs(
     return runs, comparisons
 
 
-def build_monitor(cfg: Config, eval_images: int | None) -> OnlineMonitor:
+def build_monitor(cfg: Config, eval_images: int | None, pool: str | None = None) -> OnlineMonitor:
     """The kNN + linear-probe evaluator on the labelled splits of the runs' data set."""
-    return OnlineMonitor.from_config(cfg, max_images=eval_images, device=resolve_device(cfg.train.device))
+    monitor = OnlineMonitor.from_config(cfg, max_images=eval_images, device=resolve_device(cfg.train.device))
+    monitor.pool = pool  # type: ignore[assignment]
+    return monitor
+
+
+def baselines(cfg: Config, monitor: Monitor, finetune: EndOfRunFinetune) -> dict[str, Any]:
+    """What pre-training must beat: the probes on raw pixels, and fine-tuning from the untrained
+    encoder (the first run's initialisation) with the same recipe."""
+    out: dict[str, Any] = {}
+    if hasattr(monitor, "raw_pixels"):
+        out["raw_pixels"] = monitor.raw_pixels()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Pretrainer(cfg, tmp, overwrite=True)
+        out["untrained_finetune_top1"] = finetune(trainer.model.encoder, trainer.amp_dtype, cfg.train.seed)
+        del trainer
+    release_device_memory()
+    return out
 
 
 @contextmanager
@@ -344,13 +386,16 @@ def run_efficiency(
             "runs": {},
         }
         if runs:
-            monitor = monitor or build_monitor(runs[0].cfg, preset.eval_images)
+            monitor = monitor or build_monitor(runs[0].cfg, preset.eval_images, preset.pool)
+            finetune = EndOfRunFinetune(monitor, preset.finetune_epochs)
             results["evaluation"] = {
                 "images_per_split": preset.eval_images,
                 "knn_k": getattr(monitor, "k", None),
                 "pool": getattr(monitor, "pool", None),
+                "finetune_epochs": preset.finetune_epochs,
             }
-            _train_all(runs, preset, budget, monitor, out, results)
+            results["baselines"] = baselines(runs[0].cfg, monitor, finetune)
+            _train_all(runs, preset, budget, monitor, finetune, out, results)
         if "profile" in sections:
             work = out / "profile-work"
             results["profile"] = profile_configs(profiled, work, preset.profile_steps, preset.profile_warmup)
@@ -382,8 +427,9 @@ def calibrate_all(runs: Sequence[PlannedRun], seconds: float, workdir: Path) -> 
 
 
 def _train_all(
-    runs: list[PlannedRun], preset: BenchPreset, budget: float, monitor: Monitor, out: Path, results: dict[str, Any]
-) -> None:
+    runs: list[PlannedRun], preset: BenchPreset, budget: float, monitor: Monitor, finetune: EndOfRunFinetune,
+    out: Path, results: dict[str, Any],
+) -> None:  # fmt: skip
     """Calibrate each distinct configuration, then train every run; save the results after each."""
     calibrations = calibrate_all(runs, preset.calibrate_s, out / "calibration-work")
     for i, run in enumerate(runs, 1):
@@ -393,7 +439,7 @@ def _train_all(
         print(f"bench: [{i}/{len(runs)}] {run.label} seed {run.seed}: {epochs} epochs in {budget:g} s, "
               f"evaluation every {every}", flush=True)  # fmt: skip
         cfg = with_schedule(run.cfg, epochs, preset.warmup_fraction)
-        record = train_run(cfg, out / "runs" / run.key, EpochEvaluator(monitor, every))
+        record = train_run(cfg, out / "runs" / run.key, EpochEvaluator(monitor, every), finetune)
         results["runs"][run.key] = {
             "label": run.label,
             "seed": run.seed,
@@ -455,6 +501,7 @@ def analyse_comparison(results: dict[str, Any], name: str) -> dict[str, Any]:
             ete_speeds = {s: speedup(base_ete[s], ete_curves[s]) for s in seeds}
             table[v["label"]] = {
                 "at_time": asdict(aggregate([value_at(c, budget) for c in time_curves.values()])),
+                "at_time_by_seed": {s: value_at(c, budget) for s, c in time_curves.items()},
                 "at_ete": asdict(aggregate([value_at(c, equal_ete) for c in ete_curves.values()])),
                 "start": asdict(aggregate([c.y[0] for c in time_curves.values()])),
                 "final": asdict(aggregate([c.final for c in time_curves.values()])),
@@ -480,6 +527,7 @@ def analyse_comparison(results: dict[str, Any], name: str) -> dict[str, Any]:
             "pred_ratio": rs[0]["pred_ratio"] if rs else None,
             "peak_lr": rs[0]["peak_lr"] if rs else None,
             "errors": [r["error"] for r in rs if r.get("error")],
+            "finetune": asdict(aggregate([r.get("finetune_top1") for r in rs])),
         }
     return {"equal_time_s": budget, "equal_ete": equal_ete, "metrics": metrics, "runs": runs_info}
 

@@ -7,6 +7,7 @@ produced it.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import platform
 import subprocess
@@ -81,3 +82,13 @@ def release_device_memory() -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         gc.collect()
         torch.cuda.empty_cache()
+
+
+def publish(result: dict, table: str, output: str | None) -> None:
+    """Print a benchmark's markdown table and, with ``output``, write ``OUTPUT.json`` and ``OUTPUT.md``."""
+    print(table)
+    if output:
+        out = Path(output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        out.with_suffix(".md").write_text(table + "\n")

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from dmjd.bench.environment import release_device_memory
 from dmjd.config import Config
+from dmjd.data import endless
 from dmjd.engine import Pretrainer
 from dmjd.losses import dmjd_loss
 from dmjd.masking import MaskedViews
@@ -52,17 +53,6 @@ class PartTimer:
         self._sync()
         if self.enabled:
             self.seconds[part] += time.perf_counter() - start
-
-
-def _batches(trainer: Pretrainer) -> Iterator[Tensor]:
-    """The trainer's image batches, epoch after epoch, without end."""
-    epoch = 0
-    while True:
-        trainer.dataset.set_epoch(epoch)
-        trainer.sampler.set_epoch(epoch, 0)
-        for images, _labels, _skipped in trainer.loader:
-            yield images
-        epoch += 1
 
 
 def _autocast(trainer: Pretrainer) -> AbstractContextManager:
@@ -149,7 +139,7 @@ def profile_step(cfg: Config, workdir: str | Path, steps: int = 20, warmup: int 
     try:
         trainer = Pretrainer(cfg, workdir, overwrite=True)
         trainer.model.train()
-        batches = _batches(trainer)
+        batches = endless(trainer.batches)
         timer = PartTimer(trainer.device)
         timer.enabled = False
         for i in range(warmup):

@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dmjd.bench.analysis import Curve, mean_curve  # noqa: E402
+from dmjd.bench.analysis import Curve, aggregate, mean_curve  # noqa: E402
 from dmjd.bench.presets import SECTIONS, Claim, Section  # noqa: E402
 
 METRIC_NAMES = {"linprobe_top1": "linear probe", "knn_top1": "kNN"}
@@ -30,14 +30,15 @@ def pct(stats: dict[str, Any]) -> str:
 
 
 def ratio(stats: dict[str, Any], reached: int | None = None) -> str:
-    """``mean ± std x`` of a speed-up, with ``(n/total)`` when it is defined for only some seeds.
+    """``mean x [95 % CI]`` of a speed-up, with ``(n/total)`` when it is defined for only some seeds.
 
     Undefined everywhere means never reached (``reached`` 0), or reached before any training
     because the baseline ended no better than it started.
     """
     if stats["mean"] is None:
         return f"not reached (0/{stats['total']})" if not reached else "undefined (level held before training)"
-    text = f"{stats['mean']:.2f}x" + (f" ± {stats['std']:.2f}" if stats["std"] is not None else "")
+    ci = stats.get("ci95")
+    text = f"{stats['mean']:.2f}x" + (f" [{stats['mean'] - ci:.2f}, {stats['mean'] + ci:.2f}]" if ci is not None else "")
     return text + (f" ({stats['n']}/{stats['total']})" if stats["n"] < stats["total"] else "")
 
 
@@ -106,7 +107,7 @@ def comparison_table(results: dict[str, Any], name: str) -> list[str]:
     head = (
         f"| variant | K | m_pred | scheduled epochs | ETE | train s | linear @ {t:g} s | kNN @ {t:g} s | "
         f"linear @ ETE {e:.1f} | kNN @ ETE {e:.1f} | s to {base} final | speed-up (time) | "
-        f"ETE to {base} final | speed-up (ETE) |"
+        f"ETE to {base} final | speed-up (ETE) | fine-tune |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for variant in results["comparisons"][name]["variants"]:
@@ -119,8 +120,26 @@ def comparison_table(results: dict[str, Any], name: str) -> list[str]:
             f"{number(run['ete'])} | {number(run['time_s'])} | {pct(lin['at_time'])} | {pct(knn['at_time'])} | "
             f"{pct(lin['at_ete'])} | {pct(knn['at_ete'])} | {seconds_to_level(lin['time_to_level'])} | "
             f"{ratio(lin['speedup'], lin['reached'])} | {seconds_to_level(lin['ete_to_level'])} | "
-            f"{ratio(lin['ete_speedup'], lin['reached'])} |"
+            f"{ratio(lin['ete_speedup'], lin['reached'])} | {pct(run.get('finetune', {'mean': None}))} |"
         )
+    return lines
+
+
+def baseline_lines(results: dict[str, Any], name: str) -> list[str]:
+    """The baselines every table is read against: untrained encoder, raw pixels, fine-tuning from scratch."""
+    a = results["analysis"][name]
+    first = results["comparisons"][name]["variants"][0]["label"]
+    lin, knn = a["metrics"][PRIMARY][first]["start"], a["metrics"]["knn_top1"][first]["start"]
+    lines = [f"- Untrained encoder (before training): linear {pct(lin)} %, kNN {pct(knn)} %"]
+    base = results.get("baselines", {})
+    if "raw_pixels" in base:
+        raw = base["raw_pixels"]
+        lines.append(
+            f"- Raw pixels (same splits, same probes): linear {100 * raw.get('linprobe_top1', float('nan')):.1f} %, "
+            f"kNN {100 * raw['knn_top1']:.1f} %"
+        )
+    if base.get("untrained_finetune_top1") is not None:
+        lines.append(f"- Fine-tuning the untrained encoder (same recipe): {100 * base['untrained_finetune_top1']:.1f} %")
     return lines
 
 
@@ -206,10 +225,25 @@ def _paper_check(section: Section, lin: dict[str, Any], labels: Sequence[str]) -
         broken = [f"{b} <= {w}" for w, b in pairs if (w, b) not in held]
         text = f"- Paper order ({section.paper.split(':')[0]}): {len(held)} of {len(pairs)} orderings hold here"
         out.append(text + (f"; NOT matching: {', '.join(broken)}." if broken else "."))
+        out += [ordering_line(w, b, lin) for w, b in pairs]
     for claim in section.claims:
         if claim.label in labels and section.baseline in labels:
             out.append(_claim_line(claim, section.baseline, lin))
     return out
+
+
+def ordering_line(worse: str, better: str, lin: dict[str, Any]) -> str:
+    """One paper ordering at equal time, with the 95 % CI of the seed-paired difference."""
+    a, b = lin[worse]["at_time_by_seed"], lin[better]["at_time_by_seed"]
+    diffs = [100 * (b[s] - a[s]) for s in a if s in b]
+    stats = aggregate(diffs)
+    if stats.mean is None:
+        return f"  - {better} > {worse}: no paired seeds"
+    if stats.ci95 is None:
+        return f"  - {better} > {worse}: {stats.mean:+.1f} points (one seed, no confidence interval)"
+    lo, hi = stats.mean - stats.ci95, stats.mean + stats.ci95
+    verdict = "holds (95 % CI above 0)" if lo > 0 else "REVERSED (95 % CI below 0)" if hi < 0 else "not resolved (CI spans 0)"
+    return f"  - {better} > {worse}: {stats.mean:+.1f} points [{lo:+.1f}, {hi:+.1f}] over {stats.n} seeds: {verdict}"
 
 
 def _claim_line(claim: Claim, base: str, lin: dict[str, Any]) -> str:
@@ -256,7 +290,9 @@ def write_report(results: dict[str, Any], output_dir: str | Path) -> Path:
         f"- Evaluation: weighted kNN (k={ev.get('knn_k')}) and logistic-regression linear probe on frozen "
         f"{ev.get('pool') or 'class-token'} features of {ev.get('images_per_split') or 'all'} images per "
         "labelled split (train / test, seeded subsets); accuracies are top-1 on the test split, "
-        "mean ± std over seeds; ETE = K x epochs",
+        "mean ± std over seeds; speed-ups mean [95 % CI over seeds]; ETE = K x epochs; fine-tune: top-1 after "
+        f"{ev.get('finetune_epochs') or 0} epochs of the small-data recipe (dmjd.eval.quick_finetune) on the "
+        "same train split",
         f"- Common settings (every run): `{' '.join(preset['base'])}`",
         "",
     ]
@@ -265,6 +301,7 @@ def write_report(results: dict[str, Any], output_dir: str | Path) -> Path:
         lines += [f"## {section.title}", "", f"Paper: {section.paper}", ""]
         lines += ["Variant settings (on top of the common ones):", ""]
         lines += [f"- {v.label}: `{' '.join(v.overrides)}`" for v in section.variants]
+        lines += ["", "Baselines:", "", *baseline_lines(results, name)]
         lines += ["", *comparison_table(results, name), ""]
         for x in ("time", "ete"):
             png = plot_comparison(results, name, x, out / f"{name}_{x}.png")

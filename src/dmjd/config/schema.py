@@ -176,6 +176,18 @@ class DataConfig(_Section):
     num_workers: int = Field(4, ge=0)
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    pipeline: Literal["auto", "device", "loader"] = Field(
+        "auto",
+        description="device: the data set sits on the training device as uint8 and is augmented there in "
+        "batches; loader: DataLoader workers; auto: device when the decoded set fits data.device_memory_gb",
+    )
+    device_memory_gb: float | None = Field(
+        None, gt=0, description="memory the device pipeline may use; null = a quarter of the device's (GPU) or RAM (CPU)"
+    )
+    cache_size: int | None = Field(
+        None, ge=8, description="device pipeline: side an ImageFolder is decoded to once; null = model.img_size * 8 / 7"
+    )
+    interpolation: Literal["bicubic", "bilinear"] = Field("bicubic", description="RandomResizedCrop resampling")
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -201,7 +213,10 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1, description="numbered checkpoints kept on disk")
     max_nonfinite_steps: int = Field(20, ge=1, description="stop after this many skipped steps in a row")
     max_time_s: float | None = Field(None, gt=0, description="stop after this much training time (s)")
-    compile: bool = False
+    compile: bool = Field(False, description="torch.compile target + model + loss as one region")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile mode; reduce-overhead adds CUDA graphs (static shapes)"
+    )
     tensorboard: bool = True
     progress: bool = True
 

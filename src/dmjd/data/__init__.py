@@ -10,7 +10,7 @@ from dmjd.data.datasets import (
     embedded_sample,
 )
 from dmjd.data.arrays import ImageArray, estimate_nbytes, load_image_array
-from dmjd.data.pipeline import Batches, DeviceBatches, LoaderBatches, choose_pipeline, device_budget_bytes
+from dmjd.data.pipeline import Batches, DeviceBatches, LoaderBatches, choose_pipeline, device_budget_bytes, endless
 from dmjd.data.resample import random_resized_crop_params, resized_crop
 from dmjd.data.sampler import EpochBatchSampler, epoch_permutation
 from dmjd.data.transforms import Normalize, default_mean_std, eval_transform, pretrain_transform
@@ -23,6 +23,7 @@ __all__ = [
     "LoaderBatches",
     "choose_pipeline",
     "device_budget_bytes",
+    "endless",
     "epoch_permutation",
     "estimate_nbytes",
     "load_image_array",

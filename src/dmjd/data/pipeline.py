@@ -120,6 +120,14 @@ class LoaderBatches:
             yield images.to(self.device, non_blocking=True), int(skipped.sum())
 
 
+def endless(batches: Batches, epoch: int = 0) -> Iterator[Tensor]:
+    """The image batches of ``batches``, epoch after epoch from ``epoch``, without end (benchmarks)."""
+    while True:
+        for images, _bad in batches.epoch(epoch):
+            yield images
+        epoch += 1
+
+
 def device_budget_bytes(device: torch.device, budget_gb: float | None) -> int:
     """The memory the decoded data set may take on ``device``: ``budget_gb`` GiB, else a quarter of
     the device's memory (CUDA) or of the machine's RAM (CPU)."""

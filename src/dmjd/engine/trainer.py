@@ -29,7 +29,21 @@ from tqdm import tqdm
 import dmjd
 from dmjd.config import Config, ConfigError, config_from_dict, config_to_yaml
 from dmjd.config.loading import dotted_items
-from dmjd.data import EpochBatchSampler, Normalize, SeededSamples, build_dataset, pretrain_transform
+from dmjd.data import (
+    Batches,
+    DeviceBatches,
+    EpochBatchSampler,
+    LoaderBatches,
+    Normalize,
+    SeededSamples,
+    build_dataset,
+    choose_pipeline,
+    device_budget_bytes,
+    estimate_nbytes,
+    load_image_array,
+    pretrain_transform,
+)
+from dmjd.data.datasets import dataset_classes, describe_data
 from dmjd.engine import checkpoint as ckpt
 from dmjd.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from dmjd.engine.metrics import MetricsLogger, progress_line, read_metrics, round_floats
@@ -280,28 +294,12 @@ class Pretrainer:
         self.amp_dtype = autocast_dtype(cfg.train.precision, dev)
         self.scaler = torch.amp.GradScaler(dev.type) if self.amp_dtype == torch.float16 else None
 
-        transform = pretrain_transform(cfg.model.img_size, cfg.model.in_chans, tuple(cfg.data.crop_scale), cfg.data.hflip)
-        split = "pretrain" if cfg.data.name == "stl10" else "train"
-        base = build_dataset(cfg.data.name, split, transform, cfg.data.path, cfg.data.download)
-        if cfg.data.limit is not None and cfg.data.limit < len(base):
-            base = torch.utils.data.Subset(base, range(cfg.data.limit))
-        self.dataset = SeededSamples(base, cfg.train.seed)
         o = cfg.optim
-        self.sampler = EpochBatchSampler(len(self.dataset), o.batch_size, cfg.train.seed, self.dist.rank, self.dist.world_size)
-        workers = cfg.data.num_workers
-        self.loader = DataLoader(
-            self.dataset,
-            batch_sampler=self.sampler,
-            num_workers=workers,
-            pin_memory=dev.type == "cuda",
-            persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
-        )
-        self.steps_per_epoch = self.sampler.steps_per_epoch() // o.accum_iter
+        self.batches, self.data_note = self._build_batches()
+        micro = self.batches.steps_per_epoch()
+        self.steps_per_epoch = micro // o.accum_iter
         if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"one epoch has {self.sampler.steps_per_epoch()} micro-steps, fewer than optim.accum_iter={o.accum_iter}"
-            )
+            raise ConfigError(f"one epoch has {micro} micro-steps, fewer than optim.accum_iter={o.accum_iter}")
         self.total_steps = self.steps_per_epoch * o.epochs
         self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
         self.unique_batch = o.batch_size * o.accum_iter * self.dist.world_size
@@ -312,10 +310,54 @@ class Pretrainer:
         self.ddp: nn.Module = self.model
         if self.dist.enabled:
             self.ddp = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
-        self.forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
+        self._step_losses = (
+            torch.compile(self._losses, mode=cfg.train.compile_mode) if cfg.train.compile else self._losses
+        )
         self.mask_gen = torch.Generator(device=dev)
         if self.dist.is_main:
             check_disk_space(self.output_dir, self.model, self.optimizer)
+
+    def _build_batches(self) -> tuple[Batches, str]:
+        """The data path (``data.pipeline``) and a start-up line saying which and why."""
+        cfg, dev, d, m = self.cfg, self.device, self.cfg.data, self.cfg.model
+        split = "pretrain" if d.name == "stl10" else "train"
+        size = d.cache_size or m.img_size * 8 // 7
+        rank, world = self.dist.rank, self.dist.world_size
+        if d.pipeline != "loader":
+            nbytes = estimate_nbytes(d.name, split, d.path, size, m.in_chans, d.download)
+            pipeline, why = choose_pipeline(d.pipeline, nbytes, device_budget_bytes(dev, d.device_memory_gb))
+            if pipeline == "device":
+                arr = load_image_array(d.name, split, d.path, size, m.in_chans, d.download, d.limit)
+                self.state.bad_images = max(self.state.bad_images, arr.unreadable)
+                images = torch.from_numpy(arr.images).to(dev)
+                batches = DeviceBatches(
+                    images, m.img_size, cfg.optim.batch_size, cfg.train.seed, tuple(d.crop_scale), hflip=d.hflip,
+                    in_chans=m.in_chans, interpolation=d.interpolation, rank=rank, world_size=world,
+                )  # fmt: skip
+                shape = "x".join(str(v) for v in arr.images.shape)
+                labelled = np.unique(arr.labels[arr.labels >= 0]).size
+                left_out = f", {arr.unreadable} unreadable files left out" if arr.unreadable else ""
+                self.data_line = describe_data(d.name, d.path, split, len(arr.images), labelled) + left_out
+                return batches, f"device pipeline, {why}: uint8 [{shape}] on {dev}, augmented there"
+        else:
+            why = "data.pipeline=loader"
+        transform = pretrain_transform(m.img_size, m.in_chans, tuple(d.crop_scale), d.hflip, d.interpolation)
+        base = build_dataset(d.name, split, transform, d.path, d.download)
+        if d.limit is not None and d.limit < len(base):
+            base = torch.utils.data.Subset(base, range(d.limit))
+        classes = dataset_classes(base)
+        self.data_line = describe_data(d.name, d.path, split, len(base), len(classes), classes)
+        sampler = EpochBatchSampler(len(base), cfg.optim.batch_size, cfg.train.seed, rank, world)
+        workers = d.num_workers
+        loader = DataLoader(
+            SeededSamples(base, cfg.train.seed),
+            batch_sampler=sampler,
+            num_workers=workers,
+            pin_memory=dev.type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        return LoaderBatches(loader, sampler, dev), f"loader pipeline, {why}: {workers} DataLoader workers"
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
@@ -355,6 +397,7 @@ class Pretrainer:
         if main:
             (self.output_dir / "config.yaml").write_text(config_to_yaml(cfg))
             self._print_start()
+            self.logger.print(f"dmjd: {self.data_line}")
             self._warn_short_run()
         old_handlers = self._install_signal_handlers()
         start = time.perf_counter() - self.state.elapsed
@@ -431,6 +474,7 @@ class Pretrainer:
             f"effective lr {self.peak_lr:.4g} (blr {c.optim.blr:g}); {self.steps_per_epoch} steps/epoch,"
             f" {self.total_steps} steps, {self.warmup_steps} warmup"
         )
+        print(f"dmjd: data {self.cfg.data.name}: {self.data_note}")
         print(f"dmjd: {rates_summary(m, c.optim.lr_rates)}")
         for warning in m.rate_warnings():
             print(f"dmjd: WARNING: {warning}")
@@ -455,13 +499,22 @@ class Pretrainer:
         return MaskedViews.from_mask(mask[rank * batch_size : (rank + 1) * batch_size], self.masking.num_masked)
 
     def compute_losses(self, images: Tensor, views: MaskedViews) -> dict[str, Tensor]:
-        """Targets once per image, the model on K views, the loss terms (Eq. 6)."""
+        """Targets once per image, the model on K views, the loss terms (Eq. 6).
+
+        With ``train.compile`` the whole computation (target, normalisation, model, loss) is one
+        ``torch.compile`` region; its shapes are static because disjoint masking fixes the counts.
+        """
+        if self.cfg.train.compile and self.cfg.train.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        return self._step_losses(images, views)
+
+    def _losses(self, images: Tensor, views: MaskedViews) -> dict[str, Tensor]:
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
         )
         with autocast:
             targets = self.target(images)
-            out = self.forward(self.normalize(images), views)
+            out = self.ddp(self.normalize(images), views)
             return self.loss_fn(out, targets, views)
 
     def _optimizer_step(self) -> Tensor:
@@ -489,8 +542,7 @@ class Pretrainer:
     def _train_epoch(self, run_start: float) -> dict[str, float]:
         cfg, st, o = self.cfg, self.state, self.cfg.optim
         self.model.train()
-        self.sampler.set_epoch(st.epoch, st.epoch_step)
-        micro_per_epoch = self.sampler.steps_per_epoch()
+        micro_per_epoch = self.batches.steps_per_epoch()
         usable_micro = self.steps_per_epoch * o.accum_iter
         K = self.masking.num_views
         sums = _Sums(self.device)
@@ -501,11 +553,10 @@ class Pretrainer:
             total=usable_micro, initial=st.epoch_step, desc=f"epoch {st.epoch}", leave=False,
             disable=not (cfg.train.progress and self.dist.is_main), dynamic_ncols=True,
         )  # fmt: skip
-        for images, _labels, skipped in self.loader:
+        for images, bad in self.batches.epoch(st.epoch, st.epoch_step):
             if st.epoch_step >= usable_micro:
                 break
             micro = st.epoch * micro_per_epoch + st.epoch_step
-            images = images.to(self.device, non_blocking=True)
             views = self._masks(micro, images.shape[0])
             boundary = (st.epoch_step + 1) % o.accum_iter == 0
             sync = nullcontext() if boundary or not self.dist.enabled else self.ddp.no_sync()
@@ -518,7 +569,7 @@ class Pretrainer:
             pred = measured_pred_ratio(views.mask)
             sums.add(losses, pred)
             epoch_sums.add(losses, pred)
-            st.bad_images += int(skipped.sum())
+            st.bad_images += bad
             st.epoch_step += 1
             window_images += images.shape[0] * self.dist.world_size
             bar.update(1)

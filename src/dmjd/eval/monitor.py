@@ -151,6 +151,15 @@ class OnlineMonitor:
             all_labels.append(labels.to(self.device))
         return torch.cat(feats), torch.cat(all_labels)
 
+    def raw_pixels(self, side: int = 32) -> dict[str, float]:
+        """``{"knn_top1", "linprobe_top1"}`` of the same probes on raw pixels (as ``pixel_baseline``):
+        the baselines a pre-trained encoder must beat."""
+        (train_x, train_y), (test_x, test_y) = (self._pixels(split, side) for split in (0, 1))
+        result = {"knn_top1": knn_top1(train_x, train_y, test_x, test_y, self.k, self.temperature)}
+        if self.linprobe:
+            result["linprobe_top1"] = torch_logistic_regression_top1(train_x, train_y, test_x, test_y)
+        return result
+
     def _features(self, encoder: nn.Module, split: int) -> tuple[Tensor, Tensor]:
         """Features ``[N, D]`` and labels ``[N]`` of split 0 (train) or 1 (test), on the device."""
         pool = self.pool or default_pool(encoder)

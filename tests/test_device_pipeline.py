@@ -1,0 +1,158 @@
+"""The device-resident data path: torchvision-exact crops, batched resampling, seeding, resume, channels."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import ks_2samp
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from conftest import tiny_config
+from dmjd.data import DeviceBatches, load_image_array, random_resized_crop_params, resized_crop
+from dmjd.data.pipeline import choose_pipeline
+from dmjd.engine import Pretrainer
+
+
+def _torchvision_boxes(n: int, height: int, width: int, scale, ratio, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    img = torch.zeros(1, height, width)
+    return torch.tensor([v2.RandomResizedCrop.get_params(img, list(scale), list(ratio)) for _ in range(n)])
+
+
+@pytest.mark.parametrize(("height", "width", "scale"), [(28, 28, (0.2, 1.0)), (40, 90, (0.08, 1.0))])
+def test_crop_parameters_follow_torchvision_distribution(height, width, scale):
+    ratio = (3 / 4, 4 / 3)
+    ours = random_resized_crop_params(4000, height, width, scale, ratio, generator=torch.Generator().manual_seed(0))
+    ref = _torchvision_boxes(4000, height, width, scale, ratio, seed=1)
+    for boxes in (ours, ref):  # every box lies inside the image
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= height).all()
+        assert (boxes[:, 1] + boxes[:, 3] <= width).all() and (boxes[:, 2:] > 0).all()
+    stats = {
+        "area": lambda b: (b[:, 2] * b[:, 3]).double() / (height * width),
+        "log_ratio": lambda b: (b[:, 3].double() / b[:, 2]).log(),
+        "top": lambda b: b[:, 0].double() / (height - b[:, 2] + 1),
+        "left": lambda b: b[:, 1].double() / (width - b[:, 3] + 1),
+    }
+    for name, stat in stats.items():
+        p = ks_2samp(stat(ours).numpy(), stat(ref).numpy()).pvalue
+        assert p > 1e-3, f"{name}: two-sample KS p={p:.2g}"
+
+
+def test_crop_parameters_fall_back_to_torchvisions_centre_crop():
+    # A 4 x 200 strip: no 3/4..4/3 box of >= 0.9 of the area fits; torchvision centres a ratio-clipped crop.
+    ours = random_resized_crop_params(50, 4, 200, (0.9, 1.0), generator=torch.Generator().manual_seed(0))
+    ref = _torchvision_boxes(50, 4, 200, (0.9, 1.0), (3 / 4, 4 / 3), seed=0)
+    assert (ours == ref[0]).all() and (ref == ref[0]).all()
+    assert ours[0].tolist() == [0, 97, 4, 5]
+
+
+def test_crop_area_stays_in_the_scale_range():
+    fits = random_resized_crop_params(1000, 64, 64, (0.1, 0.2), generator=torch.Generator().manual_seed(0))
+    area = (fits[:, 2] * fits[:, 3]).double() / 64**2
+    assert area.min() > 0.08 and area.max() < 0.23  # rounding widens [0.1, 0.2] slightly
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [16, 64])
+def test_resized_crop_equals_torchvision_for_the_same_boxes(interpolation, channels, size):
+    gen = torch.Generator().manual_seed(0)
+    # smooth images (natural-image-like): a low-resolution noise field upsampled
+    low = torch.rand(5, channels, 8, 10, generator=gen)
+    images = (torch.nn.functional.interpolate(low, size=(40, 50), mode="bilinear") * 255).round().to(torch.uint8)
+    boxes = torch.tensor([[0, 0, 40, 50], [3, 4, 20, 30], [10, 5, 7, 9], [1, 2, 38, 11], [5, 5, 33, 44]])
+    flip = torch.tensor([False, True, False, True, True])
+    ours = resized_crop(images, boxes, size, interpolation, flip)
+    mode = v2.InterpolationMode(interpolation)
+    ref = []
+    for img, box, f in zip(images, boxes, flip):
+        out = F.resized_crop(img.float() / 255, *box.tolist(), [size, size], interpolation=mode, antialias=True)
+        ref.append(F.horizontal_flip(out) if f else out)
+    torch.testing.assert_close(ours, torch.stack(ref).clamp(0, 1), atol=2e-6, rtol=0)
+    # torchvision's uint8 path rounds between passes: equal within a few grey levels on smooth images
+    ref8 = [F.resized_crop(img, *box.tolist(), [size, size], interpolation=mode, antialias=True) for img, box in zip(images, boxes)]
+    ref8 = torch.stack([F.horizontal_flip(r) if f else r for r, f in zip(ref8, flip)]).float() / 255
+    assert (ours - ref8).abs().max() <= 4 / 255
+
+
+def _batches(images: torch.Tensor, seed: int, **kw) -> DeviceBatches:
+    return DeviceBatches(images, 16, 8, seed=seed, **kw)
+
+
+def test_same_seed_same_batches_other_seed_other_batches():
+    images = torch.randint(0, 256, (64, 1, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    a = [x for x, _ in _batches(images, 0).epoch(1)]
+    b = [x for x, _ in _batches(images, 0).epoch(1)]
+    c = [x for x, _ in _batches(images, 1).epoch(1)]
+    assert len(a) == 8 and all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+    # resuming at step 5 of the epoch gives the same batches as steps 5.. of the full epoch
+    d = [x for x, _ in _batches(images, 0).epoch(1, start_step=5)]
+    assert all(torch.equal(x, y) for x, y in zip(a[5:], d))
+
+
+def test_processes_split_the_global_batch_as_one_process_sees_it():
+    images = torch.randint(0, 256, (64, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    one = [x for x, _ in DeviceBatches(images, 16, 8, seed=3).epoch(0)]
+    parts = [[x for x, _ in DeviceBatches(images, 16, 4, seed=3, rank=r, world_size=2).epoch(0)] for r in (0, 1)]
+    for step, full in enumerate(one):
+        torch.testing.assert_close(torch.cat([parts[0][step], parts[1][step]]), full)
+
+
+def test_one_channel_data_feeds_a_three_channel_model():
+    images = torch.randint(0, 256, (16, 1, 20, 20), dtype=torch.uint8)
+    x, bad = next(DeviceBatches(images, 16, 8, in_chans=3).epoch(0))
+    assert x.shape == (8, 3, 16, 16) and bad == 0
+    assert torch.equal(x[:, 0], x[:, 2]) and x.min() >= 0 and x.max() <= 1
+
+
+def _write_folder(root, n: int, mode: str = "RGB") -> None:
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            shape = (30 + i, 40) if mode == "L" else (30 + i, 40, 3)
+            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(root / c / f"{i}.png")
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_image_folder_is_decoded_once_and_rebuilt_when_it_changes(tmp_path, monkeypatch, in_chans):
+    monkeypatch.setenv("DMJD_CACHE", str(tmp_path / "cache"))
+    _write_folder(tmp_path / "data", 3)
+    (tmp_path / "data" / "a" / "broken.png").write_bytes(b"not an image")
+    arr = load_image_array("imagefolder", "train", str(tmp_path / "data"), 24, in_chans)
+    assert arr.images.shape == (6, in_chans, 24, 24) and arr.images.dtype == np.uint8
+    assert arr.labels.tolist() == [0, 0, 0, 1, 1, 1] and arr.unreadable == 1
+    caches = list((tmp_path / "cache" / "decoded").glob("*.npz"))
+    assert len(caches) == 1
+    again = load_image_array("imagefolder", "train", str(tmp_path / "data"), 24, in_chans)
+    assert np.array_equal(again.images, arr.images)
+    assert len(list((tmp_path / "cache" / "decoded").glob("*.npz"))) == 1  # reused, not rebuilt
+    Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "data" / "b" / "new.png")
+    grown = load_image_array("imagefolder", "train", str(tmp_path / "data"), 24, in_chans)
+    assert len(grown.images) == 7 and len(list((tmp_path / "cache" / "decoded").glob("*.npz"))) == 2
+
+
+def test_auto_takes_the_device_path_only_when_the_set_fits():
+    assert choose_pipeline("auto", 10, 100)[0] == "device"
+    assert choose_pipeline("auto", 1000, 100)[0] == "loader"
+    assert choose_pipeline("loader", 10, 100)[0] == "loader"
+
+
+def test_pretrain_demo_on_the_device_pipeline(tmp_path, capsys):
+    cfg = tiny_config("data.pipeline=device", "model.in_chans=3")
+    summary = Pretrainer(cfg, tmp_path).fit()
+    assert summary["steps"] > 0 and math.isfinite(summary["final_loss"])
+    out = capsys.readouterr().out
+    assert "device pipeline" in out and "uint8 [512x1x28x28]" in out
+
+
+def test_auto_pipeline_falls_back_to_the_loader_over_budget(tmp_path, capsys):
+    cfg = tiny_config("data.device_memory_gb=0.0001", "optim.epochs=1")  # 100 KiB < 512 x 784 B
+    Pretrainer(cfg, tmp_path).fit()
+    assert "loader pipeline, auto" in capsys.readouterr().out
