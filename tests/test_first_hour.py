@@ -111,6 +111,12 @@ def test_only_input_errors_become_one_line_messages(monkeypatch, tmp_path):
     def bug(_args):
         raise ValueError("an internal bug, not the user's input")
 
+    # settings only the built part can check, and missing teacher weights, are still one line
+    teacher = ["target.name=teacher", "target.teacher_source=timm", "model.in_chans=3"]
+    for extra in (["target.teacher_model=not_a_model"],
+                  ["target.teacher_model=vit_tiny_patch16_224", f"target.teacher_pretrained={tmp_path / 'none.pth'}"]):
+        code, _, err = run(["pretrain", "--config", "demo", "--output-dir", tmp_path / "t", *TINY, *teacher, *extra])
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     monkeypatch.setattr("dmjd.eval.commands._run_knn", bug)
     with pytest.raises(ValueError, match="internal bug"):  # a traceback, not "exit 2"
         run(["knn", "--checkpoint", tmp_path / "c.pth"])

@@ -176,16 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dmjd`` console script; returns the process exit code.
 
-    Problems with what the user gave (``InputError``) and resources that do not fit are one line
-    on stderr (exit 2); any other exception is a bug and keeps its traceback.
+    Problems with what the user gave (``InputError``), teacher or tokenizer weights that cannot be
+    found, and resources that do not fit are one line on stderr (exit 2); any other exception is a
+    bug and keeps its traceback.
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="dmjd: %(levelname)s: %(message)s")
     from dmjd.engine import NonFiniteLossError, ResourceError, TrainingInterrupted
+    from dmjd.targets import TeacherWeightsError
 
     try:
         return int(args.func(args) or 0)
-    except (InputError, ResourceError) as err:
+    except (InputError, ResourceError, TeacherWeightsError) as err:
         print(f"dmjd: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except NonFiniteLossError as err:

@@ -6,20 +6,43 @@ Kept apart from the trainer so evaluation, benchmarks and new methods build the 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
+from functools import partial, wraps
+from typing import Any, TypeVar
 
 from torch import Tensor
 
-from dmjd.config import Config
+from dmjd.config import Config, ConfigError
 from dmjd.data import default_mean_std
+from dmjd.errors import InputError
 from dmjd.losses import method_loss
 from dmjd.masking import DisjointMasking, MaskedViews
 from dmjd.models import DMJDModel, build_model, build_simmim_model
 from dmjd.targets import Target, create_target
 
 LossFn = Callable[[object, Tensor, MaskedViews], dict[str, Tensor]]
+Factory = TypeVar("Factory", bound=Callable[..., Any])
 
 
+def _settings_of(section: str) -> Callable[[Factory], Factory]:
+    """A factory's ``ValueError`` on the values of ``cfg.<section>`` becomes a ``ConfigError`` naming
+    the section: the schema cannot check everything a part checks when it is built."""
+
+    def wrap(factory: Factory) -> Factory:
+        @wraps(factory)
+        def build(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return factory(*args, **kwargs)
+            except InputError:
+                raise
+            except ValueError as err:
+                raise ConfigError(f"{section}: {err}") from err
+
+        return build  # type: ignore[return-value]
+
+    return wrap
+
+
+@_settings_of("target")
 def build_target(cfg: Config) -> Target:
     """The target tokenizer named by ``cfg.target`` for the model's patch size and channels.
 
@@ -53,6 +76,7 @@ def build_masking(cfg: Config) -> DisjointMasking:
     return cfg.masking.build(cfg.model.img_size // cfg.model.patch_size)
 
 
+@_settings_of("model")
 def build_dmjd_model(cfg: Config, target_dim: int) -> DMJDModel:
     """Encoder + masked prediction branch + (optional) visible distillation branch.
 
