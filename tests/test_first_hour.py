@@ -35,6 +35,7 @@ from dmjd.engine import Pretrainer, load_checkpoint
 from dmjd.engine import checkpoint as ckpt_mod
 from dmjd.engine.builders import build_masking
 from dmjd.engine.metrics import read_metrics
+from dmjd.engine.run_dir import prepare_output_dir
 from dmjd.eval.finetune import FinetuneSettings, finetune_transforms
 from dmjd.eval.loading import InputSpec
 from dmjd.eval.plot import curves_figure, time_unit
@@ -295,6 +296,11 @@ def test_a_failed_start_does_not_block_the_retry_and_auto_resume_says_it_starts_
     assert code == 0, err
     assert f"no checkpoint in {out}, starting fresh" in stdout
     assert [r["kind"] for r in read_metrics(out / "metrics.jsonl")][0] == "train"  # nothing left of the failed start
+    mine = tmp_path / "mine"  # a folder dmjd never ran in keeps its files
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my own notes")
+    prepare_output_dir(mine, resume=False, overwrite=False, is_main=True)
+    assert (mine / "config.yaml").read_text() == "my own notes"
 
 
 # ----------------------------------------------------------------------- 9. warmup > epochs

@@ -1,7 +1,8 @@
 """A run folder: when it holds a run, clearing it for a new one, and checking it can be written.
 
-A folder holds a run once it holds a checkpoint. Files a start leaves before its first checkpoint
-(config, metrics, logs of a start that failed) are cleared by the next start, never an obstacle.
+A folder holds a run once it holds a checkpoint. The files a start leaves before its first
+checkpoint (config, metrics, logs of a start that failed; recognised by their ``metrics.jsonl``)
+are cleared by the next start, never an obstacle; a folder without ``metrics.jsonl`` is not touched.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def clear_run(folder: str | Path) -> None:
 
 def prepare_output_dir(output_dir: str | Path, resume: bool, overwrite: bool, is_main: bool) -> None:
     """Make ``output_dir`` ready for a run: refuse a folder that holds one unless resuming or
-    overwriting, clear it for a fresh start, check it can be written.
+    overwriting, clear a replaced run or a failed start's files, check it can be written.
 
     Args:
         resume: continue the run in the folder (when it holds none, the run starts fresh).
@@ -80,7 +81,8 @@ def prepare_output_dir(output_dir: str | Path, resume: bool, overwrite: bool, is
             or it cannot be written.
     """
     output_dir = Path(output_dir)
-    if holds_run(output_dir) and not resume and not overwrite:
+    run_here = holds_run(output_dir)
+    if run_here and not resume and not overwrite:
         found = sorted(p.name for p in [output_dir / ckpt.LAST, *ckpt.numbered_checkpoints(output_dir)] if p.exists())
         raise OutputDirError(
             f"{output_dir} already holds a run ({', '.join(found[:3])}); pass --resume auto to continue it, "
@@ -88,6 +90,6 @@ def prepare_output_dir(output_dir: str | Path, resume: bool, overwrite: bool, is
         )
     if not is_main:
         return
-    if not (resume and holds_run(output_dir)):
+    if (run_here and overwrite and not resume) or (not run_here and (output_dir / "metrics.jsonl").is_file()):
         clear_run(output_dir)
     check_writable(output_dir)
