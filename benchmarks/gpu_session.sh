@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The GPU figures of docs/results.md in two parts that each fit one 10-minute call on a lent
+# H100/H200 (issue 11). Run from the repository root with dmjd importable (pip install -e . or
+# PYTHONPATH=src):
+#
+#   benchmarks/gpu_session.sh repro      OUT FMNIST_DIR   # reproduction benchmark, gpu preset (<= 7 min)
+#   benchmarks/gpu_session.sh throughput OUT MAE_DIR      # throughput, MFU, official-MAE comparison (~5 min)
+#
+# FMNIST_DIR holds Fashion-MNIST's *-ubyte.gz files; MAE_DIR is a checkout of facebookresearch/mae.
+set -uo pipefail
+part=${1:?repro or throughput}
+out=${2:?output folder}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+
+run() {  # run NAME SECONDS CMD...: a step with its own time limit, its log kept in $out/NAME.log
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (limit ${limit}s): $*"
+  timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
+  echo "== $name exit ${PIPESTATUS[0]}"
+}
+
+case $part in
+  repro)
+    data=${3:?Fashion-MNIST folder}
+    run bench 560 "$py" -m dmjd bench --preset gpu --output-dir "$out/bench" --data-path "$data"
+    ;;
+  throughput)
+    mae=${3:?facebookresearch/mae checkout}
+    tp="$py benchmarks/throughput.py --device cuda"
+    run tp-ti-eager 90 $tp --setting vit-ti4-32 --batch 512 --data device --modes eager --steps 100 --warmup 20 \
+      --output "$out/tp-ti-eager"
+    run official-ti 60 "$py" benchmarks/official_mae.py --mae-dir "$mae" --setting vit-ti4-32 --batch 512 \
+      --steps 50 --warmup 10 --rounds 2 --output "$out/official-ti"
+    run official-b16 90 "$py" benchmarks/official_mae.py --mae-dir "$mae" --setting vit-b16 --batch 256 \
+      --steps 20 --warmup 5 --rounds 2 --output "$out/official-b16"
+    run tp-b16-eager 60 $tp --setting vit-b16 --batch 256 --modes eager --steps 20 --warmup 5 --output "$out/tp-b16-eager"
+    run tp-ti-graphs 150 $tp --setting vit-ti4-32 --batch 512 --data device --configs MAE,DMJD \
+      --modes reduce-overhead --steps 100 --warmup 20 --output "$out/tp-ti-graphs"
+    run tp-b16-compile 110 $tp --setting vit-b16 --batch 256 --configs DMJD --modes default --steps 20 --warmup 5 \
+      --output "$out/tp-b16-compile"
+    ;;
+  *)
+    echo "unknown part $part (repro or throughput)" >&2
+    exit 2
+    ;;
+esac
