@@ -28,7 +28,7 @@ def test_two_processes_match_one(tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
         "-m", "dmjd", "pretrain", "--config", "demo", "--output-dir", str(tmp_path / "two"),
-        *TINY, "optim.epochs=2", "optim.batch_size=32",
+        *TINY, "optim.epochs=2", "optim.batch_size=32", "train.checkpoint_interval=1",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -44,6 +44,10 @@ def test_two_processes_match_one(tmp_path):
     # invariant), so Adam turns reduction-order noise into updates of order lr (seen: 3e-5).
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-4)
-    # resuming the 2-process run in one process continues from the same state
-    resumed = Pretrainer(tiny_config("optim.epochs=3", "optim.batch_size=64"), tmp_path / "two", resume="auto").fit()
-    assert resumed["steps"] == 3 * 8
+    # the 2-process run's epoch-1 checkpoint resumes in one process (same global batch of 64) and
+    # ends where the 1-process run ended
+    epoch_1 = tmp_path / "two" / "checkpoint-1.pth"
+    assert Pretrainer(tiny_config(*overrides), tmp_path / "resumed", resume=epoch_1).fit()["steps"] == 2 * 8
+    wr = load_checkpoint(tmp_path / "resumed" / "checkpoint-last.pth")["model"]
+    for key in wa:
+        torch.testing.assert_close(wr[key], wa[key], rtol=1e-4, atol=1e-4)

@@ -196,25 +196,34 @@ def load_pretraining_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def run_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
+def run_changes(saved: dict[str, Any], cfg: Config, saved_world: int | None = None, world: int = 1) -> list[str]:
     """The settings of ``cfg`` that differ from a saved run's config (``key: old -> new``) and
-    change what the run computes (all but ``RESUMABLE_KEYS`` and ``monitor.*``)."""
+    change what the run computes (all but ``RESUMABLE_KEYS`` and ``monitor.*``).
+
+    With the saved run's process count, ``optim.batch_size`` (per process) may change with the
+    process count as long as the global batch stays: a run resumes on another number of processes.
+    """
     old = dotted_items(config_from_dict(saved).model_dump(mode="json"))
     new = dotted_items(cfg.model_dump(mode="json"))
-    return [
+    changes = []
+    if saved_world is not None:
+        before, after = old.pop("optim.batch_size") * saved_world, new.pop("optim.batch_size") * world
+        if before != after:
+            changes.append(f"optim.batch_size x processes (the global batch): {before} -> {after}")
+    return changes + [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(old.keys() | new.keys())
         if old.get(key) != new.get(key) and key not in RESUMABLE_KEYS and not key.startswith("monitor.")
     ]
 
 
-def check_resumable(saved: dict[str, Any], cfg: Config, path: str | Path) -> None:
-    """Refuse to resume a run with settings that change it.
+def check_resumable(state: dict[str, Any], cfg: Config, path: str | Path, world: int = 1) -> None:
+    """Refuse to resume a run (a checkpoint's ``state``) with settings that change it.
 
     Raises:
         ConfigError: one line naming each changed setting and what may change.
     """
-    changes = run_changes(saved, cfg)
+    changes = run_changes(state["config"], cfg, state.get("world_size"), world)
     if changes:
         raise ConfigError(
             f"resuming {path} with these settings would change the run: {'; '.join(changes)}. A resumed run may "
@@ -257,7 +266,7 @@ class Pretrainer:
             print(f"dmjd: no checkpoint in {self.output_dir}, starting fresh")
         loaded = load_pretraining_checkpoint(resume_path) if resume_path else None
         if loaded is not None:
-            check_resumable(loaded["config"], cfg, resume_path)
+            check_resumable(loaded, cfg, resume_path, self.dist.world_size)
         prepare_output_dir(self.output_dir, resume_path is not None, overwrite, self.dist.is_main)
         barrier(self.dist)
         self.state = RunState()
@@ -654,6 +663,7 @@ class Pretrainer:
             "step": self.state.opt_step,
             "rng": rng_state(),
             "config": self.cfg.model_dump(mode="json"),
+            "world_size": self.dist.world_size,
             "dmjd_version": dmjd.__version__,
         }
 
