@@ -37,10 +37,10 @@ def device_name(device: torch.device) -> str:
 
 
 def git_commit() -> str:
-    """The commit of the dmjd checkout (``git rev-parse HEAD``), else ``$DMJD_GIT_COMMIT``, else 'unknown'.
-
-    The environment variable serves copies of the tree without a ``.git`` folder.
-    """
+    """``$DMJD_GIT_COMMIT`` when set (copies of the tree, whose ``.git`` may be stale or absent), else
+    ``git rev-parse HEAD`` of the dmjd checkout, else 'unknown'."""
+    if os.environ.get("DMJD_GIT_COMMIT"):
+        return os.environ["DMJD_GIT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -52,7 +52,7 @@ def git_commit() -> str:
         )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("DMJD_GIT_COMMIT", "unknown")
+        return "unknown"
 
 
 def machine_info(device: torch.device) -> dict[str, object]:

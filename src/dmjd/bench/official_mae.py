@@ -137,7 +137,7 @@ def dmjd_config(setting: str, batch: int, device: str, precision: str, compile_m
         "mae-vit-b",
         [
             *SETTINGS[setting][1], "model.in_chans=3", "data.name=embedded", "data.path=null", "data.num_workers=0",
-            f"optim.batch_size={batch}", f"train.device={device}", f"train.precision={precision}",
+            f"optim.batch_size={batch}", "optim.accum_iter=1", f"train.device={device}", f"train.precision={precision}",
             "train.tensorboard=false", "train.progress=false", *compile_keys,
         ],
     )  # fmt: skip

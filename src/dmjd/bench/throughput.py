@@ -89,7 +89,8 @@ def synthetic_images(trainer: Pretrainer, batch: int) -> Tensor:
 def train_step(trainer: Pretrainer, images: Tensor, step: int) -> None:
     """One engine training step on a fixed batch: masks, targets, forward, backward, AdamW."""
     views = trainer._masks(step, images.shape[0])
-    trainer.compute_losses(images, views)["loss"].backward()
+    loss = trainer.compute_losses(images, views)["loss"]
+    (trainer.scaler.scale(loss) if trainer.scaler is not None else loss).backward()
     trainer._optimizer_step()
 
 
