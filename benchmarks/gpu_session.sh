@@ -4,7 +4,7 @@
 # PYTHONPATH=src):
 #
 #   benchmarks/gpu_session.sh repro      OUT FMNIST_DIR   # reproduction benchmark, gpu preset (<= 7 min)
-#   benchmarks/gpu_session.sh throughput OUT MAE_DIR      # throughput, MFU, official-MAE comparison (~5 min)
+#   benchmarks/gpu_session.sh throughput OUT MAE_DIR      # throughput, CUDA graphs, MFU, official MAE (<= 10 min)
 #
 # FMNIST_DIR holds Fashion-MNIST's *-ubyte.gz files; MAE_DIR is a checkout of facebookresearch/mae.
 set -uo pipefail
@@ -30,16 +30,13 @@ case $part in
   throughput)
     mae=${3:?facebookresearch/mae checkout}
     tp="$py benchmarks/throughput.py --device cuda"
-    run tp-ti-eager 90 $tp --setting vit-ti4-32 --batch 512 --data device --modes eager --steps 100 --warmup 20 \
+    run tp-ti-eager 70 $tp --setting vit-ti4-32 --batch 512 --data device --modes eager --steps 100 --warmup 20 \
       --output "$out/tp-ti-eager"
-    run official-ti 60 "$py" benchmarks/official_mae.py --mae-dir "$mae" --setting vit-ti4-32 --batch 512 \
-      --steps 50 --warmup 10 --rounds 2 --output "$out/official-ti"
-    run official-b16 90 "$py" benchmarks/official_mae.py --mae-dir "$mae" --setting vit-b16 --batch 256 \
-      --steps 20 --warmup 5 --rounds 2 --output "$out/official-b16"
-    run tp-b16-eager 60 $tp --setting vit-b16 --batch 256 --modes eager --steps 20 --warmup 5 --output "$out/tp-b16-eager"
-    run tp-ti-graphs 150 $tp --setting vit-ti4-32 --batch 512 --data device --configs MAE,DMJD \
-      --modes reduce-overhead --steps 100 --warmup 20 --output "$out/tp-ti-graphs"
-    run tp-b16-compile 110 $tp --setting vit-b16 --batch 256 --configs DMJD --modes default --steps 20 --warmup 5 \
+    run official-b16 150 "$py" benchmarks/official_mae.py --mae-dir "$mae" --setting vit-b16 --batch 256 \
+      --steps 20 --warmup 5 --rounds 1 --fast-mode reduce-overhead --output "$out/official-b16"
+    run tp-ti-graphs 220 $tp --setting vit-ti4-32 --batch 512 --data device --modes reduce-overhead \
+      --steps 100 --warmup 20 --output "$out/tp-ti-graphs"
+    run tp-b16-compile 130 $tp --setting vit-b16 --batch 256 --configs DMJD --modes default --steps 20 --warmup 5 \
       --output "$out/tp-b16-compile"
     ;;
   *)
