@@ -15,7 +15,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e ".[test,tensorboard]"
+	$(BIN)/pip install -q -e ".[test,tensorboard,webdataset]"
 	touch $(STAMP)
 
 install: $(STAMP)

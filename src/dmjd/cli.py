@@ -78,6 +78,10 @@ def sample_images(cfg: Config, n: int) -> torch.Tensor:
 
     from dmjd.data import build_dataset, eval_transform
 
+    if cfg.data.name == "webdataset":
+        from dmjd.data.shards import first_images
+
+        return first_images(cfg.data.path, n, eval_transform(cfg.model.img_size, cfg.model.in_chans))
     split = "test" if cfg.data.name in ("embedded", "fashion_mnist", "cifar10", "cifar100", "stl10") else "train"
     ds = build_dataset(cfg.data.name, split, eval_transform(cfg.model.img_size, cfg.model.in_chans), cfg.data.path)
     return torch.stack([ds[i][0] for i in range(min(n, len(ds)))])
@@ -153,6 +157,38 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_shard(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "shard",
+        help="write a data set as WebDataset tar shards with a manifest (for data.name=webdataset)",
+        description="Write SRC (a folder of images or class folders, or a data set name: "
+        "embedded, cifar10, ...) as DST/train-000000.tar, ... and DST/manifest.json (counts, classes, sha256 "
+        "per shard); images are written as JPEG. Train on them with data.name=webdataset "
+        "data.path='DST/train-{000000..NNNNNN}.tar'.",
+    )
+    p.add_argument("src", help="image folder (class sub-folders give labels) or data set name")
+    p.add_argument("dst", help="output folder")
+    p.add_argument("--shard-size", type=int, required=True, help="images per shard")
+    p.add_argument("--max-side", type=int, default=None, help="shrink images whose longer side exceeds this")
+    p.add_argument("--split", default="train", help="split of a named data set (default: train)")
+    p.set_defaults(func=_run_shard)
+
+
+def _run_shard(args: argparse.Namespace) -> int:
+    from dmjd.data import DATASET_NAMES, build_dataset
+    from dmjd.data.datasets import DataError, infer_data_kind
+    from dmjd.data.shards import keep_image, write_shards
+
+    if args.shard_size < 1 or (args.max_side is not None and args.max_side < 1):
+        raise DataError("--shard-size and --max-side must be positive")
+    name, path = (args.src, None) if args.src in DATASET_NAMES else infer_data_kind(args.src)
+    manifest = write_shards(build_dataset(name, args.split, keep_image, path), args.dst, args.shard_size, args.max_side)
+    last = len(manifest["shards"]) - 1
+    print(f"dmjd: wrote {manifest['samples']:,} images in {last + 1} shards to {args.dst}; train with "
+          f"data.name=webdataset data.path='{Path(args.dst) / f'train-{{000000..{last:06d}}}.tar'}'")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand registered (no torch import)."""
     parser = argparse.ArgumentParser(
@@ -165,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     registrars: list[Callable[[argparse._SubParsersAction], None]] = [
         _add_pretrain,
+        _add_shard,
         register_eval_commands,
         register_bench_command,
     ]

@@ -165,7 +165,7 @@ class OptimConfig(_Section):
 class DataConfig(_Section):
     """Pre-training data set and augmentation (RandomResizedCrop + flip, the paper's recipe)."""
 
-    name: Literal["embedded", "imagefolder", "cifar10", "cifar100", "stl10", "fashion_mnist"] = (
+    name: Literal["embedded", "imagefolder", "cifar10", "cifar100", "stl10", "fashion_mnist", "webdataset"] = (
         "embedded"
     )
     path: str | None = None
@@ -194,8 +194,10 @@ class DataConfig(_Section):
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
-        if self.name == "imagefolder" and not self.path:
-            raise ValueError("data.path is required for data.name=imagefolder")
+        if self.name in ("imagefolder", "webdataset") and not self.path:
+            raise ValueError(f"data.path is required for data.name={self.name}")
+        if self.name == "webdataset" and self.limit is not None:
+            raise ValueError("data.limit does not apply to data.name=webdataset; list fewer shards in data.path")
         return self
 
 

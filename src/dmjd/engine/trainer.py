@@ -44,6 +44,7 @@ from dmjd.data import (
     pretrain_transform,
 )
 from dmjd.data.datasets import dataset_classes, describe_data
+from dmjd.data.shards import shard_batches
 from dmjd.engine import checkpoint as ckpt
 from dmjd.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from dmjd.engine.metrics import MetricsLogger, progress_line, read_metrics, round_floats
@@ -332,6 +333,8 @@ class Pretrainer:
         split = "pretrain" if d.name == "stl10" else "train"
         size = d.cache_size or m.img_size * 8 // 7
         rank, world = self.dist.rank, self.dist.world_size
+        if d.name == "webdataset":
+            return self._shard_batches()
         if d.pipeline != "loader":
             nbytes = estimate_nbytes(d.name, split, d.path, size, m.in_chans, d.download)
             pipeline, why = choose_pipeline(d.pipeline, nbytes, device_budget_bytes(dev, d.device_memory_gb))
@@ -367,6 +370,18 @@ class Pretrainer:
             prefetch_factor=4 if workers > 0 else None,
         )
         return LoaderBatches(loader, sampler, dev), f"loader pipeline, {why}: {workers} DataLoader workers"
+
+    def _shard_batches(self) -> tuple[Batches, str]:
+        """``data.name=webdataset``: shards streamed through DataLoader workers (any data.pipeline)."""
+        cfg, d, m = self.cfg, self.cfg.data, self.cfg.model
+        transform = pretrain_transform(m.img_size, m.in_chans, tuple(d.crop_scale), d.hflip, d.interpolation)
+        batches, index = shard_batches(
+            d.path, transform, cfg.optim.batch_size, cfg.train.seed, self.dist.rank, self.dist.world_size,
+            d.num_workers, self.device,
+        )  # fmt: skip
+        self.data_line = describe_data(d.name, d.path, "train", sum(index.counts), len(index.classes), index.classes)
+        streaming = "" if d.pipeline == "loader" else f" (data.pipeline={d.pipeline} falls back to it for shards)"
+        return batches, f"streaming shard loader{streaming}: {len(index.urls)} shards, {d.num_workers} DataLoader workers"
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:

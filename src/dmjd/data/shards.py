@@ -1,0 +1,430 @@
+"""WebDataset tar shards: streaming pre-training data (``data.name=webdataset``) and ``dmjd shard``.
+
+A shard is a tar file whose members ``<key>.jpg`` (or .jpeg/.png/.webp/...) and ``<key>.cls`` (the
+class index as text, optional) form one sample each; the ``webdataset`` library reads them (local
+paths, brace patterns such as ``train-{000000..001023}.tar``, URLs and ``pipe:`` commands) and is
+imported only when shards are used (``pip install dmjd[webdataset]``).
+
+How an epoch is read (``ShardSamples`` / ``ShardBatches``):
+
+* Split: shard ``i`` goes to process ``i mod world_size``; that process's list is dealt out to its
+  loader workers the same way, so every (process, worker) reads its own shards and no sample is read
+  twice. The split is fixed for a run (it depends only on the shard list, the number of processes
+  and the number of workers).
+* Order: each worker shuffles its shard list and then its samples (a buffer of
+  ``shuffle_buffer``), both from generators seeded by ``(seed, epoch, rank, worker)``; augmentation
+  is seeded per sample the same way. An epoch's stream is therefore a pure function of the seed,
+  the epoch, the shard list and the process/worker counts.
+* Length: every process runs ``steps_per_epoch`` = the smallest ``samples // batch_size`` over the
+  processes (the counts come from the shards' ``manifest.json`` or, for local shards without one, from
+  reading the tar headers), so processes stay in step; a process's leftover samples are not seen that
+  epoch. When corrupt members leave a process short, it reads its shards again (a differently
+  seeded pass) to fill its last batches.
+* Bad data: a member that PIL cannot decode, a ``cls`` that is not an integer, and a truncated or
+  unreadable shard (the rest of that shard is lost) are each skipped with one logged warning and
+  counted in the trainer's ``bad_images``; none is fatal.
+* Resume: at an epoch boundary exactly. Mid-epoch (``start_step`` > 0) the epoch's stream is made
+  again and its first ``start_step`` batches are read and dropped, which gives exactly the batches the
+  stopped run would have trained on when the shard list, the process count and the worker count are
+  unchanged (the skipped part is read again, so it costs loading time); with another process or
+  worker count the split changes and the resumed epoch is only approximately the remaining part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import logging
+import random
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from dmjd.data.datasets import DataError, Transform, dataset_classes
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff")
+MANIFEST = "manifest.json"
+LOG = logging.getLogger(__name__)
+
+
+def _webdataset() -> Any:
+    """The ``webdataset`` module, imported on first use.
+
+    Raises:
+        DataError: it is not installed.
+    """
+    try:
+        import webdataset
+    except ImportError:
+        raise DataError("WebDataset shards need the webdataset package: pip install 'dmjd[webdataset]'") from None
+    return webdataset
+
+
+def expand_shards(pattern: str) -> list[str]:
+    """The shard list of a pattern (brace expansion, ``::``-separated lists, as webdataset does).
+
+    Raises:
+        DataError: the pattern names no shard, or a local shard does not exist.
+    """
+    urls = _webdataset().shardlists.expand_urls(pattern)
+    if not urls:
+        raise DataError(f"data.path={pattern!r} names no shard; give e.g. /data/train-{{000000..000099}}.tar")
+    missing = [u for u in urls if _is_local(u) and not Path(u).is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(urls)} shards of {pattern!r} do not exist, e.g. {missing[0]}")
+    return urls
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url and not url.startswith("pipe:")
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """Samples per shard and class names of a shard list (from ``manifest.json`` or the tar headers)."""
+
+    urls: tuple[str, ...]
+    counts: tuple[int, ...]
+    classes: tuple[str, ...] = ()
+
+    def rank_samples(self, rank: int, world_size: int) -> int:
+        """Samples in the shards of process ``rank``."""
+        return sum(self.counts[rank::world_size])
+
+
+def _tar_count(path: str) -> int:
+    """Image samples in a local tar, read from its headers (a truncated tar counts what is readable)."""
+    keys = set()
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                stem, _, ext = member.name.partition(".")
+                if ext.lower() in IMAGE_KEYS:
+                    keys.add(stem)
+    except (tarfile.TarError, OSError, EOFError) as err:
+        LOG.warning("shard %s is truncated or unreadable (%s); counting its %d readable samples", path, err, len(keys))
+    return len(keys)
+
+
+def index_shards(pattern: str) -> ShardIndex:
+    """Count the samples of each shard: ``manifest.json`` next to the shards when it lists them all,
+    else (local shards) their tar headers.
+
+    Raises:
+        DataError: no shard, or remote shards without a manifest.
+    """
+    urls = expand_shards(pattern)
+    manifest = _read_manifest(urls[0].rsplit("/", 1)[0] + "/" + MANIFEST if "/" in urls[0] else MANIFEST)
+    if manifest is not None:
+        by_name = {s["name"]: int(s["count"]) for s in manifest.get("shards", [])}
+        if all(u.rsplit("/", 1)[-1] in by_name for u in urls):
+            counts = tuple(by_name[u.rsplit("/", 1)[-1]] for u in urls)
+            return ShardIndex(tuple(urls), counts, tuple(manifest.get("classes", ())))
+    if not all(_is_local(u) for u in urls):
+        raise DataError(f"shards {pattern!r} are not local files and no {MANIFEST} next to them lists them; "
+                        "write one with `dmjd shard` (it gives the sample count of each shard)")  # fmt: skip
+    return ShardIndex(tuple(urls), tuple(_tar_count(u) for u in urls))
+
+
+def _read_manifest(url: str) -> dict[str, Any] | None:
+    """A manifest's content, or None when there is none (or it cannot be read)."""
+    if _is_local(url):
+        path = Path(url)
+        return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        with _webdataset().gopen(url) as stream:
+            return json.loads(stream.read())
+    except Exception as err:  # noqa: BLE001 - any transport failure means "no manifest"
+        LOG.info("no readable manifest at %s: %s", url, err)
+        return None
+
+
+def _seed(*parts: int) -> int:
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class ShardSamples(IterableDataset):
+    """One process's part of a shard list, as chunks ``(images [n, C, H, W], labels [n], bad)``.
+
+    Each loader worker reads its own shards (see the module docstring) and yields chunks of up to
+    ``chunk`` transformed images; ``bad`` counts the members and shards skipped since its previous
+    chunk (a chunk may hold no image, to report the last ones). Set ``epoch`` and ``pass_`` before
+    iterating (a fresh iterator of non-persistent workers picks them up).
+
+    Args:
+        urls: the whole shard list (every process gets the same).
+        transform: PIL image -> tensor (``pretrain_transform``).
+        seed: the run's seed; rank, world_size: this process and the number of processes.
+        chunk: images per chunk; shuffle_buffer: samples held for shuffling (0: shard order).
+    """
+
+    def __init__(
+        self,
+        urls: list[str] | tuple[str, ...],
+        transform: Transform,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        chunk: int = 32,
+        shuffle_buffer: int = 1000,
+    ) -> None:
+        if len(urls) < world_size:
+            raise DataError(f"{len(urls)} shards cannot feed {world_size} processes; write at least one shard "
+                            "per process (`dmjd shard --shard-size` smaller)")  # fmt: skip
+        self.urls, self.transform, self.seed = list(urls), transform, seed
+        self.rank, self.world_size, self.chunk, self.shuffle_buffer = rank, world_size, chunk, shuffle_buffer
+        self.epoch, self.pass_ = 0, 0
+
+    def worker_shards(self, worker: int, num_workers: int) -> list[str]:
+        """The shards worker ``worker`` of ``num_workers`` reads in this process (fixed for a run)."""
+        return self.urls[self.rank :: self.world_size][worker::num_workers]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, int]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        key = (self.seed, self.epoch, self.pass_, self.rank, worker)
+        shards = self.worker_shards(worker, workers)
+        random.Random(_seed(*key, 0)).shuffle(shards)
+        bad = BadCounter()
+        images: list[Tensor] = []
+        labels: list[int] = []
+        for n, sample in enumerate(_shuffled(_tar_samples(shards, bad), self.shuffle_buffer, _seed(*key, 1))):
+            decoded = _decode(sample, bad)
+            if decoded is None:
+                continue
+            torch.manual_seed(_seed(*key, 2, n))
+            images.append(self.transform(decoded[0]))
+            labels.append(decoded[1])
+            if len(images) == self.chunk:
+                yield torch.stack(images), torch.tensor(labels), bad.take()
+                images, labels = [], []
+        if images or bad.count:
+            empty = torch.empty(0)
+            yield (torch.stack(images) if images else empty), torch.tensor(labels, dtype=torch.long), bad.take()
+
+
+class BadCounter:
+    """Counts skipped members and shards; also webdataset's error handler (log, count, continue)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, exn: Exception) -> bool:
+        LOG.warning("skipping unreadable shard data: %s", exn)
+        self.count += 1
+        return True
+
+    def take(self) -> int:
+        """The count so far, reset to 0."""
+        count, self.count = self.count, 0
+        return count
+
+
+def _tar_samples(shards: list[str], handler: Callable[[Exception], bool]) -> Iterator[dict[str, Any]]:
+    """Samples (dicts of member bytes by extension, plus ``__key__``) of ``shards``, in order."""
+    source = ({"url": url} for url in shards)
+    yield from _webdataset().tarfile_to_samples(handler=handler)(source)
+
+
+def _shuffled(samples: Iterator[dict[str, Any]], size: int, seed: int) -> Iterator[dict[str, Any]]:
+    """A seeded shuffle buffer of ``size`` samples (0 or 1: unchanged order)."""
+    if size <= 1:
+        yield from samples
+        return
+    rng, buffer = random.Random(seed), []
+    for sample in samples:
+        if len(buffer) < size:
+            buffer.append(sample)
+            continue
+        i = rng.randrange(size)
+        buffer[i], sample = sample, buffer[i]
+        yield sample
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def _decode(sample: dict[str, Any], bad: BadCounter) -> tuple[Image.Image, int] | None:
+    """``(image, label)`` of a sample (label -1 without ``cls``), or None when it is unusable (counted)."""
+    ext = next((e for e in IMAGE_KEYS if e in sample), None)
+    if ext is None:
+        bad(ValueError(f"sample {sample.get('__key__')} of {sample.get('__url__')} has no image member"))
+        return None
+    try:
+        with Image.open(io.BytesIO(sample[ext])) as img:
+            img.load()
+            image = img.copy()
+        label = int(sample["cls"].decode().strip()) if "cls" in sample else -1
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        bad(ValueError(f"sample {sample.get('__key__')} of {sample.get('__url__')}: {err}"))
+        return None
+    return image, label
+
+
+class ShardBatches:
+    """The streaming ``Batches`` of ``data.name=webdataset``: exact batches of ``batch_size`` images
+    re-assembled from the workers' chunks, ``steps_per_epoch`` per epoch on every process."""
+
+    def __init__(
+        self, samples: ShardSamples, index: ShardIndex, batch_size: int, num_workers: int, device: torch.device
+    ) -> None:
+        self.samples, self.batch_size, self.device = samples, batch_size, device
+        self.steps = min(index.rank_samples(r, samples.world_size) for r in range(samples.world_size)) // batch_size
+        if self.steps < 1:
+            raise DataError(f"a process's shards hold fewer than optim.batch_size={batch_size} images; "
+                            "lower optim.batch_size or write more images per shard")  # fmt: skip
+        self.loader = DataLoader(
+            samples, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda",
+            prefetch_factor=4 if num_workers > 0 else None,
+        )  # fmt: skip
+
+    def steps_per_epoch(self) -> int:
+        return self.steps
+
+    def _passes(self, epoch: int) -> Iterator[tuple[Tensor, int]]:
+        """The process's chunks of ``epoch``: one pass over its shards, then more passes if short."""
+        self.samples.epoch = epoch
+        for pass_ in itertools.count():
+            self.samples.pass_ = pass_
+            seen = 0
+            for images, _labels, bad in self.loader:
+                seen += len(images)
+                yield images, bad
+            if seen == 0:
+                raise DataError(f"process {self.samples.rank}'s shards hold no readable image")
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[Tensor, int]]:
+        """Batches ``start_step..steps_per_epoch`` of ``epoch`` (the skipped ones are read and dropped)."""
+        parts: list[Tensor] = []
+        held, bad, step = 0, 0, 0
+        chunks = self._passes(epoch)
+        while step < self.steps:
+            images, chunk_bad = next(chunks)
+            bad += chunk_bad
+            if len(images):
+                parts.append(images)
+                held += len(images)
+            while held >= self.batch_size and step < self.steps:
+                batch = torch.cat(parts)
+                parts, held = [batch[self.batch_size :]], held - self.batch_size
+                if step >= start_step:  # the skipped batches' bad data was counted by the stopped run
+                    yield batch[: self.batch_size].to(self.device, non_blocking=True), bad
+                bad, step = 0, step + 1
+        chunks.close()
+
+
+def shard_batches(
+    pattern: str,
+    transform: Transform,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    num_workers: int,
+    device: torch.device,
+) -> tuple[ShardBatches, ShardIndex]:
+    """The trainer's batches for ``data.name=webdataset`` (``data.path`` = the shard pattern)."""
+    index = index_shards(pattern)
+    samples = ShardSamples(index.urls, transform, seed, rank, world_size, chunk=min(batch_size, 64))
+    return ShardBatches(samples, index, batch_size, num_workers, device), index
+
+
+def first_images(pattern: str, n: int, transform: Transform) -> Tensor:
+    """The first ``n`` readable images of the first shards, in order, transformed: ``[n, C, H, W]``."""
+    bad = BadCounter()
+    images = []
+    for sample in _tar_samples(expand_shards(pattern), bad):
+        decoded = _decode(sample, bad)
+        if decoded is not None:
+            images.append(transform(decoded[0]))
+        if len(images) == n:
+            break
+    if not images:
+        raise DataError(f"no readable image in the shards {pattern!r}")
+    return torch.stack(images)
+
+
+# ---------------------------------------------------------------- writing shards
+def write_shards(
+    dataset: Dataset,
+    dst: str | Path,
+    shard_size: int,
+    max_side: int | None = None,
+    prefix: str = "train",
+    quality: int = 90,
+) -> dict[str, Any]:
+    """Write ``dataset``'s images as WebDataset shards ``dst/<prefix>-000000.tar``, ... and
+    ``dst/manifest.json`` (samples, classes, and per shard its name, count and sha256).
+
+    Args:
+        dataset: items ``(PIL image, label[, skipped])`` (skipped ones are left out), e.g.
+            ``build_dataset(name, split, keep_image)``; label -1 writes no ``cls``.
+        shard_size: samples per shard (the last one may hold fewer).
+        max_side: re-encode images whose longer side exceeds this, shrunk to it (None: keep sizes;
+            every image is still written as JPEG).
+        quality: JPEG quality.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        DataError: ``dst`` already holds shards of that prefix.
+    """
+    wds = _webdataset()
+    out = Path(dst)
+    if any(out.glob(f"{prefix}-*.tar")):
+        raise DataError(f"{out} already holds {prefix}-*.tar shards; write to an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    pattern = str(out / f"{prefix}-%06d.tar")
+    written = 0
+    with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
+        for i in range(len(dataset)):  # type: ignore[arg-type]
+            image, label, *flags = dataset[i]
+            if flags and flags[0]:  # an unreadable file (ImageFiles stands another image in for it)
+                continue
+            written += 1
+            sample = {"__key__": f"{i:09d}", "jpg": _jpeg(image, max_side, quality)}
+            if int(label) >= 0:
+                sample["cls"] = str(int(label)).encode()
+            sink.write(sample)
+    shards = sorted(out.glob(f"{prefix}-*.tar"))
+    manifest = {
+        "samples": written,
+        "classes": list(dataset_classes(dataset)),
+        "shards": [{"name": p.name, "count": _tar_count(str(p)), "sha256": _sha256(p)} for p in shards],
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def keep_image(image: Image.Image) -> Image.Image:
+    """The identity transform: a data set built with it yields PIL images (for ``write_shards``)."""
+    return image
+
+
+def _jpeg(image: Image.Image, max_side: int | None, quality: int) -> bytes:
+    """JPEG bytes of ``image`` (RGB or L), shrunk so its longer side is at most ``max_side``."""
+    image = image if image.mode in ("RGB", "L") else image.convert("RGB")
+    if max_side is not None and max(image.size) > max_side:
+        scale = max_side / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

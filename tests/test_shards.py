@@ -1,0 +1,147 @@
+"""WebDataset shards (issue 14): reading with workers and processes, bad data, resume, `dmjd shard`."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+pytest.importorskip("webdataset")
+import webdataset as wds  # noqa: E402
+
+from dmjd.cli import main  # noqa: E402
+from dmjd.data import DataError, pretrain_transform  # noqa: E402
+from dmjd.data.shards import ShardBatches, ShardSamples, index_shards, shard_batches  # noqa: E402
+from dmjd.engine import Pretrainer  # noqa: E402
+from conftest import tiny_config  # noqa: E402
+
+CPU = torch.device("cpu")
+STEP = 5  # a sample's id is its gray level / STEP (solid JPEGs decode exactly enough; ids < 52)
+
+
+def _jpeg(value: int, side: int = 16) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((side, side), value % 256, np.uint8)).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def make_shards(folder: Path, shards: int = 4, per_shard: int = 10, corrupt: bool = False) -> str:
+    """``shards`` tars of solid gray JPEGs (sample id ``i``: gray ``STEP*i``, class ``i % 3``); with
+    ``corrupt`` one member is not an image and the last shard is cut in half. Returns the pattern."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in range(shards):
+        with wds.TarWriter(str(folder / f"train-{s:06d}.tar")) as sink:
+            for j in range(per_shard):
+                i = s * per_shard + j
+                image = b"not a jpeg" if corrupt and i == 3 else _jpeg(STEP * i)
+                sink.write({"__key__": f"{i:06d}", "jpg": image, "cls": str(i % 3).encode()})
+    if corrupt:
+        last = folder / f"train-{shards - 1:06d}.tar"
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    return str(folder / f"train-{{000000..{shards - 1:06d}}}.tar")
+
+
+def sample_id(image: Image.Image) -> torch.Tensor:
+    """A transform giving a sample's id back (for counting who was seen)."""
+    return torch.tensor([round(np.asarray(image, np.float32).mean() / STEP)])
+
+
+def seen_ids(samples: ShardSamples, workers: int) -> tuple[list[int], list[int]]:
+    """Ids and labels of one pass over ``samples`` through ``workers`` loader workers."""
+    ids, labels = [], []
+    for images, y, _bad in DataLoader(samples, batch_size=None, num_workers=workers):
+        ids += images.flatten().tolist()
+        labels += y.tolist()
+    return ids, labels
+
+
+def test_every_sample_once_per_epoch_across_workers_and_processes(tmp_path):
+    urls = index_shards(make_shards(tmp_path, shards=5)).urls
+    ids, labels = seen_ids(ShardSamples(urls, sample_id, seed=1, chunk=4, shuffle_buffer=8), workers=2)
+    assert sorted(ids) == list(range(50))
+    assert labels == [i % 3 for i in ids]  # labels round-trip with their images
+    assert ids != sorted(ids)  # shuffled
+    per_rank = [seen_ids(ShardSamples(urls, sample_id, 1, r, 2, chunk=4), workers=2)[0] for r in range(2)]
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(50))
+    assert len(per_rank[0]) == 30 and len(per_rank[1]) == 20  # shards 0, 2, 4 and 1, 3
+
+
+def test_index_uses_manifest_or_tar_headers_and_rejects_missing_shards(tmp_path):
+    pattern = make_shards(tmp_path, shards=3, per_shard=7)
+    index = index_shards(pattern)
+    assert index.counts == (7, 7, 7) and index.classes == ()
+    with pytest.raises(DataError, match="do not exist"):
+        index_shards(str(tmp_path / "train-{000000..000009}.tar"))
+    with pytest.raises(DataError, match="cannot feed 4 processes"):
+        ShardSamples(index.urls, sample_id, world_size=4)
+
+
+def test_corrupt_member_and_truncated_shard_are_skipped_and_counted(tmp_path):
+    urls = index_shards(make_shards(tmp_path, corrupt=True)).urls
+    ids, bad = [], 0
+    for images, _y, b in DataLoader(ShardSamples(urls, sample_id, chunk=4), batch_size=None, num_workers=2):
+        ids += images.flatten().tolist()
+        bad += b
+    assert 3 not in ids and set(range(30)) - {3} <= set(ids)  # shards 0-2 whole but for the corrupt one
+    assert len(ids) == len(set(ids)) and bad >= 2  # the member and the truncated shard
+
+
+def test_batches_resume_mid_epoch_exactly(tmp_path):
+    pattern = make_shards(tmp_path, shards=4, per_shard=12)
+    transform = pretrain_transform(8, 1)
+    batches, _ = shard_batches(pattern, transform, 8, 3, rank=0, world_size=1, num_workers=2, device=CPU)
+    assert batches.steps_per_epoch() == 6
+    full = [images for images, _bad in batches.epoch(1)]
+    resumed = [images for images, _bad in batches.epoch(1, start_step=4)]
+    assert len(full) == 6 and len(resumed) == 2 and all(x.shape == (8, 1, 8, 8) for x in full)
+    for a, b in zip(full[4:], resumed):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(torch.stack(full), torch.stack([x for x, _ in batches.epoch(2)]))
+
+
+def test_short_process_reads_its_shards_again_to_stay_in_step(tmp_path):
+    index = index_shards(make_shards(tmp_path, corrupt=True))
+    batches = ShardBatches(ShardSamples(index.urls, sample_id, chunk=4), index, 10, 0, CPU)
+    assert batches.steps_per_epoch() == 3  # the manifest-less count: 30 + the readable half of the last
+    out = list(batches.epoch(0))
+    assert len(out) == 3 and sum(bad for _x, bad in out) >= 2
+
+
+def test_pretraining_on_shards_counts_the_corrupt_member(tmp_path, capsys):
+    pattern = make_shards(tmp_path / "shards", shards=4, per_shard=16, corrupt=True)
+    cfg = tiny_config("data.name=webdataset", f"data.path={pattern}", "data.limit=null", "data.pipeline=auto",
+                      "data.num_workers=2", "optim.batch_size=16", "optim.epochs=1",
+                      "optim.warmup_epochs=0")  # fmt: skip
+    summary = Pretrainer(cfg, tmp_path / "run").fit()
+    assert summary["bad_images"] >= 2 and summary["steps"] >= 3
+    out = capsys.readouterr().out
+    assert "data.pipeline=auto falls back to it for shards" in out and "4 shards" in out
+
+
+def test_cli_shard_writes_manifest_that_matches(tmp_path, capsys):
+    src = tmp_path / "images"
+    for i in range(7):
+        (src / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((40, 30, 3), 20 * i, np.uint8)).save(src / f"class{i % 2}" / f"{i}.png")
+    assert main(["shard", str(src), str(tmp_path / "out"), "--shard-size", "3", "--max-side", "20"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["samples"] == 7 and manifest["classes"] == ["class0", "class1"]
+    assert [s["count"] for s in manifest["shards"]] == [3, 3, 1]
+    with tarfile.open(tmp_path / "out" / "train-000000.tar") as tar:
+        member = next(m for m in tar if m.name.endswith(".jpg"))
+        assert max(Image.open(tar.extractfile(member)).size) == 20
+    index = index_shards(str(tmp_path / "out" / "train-{000000..000002}.tar"))
+    assert index.counts == (3, 3, 1) and index.classes == ("class0", "class1")
+    labels = sorted(int(s["cls"]) for s in wds.WebDataset(index.urls, shardshuffle=False))
+    assert labels == [0, 0, 0, 0, 1, 1, 1]
+    piped = index_shards(f"pipe:cat {tmp_path / 'out' / 'train-{000000..000002}.tar'}")  # counts from the manifest
+    assert piped.counts == (3, 3, 1) and len(seen_ids(ShardSamples(piped.urls, sample_id), workers=0)[0]) == 7
+    assert main(["shard", str(src), str(tmp_path / "out"), "--shard-size", "3"]) == 2  # not over old shards
+    assert "already holds" in capsys.readouterr().err
