@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -19,7 +24,7 @@ import webdataset as wds  # noqa: E402
 from dmjd.cli import main  # noqa: E402
 from dmjd.data import DataError, pretrain_transform  # noqa: E402
 from dmjd.data.shards import ShardBatches, ShardSamples, index_shards, shard_batches  # noqa: E402
-from dmjd.engine import Pretrainer  # noqa: E402
+from dmjd.engine import Pretrainer, TrainingInterrupted, load_checkpoint  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -145,3 +150,57 @@ def test_cli_shard_writes_manifest_that_matches(tmp_path, capsys):
     assert piped.counts == (3, 3, 1) and len(seen_ids(ShardSamples(piped.urls, sample_id), workers=0)[0]) == 7
     assert main(["shard", str(src), str(tmp_path / "out"), "--shard-size", "3"]) == 2  # not over old shards
     assert "already holds" in capsys.readouterr().err
+
+
+def _stop_mid_second_epoch(trainer):
+    if trainer.state.epoch == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_pretraining_on_shards_resumes_mid_epoch_exactly(tmp_path):
+    pattern = make_shards(tmp_path / "shards", shards=4, per_shard=16)
+    cfg = tiny_config("data.name=webdataset", f"data.path={pattern}", "data.limit=null", "data.num_workers=2",
+                      "optim.batch_size=16", "optim.epochs=2", "optim.warmup_epochs=0")  # fmt: skip
+    full = Pretrainer(cfg, tmp_path / "full").fit()
+    with pytest.raises(TrainingInterrupted, match="SIGTERM"):
+        Pretrainer(cfg, tmp_path / "cut").fit(on_epoch_end=_stop_mid_second_epoch)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint-last.pth")["run_state"]["epoch_step"] == 1  # mid-epoch
+    assert Pretrainer(cfg, tmp_path / "cut", resume="auto").fit()["steps"] == full["steps"] == 8
+    wa = load_checkpoint(tmp_path / "full" / "checkpoint-last.pth")["model"]
+    wb = load_checkpoint(tmp_path / "cut" / "checkpoint-last.pth")["model"]
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5)
+
+
+GLOO_READER = """
+import json, sys
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+sys.path.insert(0, sys.argv[3])
+from test_shards import sample_id
+from dmjd.data.shards import ShardSamples, index_shards
+dist.init_process_group("gloo")
+samples = ShardSamples(index_shards(sys.argv[1]).urls, sample_id, 0, dist.get_rank(), dist.get_world_size(), chunk=4)
+ids = [i for images, _y, _bad in DataLoader(samples, batch_size=None, num_workers=2) for i in images.flatten().tolist()]
+gathered = [None, None]
+dist.all_gather_object(gathered, ids)
+if dist.get_rank() == 0:
+    open(sys.argv[2], "w").write(json.dumps(gathered))
+dist.destroy_process_group()
+"""
+
+
+def test_two_gloo_processes_with_two_workers_read_every_sample_once(tmp_path):
+    pattern = make_shards(tmp_path / "shards", shards=6, per_shard=8)
+    script = tmp_path / "reader.py"
+    script.write_text(GLOO_READER)
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port.getsockname()[1]), str(script), pattern, str(tmp_path / "ids.json"),
+           str(Path(__file__).parent)]  # fmt: skip
+    port.close()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    per_rank = json.loads((tmp_path / "ids.json").read_text())
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(48)) and len(per_rank[0]) == len(per_rank[1]) == 24
