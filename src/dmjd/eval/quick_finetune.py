@@ -9,8 +9,14 @@ pays at that scale and drops what needs long schedules:
   (``pool``) + a LayerNorm and a linear head;
 * AdamW (0.9, 0.999), lr = ``blr`` x batch / 256, timm's layer-wise lr decay (``layer_decay``),
   weight decay 0.05 off biases and norms, linear warmup (``warmup_epochs``) then cosine to 0;
-* label smoothing 0.1, RandomResizedCrop (``crop_scale``) + horizontal flip made on the device
-  (``dmjd.data.resample``); no mixup, cutmix, RandAugment or erasing.
+* label smoothing 0.1, a mild RandomResizedCrop (``crop_scale`` 0.8-1) + horizontal flip made on
+  the device (``dmjd.data.resample``); no mixup, cutmix, RandAugment or erasing.
+
+The defaults (blr 4e-3, crop 0.8-1) come from a CPU sweep on the embedded sample (4,000 / 1,000
+images, an untrained 4-block ViT of width 64, 10 epochs of 15 steps; 2026-11-28): blr 1e-3 with
+crop 0.35-1 reached 53.7 %, crop 0.8-1 63.1 %, blr 4e-3 68.5 %, both 71.5 % (the same encoder's
+linear probe: 70.5 %), blr 8e-3 with crop 0.8-1 72.3 %, 30 epochs at the old setting 71.8 %. On the
+H200 the old setting gave 31-45 % after pre-training and 59 % from scratch (docs/results.md).
 
 Everything runs on the images' device with a seeded generator, so the result is reproducible.
 """
@@ -64,12 +70,12 @@ def quick_finetune_top1(
     normalize: nn.Module,
     epochs: int = 10,
     batch_size: int = 256,
-    blr: float = 1e-3,
+    blr: float = 4e-3,
     layer_decay: float = 0.75,
     weight_decay: float = 0.05,
     smoothing: float = 0.1,
     warmup_epochs: float = 1.0,
-    crop_scale: tuple[float, float] = (0.35, 1.0),
+    crop_scale: tuple[float, float] = (0.8, 1.0),
     pool: Pool | None = None,
     amp_dtype: torch.dtype | None = None,
     seed: int = 0,

@@ -1,0 +1,126 @@
+"""The issue-11 benchmark harness: quick fine-tuning, confidence intervals, the official-MAE step
+(run against a stand-in checkout the test writes), throughput modes and the recorded commit."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_config
+from dmjd.bench.analysis import aggregate
+from dmjd.bench.environment import git_commit
+from dmjd.bench.throughput import measure, throughput_config
+from dmjd.engine import Pretrainer
+from dmjd.eval.quick_finetune import quick_finetune_top1
+
+
+def test_ci95_is_students_t_interval_of_the_mean():
+    stats = aggregate([1.0, 2.0, 3.0, None])
+    # t(0.975, 2) = 4.3027; std 1; n 3
+    assert stats.ci95 == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
+    assert aggregate([1.0]).ci95 is None and aggregate([]).ci95 is None
+
+
+def _separable_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two classes: a bright top half or a bright bottom half (flip-invariant), with noise (uint8, 1 x 16 x 16)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    images = torch.randint(0, 60, (n, 1, 16, 16), generator=g)
+    top = labels == 0
+    images[top, :, :8] += 180
+    images[~top, :, 8:] += 180
+    return images.to(torch.uint8), labels
+
+
+def test_quick_finetune_learns_a_separable_task_and_leaves_the_encoder_alone(tmp_path):
+    cfg = tiny_config("model.img_size=16", "model.patch_size=4", "target.cell_size=2")
+    encoder = Pretrainer(cfg, tmp_path).model.encoder
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    from dmjd.data import Normalize
+
+    acc = quick_finetune_top1(
+        encoder, _separable_split(256, 0), _separable_split(128, 1), Normalize((0.5,), (0.5,)),
+        epochs=6, batch_size=64, blr=2e-3, crop_scale=(0.9, 1.0), pool="avg",
+    )  # fmt: skip
+    assert acc >= 0.9
+    after = encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+STAND_IN_MODELS_MAE = '''
+import numpy as np
+import torch
+from torch import nn
+from torch._six import inf  # removed from PyTorch: the harness must provide it
+from timm.models.vision_transformer import Block
+
+assert np.float is float  # removed from NumPy: the harness must provide it
+
+
+class MaskedAutoencoderViT(nn.Module):
+    """A stand-in with the official constructor and forward signature (not MAE's code)."""
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=1024, depth=24, num_heads=16,
+                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
+                 norm_layer=nn.LayerNorm, norm_pix_loss=False):
+        super().__init__()
+        self.embed = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
+        self.block = Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, qk_scale=None, norm_layer=norm_layer)
+        self.head = nn.Linear(embed_dim, patch_size**2 * in_chans)
+
+    def forward(self, imgs, mask_ratio=0.75):
+        x = self.embed(imgs).flatten(2).transpose(1, 2)
+        pred = self.head(self.block(x))
+        return pred.pow(2).mean(), pred, None
+'''
+
+STAND_IN_MISC = '''
+import torch
+
+
+class NativeScalerWithGradNormCount:
+    def __init__(self):
+        self._scaler = torch.amp.GradScaler("cuda", enabled=torch.cuda.is_available())
+
+    def __call__(self, loss, optimizer, parameters=None, update_grad=True):
+        self._scaler.scale(loss).backward()
+        if update_grad:
+            self._scaler.step(optimizer)
+            self._scaler.update()
+'''
+
+
+def test_official_step_runs_against_a_checkout_with_the_official_layout(tmp_path):
+    from dmjd.bench.official_mae import time_official
+
+    (tmp_path / "util").mkdir()
+    (tmp_path / "models_mae.py").write_text(textwrap.dedent(STAND_IN_MODELS_MAE))
+    (tmp_path / "util" / "__init__.py").write_text("")
+    (tmp_path / "util" / "misc.py").write_text(textwrap.dedent(STAND_IN_MISC))
+    result = time_official(tmp_path, "vit-ti4-32", batch=4, steps=2, warmup=1, device="cpu")
+    assert result["step_ms"] > 0 and result["images_per_s"] > 0 and math.isfinite(result["last_loss"])
+
+
+def test_official_step_names_a_folder_that_is_not_a_checkout(tmp_path):
+    from dmjd.bench.official_mae import import_official_mae
+
+    with pytest.raises(FileNotFoundError, match="models_mae.py"):
+        import_official_mae(tmp_path)
+
+
+def test_throughput_through_the_device_path_reports_compile_time_only_when_compiled():
+    cfg = throughput_config("cpu-small", "MAE", 8, "cpu")
+    r = measure(cfg, steps=2, warmup=1, count_flops=False, data="device")
+    assert r["compile_s"] is None and r["images_per_s"] > 0 and r["flops_per_step"] is None
+    assert throughput_config("cpu-small", "MAE", 8, "cpu", "reduce-overhead").train.compile_mode == "reduce-overhead"
+    with pytest.raises(ValueError, match="synthetic"):
+        measure(cfg, steps=1, warmup=0, count_flops=False, data="disk")
+
+
+def test_recorded_commit_prefers_the_environment(monkeypatch):
+    monkeypatch.setenv("DMJD_GIT_COMMIT", "abc123")
+    assert git_commit() == "abc123"
