@@ -75,6 +75,8 @@ def import_official_mae(mae_dir: str | Path) -> tuple[types.ModuleType, types.Mo
                 super().__init__(*args, **kwargs)
 
         vit.Block = Block  # type: ignore[misc]
+    for name in [m for m in sys.modules if m == "models_mae" or m == "util" or m.startswith("util.")]:
+        del sys.modules[name]  # another checkout imported before (or an unrelated ``util``)
     sys.path.insert(0, str(root))
     try:
         return importlib.import_module("models_mae"), importlib.import_module("util.misc")
