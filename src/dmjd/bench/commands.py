@@ -47,7 +47,7 @@ def register_bench_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="machine preset (default cpu)")
     p.add_argument("--output-dir", required=True, help="receives runs/, results.json, report.md and PNG figures")
     p.add_argument("--sections", type=_sections, default=None,
-                   help=f"comma-separated, from {','.join(SECTION_NAMES)} (default: main,profile)")  # fmt: skip
+                   help=f"comma-separated, from {','.join(SECTION_NAMES)} (default: the preset's)")  # fmt: skip
     p.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the preset's)")
     p.add_argument("--data-path", default=None,
                    help="data.path of every run, e.g. a folder with Fashion-MNIST *-ubyte.gz")  # fmt: skip
