@@ -22,6 +22,7 @@ pytest.importorskip("webdataset")
 import webdataset as wds  # noqa: E402
 
 from dmjd.cli import main  # noqa: E402
+from dmjd.config import ConfigError  # noqa: E402
 from dmjd.data import DataError, pretrain_transform  # noqa: E402
 from dmjd.data.shards import ShardBatches, ShardSamples, index_shards, shard_batches  # noqa: E402
 from dmjd.engine import Pretrainer, TrainingInterrupted, load_checkpoint  # noqa: E402
@@ -204,3 +205,12 @@ def test_two_gloo_processes_with_two_workers_read_every_sample_once(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     per_rank = json.loads((tmp_path / "ids.json").read_text())
     assert sorted(per_rank[0] + per_rank[1]) == list(range(48)) and len(per_rank[0]) == len(per_rank[1]) == 24
+
+
+def test_config_needs_a_shard_pattern_and_no_monitor_or_limit():
+    with pytest.raises(ConfigError, match="data.path is required"):
+        tiny_config("data.name=webdataset", "data.limit=null")
+    with pytest.raises(ConfigError, match="data.limit does not apply"):
+        tiny_config("data.name=webdataset", "data.path=s-{0..1}.tar")
+    with pytest.raises(ConfigError, match="monitor.interval"):
+        tiny_config("data.name=webdataset", "data.path=s-{0..1}.tar", "data.limit=null", "monitor.interval=1")
