@@ -23,7 +23,7 @@ import webdataset as wds  # noqa: E402
 
 from dmjd.cli import main  # noqa: E402
 from dmjd.config import ConfigError  # noqa: E402
-from dmjd.data import DataError, pretrain_transform  # noqa: E402
+from dmjd.data import DataError  # noqa: E402
 from dmjd.data.shards import ShardBatches, ShardSamples, index_shards, shard_batches  # noqa: E402
 from dmjd.engine import Pretrainer, TrainingInterrupted, load_checkpoint  # noqa: E402
 from conftest import tiny_config  # noqa: E402
@@ -32,22 +32,25 @@ CPU = torch.device("cpu")
 STEP = 5  # a sample's id is its gray level / STEP (solid JPEGs decode exactly enough; ids < 52)
 
 
-def _jpeg(value: int, side: int = 16) -> bytes:
+def _encoded(value: int, side: int = 16, fmt: str = "JPEG") -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.full((side, side), value % 256, np.uint8)).save(buffer, format="JPEG", quality=95)
+    Image.fromarray(np.full((side, side), value % 256, np.uint8)).save(buffer, format=fmt, quality=95)
     return buffer.getvalue()
 
 
 def make_shards(folder: Path, shards: int = 4, per_shard: int = 10, corrupt: bool = False) -> str:
     """``shards`` tars of solid gray JPEGs (sample id ``i``: gray ``STEP*i``, class ``i % 3``); with
-    ``corrupt`` one member is not an image and the last shard is cut in half. Returns the pattern."""
+    ``corrupt`` one member is not an image, one is a PNG and the last shard is cut in half. Returns
+    the pattern."""
     folder.mkdir(parents=True, exist_ok=True)
     for s in range(shards):
         with wds.TarWriter(str(folder / f"train-{s:06d}.tar")) as sink:
             for j in range(per_shard):
                 i = s * per_shard + j
-                image = b"not a jpeg" if corrupt and i == 3 else _jpeg(STEP * i)
-                sink.write({"__key__": f"{i:06d}", "jpg": image, "cls": str(i % 3).encode()})
+                image = {"jpg": b"not a jpeg" if corrupt and i == 3 else _encoded(STEP * i)}
+                if corrupt and i == 5:
+                    image = {"png": _encoded(STEP * i, fmt="PNG")}
+                sink.write({"__key__": f"{i:06d}", **image, "cls": str(i % 3).encode()})
     if corrupt:
         last = folder / f"train-{shards - 1:06d}.tar"
         last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
@@ -99,15 +102,17 @@ def test_corrupt_member_and_truncated_shard_are_skipped_and_counted(tmp_path):
     assert len(ids) == len(set(ids)) and bad >= 2  # the member and the truncated shard
 
 
-def test_batches_resume_mid_epoch_exactly(tmp_path):
-    pattern = make_shards(tmp_path, shards=4, per_shard=12)
-    transform = pretrain_transform(8, 1)
-    batches, _ = shard_batches(pattern, transform, 8, 3, rank=0, world_size=1, num_workers=2, device=CPU)
-    assert batches.steps_per_epoch() == 6
-    full = [images for images, _bad in batches.epoch(1)]
-    resumed = [images for images, _bad in batches.epoch(1, start_step=4)]
-    assert len(full) == 6 and len(resumed) == 2 and all(x.shape == (8, 1, 8, 8) for x in full)
-    for a, b in zip(full[4:], resumed):
+@pytest.mark.parametrize("on_device", [False, True])
+def test_batches_resume_mid_epoch_exactly_despite_bad_data(tmp_path, on_device):
+    pattern = make_shards(tmp_path, shards=4, per_shard=12, corrupt=True)
+    batches, _ = shard_batches(pattern, 8, 3, 0, 1, 2, CPU, img_size=8, in_chans=3, decode_on_device=on_device)
+    assert batches.steps_per_epoch() == 5  # 36 + the readable part of the truncated shard
+    full, bad = zip(*batches.epoch(1))
+    resumed = [images for images, _bad in batches.epoch(1, start_step=3)]
+    assert sum(bad) >= 2  # the member that is not an image (the PNG decodes) and the truncated shard
+    assert len(full) == 5 and len(resumed) == 2 and all(x.shape == (8, 3, 8, 8) for x in full)
+    assert all(0 <= x.min() and x.max() <= 1 for x in full)
+    for a, b in zip(full[3:], resumed):
         torch.testing.assert_close(a, b)
     assert not torch.equal(torch.stack(full), torch.stack([x for x, _ in batches.epoch(2)]))
 
@@ -128,7 +133,7 @@ def test_pretraining_on_shards_counts_the_corrupt_member(tmp_path, capsys):
     summary = Pretrainer(cfg, tmp_path / "run").fit()
     assert summary["bad_images"] >= 2 and summary["steps"] >= 3
     out = capsys.readouterr().out
-    assert "data.pipeline=auto falls back to it for shards" in out and "4 shards" in out
+    assert "data.pipeline=auto: the streaming loader" in out and "4 shards" in out
 
 
 def test_cli_shard_writes_manifest_that_matches(tmp_path, capsys):
@@ -158,9 +163,11 @@ def _stop_mid_second_epoch(trainer):
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_pretraining_on_shards_resumes_mid_epoch_exactly(tmp_path):
+@pytest.mark.parametrize("pipeline", ["loader", "device"])
+def test_pretraining_on_shards_resumes_mid_epoch_exactly(tmp_path, pipeline):
     pattern = make_shards(tmp_path / "shards", shards=4, per_shard=16)
     cfg = tiny_config("data.name=webdataset", f"data.path={pattern}", "data.limit=null", "data.num_workers=2",
+                      f"data.pipeline={pipeline}",
                       "optim.batch_size=16", "optim.epochs=2", "optim.warmup_epochs=0")  # fmt: skip
     full = Pretrainer(cfg, tmp_path / "full").fit()
     with pytest.raises(TrainingInterrupted, match="SIGTERM"):

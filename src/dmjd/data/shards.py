@@ -20,7 +20,9 @@ How an epoch is read (``ShardSamples`` / ``ShardBatches``):
   reading the tar headers), so processes stay in step; a process's leftover samples are not seen that
   epoch. When corrupt members leave a process short, it reads its shards again (a differently
   seeded pass) to fill its last batches.
-* Bad data: a member that PIL cannot decode, a ``cls`` that is not an integer, and a truncated or
+* Decoding: PIL and ``pretrain_transform`` in the loader workers (``ShardBatches``), or, with
+  ``data.pipeline=device``, batched on the training device (``DeviceDecodedBatches``).
+* Bad data: a member that cannot be decoded, a ``cls`` that is not an integer, and a truncated or
   unreadable shard (the rest of that shard is lost) are each skipped with one logged warning and
   counted in the trainer's ``bad_images``; none is fatal.
 * Resume: at an epoch boundary exactly. Mid-epoch (``start_step`` > 0) the epoch's stream is made
@@ -44,12 +46,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from dmjd.data.datasets import DataError, Transform, dataset_classes
+from dmjd.data.pipeline import augment_seed
+from dmjd.data.resample import Interpolation, random_resized_crop_params, resized_crop
+from dmjd.data.transforms import pretrain_transform
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff")
 MANIFEST = "manifest.json"
@@ -157,13 +163,14 @@ class ShardSamples(IterableDataset):
     """One process's part of a shard list, as chunks ``(images [n, C, H, W], labels [n], bad)``.
 
     Each loader worker reads its own shards (see the module docstring) and yields chunks of up to
-    ``chunk`` transformed images; ``bad`` counts the members and shards skipped since its previous
+    ``chunk`` transformed images (with ``transform=None``: a list of their encoded bytes as uint8
+    tensors, for ``DeviceDecodedBatches``); ``bad`` counts the members and shards skipped since its previous
     chunk (a chunk may hold no image, to report the last ones). Set ``epoch`` and ``pass_`` before
     iterating (a fresh iterator of non-persistent workers picks them up).
 
     Args:
         urls: the whole shard list (every process gets the same).
-        transform: PIL image -> tensor (``pretrain_transform``).
+        transform: PIL image -> tensor (``pretrain_transform``), or None to yield encoded bytes.
         seed: the run's seed; rank, world_size: this process and the number of processes.
         chunk: images per chunk; shuffle_buffer: samples held for shuffling (0: shard order).
     """
@@ -171,7 +178,7 @@ class ShardSamples(IterableDataset):
     def __init__(
         self,
         urls: list[str] | tuple[str, ...],
-        transform: Transform,
+        transform: Transform | None,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -189,7 +196,7 @@ class ShardSamples(IterableDataset):
         """The shards worker ``worker`` of ``num_workers`` reads in this process (fixed for a run)."""
         return self.urls[self.rank :: self.world_size][worker::num_workers]
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, int]]:
+    def __iter__(self) -> Iterator[tuple[Tensor | list[Tensor], Tensor, int]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         key = (self.seed, self.epoch, self.pass_, self.rank, worker)
@@ -199,18 +206,29 @@ class ShardSamples(IterableDataset):
         images: list[Tensor] = []
         labels: list[int] = []
         for n, sample in enumerate(_shuffled(_tar_samples(shards, bad), self.shuffle_buffer, _seed(*key, 1))):
-            decoded = _decode(sample, bad)
-            if decoded is None:
+            parts = _parts(sample, bad)
+            if parts is None:
                 continue
-            torch.manual_seed(_seed(*key, 2, n))
-            images.append(self.transform(decoded[0]))
-            labels.append(decoded[1])
+            if self.transform is None:
+                images.append(torch.frombuffer(bytearray(parts[0]), dtype=torch.uint8))
+            else:
+                image = _pil(parts[0], sample, bad)
+                if image is None:
+                    continue
+                torch.manual_seed(_seed(*key, 2, n))
+                images.append(self.transform(image))
+            labels.append(parts[1])
             if len(images) == self.chunk:
-                yield torch.stack(images), torch.tensor(labels), bad.take()
+                yield self._chunk(images), torch.tensor(labels), bad.take()
                 images, labels = [], []
         if images or bad.count:
-            empty = torch.empty(0)
-            yield (torch.stack(images) if images else empty), torch.tensor(labels, dtype=torch.long), bad.take()
+            yield self._chunk(images), torch.tensor(labels, dtype=torch.long), bad.take()
+
+    def _chunk(self, images: list[Tensor]) -> Tensor | list[Tensor]:
+        """Transformed images stacked (an empty tensor for none), encoded ones as they are."""
+        if self.transform is None:
+            return images
+        return torch.stack(images) if images else torch.empty(0)
 
 
 class BadCounter:
@@ -253,21 +271,28 @@ def _shuffled(samples: Iterator[dict[str, Any]], size: int, seed: int) -> Iterat
     yield from buffer
 
 
-def _decode(sample: dict[str, Any], bad: BadCounter) -> tuple[Image.Image, int] | None:
-    """``(image, label)`` of a sample (label -1 without ``cls``), or None when it is unusable (counted)."""
+def _parts(sample: dict[str, Any], bad: BadCounter) -> tuple[bytes, int] | None:
+    """``(encoded image, label)`` of a sample (label -1 without ``cls``), or None when it has no image
+    member or an unreadable ``cls`` (counted)."""
     ext = next((e for e in IMAGE_KEYS if e in sample), None)
-    if ext is None:
-        bad(ValueError(f"sample {sample.get('__key__')} of {sample.get('__url__')} has no image member"))
-        return None
     try:
-        with Image.open(io.BytesIO(sample[ext])) as img:
+        if ext is None:
+            raise ValueError("no image member")
+        return sample[ext], int(sample["cls"].decode().strip()) if "cls" in sample else -1
+    except ValueError as err:
+        bad(ValueError(f"sample {sample.get('__key__')} of {sample.get('__url__')}: {err}"))
+        return None
+
+
+def _pil(data: bytes, sample: dict[str, Any], bad: BadCounter) -> Image.Image | None:
+    """The decoded image, or None when PIL cannot decode it (counted)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
-            image = img.copy()
-        label = int(sample["cls"].decode().strip()) if "cls" in sample else -1
+            return img.copy()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         bad(ValueError(f"sample {sample.get('__key__')} of {sample.get('__url__')}: {err}"))
         return None
-    return image, label
 
 
 class ShardBatches:
@@ -290,7 +315,15 @@ class ShardBatches:
     def steps_per_epoch(self) -> int:
         return self.steps
 
-    def _passes(self, epoch: int) -> Iterator[tuple[Tensor, int]]:
+    def _images(self, chunk: Tensor | list[Tensor]) -> tuple[list[Tensor], int]:
+        """A worker chunk as per-image tensors, and the images it had to drop (none here)."""
+        return list(chunk), 0
+
+    def _batch(self, images: list[Tensor], epoch: int, step: int) -> Tensor:
+        """The batch of step ``step`` made of ``batch_size`` images, on the device."""
+        return torch.stack(images).to(self.device, non_blocking=True)
+
+    def _passes(self, epoch: int) -> Iterator[tuple[Tensor | list[Tensor], int]]:
         """The process's chunks of ``epoch``: one pass over its shards, then more passes if short."""
         self.samples.epoch = epoch
         for pass_ in itertools.count():
@@ -304,38 +337,112 @@ class ShardBatches:
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[Tensor, int]]:
         """Batches ``start_step..steps_per_epoch`` of ``epoch`` (the skipped ones are read and dropped)."""
-        parts: list[Tensor] = []
-        held, bad, step = 0, 0, 0
+        pending: list[Tensor] = []
+        bad, step = 0, 0
         chunks = self._passes(epoch)
         while step < self.steps:
-            images, chunk_bad = next(chunks)
-            bad += chunk_bad
-            if len(images):
-                parts.append(images)
-                held += len(images)
-            while held >= self.batch_size and step < self.steps:
-                batch = torch.cat(parts)
-                parts, held = [batch[self.batch_size :]], held - self.batch_size
+            chunk, chunk_bad = next(chunks)
+            images, dropped = self._images(chunk)
+            pending += images
+            bad += chunk_bad + dropped
+            while len(pending) >= self.batch_size and step < self.steps:
                 if step >= start_step:  # the skipped batches' bad data was counted by the stopped run
-                    yield batch[: self.batch_size].to(self.device, non_blocking=True), bad
-                bad, step = 0, step + 1
+                    yield self._batch(pending[: self.batch_size], epoch, step), bad
+                pending, bad, step = pending[self.batch_size :], 0, step + 1
         chunks.close()
+
+
+class DeviceDecodedBatches(ShardBatches):
+    """Shards with ``data.pipeline=device``: loader workers only read the encoded bytes; JPEGs are
+    decoded in batches on the training device (``torchvision.io.decode_jpeg``), any other format or
+    a JPEG the decoder refuses by PIL on the CPU, and RandomResizedCrop + flip run there per image
+    (``dmjd.data.resample``), seeded by ``(seed, epoch, step, rank)``. Images are decoded even in
+    the batches a mid-epoch resume skips, so it stays exact.
+    """
+
+    def __init__(
+        self,
+        samples: ShardSamples,
+        index: ShardIndex,
+        batch_size: int,
+        num_workers: int,
+        device: torch.device,
+        size: int,
+        in_chans: int,
+        scale: tuple[float, float] = (0.2, 1.0),
+        hflip: bool = True,
+        interpolation: Interpolation = "bicubic",
+    ) -> None:
+        super().__init__(samples, index, batch_size, num_workers, device)
+        self.size, self.in_chans, self.interpolation = size, in_chans, interpolation
+        self.scale, self.hflip = scale, hflip
+        self.generator = torch.Generator(device=device)
+        self.rank_seed = _seed(samples.seed, samples.rank)  # each process augments its own images
+
+    def _images(self, chunk: Tensor | list[Tensor]) -> tuple[list[Tensor], int]:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        mode = ImageReadMode.GRAY if self.in_chans == 1 else ImageReadMode.RGB
+        try:
+            return list(decode_jpeg(list(chunk), mode=mode, device=self.device)), 0
+        except RuntimeError:  # a non-JPEG or a refused file in the chunk: image by image
+            decoded = [self._decode_one(data, mode) for data in chunk]
+            return [image for image in decoded if image is not None], sum(image is None for image in decoded)
+
+    def _decode_one(self, data: Tensor, mode: Any) -> Tensor | None:
+        """One image: the device's JPEG decoder, else PIL (None when neither can; logged)."""
+        from torchvision.io import decode_jpeg
+
+        try:
+            return decode_jpeg(data, mode=mode, device=self.device)
+        except RuntimeError:
+            image = _pil(data.numpy().tobytes(), {}, BadCounter())
+        if image is None:
+            return None
+        array = torch.from_numpy(np.asarray(image.convert("L" if self.in_chans == 1 else "RGB")).copy())
+        return (array[None] if array.dim() == 2 else array.permute(2, 0, 1)).to(self.device)
+
+    def _batch(self, images: list[Tensor], epoch: int, step: int) -> Tensor:
+        self.generator.manual_seed(augment_seed(self.rank_seed, epoch, step))
+        flips = torch.rand(len(images), generator=self.generator, device=self.device) < 0.5
+        out = []
+        for image, flip in zip(images, flips):
+            box = random_resized_crop_params(1, *image.shape[-2:], self.scale, generator=self.generator)
+            flip_one = flip[None] if self.hflip else None
+            out.append(resized_crop(image[None], box, self.size, self.interpolation, flip_one))
+        return torch.cat(out)
 
 
 def shard_batches(
     pattern: str,
-    transform: Transform,
     batch_size: int,
     seed: int,
     rank: int,
     world_size: int,
     num_workers: int,
     device: torch.device,
+    img_size: int,
+    in_chans: int,
+    crop_scale: tuple[float, float] = (0.2, 1.0),
+    hflip: bool = True,
+    interpolation: Interpolation = "bicubic",
+    decode_on_device: bool = False,
 ) -> tuple[ShardBatches, ShardIndex]:
-    """The trainer's batches for ``data.name=webdataset`` (``data.path`` = the shard pattern)."""
+    """The trainer's batches for ``data.name=webdataset`` (``data.path`` = the shard pattern):
+    decoded and augmented by PIL in the loader workers (``pretrain_transform``), or with
+    ``decode_on_device`` on ``device`` (``DeviceDecodedBatches``)."""
     index = index_shards(pattern)
-    samples = ShardSamples(index.urls, transform, seed, rank, world_size, chunk=min(batch_size, 64))
-    return ShardBatches(samples, index, batch_size, num_workers, device), index
+    chunk = min(batch_size, 64)
+    if decode_on_device:
+        samples = ShardSamples(index.urls, None, seed, rank, world_size, chunk)
+        batches: ShardBatches = DeviceDecodedBatches(
+            samples, index, batch_size, num_workers, device, img_size, in_chans, crop_scale, hflip, interpolation
+        )
+    else:
+        transform = pretrain_transform(img_size, in_chans, crop_scale, hflip, interpolation)
+        samples = ShardSamples(index.urls, transform, seed, rank, world_size, chunk)
+        batches = ShardBatches(samples, index, batch_size, num_workers, device)
+    return batches, index
 
 
 def first_images(pattern: str, n: int, transform: Transform) -> Tensor:
@@ -343,9 +450,10 @@ def first_images(pattern: str, n: int, transform: Transform) -> Tensor:
     bad = BadCounter()
     images = []
     for sample in _tar_samples(expand_shards(pattern), bad):
-        decoded = _decode(sample, bad)
-        if decoded is not None:
-            images.append(transform(decoded[0]))
+        parts = _parts(sample, bad)
+        image = None if parts is None else _pil(parts[0], sample, bad)
+        if image is not None:
+            images.append(transform(image))
         if len(images) == n:
             break
     if not images:

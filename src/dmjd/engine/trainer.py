@@ -372,16 +372,19 @@ class Pretrainer:
         return LoaderBatches(loader, sampler, dev), f"loader pipeline, {why}: {workers} DataLoader workers"
 
     def _shard_batches(self) -> tuple[Batches, str]:
-        """``data.name=webdataset``: shards streamed through DataLoader workers (any data.pipeline)."""
+        """``data.name=webdataset``: shards streamed through DataLoader workers; ``data.pipeline=device``
+        decodes and augments on the device, ``auto`` and ``loader`` in the workers."""
         cfg, d, m = self.cfg, self.cfg.data, self.cfg.model
-        transform = pretrain_transform(m.img_size, m.in_chans, tuple(d.crop_scale), d.hflip, d.interpolation)
+        on_device = d.pipeline == "device"
         batches, index = shard_batches(
-            d.path, transform, cfg.optim.batch_size, cfg.train.seed, self.dist.rank, self.dist.world_size,
-            d.num_workers, self.device,
+            d.path, cfg.optim.batch_size, cfg.train.seed, self.dist.rank, self.dist.world_size, d.num_workers,
+            self.device, m.img_size, m.in_chans, tuple(d.crop_scale), d.hflip, d.interpolation, on_device,
         )  # fmt: skip
         self.data_line = describe_data(d.name, d.path, "train", sum(index.counts), len(index.classes), index.classes)
-        streaming = "" if d.pipeline == "loader" else f" (data.pipeline={d.pipeline} falls back to it for shards)"
-        return batches, f"streaming shard loader{streaming}: {len(index.urls)} shards, {d.num_workers} DataLoader workers"
+        where = "decoded and augmented on the device" if on_device else "decoded and augmented by PIL in the workers"
+        auto = " (data.pipeline=auto: the streaming loader; device decoding with data.pipeline=device)"
+        return batches, (f"streaming shard loader{auto if d.pipeline == 'auto' else ''}: {len(index.urls)} shards, "
+                         f"{d.num_workers} DataLoader workers, {where}")  # fmt: skip
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
