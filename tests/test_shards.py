@@ -141,6 +141,7 @@ def test_cli_shard_writes_manifest_that_matches(tmp_path, capsys):
     for i in range(7):
         (src / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((40, 30, 3), 20 * i, np.uint8)).save(src / f"class{i % 2}" / f"{i}.png")
+    (src / "class0" / "broken.png").write_bytes(b"not a png")  # left out of the shards
     assert main(["shard", str(src), str(tmp_path / "out"), "--shard-size", "3", "--max-side", "20"]) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["samples"] == 7 and manifest["classes"] == ["class0", "class1"]
