@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from dmjd.bench.environment import device_name, git_commit, machine_info, now_utc, publish, release_device_memory
-from dmjd.bench.throughput import measure
+from dmjd.bench.throughput import compile_overrides, measure
 from dmjd.config import Config, load_config
 
 # Per setting: the official model's constructor arguments and dmjd's matching overrides.
@@ -134,13 +134,12 @@ def time_official(
 
 def dmjd_config(setting: str, batch: int, device: str, precision: str, compile_mode: str | None) -> Config:
     """dmjd's MAE mode (random 0.75, K = 1, norm-pix, no VDB) for a setting, 3 channels."""
-    compile_keys = ["train.compile=false"] if compile_mode is None else ["train.compile=true", f"train.compile_mode={compile_mode}"]
     return load_config(
         "mae-vit-b",
         [
             *SETTINGS[setting][1], "model.in_chans=3", "data.name=embedded", "data.path=null", "data.num_workers=0",
             f"optim.batch_size={batch}", "optim.accum_iter=1", f"train.device={device}", f"train.precision={precision}",
-            "train.tensorboard=false", "train.progress=false", *compile_keys,
+            "train.tensorboard=false", "train.progress=false", *compile_overrides(compile_mode or "eager"),
         ],
     )  # fmt: skip
 

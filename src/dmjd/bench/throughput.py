@@ -61,19 +61,23 @@ def peak_bf16_flops(name: str) -> tuple[str, float] | None:
     return next(((key, peak) for key, peak in PEAK_BF16_FLOPS if key in name), None)
 
 
+def compile_overrides(mode: str) -> list[str]:
+    """Config overrides of an execution mode: ``eager`` or a ``torch.compile`` mode."""
+    return ["train.compile=false"] if mode == "eager" else ["train.compile=true", f"train.compile_mode={mode}"]
+
+
 def throughput_config(setting: str, config: str, batch: int, device: str, mode: str = "eager") -> Config:
     """The run config of one measured configuration: its recipe on the embedded sample, ``mode``
     ``eager`` or a ``torch.compile`` mode."""
     preset, overrides = SETTINGS[setting][config]
     precision = "bf16" if device.startswith("cuda") else "fp32"
-    compile_keys = ["train.compile=false"] if mode == "eager" else ["train.compile=true", f"train.compile_mode={mode}"]
     return load_config(
         preset,
         [
             *overrides,
             "data.name=embedded", "data.path=null", "data.limit=null", "data.num_workers=0",
             f"optim.batch_size={batch}", "optim.accum_iter=1",
-            f"train.device={device}", f"train.precision={precision}", *compile_keys,
+            f"train.device={device}", f"train.precision={precision}", *compile_overrides(mode),
             "train.tensorboard=false", "train.progress=false",
         ],
     )  # fmt: skip

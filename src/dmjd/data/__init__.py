@@ -9,7 +9,7 @@ from dmjd.data.datasets import (
     build_dataset,
     embedded_sample,
 )
-from dmjd.data.arrays import ImageArray, estimate_nbytes, load_image_array
+from dmjd.data.arrays import ImageArray, decoded_nbytes, load_image_array, open_source, to_image_array
 from dmjd.data.pipeline import Batches, DeviceBatches, LoaderBatches, choose_pipeline, device_budget_bytes, endless
 from dmjd.data.resample import random_resized_crop_params, resized_crop
 from dmjd.data.sampler import EpochBatchSampler, epoch_permutation
@@ -25,10 +25,12 @@ __all__ = [
     "device_budget_bytes",
     "endless",
     "epoch_permutation",
-    "estimate_nbytes",
+    "decoded_nbytes",
     "load_image_array",
+    "open_source",
     "random_resized_crop_params",
     "resized_crop",
+    "to_image_array",
     "DataError",
     "EpochBatchSampler",
     "ImageFiles",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
 
 from dmjd.data.datasets import ArrayImages, DataError, ImageFiles, TorchvisionImages, build_dataset, cache_dir
 from dmjd.data.transforms import to_mode
@@ -53,50 +54,66 @@ def _to_gray(images: np.ndarray) -> np.ndarray:
     return ((images.astype(np.uint32) * w).sum(1, keepdims=True) + 500) // 1000
 
 
-def estimate_nbytes(name: str, split: str, path: str | None, size: int, in_chans: int, download: bool) -> int:
-    """Bytes the decoded array will take, without decoding (for the memory budget)."""
-    base = build_dataset(name, split, lambda image: image, path, download)
-    if isinstance(base, ArrayImages):
-        return int(base.images.nbytes)
-    if isinstance(base, TorchvisionImages):
-        return int(getattr(base.base, "data").nbytes)
-    return len(base) * in_chans * size * size  # type: ignore[arg-type]
+def open_source(name: str, split: str, path: str | None, download: bool = False) -> Dataset:
+    """The data set with its stored images untransformed, to size (``decoded_nbytes``) and read
+    (``to_image_array``) without opening it twice.
+
+    Raises:
+        DataError: as ``dmjd.data.build_dataset``.
+    """
+    return build_dataset(name, split, lambda image: image, path, download)
 
 
-def load_image_array(
-    name: str, split: str, path: str | None, size: int, in_chans: int, download: bool = False, limit: int | None = None
-) -> ImageArray:
-    """The data set as a uint8 array with ``in_chans`` channels (1-channel data is kept at 1 and
-    expanded on the device when ``in_chans`` is 3).
+def decoded_nbytes(source: Dataset, size: int, in_chans: int, limit: int | None = None) -> int:
+    """Bytes ``to_image_array`` will take, without decoding (for the memory budget)."""
+    n = len(source)  # type: ignore[arg-type]
+    if isinstance(source, ArrayImages):
+        per_image = source.images[0].nbytes
+    elif isinstance(source, TorchvisionImages):
+        per_image = getattr(source.base, "data")[0].nbytes
+    else:
+        per_image = in_chans * size * size
+    return int(per_image) * min(n, limit or n)
+
+
+def to_image_array(source: Dataset, size: int, in_chans: int, limit: int | None = None) -> ImageArray:
+    """A data set from ``open_source`` as a uint8 array with ``in_chans`` channels (1-channel data is
+    kept at 1 and expanded on the device when ``in_chans`` is 3).
 
     Args:
-        name, split, path, download: as for ``dmjd.data.build_dataset``.
+        source: from ``open_source``.
         size: decoding resolution of ImageFolder images (ignored for array data sets).
         in_chans: 1 or 3.
         limit: keep only the first ``limit`` images (``data.limit``).
 
     Raises:
-        DataError: as ``build_dataset``, or when no image of a folder can be decoded.
+        DataError: no image of a folder can be decoded, or the data set has no array form.
     """
-    base = build_dataset(name, split, lambda image: image, path, download)
-    if isinstance(base, ImageFiles):
-        return _cached_folder(base, size, in_chans, limit)
-    if isinstance(base, ArrayImages):
-        images, labels = base.images, base.labels
-    elif isinstance(base, TorchvisionImages):
-        raw = base.base
+    if isinstance(source, ImageFiles):
+        return _cached_folder(source, size, in_chans, limit)
+    if isinstance(source, ArrayImages):
+        images, labels = source.images, source.labels
+    elif isinstance(source, TorchvisionImages):
+        raw = source.base
         images = np.asarray(getattr(raw, "data"))
         labels = np.asarray(getattr(raw, "targets", None) or getattr(raw, "labels"))
         if images.ndim == 4 and images.shape[1] == 3:  # STL-10 is stored [N, 3, H, W]
             images = images.transpose(0, 2, 3, 1)
     else:  # pragma: no cover - build_dataset returns one of the above
-        raise DataError(f"data set {name!r} has no array form")
+        raise DataError(f"{type(source).__name__} has no array form")
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     arr = _nchw(np.asarray(images))
     if in_chans == 1 and arr.shape[1] == 3:
         arr = _to_gray(arr).astype(np.uint8)
     return ImageArray(np.ascontiguousarray(arr), np.asarray(labels, dtype=np.int64))
+
+
+def load_image_array(
+    name: str, split: str, path: str | None, size: int, in_chans: int, download: bool = False, limit: int | None = None
+) -> ImageArray:
+    """``to_image_array(open_source(name, split, path, download), size, in_chans, limit)``."""
+    return to_image_array(open_source(name, split, path, download), size, in_chans, limit)
 
 
 def _folder_key(files: ImageFiles, size: int, in_chans: int, limit: int | None) -> str:

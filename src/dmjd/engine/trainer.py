@@ -38,10 +38,11 @@ from dmjd.data import (
     SeededSamples,
     build_dataset,
     choose_pipeline,
+    decoded_nbytes,
     device_budget_bytes,
-    estimate_nbytes,
-    load_image_array,
+    open_source,
     pretrain_transform,
+    to_image_array,
 )
 from dmjd.data.datasets import dataset_classes, describe_data
 from dmjd.data.shards import shard_batches
@@ -336,10 +337,11 @@ class Pretrainer:
         if d.name == "webdataset":
             return self._shard_batches()
         if d.pipeline != "loader":
-            nbytes = estimate_nbytes(d.name, split, d.path, size, m.in_chans, d.download)
+            source = open_source(d.name, split, d.path, d.download)
+            nbytes = decoded_nbytes(source, size, m.in_chans, d.limit)
             pipeline, why = choose_pipeline(d.pipeline, nbytes, device_budget_bytes(dev, d.device_memory_gb))
             if pipeline == "device":
-                arr = load_image_array(d.name, split, d.path, size, m.in_chans, d.download, d.limit)
+                arr = to_image_array(source, size, m.in_chans, d.limit)
                 self.state.bad_images = max(self.state.bad_images, arr.unreadable)
                 images = torch.from_numpy(arr.images).to(dev)
                 batches = DeviceBatches(

@@ -126,11 +126,20 @@ class OnlineMonitor:
             result["linprobe_top1"] = torch_logistic_regression_top1(train_x, train_y, test_x, test_y)
         return result
 
-    def pixel_baseline(self, side: int = 32) -> dict[str, float]:
-        """``{"pixels_knn_top1": ...}``: the weighted kNN on raw pixels (each image normalised,
-        area-resized to at most ``side`` x ``side``, flattened), the baseline an encoder should beat."""
+    def raw_pixels(self, side: int = 32, linprobe: bool | None = None) -> dict[str, float]:
+        """``{"knn_top1"[, "linprobe_top1"]}`` of the same probes on raw pixels (each image normalised,
+        area-resized to at most ``side`` x ``side``, flattened): the baselines an encoder should beat.
+        ``linprobe`` None follows the monitor's setting."""
         (train_x, train_y), (test_x, test_y) = (self._pixels(split, side) for split in (0, 1))
-        return {"pixels_knn_top1": knn_top1(train_x, train_y, test_x, test_y, self.k, self.temperature)}
+        result = {"knn_top1": knn_top1(train_x, train_y, test_x, test_y, self.k, self.temperature)}
+        use_probe = self.linprobe if linprobe is None else linprobe
+        if use_probe:
+            result["linprobe_top1"] = torch_logistic_regression_top1(train_x, train_y, test_x, test_y)
+        return result
+
+    def pixel_baseline(self, side: int = 32) -> dict[str, float]:
+        """``{"pixels_knn_top1": ...}``: the weighted kNN of ``raw_pixels`` alone."""
+        return {"pixels_knn_top1": self.raw_pixels(side, linprobe=False)["knn_top1"]}
 
     def _pixels(self, split: int, side: int) -> tuple[Tensor, Tensor]:
         """Flattened normalised images ``[N, C * s * s]`` (``s = min(side, image side)``) and labels."""
@@ -150,15 +159,6 @@ class OnlineMonitor:
             feats.append(x.flatten(1))
             all_labels.append(labels.to(self.device))
         return torch.cat(feats), torch.cat(all_labels)
-
-    def raw_pixels(self, side: int = 32) -> dict[str, float]:
-        """``{"knn_top1", "linprobe_top1"}`` of the same probes on raw pixels (as ``pixel_baseline``):
-        the baselines a pre-trained encoder must beat."""
-        (train_x, train_y), (test_x, test_y) = (self._pixels(split, side) for split in (0, 1))
-        result = {"knn_top1": knn_top1(train_x, train_y, test_x, test_y, self.k, self.temperature)}
-        if self.linprobe:
-            result["linprobe_top1"] = torch_logistic_regression_top1(train_x, train_y, test_x, test_y)
-        return result
 
     def _features(self, encoder: nn.Module, split: int) -> tuple[Tensor, Tensor]:
         """Features ``[N, D]`` and labels ``[N]`` of split 0 (train) or 1 (test), on the device."""
