@@ -124,3 +124,17 @@ def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
     test = build_dataset("fashion_mnist", "test", eval_transform(28, 1))
     assert (len(train), len(test)) == (60000, 10000)
     assert test[0][0].shape == (1, 28, 28)
+
+
+def test_grey_warning_when_colour_images_meet_a_one_channel_model(tmp_path):
+    from conftest import tiny_config
+    from dmjd.data.build import grey_warning
+
+    for name, mode in (("colour", "RGB"), ("grey", "L")):
+        (tmp_path / name / "a").mkdir(parents=True)
+        Image.new(mode, (8, 8)).save(tmp_path / name / "a" / "x.png")
+    colour = ["data.name=imagefolder", f"data.path={tmp_path / 'colour'}", "data.limit=null"]
+    assert "model.in_chans=3" in grey_warning(tiny_config(*colour, "model.in_chans=1"))
+    assert grey_warning(tiny_config(*colour, "model.in_chans=3")) is None
+    assert grey_warning(tiny_config("data.name=imagefolder", f"data.path={tmp_path / 'grey'}", "model.in_chans=1")) is None
+    assert grey_warning(tiny_config("data.name=embedded", "model.in_chans=1")) is None

@@ -14,6 +14,7 @@ from torchvision.transforms.v2 import functional as F
 
 from conftest import tiny_config
 from dmjd.data import DeviceBatches, load_image_array, random_resized_crop_params, resized_crop
+from dmjd.data.resample import pad_batch
 from dmjd.data.pipeline import choose_pipeline
 from dmjd.engine import Pretrainer
 
@@ -49,6 +50,36 @@ def test_crop_parameters_fall_back_to_torchvisions_centre_crop():
     ref = _torchvision_boxes(50, 4, 200, (0.9, 1.0), (3 / 4, 4 / 3), seed=0)
     assert (ours == ref[0]).all() and (ref == ref[0]).all()
     assert ours[0].tolist() == [0, 97, 4, 5]
+
+
+def test_crop_parameters_per_sample_sizes_match_torchvision_for_each_size():
+    # Images of different sizes in one batch (decoded JPEGs): each sample's box follows torchvision's
+    # distribution for its own size, including the centre-crop fallback of a strip.
+    sizes = torch.tensor([[28, 28], [40, 90], [4, 200]]).repeat(2000, 1)
+    gen = torch.Generator().manual_seed(0)
+    ours = random_resized_crop_params(len(sizes), sizes[:, 0], sizes[:, 1], (0.2, 1.0), generator=gen)
+    assert (ours[:, 0] + ours[:, 2] <= sizes[:, 0]).all() and (ours[:, 1] + ours[:, 3] <= sizes[:, 1]).all()
+    for i, (height, width) in enumerate(sizes[:3].tolist()):
+        mine = ours[i::3]
+        ref = _torchvision_boxes(len(mine), height, width, (0.2, 1.0), (3 / 4, 4 / 3), seed=i)
+        for stat in (lambda b: (b[:, 2] * b[:, 3]).double(), lambda b: (b[:, 3].double() / b[:, 2]).log()):
+            assert ks_2samp(stat(mine).numpy(), stat(ref).numpy()).pvalue > 1e-3, (height, width)
+    strip = random_resized_crop_params(2, torch.tensor([4, 28]), torch.tensor([200, 28]), (0.9, 1.0),
+                                       generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert strip[0].tolist() == _torchvision_boxes(1, 4, 200, (0.9, 1.0), (3 / 4, 4 / 3), seed=0)[0].tolist()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_padded_batch_of_mixed_sizes_crops_as_each_image_alone(channels):
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (channels, h, w), dtype=torch.uint8, generator=gen) for h, w in [(20, 31), (45, 17), (8, 8)]]
+    padded, sizes = pad_batch(images)
+    assert padded.shape == (3, channels, 45, 31) and sizes.tolist() == [[20, 31], [45, 17], [8, 8]]
+    boxes = random_resized_crop_params(3, sizes[:, 0], sizes[:, 1], (0.2, 1.0), generator=gen)
+    flips = torch.tensor([True, False, True])
+    batch = resized_crop(padded, boxes, 12, "bicubic", flips)
+    alone = [resized_crop(im[None], boxes[i : i + 1], 12, "bicubic", flips[i : i + 1]) for i, im in enumerate(images)]
+    torch.testing.assert_close(batch, torch.cat(alone))
 
 
 def test_crop_area_stays_in_the_scale_range():

@@ -26,7 +26,7 @@ from dmjd.config import ConfigError  # noqa: E402
 from dmjd.data import DataError  # noqa: E402
 from dmjd.data.shards import ShardBatches, ShardSamples, index_shards, shard_batches  # noqa: E402
 from dmjd.engine import Pretrainer, TrainingInterrupted, load_checkpoint  # noqa: E402
-from conftest import tiny_config  # noqa: E402
+from conftest import TINY, tiny_config  # noqa: E402
 
 CPU = torch.device("cpu")
 STEP = 5  # a sample's id is its gray level / STEP (solid JPEGs decode exactly enough; ids < 52)
@@ -159,6 +159,18 @@ def test_cli_shard_writes_manifest_that_matches(tmp_path, capsys):
     assert "already holds" in capsys.readouterr().err
 
 
+def test_shard_copies_jpeg_files_that_need_no_shrinking(tmp_path):
+    src = tmp_path / "images"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(_encoded(100, side=30))
+    (src / "b.jpg").write_bytes(_encoded(10, side=60))
+    assert main(["shard", str(src), str(tmp_path / "out"), "--shard-size", "5", "--max-side", "40"]) == 0
+    with tarfile.open(tmp_path / "out" / "train-000000.tar") as tar:
+        jpgs = [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")]
+    assert jpgs[0] == (src / "a.jpg").read_bytes()  # byte for byte: no second compression
+    assert max(Image.open(io.BytesIO(jpgs[1])).size) == 40  # shrunk, so re-encoded
+
+
 def _stop_mid_second_epoch(trainer):
     if trainer.state.epoch == 1:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -215,10 +227,73 @@ def test_two_gloo_processes_with_two_workers_read_every_sample_once(tmp_path):
     assert sorted(per_rank[0] + per_rank[1]) == list(range(48)) and len(per_rank[0]) == len(per_rank[1]) == 24
 
 
-def test_config_needs_a_shard_pattern_and_no_monitor_or_limit():
+def test_config_needs_a_shard_pattern_and_no_limit():
     with pytest.raises(ConfigError, match="data.path is required"):
         tiny_config("data.name=webdataset", "data.limit=null")
     with pytest.raises(ConfigError, match="data.limit does not apply"):
         tiny_config("data.name=webdataset", "data.path=s-{0..1}.tar")
-    with pytest.raises(ConfigError, match="monitor.interval"):
-        tiny_config("data.name=webdataset", "data.path=s-{0..1}.tar", "data.limit=null", "monitor.interval=1")
+
+
+def _image_tree(root: Path, split: str, n: int, offset: int = 0) -> None:
+    """``root/split/class{0,1}/*.png``: solid images whose gray level is ``STEP * id``, class ``id % 2``."""
+    for i in range(offset, offset + n):
+        (root / split / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((24, 20), STEP * i, np.uint8)).save(root / split / f"class{i % 2}" / f"{i}.png")
+
+
+def _train_and_val_shards(root: Path, n_train: int, n_val: int, train_size: int, val_size: int) -> Path:
+    """An ImageFolder tree (val ids from 30) written by ``dmjd shard`` as train and val shards into
+    ``root/shards``."""
+    _image_tree(root / "tree", "train", n_train)
+    _image_tree(root / "tree", "val", n_val, offset=30)
+    out = root / "shards"
+    assert main(["shard", str(root / "tree"), str(out), "--shard-size", str(train_size)]) == 0
+    assert main(["shard", str(root / "tree"), str(out), "--shard-size", str(val_size), "--split", "val"]) == 0
+    return out
+
+
+def test_eval_splits_read_train_and_val_shards_by_index_with_labels(tmp_path, capsys):
+    from dmjd.data import build_dataset
+    from dmjd.eval.features import dataset_labels, labelled_splits
+
+    out = _train_and_val_shards(tmp_path, 9, 4, train_size=4, val_size=3)
+    assert "test split" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())  # one manifest lists both splits
+    assert manifest["splits"] == {"train": 9, "val": 4} and manifest["samples"] == 13
+    assert [s["name"] for s in manifest["shards"]] == [f"train-00000{i}.tar" for i in range(3)] + [
+        "val-000000.tar", "val-000001.tar"]  # fmt: skip
+    assert index_shards(str(out / "val-{000000..000001}.tar")).counts == (3, 1)
+    train, test = labelled_splits("webdataset", str(out / "train-{000000..000002}.tar"), sample_id, sample_id)
+    ids = sorted(int(train[i][0]) for i in range(len(train)))
+    assert ids == list(range(9)) and sorted(int(x) for x, _y, _s in test) == [30, 31, 32, 33]
+    for ds in (train, test):  # labels round-trip, read from the tar headers and from the items alike
+        assert dataset_labels(ds).tolist() == [int(ds[i][0]) % 2 for i in range(len(ds))]
+        assert ds.classes == ("class0", "class1")
+    with pytest.raises(DataError, match="no test shards"):
+        build_dataset("webdataset", "test", sample_id, make_shards(tmp_path / "lone", shards=1))
+
+
+def test_shard_images_stand_in_for_a_corrupt_member_and_keep_whole_samples(tmp_path):
+    from dmjd.data.shards import ShardImages, expand_shards
+
+    ds = ShardImages(expand_shards(make_shards(tmp_path, shards=4, per_shard=10, corrupt=True)), sample_id)
+    items = [ds[i] for i in range(len(ds))]
+    assert 30 <= len(ds) < 40  # the truncated shard gives its whole samples only
+    assert items[3][2] == 1 and int(items[3][0]) == 4  # not an image: the next sample stands in, flagged
+    assert int(items[5][0]) == 5  # the PNG reads
+    assert all(y == int(x) % 3 for x, y, _s in items)  # each label is that of the image it comes with
+    with pytest.raises(DataError, match="local files"):
+        ShardImages(["pipe:cat x.tar"], sample_id)
+
+
+def test_knn_and_monitor_evaluate_a_run_pretrained_on_shards(tmp_path, capsys):
+    out = _train_and_val_shards(tmp_path, 24, 8, train_size=8, val_size=8)
+    overrides = ["data.name=webdataset", f"data.path={out}/train-{{000000..000002}}.tar", "data.limit=null",
+                 "optim.batch_size=8", "optim.epochs=1", "optim.warmup_epochs=0", "monitor.interval=1",
+                 "monitor.max_images=100"]  # fmt: skip
+    run = tmp_path / "run"
+    assert main(["pretrain", "--config", "demo", "--output-dir", str(run), *TINY, "train.progress=false", *overrides]) == 0
+    assert "knn_top1" in capsys.readouterr().out  # the monitor evaluated on the train/val shards
+    assert main(["knn", "--checkpoint", str(run / "checkpoint-last.pth")]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["data"] == "webdataset" and result["test_images"] == 8 and 0 <= result["knn_top1"] <= 1

@@ -164,13 +164,17 @@ def _add_shard(sub: argparse._SubParsersAction) -> None:
         description="Write SRC (a folder of images or class folders, or a data set name: "
         "embedded, cifar10, ...) as DST/train-000000.tar, ... and DST/manifest.json (counts, classes, sha256 "
         "per shard); images are written as JPEG. Train on them with data.name=webdataset "
-        "data.path='DST/train-{000000..NNNNNN}.tar'.",
+        "data.path='DST/train-{000000..NNNNNN}.tar'; --split val writes DST/val-*.tar, which evaluations "
+        "(knn, linprobe, finetune, the monitor) read as the test split.",
     )
     p.add_argument("src", help="image folder (class sub-folders give labels) or data set name")
     p.add_argument("dst", help="output folder")
     p.add_argument("--shard-size", type=int, required=True, help="images per shard")
     p.add_argument("--max-side", type=int, default=None, help="shrink images whose longer side exceeds this")
-    p.add_argument("--split", default="train", help="split of a named data set (default: train)")
+    p.add_argument("--split", default="train",
+                   help="split to write, also the shards' name prefix: train (default), val or test (of a named "
+                        "data set, or SRC/<split> of an image folder tree); evaluations read val/test shards "
+                        "next to the train shards")  # fmt: skip
     p.set_defaults(func=_run_shard)
 
 
@@ -181,11 +185,16 @@ def _run_shard(args: argparse.Namespace) -> int:
 
     if args.shard_size < 1 or (args.max_side is not None and args.max_side < 1):
         raise DataError("--shard-size and --max-side must be positive")
+    if not args.split.isidentifier():
+        raise DataError(f"--split {args.split!r} is also the shards' name prefix: give a plain name such as val")
     name, path = (args.src, None) if args.src in DATASET_NAMES else infer_data_kind(args.src)
-    manifest = write_shards(build_dataset(name, args.split, keep_image, path), args.dst, args.shard_size, args.max_side)
-    last = len(manifest["shards"]) - 1
-    print(f"dmjd: wrote {manifest['samples']:,} images in {last + 1} shards to {args.dst}; train with "
-          f"data.name=webdataset data.path='{Path(args.dst) / f'train-{{000000..{last:06d}}}.tar'}'")  # fmt: skip
+    dataset = build_dataset(name, args.split, keep_image, path)
+    manifest = write_shards(dataset, args.dst, args.shard_size, args.max_side, prefix=args.split)
+    last = sum(s["name"].startswith(f"{args.split}-") for s in manifest["shards"]) - 1
+    pattern = Path(args.dst) / f"{args.split}-{{000000..{last:06d}}}.tar"
+    use = (f"train with data.name=webdataset data.path='{pattern}'" if args.split == "train" else
+           "evaluations of runs on the train shards beside them read them as the test split")  # fmt: skip
+    print(f"dmjd: wrote {manifest['splits'][args.split]:,} images in {last + 1} shards to {args.dst}; {use}")
     return 0
 
 

@@ -268,9 +268,6 @@ class Config(_Section):
             raise ValueError(f"model.style=simmim needs model.arch=vit, got {m.arch}")
         if not (m.vdb and self.loss.vis_weight > 0) and self.loss.mim_weight == 0:
             raise ValueError("loss.mim_weight=0 with the visible distillation branch off trains nothing")
-        if self.data.name == "webdataset" and self.monitor.interval > 0:
-            raise ValueError("monitor.interval > 0 needs labelled train/test splits, which data.name=webdataset "
-                             "does not give yet; set monitor.interval=0")  # fmt: skip
         try:
             self.masking.build(m.img_size // m.patch_size)
         except ValueError as err:

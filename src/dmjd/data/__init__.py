@@ -1,5 +1,6 @@
-"""Data: data sets (embedded sample, image folders, torchvision sets), transforms, batching, and the
-device-resident pipeline (uint8 set on the device, batched RandomResizedCrop + flip there)."""
+"""Data: data sets (embedded sample, image folders, torchvision sets, WebDataset shards), transforms,
+batching, the device-resident pipeline (uint8 set on the device, batched RandomResizedCrop + flip
+there), and ``training_data``, which picks a run's path from its config."""
 
 from dmjd.data.datasets import (
     DATASET_NAMES,
@@ -11,9 +12,10 @@ from dmjd.data.datasets import (
 )
 from dmjd.data.arrays import ImageArray, decoded_nbytes, load_image_array, open_source, to_image_array
 from dmjd.data.pipeline import Batches, DeviceBatches, LoaderBatches, choose_pipeline, device_budget_bytes, endless
-from dmjd.data.resample import random_resized_crop_params, resized_crop
+from dmjd.data.resample import pad_batch, random_resized_crop_params, resized_crop
 from dmjd.data.sampler import EpochBatchSampler, epoch_permutation
 from dmjd.data.transforms import Normalize, default_mean_std, eval_transform, pretrain_transform
+from dmjd.data.build import TrainingData, training_data
 
 __all__ = [
     "Batches",
@@ -28,9 +30,12 @@ __all__ = [
     "decoded_nbytes",
     "load_image_array",
     "open_source",
+    "pad_batch",
     "random_resized_crop_params",
     "resized_crop",
     "to_image_array",
+    "TrainingData",
+    "training_data",
     "DataError",
     "EpochBatchSampler",
     "ImageFiles",

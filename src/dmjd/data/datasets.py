@@ -29,7 +29,7 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
-DATASET_NAMES = ("embedded", "imagefolder", "cifar10", "cifar100", "stl10", "fashion_mnist")
+DATASET_NAMES = ("embedded", "imagefolder", "cifar10", "cifar100", "stl10", "fashion_mnist", "webdataset")
 
 Transform = Callable[[Image.Image], torch.Tensor]
 LOG = logging.getLogger(__name__)
@@ -132,7 +132,34 @@ def torchvision_dataset(name: str, split: str, transform: Transform, path: str |
     return TorchvisionImages(base, transform)
 
 
-class ImageFiles(Dataset):
+class StandInImages(Dataset):
+    """A data set whose unreadable images are replaced by the next readable one and flagged
+    ``skipped=1``, so that bad files are counted in the metrics instead of crashing an epoch.
+
+    Subclasses set ``transform`` and give ``__len__``, ``_open`` (the image of an index, None when
+    unreadable) and ``_label``.
+    """
+
+    transform: Transform
+
+    def _open(self, index: int) -> Image.Image | None:
+        raise NotImplementedError
+
+    def _label(self, index: int) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        n = len(self)  # type: ignore[arg-type]
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} images")
+        for offset in range(n):
+            image = self._open((index + offset) % n)
+            if image is not None:
+                return self.transform(image), self._label((index + offset) % n), int(offset > 0)
+        raise DataError(f"no readable image in {self!r}")
+
+
+class ImageFiles(StandInImages):
     """A folder of images: class sub-folders give labels (ImageFolder), a flat folder gives -1.
 
     Unreadable, truncated, empty or non-image files are replaced by the next readable file, with one
@@ -159,7 +186,11 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _load(self, path: Path) -> Image.Image | None:
+    def __repr__(self) -> str:
+        return f"ImageFiles({str(self.root)!r})"
+
+    def _open(self, index: int) -> Image.Image | None:
+        path = self.samples[index][0]
         try:
             with Image.open(path) as img:
                 img.load()
@@ -170,13 +201,8 @@ class ImageFiles(Dataset):
                 LOG.warning("skipping unreadable image %s: %s", path, err)
             return None
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        for offset in range(len(self.samples)):
-            path, label = self.samples[(index + offset) % len(self.samples)]
-            image = self._load(path)
-            if image is not None:
-                return self.transform(image), label, int(offset > 0)
-        raise DataError(f"no readable image in {self.root}")
+    def _label(self, index: int) -> int:
+        return self.samples[index][1]
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -239,7 +265,9 @@ def describe_data(
 def build_dataset(
     name: str, split: str, transform: Transform, path: str | None = None, download: bool = False
 ) -> Dataset:
-    """Build a data set by name: embedded, imagefolder, cifar10, cifar100, stl10, fashion_mnist.
+    """Build a data set by name: embedded, imagefolder, cifar10, cifar100, stl10, fashion_mnist, or
+    webdataset (local shards read by index, for evaluation and ``dmjd shard``; pre-training streams
+    them through ``dmjd.data.shards.shard_batches``).
 
     Raises:
         DataError: unknown name, missing files or an empty folder, with the options to fix it.
@@ -257,6 +285,12 @@ def build_dataset(
         ds = fashion_mnist(split, transform, path, download)
     elif name in ("cifar10", "cifar100", "stl10"):
         ds = torchvision_dataset(name, split, transform, path, download)
+    elif name == "webdataset":
+        from dmjd.data.shards import ShardImages, split_shards  # imports webdataset, only when used
+
+        if not path:
+            raise DataError("data.name=webdataset needs data.path (a shard pattern such as train-{000000..000009}.tar)")
+        ds = ShardImages(split_shards(path, split), transform)
     else:
         raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     if len(ds) == 0:  # type: ignore[arg-type]

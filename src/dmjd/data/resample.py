@@ -1,6 +1,6 @@
 """Batched RandomResizedCrop + flip as tensor ops on the training device.
 
-Two pieces, both vectorised over the batch (no per-sample Python):
+Two pieces (plus ``pad_batch`` for images of different sizes), both vectorised over the batch (no per-sample Python):
 
 * ``random_resized_crop_params`` draws torchvision's ``RandomResizedCrop.get_params`` for every
   sample at once: 10 tries of (area ~ U(scale) * H * W, log-aspect ~ U(log ratio)), the first try
@@ -19,6 +19,7 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 Interpolation = Literal["bilinear", "bicubic"]
@@ -28,8 +29,8 @@ DEFAULT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 def random_resized_crop_params(
     n: int,
-    height: int,
-    width: int,
+    height: int | Tensor,
+    width: int | Tensor,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = DEFAULT_RATIO,
     generator: torch.Generator | None = None,
@@ -39,7 +40,8 @@ def random_resized_crop_params(
 
     Args:
         n: number of samples.
-        height, width: source image size.
+        height, width: source image size, one for all samples or ``[n]`` tensors (images of
+            different sizes, e.g. decoded JPEGs padded into one batch).
         scale: range of the crop area as a fraction of the image area.
         ratio: range of the crop aspect ratio (width / height), sampled log-uniformly.
         generator: random source on ``device`` (the run's seeded generator).
@@ -51,39 +53,33 @@ def random_resized_crop_params(
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     f64 = dict(dtype=torch.float64, device=device)
+    img_h = torch.as_tensor(height, **f64).reshape(-1)
+    img_w = torch.as_tensor(width, **f64).reshape(-1)
     u = torch.rand(4, n, MAX_TRIES, generator=generator, **f64)
-    area = height * width * (scale[0] + (scale[1] - scale[0]) * u[0])
+    area = (img_h * img_w).view(-1, 1) * (scale[0] + (scale[1] - scale[0]) * u[0])
     lo, hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(lo + (hi - lo) * u[1])
     w = torch.round(torch.sqrt(area * aspect))
     h = torch.round(torch.sqrt(area / aspect))
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    fits = (w > 0) & (w <= img_w.view(-1, 1)) & (h > 0) & (h <= img_h.view(-1, 1))
     first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # first fitting try (0 if none)
     w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
-    top = torch.floor(u[2].gather(1, first).squeeze(1) * (height - h + 1))
-    left = torch.floor(u[3].gather(1, first).squeeze(1) * (width - w + 1))
-    fb_top, fb_left, fb_h, fb_w = _centre_fallback(height, width, ratio)
+    top = torch.floor(u[2].gather(1, first).squeeze(1) * (img_h - h + 1))
+    left = torch.floor(u[3].gather(1, first).squeeze(1) * (img_w - w + 1))
+    fallback = _centre_fallback(img_h, img_w, ratio)
     found = fits.any(dim=1)
-    boxes = torch.stack(
-        [
-            torch.where(found, top, fb_top), torch.where(found, left, fb_left),
-            torch.where(found, h, fb_h), torch.where(found, w, fb_w),
-        ],
-        dim=1,
-    )  # fmt: skip
+    boxes = torch.stack([torch.where(found, a, b) for a, b in zip((top, left, h, w), fallback)], dim=1)
     return boxes.long()
 
 
-def _centre_fallback(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int, int, int]:
-    """torchvision's box when no try fits: the whole image, clipped to the ratio range, centred."""
+def _centre_fallback(height: Tensor, width: Tensor, ratio: tuple[float, float]) -> tuple[Tensor, ...]:
+    """torchvision's box when no try fits: the whole image, clipped to the ratio range, centred
+    (``(top, left, height, width)``, each broadcastable to the samples)."""
     in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        w, h = int(round(height * max(ratio))), height
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+    narrow, wide = in_ratio < min(ratio), in_ratio > max(ratio)
+    w = torch.where(wide, torch.round(height * max(ratio)), width)
+    h = torch.where(narrow, torch.round(width / min(ratio)), height)
+    return torch.div(height - h, 2, rounding_mode="floor"), torch.div(width - w, 2, rounding_mode="floor"), h, w
 
 
 def _filter(x: Tensor, interpolation: Interpolation) -> Tensor:
@@ -147,3 +143,17 @@ def resized_crop(
         rows = rows / 255.0
     out = rows.unsqueeze(1) @ x @ cols.transpose(1, 2).unsqueeze(1)
     return out.clamp_(0.0, 1.0)
+
+
+def pad_batch(images: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Stack images of different sizes ``[C, H_i, W_i]`` into one zero-padded ``[n, C, H, W]`` batch.
+
+    Returns:
+        The batch and ``long[n, 2]`` sizes ``(H_i, W_i)``, so that crop boxes can be drawn inside each
+        image (``random_resized_crop_params`` with per-sample sizes): ``resized_crop`` weighs only the
+        pixels inside a box, so the padding never reaches the output.
+    """
+    sizes = torch.tensor([image.shape[-2:] for image in images], device=images[0].device)
+    side_h, side_w = (int(v) for v in sizes.max(dim=0).values)
+    padded = [F.pad(image, (0, side_w - image.shape[-1], 0, side_h - image.shape[-2])) for image in images]
+    return torch.stack(padded), sizes

@@ -30,6 +30,9 @@ How an epoch is read (``ShardSamples`` / ``ShardBatches``):
   stopped run would have trained on when the shard list, the process count and the worker count are
   unchanged (the skipped part is read again, so it costs loading time); with another process or
   worker count the split changes and the resumed epoch is only approximately the remaining part.
+* Evaluation: ``ShardImages`` reads local shards by index (tar header offsets), so evaluations take
+  seeded subsets and read labels without decoding; ``split_shards`` gives a split's shards
+  (``train``: ``data.path``; ``test``: ``test-*.tar`` or ``val-*.tar`` beside it).
 """
 
 from __future__ import annotations
@@ -52,11 +55,12 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from dmjd.data.datasets import DataError, Transform, dataset_classes
+from dmjd.data.datasets import DataError, ImageFiles, StandInImages, Transform, dataset_classes
 from dmjd.data.pipeline import augment_seed
-from dmjd.data.resample import Interpolation, random_resized_crop_params, resized_crop
+from dmjd.data.resample import Interpolation, pad_batch, random_resized_crop_params, resized_crop
 from dmjd.data.transforms import pretrain_transform
 
+Piece = Tensor | list[Tensor]  # images of a worker chunk: stacked [n, C, H, W], or one tensor each
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff")
 MANIFEST = "manifest.json"
 LOG = logging.getLogger(__name__)
@@ -107,18 +111,51 @@ class ShardIndex:
         return sum(self.counts[rank::world_size])
 
 
-def _tar_count(path: str) -> int:
-    """Image samples in a local tar, read from its headers (a truncated tar counts what is readable)."""
-    keys = set()
+def _key_ext(name: str) -> tuple[str, str]:
+    """WebDataset's ``(key, extension)`` of a member name: the extension starts at the base name's first dot."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def _tar_index(path: str) -> list[tuple[int, int, int]]:
+    """The samples of a local tar with an image member, as ``(data offset, size, label)`` in tar order
+    (label -1 without ``cls``); as when streaming, a sample whose ``cls`` is not an integer is left out
+    (logged), and a truncated tar gives the samples whose image is whole."""
+    samples: dict[str, dict[str, Any]] = {}
     try:
         with tarfile.open(path) as tar:
             for member in tar:
-                stem, _, ext = member.name.partition(".")
-                if ext.lower() in IMAGE_KEYS:
-                    keys.add(stem)
+                key, ext = _key_ext(member.name)
+                if ext in IMAGE_KEYS:
+                    samples.setdefault(key, {})["image"] = (member.offset_data, member.size)
+                elif ext == "cls" and member.isfile():
+                    samples.setdefault(key, {})["cls"] = tar.extractfile(member).read()  # type: ignore[union-attr]
     except (tarfile.TarError, OSError, EOFError) as err:
-        LOG.warning("shard %s is truncated or unreadable (%s); counting its %d readable samples", path, err, len(keys))
-    return len(keys)
+        LOG.warning("shard %s is truncated or unreadable (%s); using its %d readable samples", path, err, len(samples))
+    file_size = Path(path).stat().st_size
+    index = []
+    for key, parts in samples.items():
+        label = _label(parts.get("cls"), f"{path}:{key}")
+        if "image" in parts and sum(parts["image"]) <= file_size and label is not None:
+            index.append((*parts["image"], label))
+    return index
+
+
+def _label(cls: bytes | None, where: str) -> int | None:
+    """A ``cls`` member's class index: -1 when there is none, None (logged) when it is not an integer."""
+    if cls is None:
+        return -1
+    try:
+        return int(cls.decode().strip())
+    except (UnicodeDecodeError, ValueError):
+        LOG.warning("skipping sample %s: cls %r is not a class index", where, cls[:20])
+        return None
+
+
+def _manifest_url(shard: str) -> str:
+    """Where the manifest of a shard's folder is."""
+    return shard.rsplit("/", 1)[0] + "/" + MANIFEST if "/" in shard else MANIFEST
 
 
 def index_shards(pattern: str) -> ShardIndex:
@@ -129,7 +166,7 @@ def index_shards(pattern: str) -> ShardIndex:
         DataError: no shard, or remote shards without a manifest.
     """
     urls = expand_shards(pattern)
-    manifest = _read_manifest(urls[0].rsplit("/", 1)[0] + "/" + MANIFEST if "/" in urls[0] else MANIFEST)
+    manifest = _read_manifest(_manifest_url(urls[0]))
     if manifest is not None:
         by_name = {s["name"]: int(s["count"]) for s in manifest.get("shards", [])}
         if all(u.rsplit("/", 1)[-1] in by_name for u in urls):
@@ -138,7 +175,7 @@ def index_shards(pattern: str) -> ShardIndex:
     if not all(_is_local(u) for u in urls):
         raise DataError(f"shards {pattern!r} are not local files and no {MANIFEST} next to them lists them; "
                         "write one with `dmjd shard` (it gives the sample count of each shard)")  # fmt: skip
-    return ShardIndex(tuple(urls), tuple(_tar_count(u) for u in urls))
+    return ShardIndex(tuple(urls), tuple(len(_tar_index(u)) for u in urls))
 
 
 def _read_manifest(url: str) -> dict[str, Any] | None:
@@ -315,13 +352,15 @@ class ShardBatches:
     def steps_per_epoch(self) -> int:
         return self.steps
 
-    def _images(self, chunk: Tensor | list[Tensor]) -> tuple[list[Tensor], int]:
-        """A worker chunk as per-image tensors, and the images it had to drop (none here)."""
-        return list(chunk), 0
+    def _images(self, chunk: Tensor | list[Tensor]) -> tuple[Piece, int]:
+        """A worker chunk as a piece of images, and the images it had to drop (none here)."""
+        return chunk, 0
 
-    def _batch(self, images: list[Tensor], epoch: int, step: int) -> Tensor:
-        """The batch of step ``step`` made of ``batch_size`` images, on the device."""
-        return torch.stack(images).to(self.device, non_blocking=True)
+    def _batch(self, pieces: list[Piece], epoch: int, step: int) -> Tensor:
+        """The batch of step ``step`` made of pieces holding ``batch_size`` images, on the device (a
+        worker's chunk that is a whole batch is used as it is, without a copy)."""
+        batch = pieces[0] if len(pieces) == 1 else torch.cat(pieces)  # type: ignore[arg-type]
+        return batch.to(self.device, non_blocking=True)  # type: ignore[union-attr]
 
     def _passes(self, epoch: int) -> Iterator[tuple[Tensor | list[Tensor], int]]:
         """The process's chunks of ``epoch``: one pass over its shards, then more passes if short."""
@@ -337,27 +376,44 @@ class ShardBatches:
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[Tensor, int]]:
         """Batches ``start_step..steps_per_epoch`` of ``epoch`` (the skipped ones are read and dropped)."""
-        pending: list[Tensor] = []
-        bad, step = 0, 0
+        pending: list[Piece] = []
+        have, bad, step = 0, 0, 0
         chunks = self._passes(epoch)
         while step < self.steps:
             chunk, chunk_bad = next(chunks)
-            images, dropped = self._images(chunk)
-            pending += images
+            piece, dropped = self._images(chunk)
+            if len(piece):
+                pending.append(piece)
+                have += len(piece)
             bad += chunk_bad + dropped
-            while len(pending) >= self.batch_size and step < self.steps:
+            while have >= self.batch_size and step < self.steps:
+                taken, pending = _take(pending, self.batch_size)
                 if step >= start_step:  # the skipped batches' bad data was counted by the stopped run
-                    yield self._batch(pending[: self.batch_size], epoch, step), bad
-                pending, bad, step = pending[self.batch_size :], 0, step + 1
+                    yield self._batch(taken, epoch, step), bad
+                have, bad, step = have - self.batch_size, 0, step + 1
         chunks.close()
+
+
+def _take(pieces: list[Piece], n: int) -> tuple[list[Piece], list[Piece]]:
+    """The first ``n`` images of ``pieces`` (as pieces, the last one split if need be), and the rest."""
+    taken: list[Piece] = []
+    while n > 0:
+        piece = pieces.pop(0)
+        if len(piece) > n:
+            piece, rest = piece[:n], piece[n:]
+            pieces.insert(0, rest)
+        taken.append(piece)
+        n -= len(piece)
+    return taken, pieces
 
 
 class DeviceDecodedBatches(ShardBatches):
     """Shards with ``data.pipeline=device``: loader workers only read the encoded bytes; JPEGs are
     decoded in batches on the training device (``torchvision.io.decode_jpeg``), any other format or
-    a JPEG the decoder refuses by PIL on the CPU, and RandomResizedCrop + flip run there per image
-    (``dmjd.data.resample``), seeded by ``(seed, epoch, step, rank)``. Images are decoded even in
-    the batches a mid-epoch resume skips, so it stays exact.
+    a JPEG the decoder refuses by PIL on the CPU, and RandomResizedCrop + flip run there for the whole
+    batch at once (``dmjd.data.resample``, images zero-padded to the batch's largest), seeded by
+    ``(seed, epoch, step, rank)``. Images are decoded even in the batches a mid-epoch resume skips,
+    so it stays exact.
     """
 
     def __init__(
@@ -379,7 +435,7 @@ class DeviceDecodedBatches(ShardBatches):
         self.generator = torch.Generator(device=device)
         self.rank_seed = _seed(samples.seed, samples.rank)  # each process augments its own images
 
-    def _images(self, chunk: Tensor | list[Tensor]) -> tuple[list[Tensor], int]:
+    def _images(self, chunk: Tensor | list[Tensor]) -> tuple[Piece, int]:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         mode = ImageReadMode.GRAY if self.in_chans == 1 else ImageReadMode.RGB
@@ -402,15 +458,15 @@ class DeviceDecodedBatches(ShardBatches):
         array = torch.from_numpy(np.asarray(image.convert("L" if self.in_chans == 1 else "RGB")).copy())
         return (array[None] if array.dim() == 2 else array.permute(2, 0, 1)).to(self.device)
 
-    def _batch(self, images: list[Tensor], epoch: int, step: int) -> Tensor:
+    def _batch(self, pieces: list[Piece], epoch: int, step: int) -> Tensor:
+        """Pad the decoded images to the batch's largest one, then crop (each inside its own image),
+        resize and flip them all at once."""
         self.generator.manual_seed(augment_seed(self.rank_seed, epoch, step))
-        flips = torch.rand(len(images), generator=self.generator, device=self.device) < 0.5
-        out = []
-        for image, flip in zip(images, flips):
-            box = random_resized_crop_params(1, *image.shape[-2:], self.scale, generator=self.generator)
-            flip_one = flip[None] if self.hflip else None
-            out.append(resized_crop(image[None], box, self.size, self.interpolation, flip_one))
-        return torch.cat(out)
+        images = [image for piece in pieces for image in piece]
+        padded, sizes = pad_batch(images)
+        boxes = random_resized_crop_params(len(images), sizes[:, 0], sizes[:, 1], self.scale, generator=self.generator)
+        flips = torch.rand(len(images), generator=self.generator, device=self.device) < 0.5 if self.hflip else None
+        return resized_crop(padded, boxes, self.size, self.interpolation, flips)
 
 
 def shard_batches(
@@ -461,6 +517,75 @@ def first_images(pattern: str, n: int, transform: Transform) -> Tensor:
     return torch.stack(images)
 
 
+def split_shards(pattern: str, split: str) -> list[str]:
+    """The shards of one split of a data set kept as shards.
+
+    ``train`` is ``data.path`` itself; any other split is the local shards ``<split>-*.tar`` in the
+    folder of ``data.path``'s first shard (``dmjd shard SRC DST --split val`` writes them), and
+    ``test`` takes ``val-*.tar`` when there is no ``test-*.tar`` (as evaluations on an ImageFolder
+    take ``val/``).
+
+    Raises:
+        DataError: no shards of that split.
+    """
+    urls = expand_shards(pattern)
+    if split == "train":
+        return urls
+    folder = Path(urls[0]).parent
+    for name in (split, "val") if split == "test" else (split,):
+        found = sorted(folder.glob(f"{name}-*.tar")) if _is_local(urls[0]) else []
+        if found:
+            return [str(p) for p in found]
+    raise DataError(f"no {split} shards next to data.path={pattern!r}: evaluations read data.path as the train "
+                    f"split and {folder}/test-*.tar (or val-*.tar) as the test split; write them with "
+                    f"`dmjd shard SRC {folder} --split val`")  # fmt: skip
+
+
+class ShardImages(StandInImages):
+    """The samples of local shards by index (evaluations: seeded subsets, labels read without
+    decoding images); items ``(image, label, skipped)`` as ``build_dataset``'s, a member PIL cannot
+    decode replaced by the next readable sample and flagged.
+
+    The tar headers are read once (``tarfile``), then each item is one seek + read of its image.
+
+    Raises:
+        DataError: a shard is not a local file, or the shards hold no image.
+    """
+
+    def __init__(self, urls: list[str], transform: Transform) -> None:
+        remote = next((u for u in urls if not _is_local(u)), None)
+        if remote is not None:
+            raise DataError(f"evaluations read shards from local files by index; {remote} is not one "
+                            "(copy the evaluation shards to a local folder)")  # fmt: skip
+        self.urls, self.transform, self.bad = list(urls), transform, BadCounter()
+        members, labels = [], []
+        for url in self.urls:
+            for offset, size, label in _tar_index(url):
+                members.append((url, offset, size))
+                labels.append(label)
+        if not members:
+            raise DataError(f"the shards {urls[0]}, ... hold no image")
+        self.members, self.labels = members, np.asarray(labels, dtype=np.int64)
+        manifest = _read_manifest(_manifest_url(self.urls[0]))
+        self.classes = tuple(manifest.get("classes", ())) if manifest else ()
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __repr__(self) -> str:
+        return f"ShardImages({self.urls[0]!r}, ... {len(self.urls)} shards)"
+
+    def _open(self, index: int) -> Image.Image | None:
+        url, offset, size = self.members[index]
+        with open(url, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        return _pil(data, {"__key__": f"at byte {offset}", "__url__": url}, self.bad)
+
+    def _label(self, index: int) -> int:
+        return int(self.labels[index])
+
+
 # ---------------------------------------------------------------- writing shards
 def write_shards(
     dataset: Dataset,
@@ -471,26 +596,34 @@ def write_shards(
     quality: int = 90,
 ) -> dict[str, Any]:
     """Write ``dataset``'s images as WebDataset shards ``dst/<prefix>-000000.tar``, ... and
-    ``dst/manifest.json`` (samples, classes, and per shard its name, count and sha256).
+    ``dst/manifest.json`` (samples per prefix, classes, and per shard its name, count and sha256).
+
+    Splits go into one folder under their own prefixes (``train``, ``val``, ...), one manifest
+    listing them all: writing a new prefix adds its shards to the folder's manifest.
 
     Args:
         dataset: items ``(PIL image, label[, skipped])`` (skipped ones are left out), e.g.
             ``build_dataset(name, split, keep_image)``; label -1 writes no ``cls``.
         shard_size: samples per shard (the last one may hold fewer).
-        max_side: re-encode images whose longer side exceeds this, shrunk to it (None: keep sizes;
-            every image is still written as JPEG).
+        max_side: re-encode images whose longer side exceeds this, shrunk to it (None: keep sizes).
+            Every image is written as JPEG; a JPEG file of an ``ImageFiles`` folder that needs no
+            shrinking is copied byte for byte (no second compression, and no encoding time).
         quality: JPEG quality.
 
     Returns:
         The manifest.
 
     Raises:
-        DataError: ``dst`` already holds shards of that prefix.
+        DataError: ``dst`` already holds shards of that prefix, or its manifest names other classes.
     """
     wds = _webdataset()
     out = Path(dst)
     if any(out.glob(f"{prefix}-*.tar")):
-        raise DataError(f"{out} already holds {prefix}-*.tar shards; write to an empty folder")
+        raise DataError(f"{out} already holds {prefix}-*.tar shards; write to an empty folder or another --split")
+    old = _read_manifest(str(out / MANIFEST)) or {}
+    classes = list(dataset_classes(dataset))
+    if old.get("classes") and classes and old["classes"] != classes:
+        raise DataError(f"{out / MANIFEST} lists other classes than {prefix}'s; write this split to another folder")
     out.mkdir(parents=True, exist_ok=True)
     pattern = str(out / f"{prefix}-%06d.tar")
     written = 0
@@ -500,15 +633,19 @@ def write_shards(
             if flags and flags[0]:  # an unreadable file (ImageFiles stands another image in for it)
                 continue
             written += 1
-            sample = {"__key__": f"{i:09d}", "jpg": _jpeg(image, max_side, quality)}
+            sample = {"__key__": f"{i:09d}", "jpg": _encoded(dataset, i, image, max_side, quality)}
             if int(label) >= 0:
                 sample["cls"] = str(int(label)).encode()
             sink.write(sample)
-    shards = sorted(out.glob(f"{prefix}-*.tar"))
+    others = [entry for entry in old.get("shards", []) if not entry["name"].startswith(f"{prefix}-")]
+    shards = [{"name": p.name, "count": len(_tar_index(str(p))), "sha256": _sha256(p)}
+              for p in sorted(out.glob(f"{prefix}-*.tar"))]  # fmt: skip
+    splits = {**old.get("splits", {}), prefix: written}
     manifest = {
-        "samples": written,
-        "classes": list(dataset_classes(dataset)),
-        "shards": [{"name": p.name, "count": _tar_count(str(p)), "sha256": _sha256(p)} for p in shards],
+        "samples": sum(splits.values()),
+        "splits": splits,
+        "classes": classes or old.get("classes", []),
+        "shards": others + shards,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
@@ -517,6 +654,15 @@ def write_shards(
 def keep_image(image: Image.Image) -> Image.Image:
     """The identity transform: a data set built with it yields PIL images (for ``write_shards``)."""
     return image
+
+
+def _encoded(dataset: Dataset, index: int, image: Image.Image, max_side: int | None, quality: int) -> bytes:
+    """The original file's bytes when it is an RGB or gray JPEG that needs no shrinking, else a new JPEG."""
+    path = dataset.samples[index][0] if isinstance(dataset, ImageFiles) else None
+    fits = max_side is None or max(image.size) <= max_side
+    if path is not None and path.suffix.lower() in (".jpg", ".jpeg") and fits and image.mode in ("RGB", "L"):
+        return path.read_bytes()
+    return _jpeg(image, max_side, quality)
 
 
 def _jpeg(image: Image.Image, max_side: int | None, quality: int) -> bytes:

@@ -23,29 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import dmjd
 from dmjd.config import Config, ConfigError, config_from_dict, config_to_yaml
 from dmjd.config.loading import dotted_items
-from dmjd.data import (
-    Batches,
-    DeviceBatches,
-    EpochBatchSampler,
-    LoaderBatches,
-    Normalize,
-    SeededSamples,
-    build_dataset,
-    choose_pipeline,
-    decoded_nbytes,
-    device_budget_bytes,
-    open_source,
-    pretrain_transform,
-    to_image_array,
-)
-from dmjd.data.datasets import dataset_classes, describe_data
-from dmjd.data.shards import shard_batches
+from dmjd.data import Normalize
+from dmjd.data.build import training_data
 from dmjd.engine import checkpoint as ckpt
 from dmjd.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from dmjd.engine.metrics import MetricsLogger, progress_line, read_metrics, round_floats
@@ -306,7 +290,9 @@ class Pretrainer:
         self.scaler = torch.amp.GradScaler(dev.type) if self.amp_dtype == torch.float16 else None
 
         o = cfg.optim
-        self.batches, self.data_note = self._build_batches()
+        data = training_data(cfg, dev, self.dist.rank, self.dist.world_size)
+        self.batches, self.data_summary, self.data_warnings = data.batches, data.summary, data.warnings
+        self.state.bad_images = max(self.state.bad_images, data.unreadable)
         micro = self.batches.steps_per_epoch()
         self.steps_per_epoch = micro // o.accum_iter
         if self.steps_per_epoch < 1:
@@ -327,66 +313,6 @@ class Pretrainer:
         self.mask_gen = torch.Generator(device=dev)
         if self.dist.is_main:
             check_disk_space(self.output_dir, self.model, self.optimizer)
-
-    def _build_batches(self) -> tuple[Batches, str]:
-        """The data path (``data.pipeline``) and a start-up line saying which and why."""
-        cfg, dev, d, m = self.cfg, self.device, self.cfg.data, self.cfg.model
-        split = "pretrain" if d.name == "stl10" else "train"
-        size = d.cache_size or m.img_size * 8 // 7
-        rank, world = self.dist.rank, self.dist.world_size
-        if d.name == "webdataset":
-            return self._shard_batches()
-        if d.pipeline != "loader":
-            source = open_source(d.name, split, d.path, d.download)
-            nbytes = decoded_nbytes(source, size, m.in_chans, d.limit)
-            pipeline, why = choose_pipeline(d.pipeline, nbytes, device_budget_bytes(dev, d.device_memory_gb))
-            if pipeline == "device":
-                arr = to_image_array(source, size, m.in_chans, d.limit)
-                self.state.bad_images = max(self.state.bad_images, arr.unreadable)
-                images = torch.from_numpy(arr.images).to(dev)
-                batches = DeviceBatches(
-                    images, m.img_size, cfg.optim.batch_size, cfg.train.seed, tuple(d.crop_scale), hflip=d.hflip,
-                    in_chans=m.in_chans, interpolation=d.interpolation, rank=rank, world_size=world,
-                )  # fmt: skip
-                shape = "x".join(str(v) for v in arr.images.shape)
-                labelled = np.unique(arr.labels[arr.labels >= 0]).size
-                left_out = f", {arr.unreadable} unreadable files left out" if arr.unreadable else ""
-                self.data_line = describe_data(d.name, d.path, split, len(arr.images), labelled) + left_out
-                return batches, f"device pipeline, {why}: uint8 [{shape}] on {dev}, augmented there"
-        else:
-            why = "data.pipeline=loader"
-        transform = pretrain_transform(m.img_size, m.in_chans, tuple(d.crop_scale), d.hflip, d.interpolation)
-        base = build_dataset(d.name, split, transform, d.path, d.download)
-        if d.limit is not None and d.limit < len(base):
-            base = torch.utils.data.Subset(base, range(d.limit))
-        classes = dataset_classes(base)
-        self.data_line = describe_data(d.name, d.path, split, len(base), len(classes), classes)
-        sampler = EpochBatchSampler(len(base), cfg.optim.batch_size, cfg.train.seed, rank, world)
-        workers = d.num_workers
-        loader = DataLoader(
-            SeededSamples(base, cfg.train.seed),
-            batch_sampler=sampler,
-            num_workers=workers,
-            pin_memory=dev.type == "cuda",
-            persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
-        )
-        return LoaderBatches(loader, sampler, dev), f"loader pipeline, {why}: {workers} DataLoader workers"
-
-    def _shard_batches(self) -> tuple[Batches, str]:
-        """``data.name=webdataset``: shards streamed through DataLoader workers; ``data.pipeline=device``
-        decodes and augments on the device, ``auto`` and ``loader`` in the workers."""
-        cfg, d, m = self.cfg, self.cfg.data, self.cfg.model
-        on_device = d.pipeline == "device"
-        batches, index = shard_batches(
-            d.path, cfg.optim.batch_size, cfg.train.seed, self.dist.rank, self.dist.world_size, d.num_workers,
-            self.device, m.img_size, m.in_chans, tuple(d.crop_scale), d.hflip, d.interpolation, on_device,
-        )  # fmt: skip
-        self.data_line = describe_data(d.name, d.path, "train", sum(index.counts), len(index.classes), index.classes)
-        where = "decoded and augmented on the device" if on_device else "decoded and augmented by PIL in the workers"
-        auto = " (data.pipeline=auto: the streaming loader; device decoding with data.pipeline=device)"
-        return batches, (f"streaming shard loader{auto if d.pipeline == 'auto' else ''}: {len(index.urls)} shards, "
-                         f"{d.num_workers} DataLoader workers, {where}")  # fmt: skip
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
@@ -426,7 +352,9 @@ class Pretrainer:
         if main:
             (self.output_dir / "config.yaml").write_text(config_to_yaml(cfg))
             self._print_start()
-            self.logger.print(f"dmjd: {self.data_line}")
+            self.logger.print(f"dmjd: {self.data_summary}")
+            for warning in self.data_warnings:
+                self.logger.print(f"dmjd: WARNING: {warning}")
             self._warn_short_run()
         old_handlers = self._install_signal_handlers()
         start = time.perf_counter() - self.state.elapsed
@@ -503,7 +431,6 @@ class Pretrainer:
             f"effective lr {self.peak_lr:.4g} (blr {c.optim.blr:g}); {self.steps_per_epoch} steps/epoch,"
             f" {self.total_steps} steps, {self.warmup_steps} warmup"
         )
-        print(f"dmjd: data {self.cfg.data.name}: {self.data_note}")
         print(f"dmjd: {rates_summary(m, c.optim.lr_rates)}")
         for warning in m.rate_warnings():
             print(f"dmjd: WARNING: {warning}")
