@@ -5,10 +5,13 @@
 #
 #   benchmarks/gpu_session.sh repro      OUT FMNIST_DIR   # reproduction benchmark, gpu preset (<= 7 min)
 #   benchmarks/gpu_session.sh throughput OUT MAE_DIR      # throughput, CUDA graphs, MFU, official MAE (<= 10 min)
+#   benchmarks/gpu_session.sh loader     OUT              # loader paths incl. GPU JPEG decoding (<= 4 min)
 #
 # FMNIST_DIR holds Fashion-MNIST's *-ubyte.gz files; MAE_DIR is a checkout of facebookresearch/mae.
+# The loader part needs the webdataset package. A 15-minute device budget holds the repro part and
+# either of the others, not all three: repro first (issue 11), then throughput or loader (issue 14).
 set -uo pipefail
-part=${1:?repro or throughput}
+part=${1:?repro, throughput or loader}
 out=${2:?output folder}
 mkdir -p "$out"
 py=${PYTHON:-python3}
@@ -39,8 +42,12 @@ case $part in
     run tp-b16-compile 130 $tp --setting vit-b16 --batch 256 --configs DMJD --modes default --steps 20 --warmup 5 \
       --output "$out/tp-b16-compile"
     ;;
+  loader)
+    run loader 230 "$py" benchmarks/loader.py --device cuda --workers 1,2,4 --images 2048 --batch 128 \
+      --batches 12 --output "$out/loader"
+    ;;
   *)
-    echo "unknown part $part (repro or throughput)" >&2
+    echo "unknown part $part (repro, throughput or loader)" >&2
     exit 2
     ;;
 esac

@@ -124,3 +124,17 @@ def test_throughput_through_the_device_path_reports_compile_time_only_when_compi
 def test_recorded_commit_prefers_the_environment(monkeypatch):
     monkeypatch.setenv("DMJD_GIT_COMMIT", "abc123")
     assert git_commit() == "abc123"
+
+
+def test_loader_benchmark_runs_every_path_on_the_same_jpegs(tmp_path):
+    pytest.importorskip("webdataset")
+    from dmjd.bench.loader import format_table, make_jpegs, run_loader_benchmark
+
+    src = make_jpegs(tmp_path / "jpegs", 12, size=(40, 30), classes=2)
+    r = run_loader_benchmark(src, 0, [0], ["imagefolder", "shards", "shards-device"], batch=4, batches=2, warmup=1,
+                             img_size=32, device="cpu", feed_rate=100.0, shard_size=5, rounds=1)  # fmt: skip
+    assert r["images"] == 12 and r["shards"] == 3 and list(r["runs"]) == [
+        "imagefolder [0 workers]", "shards [0 workers]", "shards-device [0 workers]"]  # fmt: skip
+    for run in r["runs"].values():
+        assert run["images"] == 8 and run["cores_to_feed"] >= 1
+    assert "images/s per core" in format_table(r)

@@ -209,11 +209,33 @@ def reading(results: dict[str, Any], name: str) -> list[str]:
              if lin[lab]["reached"] < lin[lab]["seeds"]]  # fmt: skip
     if never:
         out.append(f"- Did not reach {base}'s final linear-probe accuracy within the budget: {', '.join(never)}.")
+    out.append(_signal_line(results, knn, labels))
     out += _paper_check(section, lin, labels)
     errors = {lab: run["errors"] for lab, run in a["runs"].items() if run["errors"]}
     for lab, errs in errors.items():
         out.append(f"- {lab}: {len(errs)} run(s) stopped early: {errs[0].splitlines()[0]}")
     return out
+
+
+SIGNAL_POINTS = 3.0  # kNN points over both baselines that make a comparison worth reading (issue 11)
+
+
+def _signal_line(results: dict[str, Any], knn: dict[str, Any], labels: Sequence[str]) -> str:
+    """Whether the best run's final kNN beats the untrained encoder and raw pixels by ``SIGNAL_POINTS``:
+    below that, the runs were too short for their differences to say much about the methods."""
+    best = max(labels, key=lambda lab: knn[lab]["at_time"]["mean"])
+    value, untrained = 100 * knn[best]["at_time"]["mean"], 100 * knn[labels[0]]["start"]["mean"]
+    raw = results.get("baselines", {}).get("raw_pixels", {}).get("knn_top1")
+    bars = {"the untrained encoder": untrained, **({"raw pixels": 100 * raw} if raw is not None else {})}
+    beaten = [name for name, bar in bars.items() if value >= bar + SIGNAL_POINTS]
+    detail = ", ".join(f"{name} {bar:.1f} %" for name, bar in bars.items())
+    if len(beaten) == len(bars):
+        verdict = f"yes, it beats {' and '.join(bars)} by >= {SIGNAL_POINTS:g} points"
+    else:
+        missed = [name for name in bars if name not in beaten]
+        verdict = (f"NO: it does not beat {' or '.join(missed)} by {SIGNAL_POINTS:g} points, so these runs are too "
+                   "short for the comparisons here to say much about the methods")  # fmt: skip
+    return f"- Training signal: the best final kNN is {best}'s {value:.1f} % ({detail}): {verdict}."
 
 
 def _paper_check(section: Section, lin: dict[str, Any], labels: Sequence[str]) -> list[str]:
