@@ -55,7 +55,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from dmjd.data.datasets import DataError, ImageFiles, StandInImages, Transform, dataset_classes
+from dmjd.data.datasets import DataError, ImageFiles, StandInImages, Transform, dataset_classes, seed_transforms
 from dmjd.data.pipeline import augment_seed
 from dmjd.data.resample import Interpolation, pad_batch, random_resized_crop_params, resized_crop
 from dmjd.data.transforms import pretrain_transform
@@ -252,7 +252,7 @@ class ShardSamples(IterableDataset):
                 image = _pil(parts[0], sample, bad)
                 if image is None:
                     continue
-                torch.manual_seed(_seed(*key, 2, n))
+                seed_transforms(_seed(*key, 2, n))
                 images.append(self.transform(image))
             labels.append(parts[1])
             if len(images) == self.chunk:
