@@ -10,6 +10,10 @@
 # FMNIST_DIR holds Fashion-MNIST's *-ubyte.gz files; MAE_DIR is a checkout of facebookresearch/mae.
 # The loader part needs the webdataset package. A 15-minute device budget holds the repro part and
 # either of the others, not all three: repro first (issue 11), then throughput or loader (issue 14).
+# A bare device image may lack dmjd's own dependencies (on 2026-11-28: pydantic): carry their wheels
+# and install them first, e.g. `python3 -m pip install --no-index --no-deps --target /tmp/site
+# WHEELS/*.whl && export PYTHONPATH=/tmp/site:$PWD/src DMJD_GIT_COMMIT=<commit>` (the device's copy
+# of the tree may carry a stale .git; DMJD_GIT_COMMIT is what the reports record).
 set -uo pipefail
 part=${1:?repro, throughput or loader}
 out=${2:?output folder}
