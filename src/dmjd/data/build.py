@@ -67,11 +67,13 @@ def grey_warning(cfg: Config) -> str | None:
         return None
     if d.name == "imagefolder":
         first = next((p for p in Path(d.path or ".").rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS), None)
+        if first is None:
+            return None
         try:
-            with Image.open(first) as image:  # type: ignore[arg-type]
+            with Image.open(first) as image:
                 if image.mode in ("1", "L", "LA", "I", "I;16", "F"):
                     return None
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError):
             return None
     return (f"model.in_chans=1 trains on the grey levels of {d.name}'s colour images; set model.in_chans=3 "
             "to keep their colour")  # fmt: skip
