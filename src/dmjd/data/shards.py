@@ -488,7 +488,7 @@ def shard_batches(
     decoded and augmented by PIL in the loader workers (``pretrain_transform``), or with
     ``decode_on_device`` on ``device`` (``DeviceDecodedBatches``)."""
     index = index_shards(pattern)
-    chunk = min(batch_size, 64)
+    chunk = min(batch_size, 256)  # a worker chunk of a whole batch goes to the step without a copy
     if decode_on_device:
         samples = ShardSamples(index.urls, None, seed, rank, world_size, chunk)
         batches: ShardBatches = DeviceDecodedBatches(
