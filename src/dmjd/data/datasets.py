@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import shutil
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -132,21 +133,26 @@ def torchvision_dataset(name: str, split: str, transform: Transform, path: str |
     return TorchvisionImages(base, transform)
 
 
-class StandInImages(Dataset):
+class StandInImages(Dataset, ABC):
     """A data set whose unreadable images are replaced by the next readable one and flagged
     ``skipped=1``, so that bad files are counted in the metrics instead of crashing an epoch.
 
-    Subclasses set ``transform`` and give ``__len__``, ``_open`` (the image of an index, None when
-    unreadable) and ``_label``.
+    Subclasses set ``transform`` and give ``__len__``, ``_open`` and ``_label``.
     """
 
     transform: Transform
 
-    def _open(self, index: int) -> Image.Image | None:
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of items."""
 
+    @abstractmethod
+    def _open(self, index: int) -> Image.Image | None:
+        """The image of item ``index``, or None when it cannot be read (logged by the subclass)."""
+
+    @abstractmethod
     def _label(self, index: int) -> int:
-        raise NotImplementedError
+        """The class of item ``index`` (-1: unlabelled)."""
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         n = len(self)  # type: ignore[arg-type]

@@ -136,20 +136,21 @@ def _tar_index(path: str) -> list[tuple[int, int, int]]:
     file_size = Path(path).stat().st_size
     index = []
     for key, parts in samples.items():
-        label = _label(parts.get("cls"), f"{path}:{key}")
-        if "image" in parts and sum(parts["image"]) <= file_size and label is not None:
+        label = _label(parts.get("cls"))
+        if label is None:
+            LOG.warning("skipping sample %s:%s: cls %r is not a class index", path, key, parts["cls"][:20])
+        elif "image" in parts and sum(parts["image"]) <= file_size:
             index.append((*parts["image"], label))
     return index
 
 
-def _label(cls: bytes | None, where: str) -> int | None:
-    """A ``cls`` member's class index: -1 when there is none, None (logged) when it is not an integer."""
+def _label(cls: bytes | None) -> int | None:
+    """A ``cls`` member's class index: -1 when there is none, None when it is not an integer."""
     if cls is None:
         return -1
     try:
         return int(cls.decode().strip())
     except (UnicodeDecodeError, ValueError):
-        LOG.warning("skipping sample %s: cls %r is not a class index", where, cls[:20])
         return None
 
 
@@ -312,13 +313,12 @@ def _parts(sample: dict[str, Any], bad: BadCounter) -> tuple[bytes, int] | None:
     """``(encoded image, label)`` of a sample (label -1 without ``cls``), or None when it has no image
     member or an unreadable ``cls`` (counted)."""
     ext = next((e for e in IMAGE_KEYS if e in sample), None)
-    try:
-        if ext is None:
-            raise ValueError("no image member")
-        return sample[ext], int(sample["cls"].decode().strip()) if "cls" in sample else -1
-    except ValueError as err:
-        bad(ValueError(f"sample {sample.get('__key__')} of {sample.get('__url__')}: {err}"))
-        return None
+    label = _label(sample.get("cls"))
+    if ext is not None and label is not None:
+        return sample[ext], label
+    why = "no image member" if ext is None else f"cls {sample['cls'][:20]!r} is not a class index"
+    bad(ValueError(f"sample {sample.get('__key__')} of {sample.get('__url__')}: {why}"))
+    return None
 
 
 def _pil(data: bytes, sample: dict[str, Any], bad: BadCounter) -> Image.Image | None:
