@@ -297,3 +297,17 @@ def test_knn_and_monitor_evaluate_a_run_pretrained_on_shards(tmp_path, capsys):
     assert main(["knn", "--checkpoint", str(run / "checkpoint-last.pth")]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["data"] == "webdataset" and result["test_images"] == 8 and 0 <= result["knn_top1"] <= 1
+
+
+def test_grey_warning_looks_at_the_first_image_of_shards(tmp_path):
+    from dmjd.data.build import grey_warning
+
+    grey = make_shards(tmp_path / "grey", shards=1)  # solid gray JPEGs
+    assert grey_warning(tiny_config("data.name=webdataset", f"data.path={grey}", "data.limit=null",
+                                    "model.in_chans=1")) is None  # fmt: skip
+    (tmp_path / "tree" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "tree" / "a" / "x.jpg")
+    assert main(["shard", str(tmp_path / "tree"), str(tmp_path / "colour"), "--shard-size", "4"]) == 0
+    colour = tiny_config("data.name=webdataset", f"data.path={tmp_path / 'colour' / 'train-000000.tar'}",
+                         "data.limit=null", "model.in_chans=1")  # fmt: skip
+    assert "model.in_chans=3" in grey_warning(colour)

@@ -23,10 +23,10 @@ from torch.utils.data import DataLoader, Subset
 
 from dmjd.config import Config
 from dmjd.data.arrays import decoded_nbytes, open_source, to_image_array
-from dmjd.data.datasets import IMAGE_EXTENSIONS, SeededSamples, build_dataset, dataset_classes, describe_data
+from dmjd.data.datasets import IMAGE_EXTENSIONS, DataError, SeededSamples, build_dataset, dataset_classes, describe_data
 from dmjd.data.pipeline import Batches, DeviceBatches, LoaderBatches, choose_pipeline, device_budget_bytes
 from dmjd.data.sampler import EpochBatchSampler
-from dmjd.data.shards import shard_batches
+from dmjd.data.shards import first_images, shard_batches
 from dmjd.data.transforms import pretrain_transform
 
 
@@ -61,22 +61,34 @@ def training_data(cfg: Config, device: torch.device, rank: int = 0, world_size: 
 
 def grey_warning(cfg: Config) -> str | None:
     """A warning when colour images would be trained on as grey levels (``model.in_chans=1``, as in the
-    ``demo`` preset, on a colour data set or an ImageFolder whose first image is in colour)."""
+    ``demo`` preset, on a colour data set, or an ImageFolder or shards whose first image is in colour)."""
     d, m = cfg.data, cfg.model
-    if m.in_chans != 1 or d.name not in ("imagefolder", "cifar10", "cifar100", "stl10"):
+    if m.in_chans != 1 or d.name not in ("imagefolder", "webdataset", "cifar10", "cifar100", "stl10"):
         return None
-    if d.name == "imagefolder":
-        first = next((p for p in Path(d.path or ".").rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS), None)
-        if first is None:
-            return None
-        try:
-            with Image.open(first) as image:
-                if image.mode in ("1", "L", "LA", "I", "I;16", "F"):
-                    return None
-        except (OSError, ValueError):
-            return None
+    if d.name in ("imagefolder", "webdataset") and _first_image_is_grey(d.name, d.path or ".") is not False:
+        return None  # grey, or nothing readable to tell
     return (f"model.in_chans=1 trains on the grey levels of {d.name}'s colour images; set model.in_chans=3 "
             "to keep their colour")  # fmt: skip
+
+
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes without colour
+
+
+def _first_image_is_grey(name: str, path: str) -> bool | None:
+    """Whether the first image of an ImageFolder or of shards is grey; None when none reads."""
+    if name == "webdataset":
+        try:
+            return bool(first_images(path, 1, lambda image: torch.tensor(image.mode in GREY_MODES))[0])
+        except DataError:
+            return None
+    first = next((p for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS), None)
+    if first is None:
+        return None
+    try:
+        with Image.open(first) as image:
+            return image.mode in GREY_MODES
+    except (OSError, ValueError):
+        return None
 
 
 def _training_data(cfg: Config, device: torch.device, rank: int, world_size: int) -> TrainingData:
