@@ -23,10 +23,12 @@ from dmjd.bench.efficiency import (
     eval_interval,
     plan_runs,
     run_efficiency,
-    scheduled_epochs,
+    scheduled_steps,
+    with_schedule,
 )
 from dmjd.bench.presets import PRESETS, SECTIONS
 from dmjd.bench.report import reading
+from dmjd.config import load_config
 from dmjd.bench.throughput import peak_bf16_flops, step_flops, synthetic_images, throughput_config
 from dmjd.engine import Pretrainer
 
@@ -111,27 +113,36 @@ def test_aggregate_mean_spread_and_undefined_values():
 
 
 def test_schedule_rule():
-    assert scheduled_epochs(100.0, Calibration(steps_per_s=2.0, steps_per_epoch=50)) == 4
-    assert scheduled_epochs(100.0, Calibration(steps_per_s=2.0, steps_per_epoch=70)) == 3  # 2.86 rounds
-    assert scheduled_epochs(1.0, Calibration(steps_per_s=0.1, steps_per_epoch=100)) == 1
-    assert scheduled_epochs(100.0, Calibration(steps_per_s=2.0, steps_per_epoch=50, startup_s=25.0)) == 3
+    assert scheduled_steps(100.0, Calibration(steps_per_s=2.0, steps_per_epoch=50)) == 200
+    assert scheduled_steps(1.0, Calibration(steps_per_s=0.1, steps_per_epoch=100)) == 1
+    assert scheduled_steps(100.0, Calibration(steps_per_s=2.0, steps_per_epoch=50, startup_s=25.0)) == 150
     assert eval_interval(12, 4) == 3 and eval_interval(13, 4) == 4 and eval_interval(2, 4) == 1
+
+
+def test_schedule_ends_mid_epoch_at_the_budget():
+    """A budget of 1.4 epochs schedules 1.4 epochs, not the 1 that rounding epochs gave (issue 11)."""
+    cfg = load_config(None, ["optim.warmup_epochs=0"])
+    out = with_schedule(cfg, 140, 100, 0.1)
+    assert (out.optim.epochs, out.optim.max_steps) == (2, 140)
+    assert out.optim.warmup_epochs == pytest.approx(0.14)
+    assert cfg.optim.max_steps is None  # a copy
 
 
 def test_evaluator_runs_every_few_epochs_and_at_the_end():
     calls = []
     evaluator = EpochEvaluator(lambda encoder: calls.append(encoder) or {"knn_top1": 0.5}, every=3)
 
-    def trainer(epoch: int, time_up: bool = False) -> SimpleNamespace:
+    def trainer(epoch: int, time_up: bool = False, finished: bool = False) -> SimpleNamespace:
         return SimpleNamespace(
-            state=SimpleNamespace(epoch=epoch), cfg=SimpleNamespace(optim=SimpleNamespace(epochs=7)),
-            time_up=time_up, model=SimpleNamespace(encoder="enc"),
+            state=SimpleNamespace(epoch=epoch), finished=finished or epoch >= 7, time_up=time_up,
+            model=SimpleNamespace(encoder="enc"),
         )  # fmt: skip
 
     due = [e for e in range(1, 8) if evaluator(trainer(e)) is not None]
     assert due == [3, 6, 7]
     result = evaluator(trainer(4, time_up=True))
     assert result["knn_top1"] == 0.5 and result["eval_s"] >= 0 and calls == ["enc"] * 4
+    assert evaluator(trainer(5, finished=True)) is not None  # optim.max_steps ended the run mid-epoch
 
 
 # ---------------------------------------------------------------------------------- planning

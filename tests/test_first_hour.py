@@ -308,7 +308,7 @@ def test_a_failed_start_does_not_block_the_retry_and_auto_resume_says_it_starts_
 def test_warmup_longer_than_the_run_warns_and_reports_the_lr_reached(tmp_path, capsys):
     trainer = Pretrainer(tiny_config("optim.epochs=1", "optim.warmup_epochs=3"), tmp_path)
     summary = trainer.fit()
-    assert "WARNING: optim.warmup_epochs=3 exceeds optim.epochs=1" in capsys.readouterr().out
+    assert "WARNING: optim.warmup_epochs=3 (24 steps) exceeds the run's 8 steps" in capsys.readouterr().out
     logged = max(r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train")
     assert summary["lr_reached"] == pytest.approx(logged, rel=1e-5)
     assert summary["lr_reached"] == pytest.approx(summary["lr_peak"] * 7 / 24, rel=1e-5)  # step 7 of 24 warmup

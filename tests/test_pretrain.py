@@ -69,6 +69,22 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path, pipeline):
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5)
 
 
+def test_max_steps_ends_the_schedule_mid_epoch(tmp_path, capsys):
+    """optim.max_steps stops mid-epoch with the cosine schedule at its end; ETE counts the partial
+    epoch; the finished run is not trained again on resume (512 images / 64 = 8 steps per epoch)."""
+    cfg = tiny_config("optim.epochs=2", "optim.max_steps=11", "optim.warmup_epochs=0.25", "train.log_interval=1")
+    seen = []
+    summary = Pretrainer(cfg, tmp_path).fit(on_epoch_end=lambda t: seen.append((t.state.epoch, t.finished)))
+    assert (summary["steps"], summary["epochs"], summary["stopped_by"]) == (11, 1, "max_steps")
+    assert summary["ete"] == pytest.approx(2 * 11 / 8)  # K = 2 views
+    assert seen == [(0, False), (1, False), (1, True)]  # before training, after epoch 1, at the end
+    train = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in train][-1] == 11 and train[-1]["lr"] < 0.05 * summary["lr_peak"]
+    capsys.readouterr()
+    again = Pretrainer(cfg, tmp_path, resume="auto").fit()
+    assert again["steps"] == 11 and "has finished its 11 steps" in capsys.readouterr().out
+
+
 def test_cli_pretrain_contract(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["pretrain", "--config", "demo", "--output-dir", str(out), "optim.epochs=1", "data.limit=256", "optim.batch_size=64", "train.progress=false"]

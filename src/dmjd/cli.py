@@ -97,13 +97,11 @@ def monitor_hook(cfg: Config, trainer: Pretrainer) -> Callable[[Pretrainer], dic
     from dmjd.eval.monitor import OnlineMonitor
 
     monitor = OnlineMonitor.from_config(cfg, max_images=cfg.monitor.max_images, device=str(trainer.device))
-    last_epoch = cfg.optim.epochs
 
     def hook(t: Pretrainer) -> dict | None:
-        done = t.state.epoch
         if t.state.opt_step == 0:
             return {**monitor(t.model.encoder), **monitor.pixel_baseline()}
-        if done % cfg.monitor.interval == 0 or done == last_epoch or t.time_up:
+        if t.state.epoch % cfg.monitor.interval == 0 or t.finished or t.time_up:
             return monitor(t.model.encoder)
         return None
 

@@ -7,10 +7,10 @@ Protocol (issue 4, paper Tables II-VI and Fig. 6):
 * Every run gets the same training wall-clock budget (``train.max_time_s``; evaluation time is
   not counted) and records its effective training epochs (ETE = K x epochs).
 * Schedule rule: each distinct configuration first trains for a few seconds to measure its
-  optimizer steps per second and its start-up time; its ``optim.epochs`` is then the number of
-  epochs that speed fits in the budget after the start-up (rounded, at least 1) and its warmup a
-  fixed fraction of them, so that every run's cosine schedule ends at the budget. The same rule
-  applies to every configuration.
+  optimizer steps per second and its start-up time; its schedule (``optim.max_steps``) is then the
+  number of steps that speed fits in the budget after the start-up, mid-epoch if need be, and its
+  warmup a fixed fraction of them, so that every run's cosine schedule ends at the budget. The same
+  rule applies to every configuration.
 * The encoder is evaluated (weighted kNN and the fast logistic-regression linear probe on frozen
   features of the labelled splits) before training and after every few epochs, always at the end.
 * The analysis (``dmjd.bench.analysis``) reads accuracy at equal wall time (the budget), at equal
@@ -47,9 +47,9 @@ from dmjd.eval.monitor import OnlineMonitor
 METRICS = {"linprobe_top1": "linear probe", "knn_top1": "kNN"}
 PRIMARY_METRIC = "linprobe_top1"
 SCHEDULE_RULE = (
-    "each configuration trains {calibrate_s:g} s to measure its steps/s and start-up seconds; optim.epochs = "
-    "max(1, round((budget - start-up) x steps/s / steps per epoch)), optim.warmup_epochs = {warmup:g} x epochs, "
-    "so every cosine schedule ends at the {budget_s:g} s budget; evaluation every "
+    "each configuration trains {calibrate_s:g} s to measure its steps/s and start-up seconds; optim.max_steps = "
+    "max(1, round((budget - start-up) x steps/s)) (the last epoch may be partial), optim.warmup_epochs = "
+    "{warmup:g} x scheduled epochs, so every cosine schedule ends at the {budget_s:g} s budget; evaluation every "
     "ceil(epochs / {eval_points}) epochs and at the end"
 )
 
@@ -72,10 +72,10 @@ class Calibration:
     startup_s: float = 0.0
 
 
-def scheduled_epochs(budget_s: float, calibration: Calibration) -> int:
-    """Epochs that fit in ``budget_s`` after the start-up at the measured speed (rounded, at least 1)."""
+def scheduled_steps(budget_s: float, calibration: Calibration) -> int:
+    """Optimizer steps that fit in ``budget_s`` after the start-up at the measured speed (at least 1)."""
     running = max(budget_s - calibration.startup_s, 0.0)
-    return max(1, round(running * calibration.steps_per_s / calibration.steps_per_epoch))
+    return max(1, round(running * calibration.steps_per_s))
 
 
 def eval_interval(epochs: int, points: int) -> int:
@@ -102,8 +102,7 @@ class EpochEvaluator:
         return result
 
     def __call__(self, trainer: Pretrainer) -> dict[str, float] | None:
-        done = trainer.state.epoch >= trainer.cfg.optim.epochs
-        if not (trainer.time_up or done or trainer.state.epoch % self.every == 0):
+        if not (trainer.time_up or trainer.finished or trainer.state.epoch % self.every == 0):
             return None
         return self.evaluate(trainer.model.encoder)
 
@@ -133,10 +132,13 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "run"
 
 
-def with_schedule(cfg: Config, epochs: int, warmup_fraction: float) -> Config:
-    """A copy of ``cfg`` with ``optim.epochs`` and proportional ``optim.warmup_epochs``."""
+def with_schedule(cfg: Config, steps: int, steps_per_epoch: int, warmup_fraction: float) -> Config:
+    """A copy of ``cfg`` whose schedule is ``steps`` optimizer steps (``optim.max_steps``, the whole
+    epochs that hold them) with a warmup of ``warmup_fraction`` of them."""
     out = cfg.model_copy(deep=True)
-    out.optim.epochs = epochs
+    epochs = steps / steps_per_epoch
+    out.optim.epochs = math.ceil(epochs)
+    out.optim.max_steps = steps
     out.optim.warmup_epochs = warmup_fraction * epochs
     return out
 
@@ -434,17 +436,19 @@ def _train_all(
     calibrations = calibrate_all(runs, preset.calibrate_s, out / "calibration-work")
     for i, run in enumerate(runs, 1):
         cal = calibrations[config_identity(run.cfg, with_seed=False)]
-        epochs = scheduled_epochs(budget, cal)
-        every = eval_interval(epochs, preset.eval_points)
-        print(f"bench: [{i}/{len(runs)}] {run.label} seed {run.seed}: {epochs} epochs in {budget:g} s, "
-              f"evaluation every {every}", flush=True)  # fmt: skip
-        cfg = with_schedule(run.cfg, epochs, preset.warmup_fraction)
+        steps = scheduled_steps(budget, cal)
+        epochs = steps / cal.steps_per_epoch
+        every = eval_interval(math.ceil(epochs), preset.eval_points)
+        print(f"bench: [{i}/{len(runs)}] {run.label} seed {run.seed}: {steps} steps ({epochs:.2f} epochs) in "
+              f"{budget:g} s, evaluation every {every} epochs", flush=True)  # fmt: skip
+        cfg = with_schedule(run.cfg, steps, cal.steps_per_epoch, preset.warmup_fraction)
         record = train_run(cfg, out / "runs" / run.key, EpochEvaluator(monitor, every), finetune)
         results["runs"][run.key] = {
             "label": run.label,
             "seed": run.seed,
             "overrides": run.overrides,
             "epochs": epochs,
+            "steps": steps,
             "warmup_epochs": cfg.optim.warmup_epochs,
             "eval_every": every,
             "calibration": asdict(cal),

@@ -116,7 +116,7 @@ def comparison_table(results: dict[str, Any], name: str) -> list[str]:
         if run["num_views"] is None:
             continue
         lines.append(
-            f"| {label} | {run['num_views']} | {run['pred_ratio']:.2f} | {number(run['scheduled_epochs'], 0)} | "
+            f"| {label} | {run['num_views']} | {run['pred_ratio']:.2f} | {number(run['scheduled_epochs'], 2)} | "
             f"{number(run['ete'])} | {number(run['time_s'])} | {pct(lin['at_time'])} | {pct(knn['at_time'])} | "
             f"{pct(lin['at_ete'])} | {pct(knn['at_ete'])} | {seconds_to_level(lin['time_to_level'])} | "
             f"{ratio(lin['speedup'], lin['reached'])} | {seconds_to_level(lin['ete_to_level'])} | "

@@ -139,6 +139,12 @@ class OptimConfig(_Section):
     batch_size: int = Field(64, ge=1, description="unique images per process per micro-step")
     accum_iter: int = Field(1, ge=1)
     epochs: int = Field(400, ge=1)
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        description="optimizer steps of the whole run, when fewer than epochs x steps per epoch: the schedule "
+        "(warmup + cosine) ends there and training stops, mid-epoch if need be (e.g. to fit a time budget)",
+    )
     warmup_epochs: float = Field(20.0, ge=0.0)
     blr: float = Field(1.5e-4, gt=0.0, description="base learning rate eta_base")
     lr: float | None = Field(None, gt=0.0, description="absolute learning rate; overrides blr")

@@ -270,8 +270,9 @@ class Pretrainer:
 
     @property
     def finished(self) -> bool:
-        """Whether the run has trained all its epochs (a finished run is never trained or rewritten)."""
-        return self.state.epoch >= self.cfg.optim.epochs
+        """Whether the run has trained all its epochs or ``optim.max_steps`` (a finished run is never
+        trained or rewritten)."""
+        return self.state.epoch >= self.cfg.optim.epochs or self.state.opt_step >= self.total_steps
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
@@ -298,6 +299,8 @@ class Pretrainer:
         if self.steps_per_epoch < 1:
             raise ConfigError(f"one epoch has {micro} micro-steps, fewer than optim.accum_iter={o.accum_iter}")
         self.total_steps = self.steps_per_epoch * o.epochs
+        if o.max_steps is not None:
+            self.total_steps = min(self.total_steps, o.max_steps)
         self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
         self.unique_batch = o.batch_size * o.accum_iter * self.dist.world_size
         self.peak_lr = peak_lr(o, self.masking, self.unique_batch)
@@ -344,8 +347,9 @@ class Pretrainer:
         cfg, main = self.cfg, self.dist.is_main
         if self.finished:
             if main:
-                print(f"dmjd: the run in {self.output_dir} has finished its {cfg.optim.epochs} epochs; nothing to "
-                      "train, its files are left as they are")  # fmt: skip
+                done = f"{self.total_steps} steps" if self._stopped_by() == "max_steps" else f"{cfg.optim.epochs} epochs"
+                print(f"dmjd: the run in {self.output_dir} has finished its {done}; nothing to train, its files are "
+                      "left as they are")  # fmt: skip
             summary = self.output_dir / "summary.json"
             return json.loads(summary.read_text()) if summary.is_file() else {"kind": "summary", "epochs": self.state.epoch}
         self.logger = MetricsLogger(self.output_dir, cfg.train.tensorboard) if main else None
@@ -363,10 +367,10 @@ class Pretrainer:
             if on_epoch_end is not None and self.state.opt_step == 0 and self.state.epoch_step == 0:
                 start += self._evaluate(on_epoch_end)  # epoch 0: the untrained encoder
                 barrier(self.dist)
-            while self.state.epoch < cfg.optim.epochs and not self.time_up:
+            while not self.finished and not self.time_up:
                 epoch_start, steps_before, bad_before = time.perf_counter(), self.state.opt_step, self.state.bad_images
                 last = self._train_epoch(start)
-                if not self.time_up:
+                if self._epoch_complete():
                     self.state.epoch += 1
                     self.state.epoch_step = 0
                 self.state.elapsed = time.perf_counter() - start
@@ -406,11 +410,11 @@ class Pretrainer:
 
     def _warn_short_run(self) -> None:
         o = self.cfg.optim
-        if o.warmup_epochs > o.epochs and self.logger is not None:
+        if self.warmup_steps > self.total_steps and self.logger is not None:
             self.logger.print(
-                f"dmjd: WARNING: optim.warmup_epochs={o.warmup_epochs:g} exceeds optim.epochs={o.epochs}: the lr rises "
-                f"for the whole run and reaches {self.lr_reached():.4g}, not the peak {self.peak_lr:.4g}; lower "
-                "optim.warmup_epochs"
+                f"dmjd: WARNING: optim.warmup_epochs={o.warmup_epochs:g} ({self.warmup_steps} steps) exceeds the run's "
+                f"{self.total_steps} steps: the lr rises for the whole run and reaches {self.lr_reached():.4g}, not the "
+                f"peak {self.peak_lr:.4g}; lower optim.warmup_epochs"
             )
 
     def _position(self) -> dict[str, Any]:
@@ -565,14 +569,26 @@ class Pretrainer:
             if max_time is not None and time.perf_counter() - run_start >= max_time:
                 self.time_up = True
                 break
+            if st.opt_step >= self.total_steps:
+                break  # optim.max_steps reached mid-epoch
         bar.close()
         record = self._record(epoch_sums, 0.0, K)
         record.pop("images_per_s"), record.pop("views_per_s")
-        if not self.time_up:
+        if self._epoch_complete():
             record.update(epoch=st.epoch, ete=K * (st.epoch + 1))
         if self.logger is not None:
             self.logger.log({"kind": "epoch", **record, "time": round(time.perf_counter() - run_start, 3)})
         return record
+
+    def _epoch_complete(self) -> bool:
+        """Whether the current epoch has trained all its steps (not cut by the time budget or
+        ``optim.max_steps``)."""
+        return not self.time_up and self.state.epoch_step >= self.steps_per_epoch * self.cfg.optim.accum_iter
+
+    def _stopped_by(self) -> str:
+        if self.time_up:
+            return "time budget"
+        return "epochs" if self.state.epoch >= self.cfg.optim.epochs else "max_steps"
 
     def _lr(self) -> float:
         o = self.cfg.optim
@@ -623,7 +639,8 @@ class Pretrainer:
 
     def _save_epoch_checkpoints(self) -> None:
         epoch, cfg = self.state.epoch, self.cfg
-        if not self.time_up and (epoch % cfg.train.checkpoint_interval == 0 or epoch == cfg.optim.epochs):
+        at_boundary = not self.time_up and self.state.epoch_step == 0
+        if at_boundary and (epoch % cfg.train.checkpoint_interval == 0 or epoch == cfg.optim.epochs):
             self.save(f"checkpoint-{epoch}.pth")
             if self.dist.is_main:
                 ckpt.prune_checkpoints(self.output_dir, cfg.train.keep_checkpoints)
@@ -644,7 +661,7 @@ class Pretrainer:
             "epochs": self.state.epoch,
             "steps": self.state.opt_step,
             "ete": self._position()["ete"],
-            "stopped_by": "time budget" if self.time_up else "epochs",
+            "stopped_by": self._stopped_by(),
             "time_s": round(seconds, 2),
             "device": str(self.device),
             "world_size": self.dist.world_size,
