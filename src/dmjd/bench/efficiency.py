@@ -198,7 +198,6 @@ def train_run(
     deleted. A run stopped by non-finite losses is reported with its error and the points it made.
     """
     trainer = Pretrainer(cfg, run_dir, overwrite=True)
-    first = {"time": 0.0, "ete": 0.0, "epoch": 0, **evaluator.evaluate(trainer.model.encoder)}
     error = None
     try:
         summary = trainer.fit(on_epoch_end=evaluator)
@@ -210,7 +209,7 @@ def train_run(
             checkpoint.unlink()
     keys = ("time", "ete", "epoch", "eval_s", *METRICS)
     evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "eval"]
-    points = [first] + [{k: r[k] for k in keys if k in r} for r in evals]
+    points = [{k: r[k] for k in keys if k in r} for r in evals]  # the first: the untrained encoder
     record = {
         "summary": summary,
         "points": points,
