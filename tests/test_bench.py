@@ -234,6 +234,8 @@ def test_reading_states_matches_and_mismatches_with_the_paper():
     assert "+DM's speed-up over MAE: 1.83x [-0.28, 3.95]; paper (Tables II-III): 1.8x-3.7x." in lines
     # seed-paired differences at equal time: +DM 70 % vs MAE 60 / 62 %: +9.0 points, CI +-12.7
     assert "+DM > MAE: +9.0 points [-3.7, +21.7] over 2 seeds: not resolved (CI spans 0)" in lines
+    # the same ordering in kNN (half the accuracy here): +5.0 and +4.0 points
+    assert "+DM > MAE (kNN): +4.5 points [-1.9, +10.9] over 2 seeds: not resolved (CI spans 0)" in lines
     assert "1.8x-3.7x. Ours matches or exceeds it." in lines
     assert "Did not reach MAE's final linear-probe accuracy within the budget: +JD (2/2 seeds)" in lines
     assert "+JD <= MAE" in lines
@@ -304,6 +306,43 @@ def test_cli_parses_and_rerenders_the_report(smoke_dir, capsys):
     args = parser.parse_args(["bench", "--output-dir", str(smoke_dir), "--report-only"])
     assert args.func(args) == 0
     assert "report.md" in capsys.readouterr().out and (smoke_dir / "report.md").is_file()
+
+
+def _as_seed(results: dict, seed: int) -> dict:
+    """A copy of a one-seed benchmark output relabelled as another seed's."""
+    out = json.loads(json.dumps(results))
+    out["runs"] = {key.replace("seed0", f"seed{seed}"): run for key, run in out["runs"].items()}
+    for comparison in out["comparisons"].values():
+        for variant in comparison["variants"]:
+            variant["runs"] = {str(seed): variant["runs"]["0"].replace("seed0", f"seed{seed}")}
+    out["seeds"] = [seed]
+    return out
+
+
+def test_merge_adds_the_seeds_of_another_output(smoke_dir, tmp_path, capsys):
+    from dmjd.errors import InputError
+
+    later = tmp_path / "seed1"
+    later.mkdir()
+    first = json.loads((smoke_dir / "results.json").read_text())
+    (later / "results.json").write_text(json.dumps(_as_seed(first, 1)))
+    parser = argparse.ArgumentParser(prog="dmjd")
+    register_bench_command(parser.add_subparsers(dest="command"))
+    merged_dir = tmp_path / "merged"
+    args = parser.parse_args(["bench", "--merge", str(smoke_dir), str(later), "--output-dir", str(merged_dir)])
+    assert args.func(args) == 0
+    merged = json.loads((merged_dir / "results.json").read_text())
+    assert merged["seeds"] == [0, 1] and len(merged["runs"]) == 2 * len(first["runs"])
+    mae = merged["comparisons"]["main"]["variants"][0]
+    assert mae["runs"] == {"0": "main-mae-seed0", "1": "main-mae-seed1"}
+    assert merged["analysis"]["main"]["metrics"]["knn_top1"]["MAE"]["at_time"]["n"] == 2
+    assert merged["wall_s"] == pytest.approx(2 * first["wall_s"]) and len(merged["parts"]) == 2
+    assert (merged_dir / "report.md").is_file()
+    for bad, match in ((first, "seed"), ({**_as_seed(first, 2), "budget_s": 1.0}, "budget_s")):
+        (later / "results.json").write_text(json.dumps(bad))
+        args = parser.parse_args(["bench", "--merge", str(smoke_dir), str(later), "--output-dir", str(merged_dir)])
+        with pytest.raises(InputError, match=match):
+            args.func(args)
 
 
 def test_sections_are_checked_before_training(tmp_path):

@@ -8,6 +8,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from dmjd.bench.presets import PRESETS, SECTION_NAMES
 from dmjd.errors import InputError
@@ -55,7 +56,27 @@ def register_bench_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--budget-s", type=float, default=None, help="training seconds per run (default: the preset's)")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite report.md and figures from OUTPUT_DIR/results.json without training")  # fmt: skip
+    p.add_argument("--merge", nargs="+", metavar="DIR", default=None,
+                   help="merge the results.json of benchmark outputs that differ only in their seeds into "
+                   "OUTPUT_DIR (results.json, report.md, figures) without training")  # fmt: skip
     p.set_defaults(func=run_bench_command)
+
+
+def _saved_results(folders: list[Path], merge: bool) -> dict[str, Any]:
+    """The ``results.json`` of a benchmark output, or of several merged (``dmjd.bench.merge``)."""
+    paths = [folder / "results.json" for folder in folders]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise InputError(f"{', '.join(missing)}: no such file; run the benchmark first")
+    parts = [json.loads(path.read_text()) for path in paths]
+    if not merge:
+        return parts[0]
+    from dmjd.bench.merge import merge_results
+
+    try:
+        return merge_results(parts)
+    except ValueError as err:
+        raise InputError(str(err)) from None
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
@@ -64,12 +85,12 @@ def run_bench_command(args: argparse.Namespace) -> int:
     from dmjd.bench.report import write_report
 
     out = Path(args.output_dir)
-    if args.report_only:
-        path = out / "results.json"
-        if not path.is_file():
-            raise InputError(f"{path} does not exist; run the benchmark first")
-        results = json.loads(path.read_text())
+    if args.report_only or args.merge:
+        results = _saved_results([Path(d) for d in args.merge] if args.merge else [out], merge=bool(args.merge))
         results["analysis"] = analyse(results)
+        if args.merge:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         report = write_report(results, out)
     else:
         run_efficiency(

@@ -210,7 +210,7 @@ def reading(results: dict[str, Any], name: str) -> list[str]:
     if never:
         out.append(f"- Did not reach {base}'s final linear-probe accuracy within the budget: {', '.join(never)}.")
     out.append(_signal_line(results, knn, labels))
-    out += _paper_check(section, lin, labels)
+    out += _paper_check(section, lin, knn, labels)
     errors = {lab: run["errors"] for lab, run in a["runs"].items() if run["errors"]}
     for lab, errs in errors.items():
         out.append(f"- {lab}: {len(errs)} run(s) stopped early: {errs[0].splitlines()[0]}")
@@ -238,8 +238,8 @@ def _signal_line(results: dict[str, Any], knn: dict[str, Any], labels: Sequence[
     return f"- Training signal: the best final kNN is {best}'s {value:.1f} % ({detail}): {verdict}."
 
 
-def _paper_check(section: Section, lin: dict[str, Any], labels: Sequence[str]) -> list[str]:
-    """Compare orderings and claimed numbers with the paper's."""
+def _paper_check(section: Section, lin: dict[str, Any], knn: dict[str, Any], labels: Sequence[str]) -> list[str]:
+    """Compare orderings (linear probe, as the paper; then kNN) and claimed numbers with the paper's."""
     out = []
     pairs = [(w, b) for w, b in section.expected_pairs if w in labels and b in labels]
     if pairs:
@@ -248,24 +248,27 @@ def _paper_check(section: Section, lin: dict[str, Any], labels: Sequence[str]) -
         text = f"- Paper order ({section.paper.split(':')[0]}): {len(held)} of {len(pairs)} orderings hold here"
         out.append(text + (f"; NOT matching: {', '.join(broken)}." if broken else "."))
         out += [ordering_line(w, b, lin) for w, b in pairs]
+        out += [ordering_line(w, b, knn, "kNN") for w, b in pairs]
     for claim in section.claims:
         if claim.label in labels and section.baseline in labels:
             out.append(_claim_line(claim, section.baseline, lin))
     return out
 
 
-def ordering_line(worse: str, better: str, lin: dict[str, Any]) -> str:
-    """One paper ordering at equal time, with the 95 % CI of the seed-paired difference."""
-    a, b = lin[worse]["at_time_by_seed"], lin[better]["at_time_by_seed"]
+def ordering_line(worse: str, better: str, metric: dict[str, Any], name: str = "") -> str:
+    """One paper ordering at equal time in ``metric`` (named ``name`` in the line when given), with
+    the 95 % CI of the seed-paired difference."""
+    a, b = metric[worse]["at_time_by_seed"], metric[better]["at_time_by_seed"]
+    label = f" ({name})" if name else ""
     diffs = [100 * (b[s] - a[s]) for s in a if s in b]
     stats = aggregate(diffs)
     if stats.mean is None:
-        return f"  - {better} > {worse}: no paired seeds"
+        return f"  - {better} > {worse}{label}: no paired seeds"
     if stats.ci95 is None:
-        return f"  - {better} > {worse}: {stats.mean:+.1f} points (one seed, no confidence interval)"
+        return f"  - {better} > {worse}{label}: {stats.mean:+.1f} points (one seed, no confidence interval)"
     lo, hi = stats.mean - stats.ci95, stats.mean + stats.ci95
     verdict = "holds (95 % CI above 0)" if lo > 0 else "REVERSED (95 % CI below 0)" if hi < 0 else "not resolved (CI spans 0)"
-    return f"  - {better} > {worse}: {stats.mean:+.1f} points [{lo:+.1f}, {hi:+.1f}] over {stats.n} seeds: {verdict}"
+    return f"  - {better} > {worse}{label}: {stats.mean:+.1f} points [{lo:+.1f}, {hi:+.1f}] over {stats.n} seeds: {verdict}"
 
 
 def _claim_line(claim: Claim, base: str, lin: dict[str, Any]) -> str:
