@@ -62,35 +62,35 @@ def register_bench_command(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_bench_command)
 
 
-def _saved_results(folders: list[Path], merge: bool) -> dict[str, Any]:
-    """The ``results.json`` of a benchmark output, or of several merged (``dmjd.bench.merge``)."""
+def _saved_results(folders: list[Path]) -> list[dict[str, Any]]:
+    """The ``results.json`` of each benchmark output folder."""
     paths = [folder / "results.json" for folder in folders]
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
         raise InputError(f"{', '.join(missing)}: no such file; run the benchmark first")
-    parts = [json.loads(path.read_text()) for path in paths]
-    if not merge:
-        return parts[0]
-    from dmjd.bench.merge import merge_results
-
-    try:
-        return merge_results(parts)
-    except ValueError as err:
-        raise InputError(str(err)) from None
+    return [json.loads(path.read_text()) for path in paths]
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
     """Run the benchmark (or re-render its report) and print where the report is."""
-    from dmjd.bench.efficiency import analyse, run_efficiency
+    from dmjd.bench.efficiency import analyse, run_efficiency, write_json
     from dmjd.bench.report import write_report
 
     out = Path(args.output_dir)
-    if args.report_only or args.merge:
-        results = _saved_results([Path(d) for d in args.merge] if args.merge else [out], merge=bool(args.merge))
+    if args.merge:
+        from dmjd.bench.merge import merge_results
+
+        try:
+            results = merge_results(_saved_results([Path(d) for d in args.merge]))
+        except ValueError as err:
+            raise InputError(str(err)) from None
         results["analysis"] = analyse(results)
-        if args.merge:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(results, out / "results.json")
+        report = write_report(results, out)
+    elif args.report_only:
+        results = _saved_results([out])[0]
+        results["analysis"] = analyse(results)
         report = write_report(results, out)
     else:
         run_efficiency(

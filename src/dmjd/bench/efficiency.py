@@ -402,7 +402,7 @@ def run_efficiency(
             results["profile"] = profile_configs(profiled, work, preset.profile_steps, preset.profile_warmup)
     results["wall_s"] = time.perf_counter() - started
     results["analysis"] = analyse(results)
-    _write_json(results, out / "results.json")
+    write_json(results, out / "results.json")
     write_report(results, out)
     return results
 
@@ -436,11 +436,11 @@ def _train_all(
     for i, run in enumerate(runs, 1):
         cal = calibrations[config_identity(run.cfg, with_seed=False)]
         steps = scheduled_steps(budget, cal)
+        cfg = with_schedule(run.cfg, steps, cal.steps_per_epoch, preset.warmup_fraction)
         epochs = steps / cal.steps_per_epoch
-        every = eval_interval(math.ceil(epochs), preset.eval_points)
+        every = eval_interval(cfg.optim.epochs, preset.eval_points)
         print(f"bench: [{i}/{len(runs)}] {run.label} seed {run.seed}: {steps} steps ({epochs:.2f} epochs) in "
               f"{budget:g} s, evaluation every {every} epochs", flush=True)  # fmt: skip
-        cfg = with_schedule(run.cfg, steps, cal.steps_per_epoch, preset.warmup_fraction)
         record = train_run(cfg, out / "runs" / run.key, EpochEvaluator(monitor, every), finetune)
         results["runs"][run.key] = {
             "label": run.label,
@@ -453,10 +453,11 @@ def _train_all(
             "calibration": asdict(cal),
             **record,
         }
-        _write_json(results, out / "results.json")
+        write_json(results, out / "results.json")
 
 
-def _write_json(data: dict[str, Any], path: Path) -> None:
+def write_json(data: dict[str, Any], path: Path) -> None:
+    """Write ``data`` to ``path`` as indented JSON, atomically (a temporary file then a rename)."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     tmp.replace(path)

@@ -581,11 +581,13 @@ class Pretrainer:
         return record
 
     def _epoch_complete(self) -> bool:
-        """Whether the current epoch has trained all its steps (not cut by the time budget or
-        ``optim.max_steps``)."""
-        return not self.time_up and self.state.epoch_step >= self.steps_per_epoch * self.cfg.optim.accum_iter
+        """Whether the current epoch ran to its end: not cut by the time budget, nor by ``optim.max_steps``
+        before its last step."""
+        usable_micro = self.steps_per_epoch * self.cfg.optim.accum_iter
+        return not self.time_up and (self.state.opt_step < self.total_steps or self.state.epoch_step >= usable_micro)
 
     def _stopped_by(self) -> str:
+        """What ended (or ends) the run: ``time budget``, ``epochs`` or ``max_steps``."""
         if self.time_up:
             return "time budget"
         return "epochs" if self.state.epoch >= self.cfg.optim.epochs else "max_steps"
