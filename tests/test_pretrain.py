@@ -80,7 +80,7 @@ def test_max_steps_ends_the_schedule_mid_epoch(tmp_path, capsys):
     assert seen == [(0, False), (1, False), (1, True)]  # before training, after epoch 1, at the end
     train = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
     assert [r["step"] for r in train][-1] == 11 and train[-1]["lr"] < 0.05 * summary["lr_peak"]
-    capsys.readouterr()
+    assert "epoch 2/2 stopped at step 11" in capsys.readouterr().out  # not "done": the epoch was cut
     again = Pretrainer(cfg, tmp_path, resume="auto").fit()
     assert again["steps"] == 11 and "has finished its 11 steps" in capsys.readouterr().out
 

@@ -70,7 +70,8 @@ def progress_line(
     record: dict[str, Any], epochs: int, images_per_s: float | None = None, bad_images: int | None = None
 ) -> str:
     """One plain log line of a metrics record (``kind`` train, epoch or eval): position, losses,
-    learning rate, images/s and effective training epochs, or the evaluation's accuracies.
+    learning rate, images/s and effective training epochs, or the evaluation's accuracies. An epoch
+    record with ``complete: false`` (cut by the time budget or ``optim.max_steps``) says where it stopped.
 
     Args:
         epochs: the run's epochs, shown as ``epoch e/epochs`` (``e`` counted from 1).
@@ -81,7 +82,11 @@ def progress_line(
     if kind == "eval":
         scores = [f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k not in ("ete", "time")]
         return f"dmjd: eval after epoch {epoch}/{epochs}" + (f" (ETE {ete:.2f})" if ete is not None else "") + ": " + ", ".join(scores)
-    where = f"epoch {epoch + 1}/{epochs}" + (" done" if kind == "epoch" else f" step {record.get('step', 0)}")
+    if kind == "epoch":
+        state = " done" if record.get("complete", True) else f" stopped at step {record.get('step', 0)}"
+    else:
+        state = f" step {record.get('step', 0)}"
+    where = f"epoch {epoch + 1}/{epochs}" + state
     terms = [f"{key.removeprefix('loss_')} {record[key]:.4f}" for key in ("loss_mim", "loss_vis") if key in record]
     parts = [where, f"loss {record['loss']:.4f}" + (f" ({', '.join(terms)})" if terms else "")]
     if "lr" in record:

@@ -576,6 +576,8 @@ class Pretrainer:
         record.pop("images_per_s"), record.pop("views_per_s")
         if self._epoch_complete():
             record.update(epoch=st.epoch, ete=K * (st.epoch + 1))
+        else:
+            record["complete"] = False  # cut by the time budget or optim.max_steps
         if self.logger is not None:
             self.logger.log({"kind": "epoch", **record, "time": round(time.perf_counter() - run_start, 3)})
         return record
