@@ -18,7 +18,7 @@ from dmjd.bench import register_bench_command
 from dmjd.bench.analysis import Curve, aggregate, common_end, first_reach, speedup, value_at
 from dmjd.bench.efficiency import (
     Calibration,
-    EpochEvaluator,
+    PeriodicEvaluator,
     analyse_comparison,
     eval_interval,
     plan_runs,
@@ -128,21 +128,29 @@ def test_schedule_ends_mid_epoch_at_the_budget():
     assert cfg.optim.max_steps is None  # a copy
 
 
-def test_evaluator_runs_every_few_epochs_and_at_the_end():
+def _trainer(step: int, time_up: bool = False, finished: bool = False) -> SimpleNamespace:
+    return SimpleNamespace(state=SimpleNamespace(opt_step=step), finished=finished, time_up=time_up,
+                           model=SimpleNamespace(encoder="enc"))  # fmt: skip
+
+
+def test_evaluator_runs_before_training_every_few_steps_and_at_the_end():
     calls = []
-    evaluator = EpochEvaluator(lambda encoder: calls.append(encoder) or {"knn_top1": 0.5}, every=3)
+    evaluator = PeriodicEvaluator(lambda encoder: calls.append(encoder) or {"knn_top1": 0.5}, every_steps=30)
+    assert evaluator.on_epoch_end(_trainer(0)) is not None  # the untrained encoder
+    due = [s for s in range(1, 100) if evaluator.on_step_end(_trainer(s)) is not None]
+    assert due == [30, 60, 90]
+    assert evaluator.on_epoch_end(_trainer(47)) is None  # an epoch end between evaluations
+    assert evaluator.on_epoch_end(_trainer(90)) is None  # already evaluated at this step
+    result = evaluator.on_epoch_end(_trainer(97, time_up=True))
+    assert result["knn_top1"] == 0.5 and result["eval_s"] >= 0 and calls == ["enc"] * 5
+    assert evaluator.on_step_end(_trainer(120, finished=True)) is None  # the run's end: left to the epoch hook
+    assert evaluator.on_epoch_end(_trainer(120, finished=True)) is not None  # optim.max_steps ended the run
 
-    def trainer(epoch: int, time_up: bool = False, finished: bool = False) -> SimpleNamespace:
-        return SimpleNamespace(
-            state=SimpleNamespace(epoch=epoch), finished=finished or epoch >= 7, time_up=time_up,
-            model=SimpleNamespace(encoder="enc"),
-        )  # fmt: skip
 
-    due = [e for e in range(1, 8) if evaluator(trainer(e)) is not None]
-    assert due == [3, 6, 7]
-    result = evaluator(trainer(4, time_up=True))
-    assert result["knn_top1"] == 0.5 and result["eval_s"] >= 0 and calls == ["enc"] * 4
-    assert evaluator(trainer(5, finished=True)) is not None  # optim.max_steps ended the run mid-epoch
+def test_evaluator_without_a_step_interval_runs_every_epoch():
+    evaluator = PeriodicEvaluator(lambda encoder: {"knn_top1": 0.5})
+    assert [s for s in range(1, 50) if evaluator.on_step_end(_trainer(s)) is not None] == []
+    assert evaluator.on_epoch_end(_trainer(16)) is not None and evaluator.on_epoch_end(_trainer(32)) is not None
 
 
 # ---------------------------------------------------------------------------------- planning

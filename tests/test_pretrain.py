@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -83,6 +84,32 @@ def test_max_steps_ends_the_schedule_mid_epoch(tmp_path, capsys):
     assert "epoch 2/2 stopped at step 11" in capsys.readouterr().out  # not "done": the epoch was cut
     again = Pretrainer(cfg, tmp_path, resume="auto").fit()
     assert again["steps"] == 11 and "has finished its 11 steps" in capsys.readouterr().out
+
+
+def test_step_hook_evaluates_mid_epoch_outside_training_time(tmp_path):
+    """on_step_end runs after every optimizer step; what it returns is an eval record at that step
+    (fractional ETE), and the seconds it spends count neither as training time nor in images/s
+    (8 steps per epoch)."""
+    cfg = tiny_config("optim.epochs=2", "train.log_interval=1")
+
+    def every_fifth(trainer: Pretrainer) -> dict | None:
+        if trainer.state.opt_step % 5:
+            return None
+        time.sleep(1.0)
+        return {"knn_top1": 0.5}
+
+    start = time.perf_counter()
+    summary = Pretrainer(cfg, tmp_path).fit(on_step_end=every_fifth)
+    wall = time.perf_counter() - start
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [(r["step"], r["epoch"]) for r in evals] == [(5, 0), (10, 1), (15, 1)]
+    assert evals[0]["ete"] == pytest.approx(2 * 5 / 8)  # K = 2 views
+    assert wall - summary["time_s"] >= 3.0
+    train = {r["step"]: r for r in records if r["kind"] == "train"}
+    assert train[16]["time"] <= summary["time_s"] < train[16]["time"] + 1.0
+    speeds = sorted(r["images_per_s"] for r in train.values())
+    assert min(train[s]["images_per_s"] for s in (6, 11, 16)) > 0.3 * speeds[len(speeds) // 2]
 
 
 def test_cli_pretrain_contract(tmp_path, capsys):

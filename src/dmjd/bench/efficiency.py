@@ -12,7 +12,8 @@ Protocol (issue 4, paper Tables II-VI and Fig. 6):
   warmup a fixed fraction of them, so that every run's cosine schedule ends at the budget. The same
   rule applies to every configuration.
 * The encoder is evaluated (weighted kNN and the fast logistic-regression linear probe on frozen
-  features of the labelled splits) before training and after every few epochs, always at the end.
+  features of the labelled splits) before training and every few optimizer steps (the same number of
+  evaluations per run, mid-epoch if need be), always at the end.
 * The analysis (``dmjd.bench.analysis``) reads accuracy at equal wall time (the budget), at equal
   ETE (the largest ETE every run of the comparison reached) and the speed-up over the baseline.
 """
@@ -49,8 +50,8 @@ PRIMARY_METRIC = "linprobe_top1"
 SCHEDULE_RULE = (
     "each configuration trains {calibrate_s:g} s to measure its steps/s and start-up seconds; optim.max_steps = "
     "max(1, round((budget - start-up) x steps/s)) (the last epoch may be partial), optim.warmup_epochs = "
-    "{warmup:g} x scheduled epochs, so every cosine schedule ends at the {budget_s:g} s budget; evaluation every "
-    "ceil(epochs / {eval_points}) epochs and at the end"
+    "{warmup:g} x scheduled epochs, so every cosine schedule ends at the {budget_s:g} s budget; evaluation before "
+    "training, every ceil(steps / {eval_points}) optimizer steps (mid-epoch if need be) and at the end"
 )
 
 Monitor = Callable[[nn.Module], dict[str, float]]
@@ -78,21 +79,27 @@ def scheduled_steps(budget_s: float, calibration: Calibration) -> int:
     return max(1, round(running * calibration.steps_per_s))
 
 
-def eval_interval(epochs: int, points: int) -> int:
-    """Epochs between evaluations so that a run of ``epochs`` has about ``points`` of them."""
-    return max(1, math.ceil(epochs / max(points, 1)))
+def eval_interval(steps: int, points: int) -> int:
+    """Optimizer steps between evaluations so that a run of ``steps`` has about ``points`` of them."""
+    return max(1, math.ceil(steps / max(points, 1)))
 
 
-class EpochEvaluator:
-    """The trainer's epoch hook: evaluates every ``every`` epochs and when the run ends.
+class PeriodicEvaluator:
+    """The trainer's hooks for the benchmark's evaluations: before training, every ``every_steps``
+    optimizer steps (mid-epoch if need be; None: at every epoch end instead) and when the run ends,
+    at most once per step.
+
+    Spacing them in steps gives a run of under two epochs (DMJD on a CPU) as many points on its
+    curve as a longer one, so that its time to an accuracy is not read off a single evaluation.
 
     Args:
         monitor: ``monitor(encoder) -> {"knn_top1": ..., "linprobe_top1": ...}``.
-        every: epochs between evaluations.
+        every_steps: optimizer steps between evaluations, or None for every epoch.
     """
 
-    def __init__(self, monitor: Monitor, every: int) -> None:
-        self.monitor, self.every = monitor, every
+    def __init__(self, monitor: Monitor, every_steps: int | None = None) -> None:
+        self.monitor, self.every_steps = monitor, every_steps
+        self._last_step: int | None = None
 
     def evaluate(self, encoder: nn.Module) -> dict[str, float]:
         """The monitor's accuracies plus ``eval_s``, the seconds the evaluation took."""
@@ -101,10 +108,23 @@ class EpochEvaluator:
         result["eval_s"] = time.perf_counter() - start
         return result
 
-    def __call__(self, trainer: Pretrainer) -> dict[str, float] | None:
-        if not (trainer.time_up or trainer.finished or trainer.state.epoch % self.every == 0):
+    def _at(self, trainer: Pretrainer, due: bool) -> dict[str, float] | None:
+        step = trainer.state.opt_step
+        if not due or step == self._last_step:
             return None
+        self._last_step = step
         return self.evaluate(trainer.model.encoder)
+
+    def on_epoch_end(self, trainer: Pretrainer) -> dict[str, float] | None:
+        """Before training, at the end of the run and, without ``every_steps``, after every epoch."""
+        due = trainer.state.opt_step == 0 or self.every_steps is None or trainer.time_up or trainer.finished
+        return self._at(trainer, due)
+
+    def on_step_end(self, trainer: Pretrainer) -> dict[str, float] | None:
+        """Every ``every_steps`` optimizer steps; the last step is left to ``on_epoch_end``, which
+        follows it, so that the final evaluation carries the epoch count of a finished epoch."""
+        every = self.every_steps
+        return self._at(trainer, every is not None and trainer.state.opt_step % every == 0 and not trainer.finished)
 
 
 def run_overrides(
@@ -189,7 +209,7 @@ class EndOfRunFinetune:
 
 
 def train_run(
-    cfg: Config, run_dir: Path, evaluator: EpochEvaluator, finetune: EndOfRunFinetune | None = None
+    cfg: Config, run_dir: Path, evaluator: PeriodicEvaluator, finetune: EndOfRunFinetune | None = None
 ) -> dict[str, Any]:
     """Pre-train one configuration with evaluations; returns its summary and evaluation points,
     and the end-of-run fine-tuning accuracy when ``finetune`` is given.
@@ -200,7 +220,7 @@ def train_run(
     trainer = Pretrainer(cfg, run_dir, overwrite=True)
     error = None
     try:
-        summary = trainer.fit(on_epoch_end=evaluator)
+        summary = trainer.fit(on_epoch_end=evaluator.on_epoch_end, on_step_end=evaluator.on_step_end)
     except NonFiniteLossError as err:
         error = str(err)
         summary = {"epochs": trainer.state.epoch, "steps": trainer.state.opt_step, "stopped_by": "non-finite loss"}
@@ -438,10 +458,10 @@ def _train_all(
         steps = scheduled_steps(budget, cal)
         cfg = with_schedule(run.cfg, steps, cal.steps_per_epoch, preset.warmup_fraction)
         epochs = steps / cal.steps_per_epoch
-        every = eval_interval(cfg.optim.epochs, preset.eval_points)
+        every = eval_interval(steps, preset.eval_points)
         print(f"bench: [{i}/{len(runs)}] {run.label} seed {run.seed}: {steps} steps ({epochs:.2f} epochs) in "
-              f"{budget:g} s, evaluation every {every} epochs", flush=True)  # fmt: skip
-        record = train_run(cfg, out / "runs" / run.key, EpochEvaluator(monitor, every), finetune)
+              f"{budget:g} s, evaluation every {every} steps", flush=True)  # fmt: skip
+        record = train_run(cfg, out / "runs" / run.key, PeriodicEvaluator(monitor, every), finetune)
         results["runs"][run.key] = {
             "label": run.label,
             "seed": run.seed,
@@ -449,7 +469,7 @@ def _train_all(
             "epochs": epochs,
             "steps": steps,
             "warmup_epochs": cfg.optim.warmup_epochs,
-            "eval_every": every,
+            "eval_every_steps": every,
             "calibration": asdict(cal),
             **record,
         }

@@ -312,15 +312,17 @@ def write_report(results: dict[str, Any], output_dir: str | Path) -> Path:
         f"- Preset `{preset['name']}`: {preset['description']}; seeds {', '.join(map(str, results['seeds']))}; "
         f"training budget {results['budget_s']:g} s per run; whole benchmark {results.get('wall_s', 0) / 60:.1f} min",
         f"- Schedule rule: {results['schedule_rule']}",
-        f"- Evaluation: weighted kNN (k={ev.get('knn_k')}) and logistic-regression linear probe on frozen "
-        f"{ev.get('pool') or 'class-token'} features of {ev.get('images_per_split') or 'all'} images per "
-        "labelled split (train / test, seeded subsets); accuracies are top-1 on the test split, "
-        "mean ± std over seeds; speed-ups mean [95 % CI over seeds]; ETE = K x epochs; fine-tune: top-1 after "
-        f"{ev.get('finetune_epochs') or 0} epochs of the small-data recipe (dmjd.eval.quick_finetune) on the "
-        "same train split",
-        f"- Common settings (every run): `{' '.join(preset['base'])}`",
-        "",
     ]
+    if ev:  # a benchmark of the step profile alone evaluates nothing
+        lines.append(
+            f"- Evaluation: weighted kNN (k={ev.get('knn_k')}) and logistic-regression linear probe on frozen "
+            f"{ev.get('pool') or 'class-token'} features of {ev.get('images_per_split') or 'all'} images per "
+            "labelled split (train / test, seeded subsets); accuracies are top-1 on the test split, "
+            "mean ± std over seeds; speed-ups mean [95 % CI over seeds]; ETE = K x epochs; fine-tune: top-1 after "
+            f"{ev.get('finetune_epochs') or 0} epochs of the small-data recipe (dmjd.eval.quick_finetune) on the "
+            "same train split"
+        )
+    lines += [f"- Common settings (every run): `{' '.join(preset['base'])}`", ""]
     for name in results["comparisons"]:
         section = SECTIONS[name]
         lines += [f"## {section.title}", "", f"Paper: {section.paper}", ""]

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dmjd.bench.efficiency import EpochEvaluator, build_monitor, thread_limit, train_run
+from dmjd.bench.efficiency import PeriodicEvaluator, build_monitor, thread_limit, train_run
 from dmjd.bench.presets import PRESETS, SECTIONS
 from dmjd.config import load_config
 
@@ -42,7 +42,7 @@ def screen(
     with thread_limit(bench.threads), tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(None, all_overrides)
         monitor = build_monitor(cfg, bench.eval_images, bench.pool)
-        record = train_run(cfg, Path(tmp) / "run", EpochEvaluator(monitor, every=1))
+        record = train_run(cfg, Path(tmp) / "run", PeriodicEvaluator(monitor))
     return {"overrides": list(overrides), "points": record["points"], "summary": record["summary"]}
 
 

@@ -264,6 +264,7 @@ class Pretrainer:
                 print(f"dmjd: resumed from {resume_path} at epoch {self.state.epoch}, step {self.state.opt_step}")
         self._stop_signal: int | None = None
         self.time_up = False
+        self._run_start = 0.0  # perf_counter() at which the run's training time began (moved by evaluations)
         metrics_file = self.output_dir / "metrics.jsonl"
         old_records = read_metrics(metrics_file) if loaded is not None and metrics_file.is_file() else []
         self.evals: list[dict[str, Any]] = [r for r in old_records if r.get("kind") == "eval"]
@@ -332,7 +333,7 @@ class Pretrainer:
             restore_rng_state(state["rng"])
 
     # ---------------------------------------------------------------- running
-    def fit(self, on_epoch_end: EpochHook | None = None) -> dict[str, Any]:
+    def fit(self, on_epoch_end: EpochHook | None = None, on_step_end: EpochHook | None = None) -> dict[str, Any]:
         """Train until ``optim.epochs`` (or ``train.max_time_s``); returns the run summary.
 
         Args:
@@ -341,6 +342,8 @@ class Pretrainer:
                 trains (epoch 0: the untrained encoder), e.g. a kNN / linear-probe monitor; a
                 returned dict is logged and printed as a ``kind: "eval"`` record. Its run time is
                 not counted as training time.
+            on_step_end: the same after every optimizer step (e.g. evaluations spaced in steps,
+                mid-epoch); it should decide cheaply from ``trainer.state`` when to do work.
 
         A finished run (all epochs trained) is left as it is: its saved summary is returned.
         """
@@ -361,38 +364,39 @@ class Pretrainer:
                 self.logger.print(f"dmjd: WARNING: {warning}")
             self._warn_short_run()
         old_handlers = self._install_signal_handlers()
-        start = time.perf_counter() - self.state.elapsed
+        self._run_start = time.perf_counter() - self.state.elapsed
         last: dict[str, Any] = {}
         try:
             if on_epoch_end is not None and self.state.opt_step == 0 and self.state.epoch_step == 0:
-                start += self._evaluate(on_epoch_end)  # epoch 0: the untrained encoder
+                self._evaluate(on_epoch_end)  # epoch 0: the untrained encoder
                 barrier(self.dist)
             while not self.finished and not self.time_up:
-                epoch_start, steps_before, bad_before = time.perf_counter(), self.state.opt_step, self.state.bad_images
-                last = self._train_epoch(start)
+                elapsed_before, steps_before, bad_before = self.state.elapsed, self.state.opt_step, self.state.bad_images
+                last = self._train_epoch(on_step_end)
                 if self._epoch_complete():
                     self.state.epoch += 1
                     self.state.epoch_step = 0
-                self.state.elapsed = time.perf_counter() - start
+                self.state.elapsed = time.perf_counter() - self._run_start
                 self._save_epoch_checkpoints()
                 if self.logger is not None:
-                    images_per_s = (self.state.opt_step - steps_before) * self.unique_batch / (time.perf_counter() - epoch_start)
+                    seconds = max(self.state.elapsed - elapsed_before, 1e-9)
+                    images_per_s = (self.state.opt_step - steps_before) * self.unique_batch / seconds
                     bad = self.state.bad_images - bad_before
                     epoch_record = {**last, "kind": "epoch"}
                     self.logger.print(progress_line(epoch_record, cfg.optim.epochs, images_per_s=images_per_s, bad_images=bad))
                 if on_epoch_end is not None:
-                    start += self._evaluate(on_epoch_end)
+                    self._evaluate(on_epoch_end)
                 barrier(self.dist)
         finally:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             if self.logger is not None:
                 self.logger.close()
-        return self._finish(time.perf_counter() - start, last)
+        return self._finish(time.perf_counter() - self._run_start, last)
 
-    def _evaluate(self, hook: EpochHook) -> float:
-        """Run the epoch hook on the main process, log and print what it returns (a ``kind: "eval"``
-        record). Returns its run time, which is not training time."""
+    def _evaluate(self, hook: EpochHook) -> None:
+        """Run an epoch or step hook on the main process, log and print what it returns (a
+        ``kind: "eval"`` record). Its run time is not training time: the run's start moves by it."""
         hook_start = time.perf_counter()
         metrics = hook(self) if self.dist.is_main else None
         if metrics and self.logger is not None:
@@ -400,7 +404,7 @@ class Pretrainer:
             self.logger.log(record)
             self.logger.print(progress_line(record, self.cfg.optim.epochs))
             self.evals.append(record)
-        return time.perf_counter() - hook_start
+        self._run_start += time.perf_counter() - hook_start
 
     def lr_reached(self) -> float:
         """The highest learning rate the schedule reaches: the peak, or less when the warmup
@@ -499,7 +503,7 @@ class Pretrainer:
         self.optimizer.zero_grad(set_to_none=True)
         return found_inf
 
-    def _train_epoch(self, run_start: float) -> dict[str, float]:
+    def _train_epoch(self, on_step_end: EpochHook | None = None) -> dict[str, float]:
         cfg, st, o = self.cfg, self.state, self.cfg.optim
         self.model.train()
         micro_per_epoch = self.batches.steps_per_epoch()
@@ -546,7 +550,7 @@ class Pretrainer:
                 record = self._record(sums, window_images / max(elapsed, 1e-9), K)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                 if self.logger is not None:
-                    self.logger.log({"kind": "train", **record, "time": round(time.perf_counter() - run_start, 3)})
+                    self.logger.log({"kind": "train", **record, "time": round(time.perf_counter() - self._run_start, 3)})
                     if not cfg.train.progress:
                         self.logger.print(progress_line(record, o.epochs))
                 st.nonfinite_total += int(record["skipped_steps"])
@@ -559,14 +563,19 @@ class Pretrainer:
                         "intact. Lower optim.blr, set optim.clip_grad, or use train.precision=bf16/fp32, "
                         "then --resume auto."
                     )
+            if on_step_end is not None:
+                st.elapsed = time.perf_counter() - self._run_start
+                before = self._run_start
+                self._evaluate(on_step_end)
+                window_start += self._run_start - before  # evaluation is not training time
             if self._stop_signal is not None:
-                self._save_interrupt_checkpoint(run_start)
+                self._save_interrupt_checkpoint()
             every = cfg.train.checkpoint_steps
             if every and st.opt_step % every == 0 and st.epoch_step < usable_micro:
-                st.elapsed = time.perf_counter() - run_start
+                st.elapsed = time.perf_counter() - self._run_start
                 self.save(ckpt.LAST)  # mid-epoch: resumable exactly like a preemption checkpoint
             max_time = cfg.train.max_time_s
-            if max_time is not None and time.perf_counter() - run_start >= max_time:
+            if max_time is not None and time.perf_counter() - self._run_start >= max_time:
                 self.time_up = True
                 break
             if st.opt_step >= self.total_steps:
@@ -579,7 +588,7 @@ class Pretrainer:
         else:
             record["complete"] = False  # cut by the time budget or optim.max_steps
         if self.logger is not None:
-            self.logger.log({"kind": "epoch", **record, "time": round(time.perf_counter() - run_start, 3)})
+            self.logger.log({"kind": "epoch", **record, "time": round(time.perf_counter() - self._run_start, 3)})
         return record
 
     def _epoch_complete(self) -> bool:
@@ -650,8 +659,8 @@ class Pretrainer:
                 ckpt.prune_checkpoints(self.output_dir, cfg.train.keep_checkpoints)
         self.save(ckpt.LAST)
 
-    def _save_interrupt_checkpoint(self, run_start: float) -> None:
-        self.state.elapsed = time.perf_counter() - run_start
+    def _save_interrupt_checkpoint(self) -> None:
+        self.state.elapsed = time.perf_counter() - self._run_start
         path = self.save(ckpt.LAST)
         name = signal.Signals(self._stop_signal).name if self._stop_signal else "signal"
         raise TrainingInterrupted(
