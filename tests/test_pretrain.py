@@ -86,7 +86,7 @@ def test_max_steps_ends_the_schedule_mid_epoch(tmp_path, capsys):
     assert again["steps"] == 11 and "has finished its 11 steps" in capsys.readouterr().out
 
 
-def test_step_hook_evaluates_mid_epoch_outside_training_time(tmp_path):
+def test_step_hook_evaluates_mid_epoch_outside_training_time(tmp_path, capsys):
     """on_step_end runs after every optimizer step; what it returns is an eval record at that step
     (fractional ETE), and the seconds it spends count neither as training time nor in images/s
     (8 steps per epoch)."""
@@ -105,6 +105,7 @@ def test_step_hook_evaluates_mid_epoch_outside_training_time(tmp_path):
     evals = [r for r in records if r["kind"] == "eval"]
     assert [(r["step"], r["epoch"]) for r in evals] == [(5, 0), (10, 1), (15, 1)]
     assert evals[0]["ete"] == pytest.approx(2 * 5 / 8)  # K = 2 views
+    assert all(r["mid_epoch"] for r in evals) and "dmjd: eval at step 5 of epoch 1/2 (ETE 1.25)" in capsys.readouterr().out
     assert wall - summary["time_s"] >= 3.0
     train = {r["step"]: r for r in records if r["kind"] == "train"}
     assert train[16]["time"] <= summary["time_s"] < train[16]["time"] + 1.0

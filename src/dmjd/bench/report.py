@@ -292,6 +292,9 @@ def _claim_line(claim: Claim, base: str, lin: dict[str, Any]) -> str:
         verdict = "goes the paper's way but is SMALLER"
     else:
         verdict = "does NOT reproduce it"
+    stats = lin[claim.label]["speedup"]
+    if claim.kind == "speedup" and value is not None and stats.get("ci95") is not None and value - stats["ci95"] <= 1.0:
+        verdict += ", but its 95 % CI includes 1x (no speed-up): not resolved"
     return f"- {subject}: {measured}; paper ({claim.source}): {paper}. Ours {verdict}."
 
 

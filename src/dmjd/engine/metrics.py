@@ -71,7 +71,8 @@ def progress_line(
 ) -> str:
     """One plain log line of a metrics record (``kind`` train, epoch or eval): position, losses,
     learning rate, images/s and effective training epochs, or the evaluation's accuracies. An epoch
-    record with ``complete: false`` (cut by the time budget or ``optim.max_steps``) says where it stopped.
+    record with ``complete: false`` (cut by the time budget or ``optim.max_steps``) says where it stopped,
+    and an eval record with ``mid_epoch: true`` at which step of which epoch it was made.
 
     Args:
         epochs: the run's epochs, shown as ``epoch e/epochs`` (``e`` counted from 1).
@@ -81,7 +82,8 @@ def progress_line(
     kind, epoch, ete = record.get("kind", "train"), record.get("epoch", 0), record.get("ete")
     if kind == "eval":
         scores = [f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k not in ("ete", "time")]
-        return f"dmjd: eval after epoch {epoch}/{epochs}" + (f" (ETE {ete:.2f})" if ete is not None else "") + ": " + ", ".join(scores)
+        where = f"at step {record.get('step', 0)} of epoch {epoch + 1}" if record.get("mid_epoch") else f"after epoch {epoch}"
+        return f"dmjd: eval {where}/{epochs}" + (f" (ETE {ete:.2f})" if ete is not None else "") + ": " + ", ".join(scores)
     if kind == "epoch":
         state = " done" if record.get("complete", True) else f" stopped at step {record.get('step', 0)}"
     else:

@@ -401,6 +401,8 @@ class Pretrainer:
         metrics = hook(self) if self.dist.is_main else None
         if metrics and self.logger is not None:
             record = {"kind": "eval", **self._position(), "time": round(self.state.elapsed, 3), **metrics}
+            if self.state.epoch_step:
+                record["mid_epoch"] = True  # a step hook's, or the end of a run cut mid-epoch
             self.logger.log(record)
             self.logger.print(progress_line(record, self.cfg.optim.epochs))
             self.evals.append(record)
