@@ -19,6 +19,7 @@ from dmjd.bench.analysis import Curve, aggregate, common_end, first_reach, speed
 from dmjd.bench.efficiency import (
     Calibration,
     PeriodicEvaluator,
+    ScheduleRefit,
     analyse_comparison,
     eval_interval,
     plan_runs,
@@ -123,9 +124,35 @@ def test_schedule_ends_mid_epoch_at_the_budget():
     """A budget of 1.4 epochs schedules 1.4 epochs, not the 1 that rounding epochs gave (issue 11)."""
     cfg = load_config(None, ["optim.warmup_epochs=0"])
     out = with_schedule(cfg, 140, 100, 0.1)
-    assert (out.optim.epochs, out.optim.max_steps) == (2, 140)
+    assert (out.optim.epochs, out.optim.max_steps) == (3, 140)  # room for ScheduleRefit: 1.4 x 1.5 epochs
     assert out.optim.warmup_epochs == pytest.approx(0.14)
     assert cfg.optim.max_steps is None  # a copy
+
+
+def test_schedule_refit_fits_the_cosine_to_the_runs_own_speed():
+    """Re-fits at the end of the warmup (10 steps) and halfway through, within the epochs' room."""
+    refit = ScheduleRefit(budget_s=60.0)
+    trainer = SimpleNamespace(state=SimpleNamespace(opt_step=0, elapsed=0.0), warmup_steps=10, total_steps=100,
+                              steps_per_epoch=50, cfg=SimpleNamespace(optim=SimpleNamespace(epochs=3)))  # fmt: skip
+
+    def step(n: int, elapsed: float) -> None:
+        trainer.state.opt_step, trainer.state.elapsed = n, elapsed
+        refit(trainer)
+
+    step(9, 4.5)
+    assert trainer.total_steps == 100 and refit.refits == []  # still warming up
+    step(10, 5.0)  # 2 steps/s: 120 steps fit in 60 s
+    assert trainer.total_steps == 120
+    step(59, 20.0)
+    assert trainer.total_steps == 120
+    step(60, 24.0)  # halfway: 2.5 steps/s -> 150 = the room of 3 epochs x 50 steps
+    assert trainer.total_steps == 150 and refit.refits == [(10, 120), (60, 150)]
+    step(75, 25.0)
+    assert trainer.total_steps == 150 and len(refit.refits) == 2  # two re-fits only
+    slow = ScheduleRefit(budget_s=60.0)
+    trainer.total_steps, trainer.state.opt_step, trainer.state.elapsed = 100, 10, 50.0
+    slow(trainer)
+    assert trainer.total_steps == 12  # 0.2 steps/s; never below the next step
 
 
 def _trainer(step: int, time_up: bool = False, finished: bool = False) -> SimpleNamespace:
@@ -290,7 +317,8 @@ def test_smoke_benchmark_writes_results_report_and_figures(smoke_dir):
         assert points[0]["time"] == 0.0 and points[0]["ete"] == 0.0 and len(points) >= 2
         assert all(b["time"] >= a["time"] and b["ete"] >= a["ete"] for a, b in zip(points, points[1:]))
         assert all(0.0 <= p[m] <= 1.0 for p in points for m in ("knn_top1", "linprobe_top1"))
-        assert run["epochs"] >= 1 and run["error"] is None
+        assert run["steps"] >= 1 and run["summary"]["steps"] >= 1 and run["error"] is None  # not a load-bound count
+        assert run["schedule_refits"][0][0] >= 1  # re-fitted to its own speed after its warmup
         assert not list((smoke_dir / "runs").glob("*/*.pth"))  # checkpoints removed
     dm = results["runs"]["main-dm-seed0"]
     assert dm["num_views"] == 2 and dm["pred_ratio"] == 1.0
