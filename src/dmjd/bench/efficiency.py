@@ -177,7 +177,9 @@ class ScheduleRefit:
     re-fitted schedule, ``trainer.total_steps`` becomes the number of steps that fit in the budget at
     the run's speed so far (steps / training seconds, start-up included). The first change comes
     where the cosine starts and the second shifts it by the few per cent of the error, so the lr
-    stays smooth. The time budget still stops a run whose speed then drops.
+    stays smooth. The time budget still stops a run whose speed then drops. Single-process runs
+    only (the benchmark's): step hooks run on the main process, so other processes would keep
+    the old schedule.
 
     Attributes:
         refits: ``(step, total steps after it)`` of each re-fit, for the results.

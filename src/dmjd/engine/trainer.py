@@ -343,7 +343,9 @@ class Pretrainer:
                 returned dict is logged and printed as a ``kind: "eval"`` record. Its run time is
                 not counted as training time.
             on_step_end: the same after every optimizer step (e.g. evaluations spaced in steps,
-                mid-epoch); it should decide cheaply from ``trainer.state`` when to do work.
+                mid-epoch); it should decide cheaply from ``trainer.state`` when to do work. Like
+                ``on_epoch_end`` it runs on the main process only, so in a distributed run it must
+                not change what the processes compute (e.g. the schedule).
 
         A finished run (all epochs trained) is left as it is: its saved summary is returned.
         """
