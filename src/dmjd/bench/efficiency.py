@@ -188,18 +188,22 @@ class ScheduleRefit:
     def __init__(self, budget_s: float) -> None:
         self.budget_s = budget_s
         self.refits: list[tuple[int, int]] = []
-        self._next: int | None = None
+
+    def _due(self, trainer: Pretrainer) -> int | None:
+        """The step of the next re-fit: the warmup's end, then half the re-fitted schedule when that
+        is still ahead; None after that."""
+        if not self.refits:
+            return max(trainer.warmup_steps, 1)
+        step, total = self.refits[0]
+        return total // 2 if len(self.refits) == 1 and total // 2 > step else None
 
     def __call__(self, trainer: Pretrainer) -> None:
-        st = trainer.state
-        if self._next is None and not self.refits:
-            self._next = max(trainer.warmup_steps, 1)
-        if self._next is None or st.opt_step < self._next or st.elapsed <= 0:
+        st, due = trainer.state, self._due(trainer)
+        if due is None or st.opt_step < due or st.elapsed <= 0:
             return None
         room = trainer.cfg.optim.epochs * trainer.steps_per_epoch
         trainer.total_steps = min(room, max(st.opt_step + 1, round(self.budget_s * st.opt_step / st.elapsed)))
         self.refits.append((st.opt_step, trainer.total_steps))
-        self._next = trainer.total_steps // 2 if len(self.refits) == 1 and trainer.total_steps // 2 > st.opt_step else None
         return None
 
 

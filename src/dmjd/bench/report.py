@@ -273,9 +273,10 @@ def ordering_line(worse: str, better: str, metric: dict[str, Any], name: str = "
 
 def _claim_line(claim: Claim, base: str, lin: dict[str, Any]) -> str:
     """One sentence holding a measured number against the paper's range."""
+    speedup = lin[claim.label]["speedup"]
     if claim.kind == "speedup":
-        value = lin[claim.label]["speedup"]["mean"]
-        measured = ratio(lin[claim.label]["speedup"], lin[claim.label]["reached"])
+        value = speedup["mean"]
+        measured = ratio(speedup, lin[claim.label]["reached"])
         unit, paper = "x", f"{claim.low:g}x-{claim.high:g}x"
         subject = f"{claim.label}'s speed-up over {base}"
     else:
@@ -292,8 +293,7 @@ def _claim_line(claim: Claim, base: str, lin: dict[str, Any]) -> str:
         verdict = "goes the paper's way but is SMALLER"
     else:
         verdict = "does NOT reproduce it"
-    stats = lin[claim.label]["speedup"]
-    if claim.kind == "speedup" and value is not None and stats.get("ci95") is not None and value - stats["ci95"] <= 1.0:
+    if claim.kind == "speedup" and value is not None and speedup.get("ci95") is not None and value - speedup["ci95"] <= 1.0:
         verdict += ", but its 95 % CI includes 1x (no speed-up): not resolved"
     return f"- {subject}: {measured}; paper ({claim.source}): {paper}. Ours {verdict}."
 
