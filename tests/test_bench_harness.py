@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -43,14 +44,30 @@ def test_quick_finetune_learns_a_separable_task_and_leaves_the_encoder_alone(tmp
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     from dmjd.data import Normalize
 
-    acc = quick_finetune_top1(
-        encoder, _separable_split(256, 0), _separable_split(128, 1), Normalize((0.5,), (0.5,)),
-        epochs=6, batch_size=64, blr=2e-3, crop_scale=(0.9, 1.0), pool="avg",
-    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        acc = quick_finetune_top1(
+            encoder, _separable_split(256, 0), _separable_split(128, 1), Normalize((0.5,), (0.5,)),
+            epochs=6, batch_size=64, blr=2e-3, crop_scale=(0.9, 1.0), pool="avg",
+        )  # fmt: skip
     assert acc >= 0.9
+    assert not [w for w in caught if "learned nothing" in str(w.message)]
     after = encoder.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
+
+
+def test_quick_finetune_warns_when_it_learns_nothing(tmp_path):
+    """With no training (blr 0) its answers are no better than the test split's majority class (90 %)."""
+    from dmjd.data import Normalize
+
+    encoder = Pretrainer(tiny_config("model.img_size=16", "model.patch_size=4", "target.cell_size=2"), tmp_path).model.encoder
+    images, labels = _separable_split(128, 1)
+    labels[: int(0.9 * len(labels))] = 0
+    with pytest.warns(RuntimeWarning, match="learned nothing"):
+        acc = quick_finetune_top1(encoder, _separable_split(64, 0), (images, labels), Normalize((0.5,), (0.5,)),
+                                  epochs=1, blr=0.0, pool="avg")  # fmt: skip
+    assert acc <= 0.9
 
 STAND_IN_MODELS_MAE = '''
 import numpy as np

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from contextlib import nullcontext
 
 import torch
@@ -102,7 +103,10 @@ def quick_finetune_top1(
         seed: seeds the head, the order and the augmentation.
 
     Returns:
-        Top-1 accuracy in [0, 1].
+        Top-1 accuracy in [0, 1]. A ``RuntimeWarning`` says so when it is no better than always
+        answering the test split's most frequent class: the fine-tuning learned nothing (too few
+        labels or steps for this encoder, or an lr that diverged), so the figure says nothing about
+        the encoder.
     """
     images, labels = train
     device = images.device
@@ -136,7 +140,22 @@ def quick_finetune_top1(
             loss.backward()
             optimizer.step()
             step += 1
-    return evaluate_top1(model, test, normalize, batch_size, amp_dtype)
+    top1 = evaluate_top1(model, test, normalize, batch_size, amp_dtype)
+    _warn_if_constant(top1, test[1])
+    return top1
+
+
+def _warn_if_constant(top1: float, test_labels: Tensor) -> None:
+    """Warn when ``top1`` does not beat the best constant answer on ``test_labels``."""
+    majority = float(torch.bincount(test_labels).max()) / len(test_labels)
+    if top1 <= majority:
+        warnings.warn(
+            f"quick fine-tuning learned nothing: top-1 {top1:.1%} is no better than always answering the "
+            f"most frequent test class ({majority:.1%}). Too few labels or steps for this encoder, or the lr "
+            "diverged: try more epochs or a lower blr, and compare with a linear probe",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 @torch.no_grad()
