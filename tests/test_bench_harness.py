@@ -10,7 +10,6 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
 from conftest import tiny_config
 from dmjd.bench.analysis import aggregate

@@ -130,7 +130,7 @@ class OnlineMonitor:
         """``{"knn_top1"[, "linprobe_top1"]}`` of the same probes on raw pixels (each image normalised,
         area-resized to at most ``side`` x ``side``, flattened): the baselines an encoder should beat.
         ``linprobe`` None follows the monitor's setting."""
-        (train_x, train_y), (test_x, test_y) = (self._pixels(split, side) for split in (0, 1))
+        (train_x, train_y), (test_x, test_y) = (self.pixel_features(split, side) for split in (0, 1))
         result = {"knn_top1": knn_top1(train_x, train_y, test_x, test_y, self.k, self.temperature)}
         use_probe = self.linprobe if linprobe is None else linprobe
         if use_probe:
@@ -141,7 +141,7 @@ class OnlineMonitor:
         """``{"pixels_knn_top1": ...}``: the weighted kNN of ``raw_pixels`` alone."""
         return {"pixels_knn_top1": self.raw_pixels(side, linprobe=False)["knn_top1"]}
 
-    def _pixels(self, split: int, side: int) -> tuple[Tensor, Tensor]:
+    def pixel_features(self, split: int, side: int = 32) -> tuple[Tensor, Tensor]:
         """Flattened normalised images ``[N, C * s * s]`` (``s = min(side, image side)``) and labels."""
         if self.cache is not None:
             images, labels = self.cache[split]
