@@ -59,3 +59,9 @@ def test_hog_cells_that_do_not_divide_the_image_get_a_clear_error(tmp_path, caps
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(tmp_path / "c.pth"), "--hog-cells", "4,3"])
     assert "--hog-cells must divide the image side 32, got 4,3" in capsys.readouterr().err
+
+
+def test_a_missing_checkpoint_gets_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(tmp_path / "none.pth")])
+    assert "none.pth does not exist" in capsys.readouterr().err

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dmjd.engine import CheckpointError
 from dmjd.eval.knn import knn_top1
 from dmjd.eval.linear_probe import torch_logistic_regression_top1
 from dmjd.eval.loading import load_encoder
@@ -117,7 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-images", type=int, default=2000, help="images per labelled split (the cpu preset's)")
     parser.add_argument("--hog-cells", default="2,4", help="comma-separated HOG cell sizes in pixels")
     args = parser.parse_args(argv)
-    encoder, cfg = load_encoder(args.checkpoint)
+    try:
+        encoder, cfg = load_encoder(args.checkpoint)
+    except CheckpointError as err:
+        parser.error(str(err))
     if not hasattr(encoder, "patch_embed") or not hasattr(encoder, "num_prefix_tokens"):
         parser.error(f"the feature check reads ViT encoders; this checkpoint holds a {type(encoder).__name__}")
     cells = [int(c) for c in args.hog_cells.split(",")]
