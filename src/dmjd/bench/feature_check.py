@@ -27,8 +27,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmjd.engine import CheckpointError
-from dmjd.eval.knn import knn_top1
-from dmjd.eval.linear_probe import torch_logistic_regression_top1
 from dmjd.eval.loading import load_encoder
 from dmjd.eval.monitor import OnlineMonitor
 from dmjd.targets.hog import HOGTarget
@@ -46,15 +44,10 @@ class FeatureScore:
     linprobe_top1: float
 
 
-def probe_scores(name: str, train: Split, test: Split, k: int = 20, temperature: float = 0.07) -> FeatureScore:
-    """Both probes of the benchmark on features ``(float[N, D], labels[N])`` of the two splits."""
-    (train_x, train_y), (test_x, test_y) = train, test
-    return FeatureScore(
-        name,
-        train_x.shape[1],
-        knn_top1(train_x, train_y, test_x, test_y, k, temperature),
-        torch_logistic_regression_top1(train_x, train_y, test_x, test_y),
-    )
+def probe_scores(monitor: OnlineMonitor, name: str, train: Split, test: Split) -> FeatureScore:
+    """The monitor's kNN and linear probe (``OnlineMonitor.probes``) on features ``(float[N, D], labels[N])``."""
+    result = monitor.probes(train, test, linprobe=True)
+    return FeatureScore(name, train[0].shape[1], result["knn_top1"], result["linprobe_top1"])
 
 
 def standardised(train: Split, test: Split) -> tuple[Split, Split]:
@@ -92,7 +85,7 @@ def feature_scores(
     """The check's rows: pixels (the benchmark's baseline ``monitor.raw_pixels``, and standardised), HOG
     at ``hog_cells`` (each must divide the image side), and, with an ``encoder`` (a timm ViT), its class
     token and its patch tokens pooled on 1 x 1, 2 x 2, 4 x 4, ... regions up to the token grid's side."""
-    score = partial(probe_scores, k=monitor.k, temperature=monitor.temperature)
+    score = partial(probe_scores, monitor)
     pixels = [monitor.pixel_features(split) for split in (0, 1)]
     rows = [score("raw pixels", *pixels), score("raw pixels, standardised", *standardised(*pixels))]
     for cell in hog_cells:

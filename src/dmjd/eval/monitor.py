@@ -119,23 +119,23 @@ class OnlineMonitor:
 
     def __call__(self, encoder: nn.Module) -> dict[str, float]:
         """Evaluate ``encoder`` (any mode; it is put back in its mode afterwards)."""
-        train_x, train_y = self._features(encoder, 0)
-        test_x, test_y = self._features(encoder, 1)
+        return self.probes(self._features(encoder, 0), self._features(encoder, 1))
+
+    def probes(
+        self, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], linprobe: bool | None = None
+    ) -> dict[str, float]:
+        """``{"knn_top1"[, "linprobe_top1"]}`` of the monitor's probes on any features ``(float[N, D],
+        labels[N])`` of the train and test splits; ``linprobe`` None follows the monitor's setting."""
+        (train_x, train_y), (test_x, test_y) = train, test
         result = {"knn_top1": knn_top1(train_x, train_y, test_x, test_y, self.k, self.temperature)}
-        if self.linprobe:
+        if self.linprobe if linprobe is None else linprobe:
             result["linprobe_top1"] = torch_logistic_regression_top1(train_x, train_y, test_x, test_y)
         return result
 
     def raw_pixels(self, side: int = 32, linprobe: bool | None = None) -> dict[str, float]:
-        """``{"knn_top1"[, "linprobe_top1"]}`` of the same probes on raw pixels (each image normalised,
-        area-resized to at most ``side`` x ``side``, flattened): the baselines an encoder should beat.
-        ``linprobe`` None follows the monitor's setting."""
-        (train_x, train_y), (test_x, test_y) = (self.pixel_features(split, side) for split in (0, 1))
-        result = {"knn_top1": knn_top1(train_x, train_y, test_x, test_y, self.k, self.temperature)}
-        use_probe = self.linprobe if linprobe is None else linprobe
-        if use_probe:
-            result["linprobe_top1"] = torch_logistic_regression_top1(train_x, train_y, test_x, test_y)
-        return result
+        """``probes`` on raw pixels (each image normalised, area-resized to at most ``side`` x ``side``,
+        flattened): the baselines an encoder should beat."""
+        return self.probes(self.pixel_features(0, side), self.pixel_features(1, side), linprobe)
 
     def pixel_baseline(self, side: int = 32) -> dict[str, float]:
         """``{"pixels_knn_top1": ...}``: the weighted kNN of ``raw_pixels`` alone."""
