@@ -416,3 +416,8 @@ def test_method_sections_are_runnable_configs():
         for variant in (base, dm):
             cfg = load_config(None, [*PRESETS["cpu"].base, *variant.overrides])
             assert cfg.masking.num_views == (1 if variant is base else 2)
+
+
+def test_benchmark_presets_probe_average_pooled_tokens():
+    """The official DMJD code's global-pool feature (docs/fidelity.md), for every preset."""
+    assert {name: p.pool for name, p in PRESETS.items()} == {"smoke": "avg", "cpu": "avg", "gpu": "avg"}
