@@ -52,6 +52,7 @@ def test_rows_and_the_plain_average_match_the_benchmarks_probe(tmp_path, capsys)
     assert main(["--checkpoint", str(tmp_path / "c.pth"), "--max-images", "64", "--hog-cells", "4"]) == 0
     table = capsys.readouterr().out
     assert "| HOG descriptor, 4 px cells | 576 |" in table and "2 px cells" not in table
+    assert ", 64 train / 64 test images" in table  # the splits' sizes, not the --max-images cap
 
 
 def test_hog_cells_that_do_not_divide_the_image_get_a_clear_error(tmp_path, capsys):

@@ -124,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if monitor.cache is None:
         parser.error("the labelled splits are too large to cache; lower --max-images")
     rows = feature_scores(monitor, encoder, cells)
-    print(f"feature check: {args.checkpoint}, {args.max_images} images per split\n")
+    train_n, test_n = (len(monitor.cache[s][1]) for s in (0, 1))
+    print(f"feature check: {args.checkpoint}, {train_n} train / {test_n} test images\n")
     print("| feature | dim | kNN top-1 | linear top-1 |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r.name} | {r.dim} | {100 * r.knn_top1:.2f} % | {100 * r.linprobe_top1:.2f} % |")
