@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from dmjd.bench.analysis import aggregate
+from dmjd.bench.analysis import aggregate, aggregate_ratios
 from dmjd.bench.environment import git_commit
 from dmjd.bench.throughput import measure, throughput_config
 from dmjd.engine import Pretrainer
@@ -24,6 +24,19 @@ def test_ci95_is_students_t_interval_of_the_mean():
     # t(0.975, 2) = 4.3027; std 1; n 3
     assert stats.ci95 == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
     assert aggregate([1.0]).ci95 is None and aggregate([]).ci95 is None
+    assert (stats.ci_low, stats.ci_high) == pytest.approx((2.0 - stats.ci95, 2.0 + stats.ci95))
+
+
+def test_speedups_aggregate_in_log_space():
+    """2x and 0.5x average to 1x; the interval is the t interval of the mean log-ratio, so it stays
+    positive with two seeds where the plain mean's interval would reach below zero."""
+    stats = aggregate_ratios([2.0, 0.5, None])
+    assert stats.mean == pytest.approx(1.0)
+    assert (stats.n, stats.total) == (2, 3)
+    half = 12.706205 * math.log(2.0) * math.sqrt(2) / math.sqrt(2)  # t(0.975, 1) x std(log r) / sqrt(2)
+    assert (stats.ci_low, stats.ci_high) == pytest.approx((math.exp(-half), math.exp(half)), rel=1e-5)
+    assert stats.ci_low > 0 and aggregate([1.1, 1.6]).ci_low < 0
+    assert aggregate_ratios([1.5]).ci_low is None and aggregate_ratios([None]).mean is None
 
 
 def _separable_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,3 +184,20 @@ def test_screen_evaluates_every_epoch_and_is_reproducible(capsys):
     assert len(table) == 3 and table[0].startswith("screen: epoch 0 (ETE 0.00")
     again = json.loads(lines[-1])
     assert [p["knn_top1"] for p in again["points"]] == [p["knn_top1"] for p in first["points"]]
+
+
+def test_thread_limit_sets_torchs_pool_through_openmp_not_set_num_threads(monkeypatch):
+    """``thread_limit`` sizes torch's intra-op pool via OpenMP (threadpoolctl) and restores it; it
+    never calls ``torch.set_num_threads``, which would also switch MKL's dynamic threading off."""
+    from dmjd.bench.efficiency import thread_limit
+
+    def forbidden(n: int) -> None:
+        raise AssertionError("thread_limit called torch.set_num_threads")
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(torch, "set_num_threads", forbidden)
+    with thread_limit(before + 2):
+        assert torch.get_num_threads() == before + 2
+    assert torch.get_num_threads() == before
+    with thread_limit(None):
+        assert torch.get_num_threads() == before

@@ -37,7 +37,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from dmjd.bench.analysis import Curve, aggregate, common_end, speedup, value_at
+from dmjd.bench.analysis import Curve, aggregate, aggregate_ratios, common_end, speedup, value_at
 from dmjd.bench.environment import git_commit, machine_info, now_utc, release_device_memory
 from dmjd.bench.presets import PRESETS, SECTION_NAMES, SECTIONS, BenchPreset, Variant
 from dmjd.config import Config, load_config
@@ -377,18 +377,18 @@ def baselines(cfg: Config, monitor: Monitor, finetune: EndOfRunFinetune) -> dict
 
 @contextmanager
 def thread_limit(threads: int | None) -> Iterator[None]:
-    """Limit torch's intra-op threads and the BLAS / OpenMP pools (scikit-learn's probe) to
-    ``threads`` inside the block; no limit for None."""
+    """Limit the OpenMP and BLAS thread pools (torch's intra-op threads on its OpenMP backend, and
+    scikit-learn's probe) to ``threads`` inside the block; no limit for None.
+
+    Deliberately not ``torch.set_num_threads``: besides the thread count, ATen's ``set_num_threads``
+    switches MKL's dynamic threading off for the rest of the process, and with it the ``cpu``
+    preset's DMJD step ran ~11 % slower (docs/results.md, the 2026-11-29 thread check).
+    """
     if threads is None:
         yield
         return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with threadpool_limits(limits=threads):
-            yield
-    finally:
-        torch.set_num_threads(previous)
+    with threadpool_limits(limits=threads):
+        yield
 
 
 def run_efficiency(
@@ -586,8 +586,8 @@ def analyse_comparison(results: dict[str, Any], name: str) -> dict[str, Any]:
                 "at_ete": asdict(aggregate([value_at(c, equal_ete) for c in ete_curves.values()])),
                 "start": asdict(aggregate([c.y[0] for c in time_curves.values()])),
                 "final": asdict(aggregate([c.final for c in time_curves.values()])),
-                "speedup": asdict(aggregate([speeds[s].ratio for s in seeds])),
-                "ete_speedup": asdict(aggregate([ete_speeds[s].ratio for s in seeds])),
+                "speedup": asdict(aggregate_ratios([speeds[s].ratio for s in seeds])),
+                "ete_speedup": asdict(aggregate_ratios([ete_speeds[s].ratio for s in seeds])),
                 "level": {s: speeds[s].level for s in seeds},
                 "time_to_level": {s: speeds[s].variant_x for s in seeds},
                 "ete_to_level": {s: ete_speeds[s].variant_x for s in seeds},
