@@ -119,7 +119,9 @@ class Stats:
         n: number of defined values; total: number of seeds (undefined ones are e.g. a speed-up
             of a variant that never reached the level).
         ci95: half-width of the 95 % confidence interval of the mean (Student's t with n - 1
-            degrees of freedom), None with fewer than two values.
+            degrees of freedom), None with fewer than two values (and for ratios, whose interval
+            is not symmetric).
+        ci_low, ci_high: bounds of that 95 % interval, None with fewer than two values.
     """
 
     mean: float | None
@@ -129,18 +131,52 @@ class Stats:
     n: int
     total: int
     ci95: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+def _defined(values: Sequence[float | None]) -> np.ndarray:
+    return np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+
+
+def _t_half_width(values: np.ndarray) -> float | None:
+    """Half-width of the Student's t 95 % interval of the mean of ``values`` (None for n < 2)."""
+    if values.size < 2:
+        return None
+    return float(t_dist.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size))
 
 
 def aggregate(values: Sequence[float | None]) -> Stats:
-    """Mean, sample std and range of the values that are not None (or infinite)."""
-    defined = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    """Mean, sample std, range and t interval of the values that are not None (or infinite)."""
+    defined = _defined(values)
     if defined.size == 0:
         return Stats(None, None, None, None, 0, len(values))
+    mean = float(defined.mean())
     std = float(defined.std(ddof=1)) if defined.size > 1 else None
-    ci = float(t_dist.ppf(0.975, defined.size - 1) * std / math.sqrt(defined.size)) if std is not None else None
+    ci = _t_half_width(defined)
+    low, high = (mean - ci, mean + ci) if ci is not None else (None, None)
+    return Stats(mean, std, float(defined.min()), float(defined.max()), int(defined.size), len(values), ci, low, high)
+
+
+def aggregate_ratios(values: Sequence[float | None]) -> Stats:
+    """Geometric mean and 95 % interval of positive ratios (speed-ups), taken in log space.
+
+    A speed-up is a ratio: 2x and 0.5x are equally far from 1x, and an interval on the plain mean
+    can reach below zero with few seeds. The t interval of the mean log-ratio, mapped back with
+    ``exp``, is asymmetric and always positive. ``std`` is the sample std of the ratios themselves.
+    """
+    defined = _defined([v for v in values if v is None or v > 0])
+    if defined.size == 0:
+        return Stats(None, None, None, None, 0, len(values))
+    logs = np.log(defined)
+    mean_log = float(logs.mean())
+    half = _t_half_width(logs)
+    low, high = (math.exp(mean_log - half), math.exp(mean_log + half)) if half is not None else (None, None)
+    std = float(defined.std(ddof=1)) if defined.size > 1 else None
     return Stats(
-        float(defined.mean()), std, float(defined.min()), float(defined.max()), int(defined.size), len(values), ci
-    )
+        math.exp(mean_log), std, float(defined.min()), float(defined.max()), int(defined.size), len(values),
+        None, low, high,
+    )  # fmt: skip
 
 
 def mean_curve(curves: Sequence[Curve], grid: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

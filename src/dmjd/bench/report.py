@@ -37,8 +37,8 @@ def ratio(stats: dict[str, Any], reached: int | None = None) -> str:
     """
     if stats["mean"] is None:
         return f"not reached (0/{stats['total']})" if not reached else "undefined (level held before training)"
-    ci = stats.get("ci95")
-    text = f"{stats['mean']:.2f}x" + (f" [{stats['mean'] - ci:.2f}, {stats['mean'] + ci:.2f}]" if ci is not None else "")
+    low, high = stats.get("ci_low"), stats.get("ci_high")
+    text = f"{stats['mean']:.2f}x" + (f" [{low:.2f}, {high:.2f}]" if low is not None else "")
     return text + (f" ({stats['n']}/{stats['total']})" if stats["n"] < stats["total"] else "")
 
 
@@ -264,9 +264,9 @@ def ordering_line(worse: str, better: str, metric: dict[str, Any], name: str = "
     stats = aggregate(diffs)
     if stats.mean is None:
         return f"  - {better} > {worse}{label}: no paired seeds"
-    if stats.ci95 is None:
+    if stats.ci_low is None or stats.ci_high is None:
         return f"  - {better} > {worse}{label}: {stats.mean:+.1f} points (one seed, no confidence interval)"
-    lo, hi = stats.mean - stats.ci95, stats.mean + stats.ci95
+    lo, hi = stats.ci_low, stats.ci_high
     verdict = "holds (95 % CI above 0)" if lo > 0 else "REVERSED (95 % CI below 0)" if hi < 0 else "not resolved (CI spans 0)"
     return f"  - {better} > {worse}{label}: {stats.mean:+.1f} points [{lo:+.1f}, {hi:+.1f}] over {stats.n} seeds: {verdict}"
 
@@ -293,7 +293,8 @@ def _claim_line(claim: Claim, base: str, lin: dict[str, Any]) -> str:
         verdict = "goes the paper's way but is SMALLER"
     else:
         verdict = "does NOT reproduce it"
-    if claim.kind == "speedup" and value is not None and speedup.get("ci95") is not None and value - speedup["ci95"] <= 1.0:
+    low = speedup.get("ci_low")
+    if claim.kind == "speedup" and value is not None and low is not None and low <= 1.0:
         verdict += ", but its 95 % CI includes 1x (no speed-up): not resolved"
     return f"- {subject}: {measured}; paper ({claim.source}): {paper}. Ours {verdict}."
 
@@ -321,7 +322,7 @@ def write_report(results: dict[str, Any], output_dir: str | Path) -> Path:
             f"- Evaluation: weighted kNN (k={ev.get('knn_k')}) and logistic-regression linear probe on frozen "
             f"{ev.get('pool') or 'class-token'} features of {ev.get('images_per_split') or 'all'} images per "
             "labelled split (train / test, seeded subsets); accuracies are top-1 on the test split, "
-            "mean ± std over seeds; speed-ups mean [95 % CI over seeds]; ETE = K x epochs; fine-tune: top-1 after "
+            "mean ± std over seeds; speed-ups geometric mean [95 % CI over seeds, taken on log ratios]; ETE = K x epochs; fine-tune: top-1 after "
             f"{ev.get('finetune_epochs') or 0} epochs of the small-data recipe (dmjd.eval.quick_finetune) on the "
             "same train split"
         )
