@@ -277,6 +277,21 @@ def test_reading_states_matches_and_mismatches_with_the_paper():
     assert "Did not reach MAE's final linear-probe accuracy within the budget: +JD (2/2 seeds)" in lines
     assert "+JD <= MAE" in lines
     assert "DMJD's linear-probe gain over MAE at equal time: +3.0 points" in lines and "SMALLER" in lines
+    assert "(fine-tune)" not in lines  # no run was fine-tuned
+    # kNN is half the linear accuracy here, so its speed-ups are the same
+    assert "- Speed-up to MAE's final kNN accuracy: +DM 1.83x [0.57, 5.81] in wall time" in lines
+
+
+def test_reading_pairs_end_of_run_fine_tuning_by_seed():
+    results = _example()
+    tuned = {"MAE-0": 0.80, "MAE-1": 0.82, "+DM-0": 0.81, "+DM-1": 0.84, "+JD-0": 0.70, "+JD-1": 0.71}
+    for key, run in results["runs"].items():
+        run["finetune_top1"] = tuned.get(key)
+    lines = "\n".join(reading({**results, "analysis": {"main": analyse_comparison(results, "main")}}, "main"))
+    # +1 and +2 points: mean +1.5, 95 % CI +-12.71 x 0.707 / sqrt 2
+    assert "+DM > MAE (fine-tune): +1.5 points [-4.9, +7.9] over 2 seeds: not resolved (CI spans 0)" in lines
+    assert "+JD > MAE (fine-tune): -10.5 points [-16.9, -4.1] over 2 seeds: REVERSED (95 % CI below 0)" in lines
+    assert "DMJD > MAE (fine-tune): no paired seeds" in lines  # DMJD was not fine-tuned
 
 
 # -------------------------------------------------------------------------------- throughput

@@ -609,6 +609,9 @@ def analyse_comparison(results: dict[str, Any], name: str) -> dict[str, Any]:
             "peak_lr": rs[0]["peak_lr"] if rs else None,
             "errors": [r["error"] for r in rs if r.get("error")],
             "finetune": asdict(aggregate([r.get("finetune_top1") for r in rs])),
+            "finetune_by_seed": {
+                s: results["runs"][k].get("finetune_top1") for s, k in v["runs"].items() if k in results["runs"]
+            },
         }
     return {"equal_time_s": budget, "equal_ete": equal_ete, "metrics": metrics, "runs": runs_info}
 

@@ -205,12 +205,16 @@ def reading(results: dict[str, Any], name: str) -> list[str]:
                 f"- No variant reached {base}'s final linear-probe accuracy sooner than {base}; the closest, "
                 f"{fastest}, needed {1 / speed:.2f}x its time (speed-up {detail})."
             )
+    if others:
+        knn_speeds = [f"{lab} {ratio(knn[lab]['speedup'], knn[lab]['reached'])} in wall time, "
+                      f"{ratio(knn[lab]['ete_speedup'], knn[lab]['reached'])} in ETE" for lab in others]  # fmt: skip
+        out.append(f"- Speed-up to {base}'s final kNN accuracy: {'; '.join(knn_speeds)}.")
     never = [f"{lab} ({lin[lab]['seeds'] - lin[lab]['reached']}/{lin[lab]['seeds']} seeds)" for lab in others
              if lin[lab]["reached"] < lin[lab]["seeds"]]  # fmt: skip
     if never:
         out.append(f"- Did not reach {base}'s final linear-probe accuracy within the budget: {', '.join(never)}.")
     out.append(_signal_line(results, knn, labels))
-    out += _paper_check(section, lin, knn, labels)
+    out += _paper_check(section, lin, knn, a["runs"], labels)
     errors = {lab: run["errors"] for lab, run in a["runs"].items() if run["errors"]}
     for lab, errs in errors.items():
         out.append(f"- {lab}: {len(errs)} run(s) stopped early: {errs[0].splitlines()[0]}")
@@ -238,8 +242,11 @@ def _signal_line(results: dict[str, Any], knn: dict[str, Any], labels: Sequence[
     return f"- Training signal: the best final kNN is {best}'s {value:.1f} % ({detail}): {verdict}."
 
 
-def _paper_check(section: Section, lin: dict[str, Any], knn: dict[str, Any], labels: Sequence[str]) -> list[str]:
-    """Compare orderings (linear probe, as the paper; then kNN) and claimed numbers with the paper's."""
+def _paper_check(
+    section: Section, lin: dict[str, Any], knn: dict[str, Any], runs: dict[str, Any], labels: Sequence[str]
+) -> list[str]:
+    """Compare orderings (linear probe, as the paper; then kNN and end-of-run fine-tuning, each
+    seed-paired) and claimed numbers with the paper's."""
     out = []
     pairs = [(w, b) for w, b in section.expected_pairs if w in labels and b in labels]
     if pairs:
@@ -249,6 +256,9 @@ def _paper_check(section: Section, lin: dict[str, Any], knn: dict[str, Any], lab
         out.append(text + (f"; NOT matching: {', '.join(broken)}." if broken else "."))
         out += [ordering_line(w, b, lin) for w, b in pairs]
         out += [ordering_line(w, b, knn, "kNN") for w, b in pairs]
+        finetune = {lab: {"at_time_by_seed": run.get("finetune_by_seed", {})} for lab, run in runs.items()}
+        out += [ordering_line(w, b, finetune, "fine-tune") for w, b in pairs
+                if any(v is not None for v in finetune[w]["at_time_by_seed"].values())]  # fmt: skip
     for claim in section.claims:
         if claim.label in labels and section.baseline in labels:
             out.append(_claim_line(claim, section.baseline, lin))
@@ -260,7 +270,7 @@ def ordering_line(worse: str, better: str, metric: dict[str, Any], name: str = "
     the 95 % CI of the seed-paired difference."""
     a, b = metric[worse]["at_time_by_seed"], metric[better]["at_time_by_seed"]
     label = f" ({name})" if name else ""
-    diffs = [100 * (b[s] - a[s]) for s in a if s in b]
+    diffs = [100 * (b[s] - a[s]) for s in a if a[s] is not None and b.get(s) is not None]
     stats = aggregate(diffs)
     if stats.mean is None:
         return f"  - {better} > {worse}{label}: no paired seeds"
@@ -268,7 +278,8 @@ def ordering_line(worse: str, better: str, metric: dict[str, Any], name: str = "
         return f"  - {better} > {worse}{label}: {stats.mean:+.1f} points (one seed, no confidence interval)"
     lo, hi = stats.ci_low, stats.ci_high
     verdict = "holds (95 % CI above 0)" if lo > 0 else "REVERSED (95 % CI below 0)" if hi < 0 else "not resolved (CI spans 0)"
-    return f"  - {better} > {worse}{label}: {stats.mean:+.1f} points [{lo:+.1f}, {hi:+.1f}] over {stats.n} seeds: {verdict}"
+    mean = round(stats.mean, 1) + 0.0  # a mean of 0 is '+0.0', not '-0.0'
+    return f"  - {better} > {worse}{label}: {mean:+.1f} points [{lo:+.1f}, {hi:+.1f}] over {stats.n} seeds: {verdict}"
 
 
 def _claim_line(claim: Claim, base: str, lin: dict[str, Any]) -> str:
