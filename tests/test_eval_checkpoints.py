@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 
 import pytest
 import timm
@@ -16,7 +17,7 @@ from dmjd.engine.trainer import build_dmjd_model, build_target
 from dmjd.eval.commands import register_eval_commands
 from dmjd.eval.export import export_encoder
 from dmjd.eval.loading import InputSpec, config_with_overrides, load_dmjd_model, load_encoder, load_timm_encoder
-from dmjd.eval.monitor import OnlineMonitor
+from dmjd.eval.monitor import OnlineMonitor, available_cores
 from dmjd.models import create_encoder
 
 TINY = [
@@ -153,6 +154,15 @@ def test_online_monitor(run):
     uncached = OnlineMonitor.from_config(cfg, max_images=120, cache_mib=0)
     assert uncached.cache is None
     assert uncached(model.encoder) == pytest.approx(result, abs=1e-6)
+
+
+def test_online_monitor_uses_at_most_one_worker_per_core(run):
+    _, _, cfg = run
+    cores = available_cores()
+    assert 1 <= cores <= (os.cpu_count() or 1)
+    for workers, expected in ((cores + 3, cores), (0, 0)):
+        with_workers = config_with_overrides(cfg.model_dump(mode="json"), [f"data.num_workers={workers}"])
+        assert OnlineMonitor.from_config(with_workers, max_images=8).num_workers == expected
 
 
 def test_online_monitor_needs_labelled_splits(tmp_path):

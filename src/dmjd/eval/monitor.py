@@ -16,6 +16,8 @@ scikit-learn's CPU solver took tens of seconds per evaluation on real encoder fe
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -27,6 +29,11 @@ from dmjd.eval.features import Pool, dataset_labels, default_pool, encode_batche
 from dmjd.eval.knn import knn_top1
 from dmjd.eval.linear_probe import torch_logistic_regression_top1
 from dmjd.eval.loading import InputSpec
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS reports one, as DataLoader counts)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class OnlineMonitor:
@@ -101,7 +108,9 @@ class OnlineMonitor:
     def from_config(
         cls, cfg: Config, max_images: int | None = 5000, device: str | torch.device = "cpu", cache_mib: int = 512
     ) -> OnlineMonitor:
-        """A monitor on the labelled splits of the run's own data set (``cfg.data``)."""
+        """A monitor on the labelled splits of the run's own data set (``cfg.data``), read with the
+        run's ``data.num_workers`` at most one per available core (its splits are small; more
+        workers than cores only contend, and DataLoader warns)."""
         spec = InputSpec.from_config(cfg)
         return cls(
             data_name=cfg.data.name,
@@ -113,7 +122,7 @@ class OnlineMonitor:
             max_images=max_images,
             device=device,
             download=cfg.data.download,
-            num_workers=cfg.data.num_workers,
+            num_workers=min(cfg.data.num_workers, available_cores()),
             cache_mib=cache_mib,
         )
 
