@@ -165,7 +165,8 @@ def aggregate_ratios(values: Sequence[float | None]) -> Stats:
     can reach below zero with few seeds. The t interval of the mean log-ratio, mapped back with
     ``exp``, is asymmetric and always positive. ``std`` is the sample std of the ratios themselves.
     """
-    defined = _defined([v for v in values if v is None or v > 0])
+    defined = _defined(values)
+    defined = defined[defined > 0]
     if defined.size == 0:
         return Stats(None, None, None, None, 0, len(values))
     logs = np.log(defined)

@@ -137,7 +137,8 @@ class OnlineMonitor:
         labels[N])`` of the train and test splits; ``linprobe`` None follows the monitor's setting."""
         (train_x, train_y), (test_x, test_y) = train, test
         result = {"knn_top1": knn_top1(train_x, train_y, test_x, test_y, self.k, self.temperature)}
-        if self.linprobe if linprobe is None else linprobe:
+        use_linprobe = self.linprobe if linprobe is None else linprobe
+        if use_linprobe:
             result["linprobe_top1"] = torch_logistic_regression_top1(train_x, train_y, test_x, test_y)
         return result
 
