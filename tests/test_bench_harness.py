@@ -189,7 +189,7 @@ def test_screen_evaluates_every_epoch_and_is_reproducible(capsys):
 def test_thread_limit_sets_torchs_pool_through_openmp_not_set_num_threads(monkeypatch):
     """``thread_limit`` sizes torch's intra-op pool via OpenMP (threadpoolctl) and restores it; it
     never calls ``torch.set_num_threads``, which would also switch MKL's dynamic threading off."""
-    from dmjd.bench.efficiency import thread_limit
+    from dmjd.bench.environment import thread_limit
 
     def forbidden(n: int) -> None:
         raise AssertionError("thread_limit called torch.set_num_threads")

@@ -27,18 +27,16 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from threadpoolctl import threadpool_limits
 from torch import nn
 
 from dmjd.bench.analysis import Curve, aggregate, aggregate_ratios, common_end, speedup, value_at
-from dmjd.bench.environment import git_commit, machine_info, now_utc, release_device_memory
+from dmjd.bench.environment import git_commit, machine_info, now_utc, release_device_memory, thread_limit
 from dmjd.bench.presets import PRESETS, SECTION_NAMES, SECTIONS, BenchPreset, Variant
 from dmjd.config import Config, load_config
 from dmjd.engine import NonFiniteLossError, Pretrainer
@@ -373,22 +371,6 @@ def baselines(cfg: Config, monitor: Monitor, finetune: EndOfRunFinetune) -> dict
         del trainer
     release_device_memory()
     return out
-
-
-@contextmanager
-def thread_limit(threads: int | None) -> Iterator[None]:
-    """Limit the OpenMP and BLAS thread pools (torch's intra-op threads on its OpenMP backend, and
-    scikit-learn's probe) to ``threads`` inside the block; no limit for None.
-
-    Deliberately not ``torch.set_num_threads``: besides the thread count, ATen's ``set_num_threads``
-    switches MKL's dynamic threading off for the rest of the process, and with it the ``cpu``
-    preset's DMJD step ran ~11 % slower (docs/results.md, the 2026-11-29 thread check).
-    """
-    if threads is None:
-        yield
-        return
-    with threadpool_limits(limits=threads):
-        yield
 
 
 def run_efficiency(

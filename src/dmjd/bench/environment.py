@@ -1,4 +1,5 @@
-"""Where a benchmark ran: machine, accelerator, software versions, date and commit.
+"""Where a benchmark ran: machine, accelerator, software versions, date and commit; and the
+machine-level settings every benchmark tool shares (thread pools, device memory).
 
 Every published number carries these, so that it can be traced to the code and hardware that
 produced it.
@@ -11,10 +12,13 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from threadpoolctl import threadpool_limits
 
 import dmjd
 
@@ -92,3 +96,19 @@ def publish(result: dict, table: str, output: str | None) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
         out.with_suffix(".md").write_text(table + "\n")
+
+
+@contextmanager
+def thread_limit(threads: int | None) -> Iterator[None]:
+    """Limit the OpenMP and BLAS thread pools (torch's intra-op threads on its OpenMP backend, and
+    scikit-learn's probe) to ``threads`` inside the block; no limit for None.
+
+    Deliberately not ``torch.set_num_threads``: besides the thread count, ATen's ``set_num_threads``
+    switches MKL's dynamic threading off for the rest of the process, and with it the ``cpu``
+    preset's DMJD step ran ~11 % slower (docs/results.md, the 2026-11-29 thread check).
+    """
+    if threads is None:
+        yield
+        return
+    with threadpool_limits(limits=threads):
+        yield

@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dmjd.bench.environment import device_name, git_commit, machine_info, now_utc, publish, release_device_memory
+from dmjd.bench.environment import (
+    device_name, git_commit, machine_info, now_utc, publish, release_device_memory, thread_limit,
+)
 from dmjd.bench.throughput import compile_overrides, measure
 from dmjd.config import Config, load_config
 
@@ -213,14 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     parser.add_argument("--output", default=None, help="write OUTPUT.json and OUTPUT.md")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     on_gpu = args.device.startswith("cuda")
     batch = args.batch or ((256 if args.setting == "vit-b16" else 512) if on_gpu else 64)
-    result = compare(
-        args.mae_dir, args.setting, batch, args.steps or (30 if on_gpu else 10),
-        args.warmup if args.warmup is not None else (10 if on_gpu else 3), args.rounds, args.device, args.fast_mode,
-    )  # fmt: skip
+    with thread_limit(args.threads):
+        result = compare(
+            args.mae_dir, args.setting, batch, args.steps or (30 if on_gpu else 10),
+            args.warmup if args.warmup is not None else (10 if on_gpu else 3), args.rounds, args.device, args.fast_mode,
+        )  # fmt: skip
     result["command"] = shlex.join(sys.argv if argv is None else ["official_mae", *argv])
     publish(result, format_table(result), args.output)
     return 0

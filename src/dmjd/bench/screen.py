@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dmjd.bench.efficiency import PeriodicEvaluator, build_monitor, thread_limit, train_run
+from dmjd.bench.efficiency import PeriodicEvaluator, build_monitor, train_run
+from dmjd.bench.environment import thread_limit
 from dmjd.bench.presets import PRESETS, SECTIONS
 from dmjd.config import load_config
 

@@ -29,7 +29,9 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from dmjd.bench.environment import device_name, git_commit, machine_info, now_utc, publish, release_device_memory
+from dmjd.bench.environment import (
+    device_name, git_commit, machine_info, now_utc, publish, release_device_memory, thread_limit,
+)
 from dmjd.bench.presets import DMJD, MAE, PLUS_DM, PLUS_JD, PRESETS
 from dmjd.config import Config, load_config
 from dmjd.data import endless
@@ -260,19 +262,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if unknown := [m for m in args.modes if m not in MODES]:
         parser.error(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     gpu = args.device.startswith("cuda")
-    results = run_throughput(
-        setting=args.setting or ("vit-b16" if gpu else "cpu-small"),
-        device=args.device,
-        batch=args.batch or (256 if gpu else 128),
-        steps=args.steps or (30 if gpu else 10),
-        warmup=args.warmup if args.warmup is not None else (10 if gpu else 3),
-        modes=args.modes,
-        data=args.data,
-        configs=args.configs,
-    )
+    with thread_limit(args.threads):
+        results = run_throughput(
+            setting=args.setting or ("vit-b16" if gpu else "cpu-small"),
+            device=args.device,
+            batch=args.batch or (256 if gpu else 128),
+            steps=args.steps or (30 if gpu else 10),
+            warmup=args.warmup if args.warmup is not None else (10 if gpu else 3),
+            modes=args.modes,
+            data=args.data,
+            configs=args.configs,
+        )
     results["command"] = shlex.join(sys.argv if argv is None else ["throughput", *argv])
     publish(results, format_table(results), args.output)
     return 0
