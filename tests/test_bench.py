@@ -378,7 +378,9 @@ def test_merge_adds_the_seeds_of_another_output(smoke_dir, tmp_path, capsys):
     later = tmp_path / "seed1"
     later.mkdir()
     first = json.loads((smoke_dir / "results.json").read_text())
-    (later / "results.json").write_text(json.dumps(_as_seed(first, 1)))
+    reworded = _as_seed(first, 1)  # the preset's description was reworded between the two runs
+    reworded["preset"] = {**reworded["preset"], "description": "reworded", "seeds": [1]}
+    (later / "results.json").write_text(json.dumps(reworded))
     parser = argparse.ArgumentParser(prog="dmjd")
     register_bench_command(parser.add_subparsers(dest="command"))
     merged_dir = tmp_path / "merged"
@@ -391,7 +393,11 @@ def test_merge_adds_the_seeds_of_another_output(smoke_dir, tmp_path, capsys):
     assert merged["analysis"]["main"]["metrics"]["knn_top1"]["MAE"]["at_time"]["n"] == 2
     assert merged["wall_s"] == pytest.approx(2 * first["wall_s"]) and len(merged["parts"]) == 2
     assert (merged_dir / "report.md").is_file()
-    for bad, match in ((first, "seed"), ({**_as_seed(first, 2), "budget_s": 1.0}, "budget_s")):
+    other_base = {**first["preset"], "base": [*first["preset"]["base"], "optim.blr=1"]}
+    for bad, match in (
+        (first, "seed"), ({**_as_seed(first, 2), "budget_s": 1.0}, "budget_s"),
+        ({**_as_seed(first, 2), "preset": other_base}, "preset"),
+    ):  # fmt: skip
         (later / "results.json").write_text(json.dumps(bad))
         args = parser.parse_args(["bench", "--merge", str(smoke_dir), str(later), "--output-dir", str(merged_dir)])
         with pytest.raises(InputError, match=match):

@@ -9,6 +9,17 @@ from typing import Any
 
 # What must be equal for runs of different outputs to be compared as seeds of one benchmark.
 MUST_MATCH = ("benchmark", "machine", "preset", "sections", "budget_s", "data_path", "schedule_rule", "evaluation")
+# Preset fields that document a run but do not change it: its wording, and the default seeds that
+# ``--seeds`` replaced.
+_PRESET_PROSE = ("description", "seeds")
+
+
+def _setting(part: dict[str, Any], key: str) -> Any:
+    """``part[key]`` as far as it decides the runs (a preset without ``_PRESET_PROSE``)."""
+    value = part.get(key)
+    if key == "preset" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in _PRESET_PROSE}
+    return value
 
 
 def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -19,15 +30,16 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     keeps each part's command, date, commit, seeds, wall time and baselines.
 
     Raises:
-        ValueError: fewer than two parts, a setting of ``MUST_MATCH`` differs, a seed appears in
-            two parts, or the parts compare different variants.
+        ValueError: fewer than two parts, a setting of ``MUST_MATCH`` differs (a preset's
+            description and default seeds may), a seed appears in two parts, or the parts compare
+            different variants.
     """
     if len(parts) < 2:
         raise ValueError("merging needs at least two benchmark outputs")
     first = parts[0]
     for i, part in enumerate(parts[1:], 2):
         for key in MUST_MATCH:
-            if part.get(key) != first.get(key):
+            if _setting(part, key) != _setting(first, key):
                 raise ValueError(f"cannot merge: output {i} differs from output 1 in {key!r}")
     seen: set[int] = set()
     for i, part in enumerate(parts, 1):
