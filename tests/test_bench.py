@@ -392,7 +392,8 @@ def test_merge_adds_the_seeds_of_another_output(smoke_dir, tmp_path, capsys):
     assert mae["runs"] == {"0": "main-mae-seed0", "1": "main-mae-seed1"}
     assert merged["analysis"]["main"]["metrics"]["knn_top1"]["MAE"]["at_time"]["n"] == 2
     assert merged["wall_s"] == pytest.approx(2 * first["wall_s"]) and len(merged["parts"]) == 2
-    assert (merged_dir / "report.md").is_file()
+    report = (merged_dir / "report.md").read_text()
+    assert "Fine-tuning the untrained encoder (same recipe): " in report and "% (seed 0), " in report  # each part's
     other_base = {**first["preset"], "base": [*first["preset"]["base"], "optim.blr=1"]}
     for bad, match in (
         (first, "seed"), ({**_as_seed(first, 2), "budget_s": 1.0}, "budget_s"),

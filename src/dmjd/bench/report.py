@@ -138,7 +138,14 @@ def baseline_lines(results: dict[str, Any], name: str) -> list[str]:
             f"- Raw pixels (same splits, same probes): linear {100 * raw.get('linprobe_top1', float('nan')):.1f} %, "
             f"kNN {100 * raw['knn_top1']:.1f} %"
         )
-    if base.get("untrained_finetune_top1") is not None:
+    finetunes = [
+        f"{100 * p['baselines']['untrained_finetune_top1']:.1f} % (seed {p['seeds'][0]})"
+        for p in results.get("parts", ())
+        if p.get("baselines", {}).get("untrained_finetune_top1") is not None
+    ]  # a merged output: each part fine-tuned its first seed's initialisation
+    if finetunes:
+        lines.append(f"- Fine-tuning the untrained encoder (same recipe): {', '.join(finetunes)}")
+    elif base.get("untrained_finetune_top1") is not None:
         lines.append(f"- Fine-tuning the untrained encoder (same recipe): {100 * base['untrained_finetune_top1']:.1f} %")
     return lines
 
