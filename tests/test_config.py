@@ -72,3 +72,12 @@ def test_yaml_file_preset_round_trip(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(config_to_yaml(cfg))
     assert load_config(path) == cfg
+
+
+def test_every_cross_key_problem_is_reported_one_line_each():
+    with pytest.raises(ConfigError) as info:
+        load_config("demo", ["target.name=hog", "target.cell_size=3", "masking.block_size=3", "loss.mim_weight=0", "model.vdb=false"])
+    lines = str(info.value).splitlines()
+    assert len(lines) == 3, lines
+    assert "target.cell_size=3" in lines[0] and "mim_weight=0" in lines[1] and "block_size=3" in lines[2]
+    assert all(line.startswith("config: ") for line in lines)

@@ -126,16 +126,17 @@ def achievement_lines(summary: dict[str, Any], data_name: str) -> list[str]:
 
 def _run_pretrain(args: argparse.Namespace) -> int:
     from dmjd.config import load_config
+
+    # A config given (or a fresh run's) is validated before torch loads: a bad one answers in a moment.
+    cfg = load_config(args.config, args.overrides) if args.config is not None or args.resume is None else None
     from dmjd.engine import Pretrainer, resume_config
     from dmjd.engine.trainer import resolve_resume
     from dmjd.eval.plot import save_curves_figure
     from dmjd.eval.visualize import can_draw, save_reconstruction_figure
 
-    ckpt_path = resolve_resume(args.output_dir, args.resume)
-    if ckpt_path is None or args.config is not None:
-        cfg = load_config(args.config, args.overrides)
-    else:
-        cfg = resume_config(ckpt_path, args.overrides)
+    if cfg is None:
+        ckpt_path = resolve_resume(args.output_dir, args.resume)
+        cfg = load_config(None, args.overrides) if ckpt_path is None else resume_config(ckpt_path, args.overrides)
     trainer = Pretrainer(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite)
     finished_before = trainer.finished
     summary = trainer.fit(on_epoch_end=None if finished_before else monitor_hook(cfg, trainer))
@@ -221,22 +222,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dmjd`` console script; returns the process exit code.
 
     Problems with what the user gave (``InputError``), teacher or tokenizer weights that cannot be
-    found, and resources that do not fit are one line on stderr (exit 2); any other exception is a
-    bug and keeps its traceback.
+    found, and resources that do not fit are one line on stderr (exit 2); Ctrl-C in any command is
+    one line (exit 130); any other exception is a bug and keeps its traceback.
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="dmjd: %(levelname)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except InputError as err:  # caught before the engine is imported: a bad config needs no torch
+        print(f"dmjd: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (an evaluation, a data download)
+        print("\ndmjd: interrupted", file=sys.stderr)  # on its own line, after the terminal's ^C
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        return _engine_exit_code(err)
+
+
+def _engine_exit_code(err: Exception) -> int:
+    """Print a run's known failure (resources, teacher weights, non-finite steps, a signal) as one
+    line and return its exit code; any other exception is re-raised with its traceback."""
     from dmjd.engine import NonFiniteLossError, ResourceError, TrainingInterrupted
     from dmjd.targets import TeacherWeightsError
 
-    try:
-        return int(args.func(args) or 0)
-    except (InputError, ResourceError, TeacherWeightsError) as err:
+    if isinstance(err, (ResourceError, TeacherWeightsError, NonFiniteLossError)):
         print(f"dmjd: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except NonFiniteLossError as err:
-        print(f"dmjd: error: {err}", file=sys.stderr)
-        return EXIT_NONFINITE
-    except TrainingInterrupted as err:
+        return EXIT_NONFINITE if isinstance(err, NonFiniteLossError) else EXIT_BAD_INPUT
+    if isinstance(err, TrainingInterrupted):
         print(f"\ndmjd: {err}", file=sys.stderr)  # on its own line, after the terminal's ^C
         return EXIT_INTERRUPTED
+    raise err

@@ -99,10 +99,10 @@ def format_validation_error(err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(Config, loc[:-1])
             lines.append(f"unknown key {key!r}; allowed keys here: {', '.join(allowed)}")
-        else:
+        else:  # a validator may report several problems, one per line of its message
             msg = e["msg"].removeprefix("Value error, ")
             got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
-            lines.append(f"{key}: {msg}{got}")
+            lines += [f"{key}: {problem}{got}" for problem in msg.splitlines()]
     return "\n".join(lines)
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dmjd.config.duration import parse_duration
 
 if TYPE_CHECKING:
     from dmjd.masking import DisjointMasking
@@ -207,6 +209,26 @@ class DataConfig(_Section):
         return self
 
 
+class BudgetPlan(_Section):
+    """A budgeted run's schedule, from its measured step rate (``dmjd.engine.budget``)."""
+
+    budget_s: float = Field(gt=0)
+    steps_per_s: float = Field(gt=0, description="optimizer steps per second, as measured")
+    measured_steps: int = Field(ge=1, description="steps the rate was measured over")
+    planned_at: int = Field(ge=1, description="optimizer step at which the plan was made")
+    planned_at_s: float = Field(ge=0, description="training seconds at that step")
+    total_steps: int = Field(ge=1)
+    warmup_steps: int = Field(ge=0)
+    steps_per_epoch: int = Field(ge=1)
+    checked: bool = Field(False, description="whether the early drift check has been made")
+    replanned_at: int | None = Field(None, description="step of the re-plan, if the rate drifted")
+
+    @property
+    def epochs(self) -> float:
+        """Scheduled epochs (fractional: the last one may be partial)."""
+        return self.total_steps / self.steps_per_epoch
+
+
 class TrainConfig(_Section):
     """Run-level settings: device, precision, logging, checkpointing, fault handling."""
 
@@ -221,6 +243,26 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1, description="numbered checkpoints kept on disk")
     max_nonfinite_steps: int = Field(20, ge=1, description="stop after this many skipped steps in a row")
     max_time_s: float | None = Field(None, gt=0, description="stop after this much training time (s)")
+    budget: str | float | None = Field(
+        None,
+        description="training time budget (90s, 20m, 2h): the run measures its step rate over its first steps "
+        "and sets optim.epochs, optim.max_steps and optim.warmup_epochs so that warmup + cosine end at the budget",
+    )
+    budget_warmup: float = Field(0.1, ge=0.0, lt=1.0, description="budgeted runs: warmup as a fraction of the steps")
+    budget_measure_steps: int = Field(20, ge=1, description="budgeted runs: steps the rate is measured over")
+    budget_tolerance: float = Field(
+        0.2, ge=0.0, description="budgeted runs: re-plan once, early on, when the rate drifts by more than this"
+    )
+    budget_plan: BudgetPlan | None = Field(
+        None, description="written by a budgeted run once it has measured its rate; a run given one follows it"
+    )
+
+    @field_validator("budget")
+    @classmethod
+    def _check_budget(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            parse_duration(value)
+        return value
     compile: bool = Field(False, description="torch.compile target + model + loss as one region")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile mode; reduce-overhead adds CUDA graphs (static shapes)"
@@ -250,32 +292,42 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
+        """Check the rules that tie keys together, all of them: one line per broken rule.
+
+        Raises:
+            ValueError: every problem found, one per line (``loading`` makes each a line of its own).
+        """
+        problems = self._cross_key_problems()
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _cross_key_problems(self) -> list[str]:
+        """The broken cross-key rules, in the order a reader meets the keys."""
         m, t = self.model, self.target
+        problems = []
         if m.img_size % m.patch_size:
-            raise ValueError(
-                f"model.img_size={m.img_size} is not divisible by model.patch_size={m.patch_size}"
-            )
+            problems.append(f"model.img_size={m.img_size} is not divisible by model.patch_size={m.patch_size}")
         if t.name == "hog" and m.patch_size % t.cell_size:
-            raise ValueError(
-                f"target.cell_size={t.cell_size} must divide model.patch_size={m.patch_size} for HOG"
-            )
+            problems.append(f"target.cell_size={t.cell_size} must divide model.patch_size={m.patch_size} for HOG")
         if (t.name == "tokens") != (self.loss.mim_loss == "ce"):
-            raise ValueError(
+            problems.append(
                 "target.name=tokens (discrete visual tokens) and loss.mim_loss=ce (cross-entropy over the "
                 f"codebook) go together; got target.name={t.name}, loss.mim_loss={self.loss.mim_loss}"
             )
         if t.name == "tokens" and not t.tokenizer_path:
-            raise ValueError("target.name=tokens needs target.tokenizer_path (see docs/methods.md)")
+            problems.append("target.name=tokens needs target.tokenizer_path (see docs/methods.md)")
         if t.name == "teacher" and not t.teacher_model:
-            raise ValueError("target.name=teacher needs target.teacher_model (e.g. ViT-B-16 for open_clip)")
+            problems.append("target.name=teacher needs target.teacher_model (e.g. ViT-B-16 for open_clip)")
         if m.mlp_ratios is not None and m.arch != "convit":
-            raise ValueError(f"model.mlp_ratios (per-stage MLP ratios) needs model.arch=convit, got {m.arch}")
+            problems.append(f"model.mlp_ratios (per-stage MLP ratios) needs model.arch=convit, got {m.arch}")
         if m.style == "simmim" and m.arch != "vit":
-            raise ValueError(f"model.style=simmim needs model.arch=vit, got {m.arch}")
+            problems.append(f"model.style=simmim needs model.arch=vit, got {m.arch}")
         if not (m.vdb and self.loss.vis_weight > 0) and self.loss.mim_weight == 0:
-            raise ValueError("loss.mim_weight=0 with the visible distillation branch off trains nothing")
-        try:
-            self.masking.build(m.img_size // m.patch_size)
-        except ValueError as err:
-            raise ValueError(f"masking: {err}") from None
-        return self
+            problems.append("loss.mim_weight=0 with the visible distillation branch off trains nothing")
+        if not m.img_size % m.patch_size:  # the grid the masking lives on exists
+            try:
+                self.masking.build(m.img_size // m.patch_size)
+            except ValueError as err:
+                problems.append(f"masking: {err}")
+        return problems
