@@ -138,3 +138,42 @@ def test_grey_warning_when_colour_images_meet_a_one_channel_model(tmp_path):
     assert grey_warning(tiny_config(*colour, "model.in_chans=3")) is None
     assert grey_warning(tiny_config("data.name=imagefolder", f"data.path={tmp_path / 'grey'}", "model.in_chans=1")) is None
     assert grey_warning(tiny_config("data.name=embedded", "model.in_chans=1")) is None
+
+
+def _split_tree(root, splits, classes=("cat", "dog")):
+    """An ImageFolder tree: one 8 px image per class and split, grey levels telling the splits apart."""
+    for s, split in enumerate(splits):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            Image.new("L", (8, 8), color=60 * s).save(root / split / c / "0.png")
+
+
+def test_imagefolder_split_names_resolve_to_the_tree_folders(tmp_path):
+    from dmjd.data import load_image_array
+    from dmjd.data.datasets import imagefolder_split
+
+    _split_tree(tmp_path / "tree", ("train", "val"))
+    for path in (tmp_path / "tree", tmp_path / "tree" / "train"):
+        assert imagefolder_split(path, "train") == tmp_path / "tree" / "train"
+        assert imagefolder_split(path, "test") == imagefolder_split(path, "val") == tmp_path / "tree" / "val"
+    test = load_image_array("imagefolder", "test", str(tmp_path / "tree"), 8, 1)
+    assert test.labels.tolist() == [0, 1] and (test.images == 60).all()  # val's cat and dog, not train + val
+    assert build_dataset("imagefolder", "test", eval_transform(8, 1), str(tmp_path / "tree")).classes == ("cat", "dog")
+    _split_tree(tmp_path / "other", ("train", "test"))
+    assert imagefolder_split(tmp_path / "other", "val") == tmp_path / "other" / "test"
+
+
+def test_imagefolder_without_held_out_folder_is_train_data_only(tmp_path):
+    from dmjd.data.datasets import imagefolder_split
+
+    for i in range(2):
+        (tmp_path / "flat" / "cat").mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8)).save(tmp_path / "flat" / "cat" / f"{i}.png")
+    assert imagefolder_split(tmp_path / "flat", "train") == tmp_path / "flat"
+    for split in ("test", "val"):
+        with pytest.raises(DataError, match=r"no test split|no val split") as err:
+            build_dataset("imagefolder", split, eval_transform(8, 1), str(tmp_path / "flat"))
+        assert "\n" not in str(err.value) and f"{tmp_path / 'flat'}/val" in str(err.value)
+    _split_tree(tmp_path / "half", ("val",))
+    with pytest.raises(DataError, match="no train split"):
+        imagefolder_split(tmp_path / "half", "train")  # a tree without train/ is not pre-training data

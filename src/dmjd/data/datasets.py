@@ -248,6 +248,39 @@ def infer_data_kind(path: str | Path) -> tuple[str, str]:
     )
 
 
+HELD_OUT_FOLDERS = ("val", "test")
+
+
+def imagefolder_split(path: str | Path, split: str) -> Path:
+    """The folder of one split of an ImageFolder tree, the same for pre-training, the API and every
+    evaluation.
+
+    A tree is a root with ``train/`` and ``val/`` or ``test/`` folders (``path`` may also name its
+    ``train`` folder, what pre-training configs often point at): ``train`` is ``ROOT/train``, and
+    ``test`` or ``val`` is ``ROOT/val`` or ``ROOT/test``, whichever exists (``val`` first); any other
+    split is ``ROOT/<split>``. A root without such folders is the data itself, for ``train`` only.
+
+    Raises:
+        DataError: the split has no folder (a held-out split of a root without ``val/`` or ``test/``).
+    """
+    root = Path(path)
+    beside = any((root.parent / name).is_dir() for name in HELD_OUT_FOLDERS)
+    if root.name == "train" and beside and not (root / "train").is_dir():
+        root = root.parent  # the tree's train folder was given
+    names = HELD_OUT_FOLDERS if split in HELD_OUT_FOLDERS else (split,)
+    found = next((root / name for name in names if (root / name).is_dir()), None)
+    if found is not None:
+        return found
+    is_tree = any((root / name).is_dir() for name in ("train", *HELD_OUT_FOLDERS))
+    if split == "train" and not is_tree:
+        return root
+    where = " or ".join(f"{root}/{name}" for name in names)
+    raise DataError(
+        f"data.name=imagefolder has no {split} split: no folder {where}; give data.path a root with train/ and "
+        "val/ (or test/) class folders"
+    )
+
+
 def dataset_classes(dataset: Dataset) -> tuple[str, ...]:
     """A data set's class names, looking through ``Subset`` / ``SeededSamples`` wrappers (empty: no labels)."""
     while not hasattr(dataset, "classes"):
@@ -283,10 +316,7 @@ def build_dataset(
     elif name == "imagefolder":
         if not path:
             raise DataError("data.name=imagefolder needs data.path (a folder of images or class folders)")
-        folder = Path(path)
-        if (folder / split).is_dir():
-            folder = folder / split
-        ds = ImageFiles(folder, transform)
+        ds = ImageFiles(imagefolder_split(path, split), transform)
     elif name == "fashion_mnist":
         ds = fashion_mnist(split, transform, path, download)
     elif name in ("cifar10", "cifar100", "stl10"):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -26,23 +25,6 @@ from dmjd.engine.trainer import autocast_dtype
 Pool = Literal["cls", "avg", "avg_fc_norm"]
 _FC_NORM_EPS = 1e-6
 Transform = Callable[[Image.Image], Tensor]
-
-
-def _imagefolder_splits(path: str | None) -> tuple[str, str]:
-    """The train and test folders of an ImageFolder tree (``train`` + ``val`` or ``test``).
-
-    Accepts the tree's root or its ``train`` folder (what pre-training configs often point at).
-    """
-    root = Path(path or "")
-    if root.name == "train" and not (root / "train").is_dir():
-        root = root.parent
-    test = next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
-    if not (root / "train").is_dir() or test is None:
-        raise DataError(
-            f"evaluating on data.name=imagefolder needs labelled class folders under {root}/train and "
-            f"{root}/val (or test); set data.path to that root"
-        )
-    return str(root / "train"), str(test)
 
 
 def subsample(dataset: Dataset, max_images: int | None, seed: int = 0) -> Dataset:
@@ -71,13 +53,8 @@ def labelled_splits(
     Raises:
         DataError: the data set is missing or has no labelled splits.
     """
-    if name == "imagefolder":
-        train_path, test_path = _imagefolder_splits(path)
-        train = build_dataset(name, "train", train_transform, train_path)
-        test = build_dataset(name, "test", test_transform, test_path)
-    else:
-        train = build_dataset(name, "train", train_transform, path, download)
-        test = build_dataset(name, "test", test_transform, path, download)
+    train = build_dataset(name, "train", train_transform, path, download)
+    test = build_dataset(name, "test", test_transform, path, download)
     for split, ds in (("train", train), ("test", test)):
         if dataset_labels(ds).min() < 0:
             raise DataError(f"data set {name!r} ({split}) has unlabelled images; evaluations need class labels")
