@@ -394,6 +394,27 @@ def test_encoder_export_reloads_strictly() -> None:
         torch.testing.assert_close(fresh.eval().forward_features(x), model.encoder.eval().forward_features(x))
 
 
+def test_exported_convit_is_callable_like_a_timm_model(tmp_path) -> None:
+    from dmjd.eval.export import export_encoder
+    from dmjd.eval.loading import InputSpec
+
+    encoder = small_convit(in_chans=1)
+    exported = export_encoder(encoder, tmp_path / "encoder.safetensors", InputSpec(32, 1, (0.5,), (0.25,)))
+    scope: dict = {}
+    exec(exported.snippet, scope)  # the printed line: rebuild, load strictly, eval mode
+    model, x = scope["model"], torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        pooled = model(x)
+        torch.testing.assert_close(pooled, encoder.forward_features(x).mean(1))
+        assert pooled.shape == (2, 16) and torch.equal(model.forward_head(model.forward_features(x)), pooled)
+    classifier = ConViT(**exported.kwargs, num_classes=5).eval()
+    missing, unexpected = classifier.load_state_dict(model.state_dict(), strict=False)
+    assert sorted(missing) == ["head.bias", "head.weight"] and not unexpected
+    with torch.no_grad():
+        assert classifier(x).shape == (2, 5) and classifier.forward_head(encoder.forward_features(x), True).shape == (2, 16)
+    assert classifier.arch_kwargs()["num_classes"] == 5 and "num_classes" not in encoder.arch_kwargs()
+
+
 # --------------------------------------------------------------------------- presets, training
 
 

@@ -8,7 +8,8 @@ loads with ``strict=False``.
 
 A ConViT is written with ConvMAE's key names (those its detection / segmentation / fine-tuning code
 loads) and the metadata ``{"arch": "convit", "arch_kwargs": JSON}``; its snippet rebuilds
-``dmjd.models.convit.ConViT`` and loads the file with ``strict=True``.
+``dmjd.models.convit.ConViT`` and loads the file with ``strict=True``; like a timm model without
+classifier, that ``model(x)`` gives the pooled features ``[B, embed_dim]``.
 """
 
 from __future__ import annotations

@@ -113,10 +113,14 @@ class ConViT(nn.Module):
 
     No class token (``num_prefix_tokens = 0``); evaluations pool the patch tokens. The fixed 2D
     sin-cos position embedding is kept as a frozen ``pos_embed`` parameter so that checkpoints
-    carry it, as ConvMAE's do.
+    carry it, as ConvMAE's do. Like a timm model, ``model(x)`` is
+    ``forward_head(forward_features(x))``: the mean of the tokens, through ``head`` (a linear
+    classifier of ``num_classes``, or ``nn.Identity`` without parameters when it is 0, so the
+    pre-trained weights still load strictly).
     """
 
     num_prefix_tokens = 0
+    global_pool = "avg"
 
     def __init__(
         self,
@@ -128,6 +132,7 @@ class ConViT(nn.Module):
         num_heads: int = 12,
         mlp_ratios: tuple[float, float, float] = (8.0, 8.0, 4.0),
         drop_path_rate: float = 0.0,
+        num_classes: int = 0,
     ) -> None:
         """Build the encoder.
 
@@ -140,6 +145,8 @@ class ConViT(nn.Module):
             num_heads: attention heads of the stage-3 transformer blocks.
             mlp_ratios: MLP hidden width / width, per stage.
             drop_path_rate: stochastic depth, rising linearly over all blocks (for fine-tuning).
+            num_classes: outputs of the linear ``head``; 0 (the pre-trained encoder) = none,
+                ``model(x)`` then gives the pooled features ``[B, embed_dim]``.
 
         Raises:
             ValueError: if an image side is not divisible by ``patch_size``, or the stage-3 width
@@ -160,7 +167,9 @@ class ConViT(nn.Module):
             "depths": tuple(depths),
             "num_heads": num_heads,
             "mlp_ratios": tuple(mlp_ratios),
+            **({"num_classes": num_classes} if num_classes else {}),
         }
+        self.num_classes = num_classes
         self.strides = stage_strides(patch_size)
         s1, s2, s3 = self.strides
         self.embed_dims = tuple(embed_dims)
@@ -194,6 +203,7 @@ class ConViT(nn.Module):
             ]
         )
         self.norm = norm_layer(dim3)
+        self.head = nn.Linear(dim3, num_classes) if num_classes else nn.Identity()
         self.init_weights()
 
     @torch.no_grad()
@@ -309,6 +319,17 @@ class ConViT(nn.Module):
         """
         tokens, fused = self._conv_stages(x, None, 1)
         return self._transformer(self.patch_embed4(tokens) + self.pos_embed, fused)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """``[B, L, D]`` tokens -> the mean token ``[B, D]`` through ``head`` (``[B, num_classes]``
+        logits; the pooled features when ``num_classes`` is 0 or ``pre_logits``)."""
+        x = x.mean(dim=1)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W]`` -> ``forward_head(forward_features(x))``: ``[B, num_classes]``, or
+        ``[B, embed_dim]`` pooled features without a head."""
+        return self.forward_head(self.forward_features(x))
 
     def forward_unfused(self, x: Tensor) -> Tensor:
         """Stage-3 tokens of unmasked images without the fusion convolutions and the final norm.
