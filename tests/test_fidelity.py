@@ -9,7 +9,9 @@ test_targets.py.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,6 +25,7 @@ from dmjd.engine.builders import build_dmjd_model, build_loss, build_masking, bu
 from dmjd.engine.optim import lr_rates, peak_lr, pretrain_param_groups
 from dmjd.eval.features import default_pool, extract_features
 from dmjd.eval.finetune import ConViTClassifier, load_encoder_weights
+from dmjd.losses import dmjd_loss
 from dmjd.masking import PATTERNS, DisjointMasking, MaskedViews, gather_tokens
 from dmjd.models import create_encoder
 from dmjd.models.convit import ConViT
@@ -43,14 +46,19 @@ def official_two_views(
     """
     views = []
     for row in noise:
-        length = len(row)
-        keep = int(length * (1 - mask_ratio))
-        shuffled = sorted(range(length), key=lambda i: row[i])
-        kept, removed = shuffled[:keep], shuffled[keep:]
-        extra = int(min(pred_ratio - mask_ratio, mask_ratio) * length)
+        kept, removed, extra = _official_view1(row, mask_ratio, pred_ratio)
         view2 = {kept[j] for j in perm_visible[:extra]} | {removed[j] for j in perm_masked[: len(removed) - extra]}
         views.append((set(removed), view2))
     return views
+
+
+def _official_view1(row: list[float], mask_ratio: float, pred_ratio: float) -> tuple[list[int], list[int], int]:
+    """One image's view 1 of the official code: kept and removed units in ascending noise, and the
+    count ``extra`` of kept units that view 2 masks."""
+    length = len(row)
+    keep = int(length * (1 - mask_ratio))
+    shuffled = sorted(range(length), key=lambda i: row[i])
+    return shuffled[:keep], shuffled[keep:], int(min(pred_ratio - mask_ratio, mask_ratio) * length)
 
 
 def _expand_cells(units: set[int], cells_per_side: int) -> set[int]:
@@ -61,19 +69,46 @@ def _expand_cells(units: set[int], cells_per_side: int) -> set[int]:
 
 def _scores_reproducing(noise: Tensor, perm_visible: list[int], perm_masked: list[int], mask_ratio: float) -> Tensor:
     """dmjd pattern scores (lower = masked first; row ``b*K + k``) that encode the same random
-    draws: view 1 scores ``-noise``; view 2 scores each unit by its position in the permutation
-    of the list (view 1 visible or masked) it belongs to."""
+    draws: view 1 scores each unit by its noise rank moved down by the keep count, modulo ``L`` (the
+    removed units first, then the kept ones in ascending noise); view 2 scores each unit by its
+    position in the permutation of the list (view 1 visible or masked) it belongs to."""
     batch, length = noise.shape
     keep = int(length * (1 - mask_ratio))
     scores = torch.empty(batch, 2, length)
-    scores[:, 0] = -noise
     for b in range(batch):
         order = noise[b].argsort()
+        for rank in range(length):
+            scores[b, 0, order[rank]] = (rank - keep) % length
         for rank, j in enumerate(perm_visible):
             scores[b, 1, order[j]] = rank
         for rank, j in enumerate(perm_masked):
             scores[b, 1, order[keep + j]] = rank
     return scores.flatten(0, 1)
+
+
+def _official_draw(grid, mask_ratio, block, batch=3, seed=0):
+    """Official random draws (noise, two permutations) and dmjd masking patched to replay them."""
+    cells_side = grid[0] // block
+    units = cells_side**2
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.rand(batch, units, generator=gen)
+    keep = int(units * (1 - mask_ratio))
+    perm_visible = torch.randperm(keep, generator=gen).tolist()
+    perm_masked = torch.randperm(units - keep, generator=gen).tolist()
+    cell_scores = _scores_reproducing(noise, perm_visible, perm_masked, mask_ratio)
+    token_scores = cell_scores.view(-1, cells_side, 1, cells_side, 1).expand(-1, -1, block, -1, block).reshape(-1, grid[0] * grid[1])
+    return noise, perm_visible, perm_masked, token_scores
+
+
+def _replaying(monkeypatch, token_scores: Tensor, block: int) -> str:
+    def fixed(batch_size, grid_size, *, generator=None, device=None, block_size=1):
+        return token_scores[:batch_size]
+
+    def fixed_tokens(batch_size, grid_size, *, generator=None, device=None):
+        return token_scores[:batch_size]
+
+    monkeypatch.setitem(PATTERNS, "fixed", fixed if block > 1 else fixed_tokens)
+    return "fixed"
 
 
 @pytest.mark.parametrize(
@@ -86,29 +121,108 @@ def test_official_k2_masking_for_a_fixed_noise(monkeypatch, grid, mask_ratio, pa
     code always uses): view 1 is MAE's random masking of the noise, view 2 masks every unit view 1
     left visible plus the official number of view 1's masked units, on tokens or 2 x 2 cells."""
     batch, cells_side = 3, grid[0] // block
-    units = cells_side**2
-    gen = torch.Generator().manual_seed(0)
-    noise = torch.rand(batch, units, generator=gen)
-    keep = int(units * (1 - mask_ratio))
-    perm_visible = torch.randperm(keep, generator=gen).tolist()
-    perm_masked = torch.randperm(units - keep, generator=gen).tolist()
-    cell_scores = _scores_reproducing(noise, perm_visible, perm_masked, mask_ratio)
-    token_scores = cell_scores.view(-1, cells_side, 1, cells_side, 1).expand(-1, -1, block, -1, block).reshape(-1, grid[0] * grid[1])
-
-    def fixed(batch_size, grid_size, *, generator=None, device=None, block_size=1):
-        return token_scores[:batch_size]
-
-    def fixed_tokens(batch_size, grid_size, *, generator=None, device=None):
-        return token_scores[:batch_size]
-
-    monkeypatch.setitem(PATTERNS, "fixed", fixed if block > 1 else fixed_tokens)
-    mask = DisjointMasking(grid, mask_ratio, num_views=2, pred_ratio=1.0, pattern="fixed", block_size=block)(batch)
+    noise, perm_visible, perm_masked, token_scores = _official_draw(grid, mask_ratio, block, batch)
+    fixed = _replaying(monkeypatch, token_scores, block)
+    mask = DisjointMasking(grid, mask_ratio, num_views=2, pred_ratio=1.0, pattern=fixed, block_size=block)(batch)
     expected = official_two_views(noise.tolist(), perm_visible, perm_masked, mask_ratio, 1.0)
     for b, views in enumerate(expected):
         for k, units_masked in enumerate(views):
             tokens = units_masked if block == 1 else _expand_cells(units_masked, cells_side)
             assert set(mask[b, k].nonzero().flatten().tolist()) == tokens, (b, k)
     assert bool(mask.any(dim=1).all())  # m_pred = 1: the two views cover the image
+
+
+def official_visible_order(
+    noise: list[list[float]], perm_visible: list[int], perm_masked: list[int], mask_ratio: float, cells_side: int | None
+) -> list[tuple[list[int], list[int]]]:
+    """The official ``ids_keep`` of both views, one image at a time, as token ids in the official order.
+
+    View 1: the kept units in ascending noise. View 2: view 1's kept units that stay visible, in the
+    order of their permutation, then view 1's removed units that become visible, likewise. Block
+    masking (``cells_side`` given, 2 x 2 cells): the cell list is expanded into tokens as every
+    cell's top-left token in cell order, then every top-right, bottom-left, bottom-right token.
+    """
+    out = []
+    for row in noise:
+        kept, removed, extra = _official_view1(row, mask_ratio, 1.0)
+        view2 = [kept[j] for j in perm_visible[extra:]] + [removed[j] for j in perm_masked[len(removed) - extra :]]
+        views = []
+        for units in (kept, view2):
+            if cells_side is None:
+                views.append(list(units))
+                continue
+            side = 2 * cells_side
+            views.append([(2 * (u // cells_side) + a) * side + 2 * (u % cells_side) + b for a, b in ((0, 0), (0, 1), (1, 0), (1, 1)) for u in units])
+        out.append(tuple(views))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("mask_ratio", "pattern", "block"), [(0.75, "random", 1), (0.6, "block", 2)], ids=["random-0.75", "block-0.6"]
+)
+def test_official_vis_pairing_equals_the_official_forward_loss(monkeypatch, mask_ratio, pattern, block) -> None:
+    """``loss.vis_pairing=official``: the visible term equals the official ``forward_loss``'s, computed here
+    from its description: ``pred_vis`` in ``ids_keep`` order against ``target[mask == 0]`` (ascending), for
+    the same draws; the default ``token`` pairing gives each prediction its own token's target."""
+    grid, batch, dim = (14, 14), 3, 5
+    noise, perm_visible, perm_masked, token_scores = _official_draw(grid, mask_ratio, block, batch)
+    masking = DisjointMasking(grid, mask_ratio, 2, 1.0, _replaying(monkeypatch, token_scores, block), block)
+    mask, drawn = masking.sample(batch, with_order=True)
+    views = MaskedViews.from_mask(mask, masking.num_masked, drawn)
+    gen = torch.Generator().manual_seed(1)
+    per_token_pred = torch.randn(batch, 196, dim, generator=gen)  # a prediction for every token of every image
+    targets = torch.randn(batch, 196, dim, generator=gen)
+    out = SimpleNamespace(pred_masked=gather_tokens(per_token_pred, views.ids_masked), pred_visible=gather_tokens(per_token_pred, views.ids_keep))
+
+    orders = official_visible_order(noise.tolist(), perm_visible, perm_masked, mask_ratio, None if block == 1 else 7)
+    pred_rows, target_rows = [], []
+    for b, image_views in enumerate(orders):
+        for ids_keep in image_views:
+            pred_rows.append(per_token_pred[b, ids_keep])  # the official encoder's output order
+            target_rows.append(targets[b, sorted(ids_keep)])  # target[mask == 0]
+    official = F.smooth_l1_loss(torch.stack(pred_rows), torch.stack(target_rows), beta=2.0)
+    aligned = F.smooth_l1_loss(torch.stack([per_token_pred[b, sorted(v)] for b, vs in enumerate(orders) for v in vs]),
+                               torch.stack(target_rows), beta=2.0)  # fmt: skip
+
+    loss = dmjd_loss(out, targets, views, mim_weight=0.0, vis_pairing="official")["loss_vis"]
+    torch.testing.assert_close(loss, official, rtol=1e-6, atol=0)
+    torch.testing.assert_close(dmjd_loss(out, targets, views, mim_weight=0.0)["loss_vis"], aligned, rtol=1e-6, atol=0)
+    assert official != aligned
+
+
+def test_an_exact_predictor_scores_zero_only_under_the_token_pairing() -> None:
+    """A visible branch that predicts every token's own target exactly: L_vis = 0 under Eq. 5's pairing,
+    > 0 under the official one (each prediction meets another visible token's target)."""
+    masking = DisjointMasking((14, 14), 0.6, 2, 1.0, "block", 2)
+    mask, drawn = masking.sample(4, torch.Generator().manual_seed(0), with_order=True)
+    views = MaskedViews.from_mask(mask, masking.num_masked, drawn)
+    targets = torch.randn(4, 196, 108, generator=torch.Generator().manual_seed(1))
+    out = SimpleNamespace(pred_masked=gather_tokens(targets, views.ids_masked), pred_visible=gather_tokens(targets, views.ids_keep))
+    assert dmjd_loss(out, targets, views, vis_pairing="token")["loss_vis"] == 0
+    assert dmjd_loss(out, targets, views, vis_pairing="official")["loss_vis"] > 0.1
+    with pytest.raises(ValueError, match="draw order"):
+        dmjd_loss(out, targets, MaskedViews.from_mask(mask), vis_pairing="official")
+
+
+def test_draw_order_lists_each_views_visible_tokens_once() -> None:
+    """``DisjointMasking.sample``'s order is a permutation of each view's visible tokens, for K = 3 too."""
+    for masking in (DisjointMasking((8, 8), 0.5, 3, 1.0, "block", 2), DisjointMasking((6, 10), 0.75, 3, 1.0)):
+        mask, drawn = masking.sample(5, torch.Generator().manual_seed(0), with_order=True)
+        assert torch.equal(mask, masking(5, torch.Generator().manual_seed(0)))
+        assert torch.equal(drawn.sort(dim=-1).values, MaskedViews.from_mask(mask).ids_keep)
+
+
+def test_pretrain_step_with_the_official_vis_pairing(tmp_path) -> None:
+    """``loss.vis_pairing=official`` reaches the trainer's loss through the config."""
+    cfg = tiny_config("loss.vis_pairing=official")
+    trainer = Pretrainer(cfg, tmp_path)
+    views = trainer._masks(0, 2)
+    assert views.ids_keep_drawn is not None
+    images = torch.rand(2, cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size)
+    official = trainer.compute_losses(images, views)["loss_vis"]
+    # drawn in ascending order, the official pairing is the token pairing
+    token = trainer.compute_losses(images, dataclasses.replace(views, ids_keep_drawn=views.ids_keep))["loss_vis"]
+    assert torch.isfinite(official) and official != token
 
 
 def test_official_counts_and_the_block_cell_layout() -> None:

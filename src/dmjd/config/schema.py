@@ -131,6 +131,11 @@ class LossConfig(_Section):
         description="extra LayerNorm over each visible token's whole target vector before L_vis; off = the "
         "official code (both branches regress the same target)",
     )
+    vis_pairing: Literal["token", "official"] = Field(
+        "token",
+        description="L_vis pairs each visible prediction with its own token's target (token, Eq. 5) or, as the "
+        "official code, the predictions in masking draw order with the targets in token order (official)",
+    )
 
 
 class OptimConfig(_Section):

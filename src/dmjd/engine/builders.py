@@ -100,5 +100,5 @@ def build_loss(cfg: Config) -> LossFn:
     lc = cfg.loss
     return partial(
         method_loss, mim_loss=lc.mim_loss, mim_weight=lc.mim_weight, vis_weight=lc.vis_weight, vis_beta=lc.vis_beta,
-        vis_layernorm=lc.vis_layernorm,
+        vis_layernorm=lc.vis_layernorm, vis_pairing=lc.vis_pairing,
     )  # fmt: skip

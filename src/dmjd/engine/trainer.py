@@ -28,9 +28,12 @@ from tqdm import tqdm
 import dmjd
 from dmjd.config import Config, ConfigError, config_from_dict, config_to_yaml
 from dmjd.config.loading import dotted_items
+from dmjd.config.duration import format_duration
+from dmjd.config.schema import BudgetPlan
 from dmjd.data import Normalize
 from dmjd.data.build import training_data
 from dmjd.engine import checkpoint as ckpt
+from dmjd.engine.budget import PROVISIONAL_EPOCHS, TimeBudget, apply_plan, budget_seconds, describe_plan
 from dmjd.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from dmjd.engine.metrics import MetricsLogger, progress_line, read_metrics, round_floats
 from dmjd.engine.run_dir import OutputDirError, prepare_output_dir
@@ -218,6 +221,17 @@ def check_resumable(state: dict[str, Any], cfg: Config, path: str | Path, world:
         )
 
 
+def with_saved_plan(cfg: Config, saved: dict[str, Any]) -> Config:
+    """``cfg`` following a saved run's budget plan when both have the same ``train.budget`` and ``cfg``
+    has no plan of its own (a resumed budgeted run continues the plan it made, not a new one)."""
+    plan = saved.get("train", {}).get("budget_plan")
+    if plan is None or cfg.train.budget_plan is not None or cfg.train.budget != saved["train"].get("budget"):
+        return cfg
+    out = cfg.model_copy(deep=True)
+    apply_plan(out, BudgetPlan(**plan))
+    return out
+
+
 @dataclass
 class RunState:
     """Where a run stands: epochs completed, micro-steps into the current epoch, optimizer steps."""
@@ -252,6 +266,7 @@ class Pretrainer:
             print(f"dmjd: no checkpoint in {self.output_dir}, starting fresh")
         loaded = load_pretraining_checkpoint(resume_path) if resume_path else None
         if loaded is not None:
+            cfg = with_saved_plan(cfg, loaded["config"])
             check_resumable(loaded, cfg, resume_path, self.dist.world_size)
         prepare_output_dir(self.output_dir, resume_path is not None, overwrite, self.dist.is_main)
         barrier(self.dist)
@@ -273,7 +288,13 @@ class Pretrainer:
     def finished(self) -> bool:
         """Whether the run has trained all its epochs or ``optim.max_steps`` (a finished run is never
         trained or rewritten)."""
-        return self.state.epoch >= self.cfg.optim.epochs or self.state.opt_step >= self.total_steps
+        return self.state.epoch >= self.num_epochs or self.state.opt_step >= self.total_steps
+
+    @property
+    def num_epochs(self) -> int:
+        """The run's epochs: ``optim.epochs``, or a budgeted run's planned ones (no cap before its plan)."""
+        planning = self.budget is not None and self.budget.plan is None
+        return PROVISIONAL_EPOCHS if planning else self.cfg.optim.epochs
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
@@ -299,10 +320,22 @@ class Pretrainer:
         self.steps_per_epoch = micro // o.accum_iter
         if self.steps_per_epoch < 1:
             raise ConfigError(f"one epoch has {micro} micro-steps, fewer than optim.accum_iter={o.accum_iter}")
-        self.total_steps = self.steps_per_epoch * o.epochs
-        if o.max_steps is not None:
+        self.budget = TimeBudget.from_config(cfg, self.steps_per_epoch)
+        if self.budget is not None and self.budget.plan is not None:
+            if self.budget.plan.steps_per_epoch != self.steps_per_epoch:
+                raise ConfigError(
+                    f"train.budget_plan was made for {self.budget.plan.steps_per_epoch} steps per epoch, this data and "
+                    f"batch give {self.steps_per_epoch}; set train.budget_plan=null to plan again"
+                )
+            apply_plan(cfg, self.budget.plan)
+        self.total_steps = self.steps_per_epoch * self.num_epochs
+        if o.max_steps is not None and not (self.budget is not None and self.budget.plan is None):
             self.total_steps = min(self.total_steps, o.max_steps)
         self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
+        if self.budget is not None and self.budget.plan is None:
+            self.warmup_steps = self.budget.provisional_warmup
+        limits = [t for t in (cfg.train.max_time_s, budget_seconds(cfg)) if t is not None]
+        self.time_limit_s: float | None = min(limits) if limits else None
         self.unique_batch = o.batch_size * o.accum_iter * self.dist.world_size
         self.peak_lr = peak_lr(o, self.masking, self.unique_batch)
         groups = pretrain_param_groups(self.model, o.weight_decay, o.decay_tokens)
@@ -352,7 +385,7 @@ class Pretrainer:
         cfg, main = self.cfg, self.dist.is_main
         if self.finished:
             if main:
-                done = f"{self.total_steps} steps" if self._stopped_by() == "max_steps" else f"{cfg.optim.epochs} epochs"
+                done = f"{self.total_steps} steps" if self._stopped_by() == "max_steps" else f"{self.num_epochs} epochs"
                 print(f"dmjd: the run in {self.output_dir} has finished its {done}; nothing to train, its files are "
                       "left as they are")  # fmt: skip
             summary = self.output_dir / "summary.json"
@@ -385,7 +418,7 @@ class Pretrainer:
                     images_per_s = (self.state.opt_step - steps_before) * self.unique_batch / seconds
                     bad = self.state.bad_images - bad_before
                     epoch_record = {**last, "kind": "epoch"}
-                    self.logger.print(progress_line(epoch_record, cfg.optim.epochs, images_per_s=images_per_s, bad_images=bad))
+                    self.logger.print(progress_line(epoch_record, self.num_epochs, images_per_s=images_per_s, bad_images=bad))
                 if on_epoch_end is not None:
                     self._evaluate(on_epoch_end)
                 barrier(self.dist)
@@ -406,7 +439,7 @@ class Pretrainer:
             if self.state.epoch_step:
                 record["mid_epoch"] = True  # a step hook's, or the end of a run cut mid-epoch
             self.logger.log(record)
-            self.logger.print(progress_line(record, self.cfg.optim.epochs))
+            self.logger.print(progress_line(record, self.num_epochs))
             self.evals.append(record)
         self._run_start += time.perf_counter() - hook_start
 
@@ -441,11 +474,21 @@ class Pretrainer:
             f"dmjd: target {c.target.name} (dim {self.target.dim}), VDB {'on' if self.model.vdb is not None else 'off'}\n"
             f"dmjd: unique batch b_u={self.unique_batch} x K={m.num_views} views; lr rule {c.optim.lr_rule}: "
             f"effective lr {self.peak_lr:.4g} (blr {c.optim.blr:g}); {self.steps_per_epoch} steps/epoch,"
-            f" {self.total_steps} steps, {self.warmup_steps} warmup"
+            f" {self._schedule_words()}"
         )
         print(f"dmjd: {rates_summary(m, c.optim.lr_rates)}")
         for warning in m.rate_warnings():
             print(f"dmjd: WARNING: {warning}")
+
+    def _schedule_words(self) -> str:
+        """The schedule at start: steps and warmup, a budget's plan, or how a budget will be planned."""
+        b = self.budget
+        if b is None:
+            return f"{self.total_steps} steps, {self.warmup_steps} warmup"
+        if b.plan is not None:
+            return f"following its plan: {describe_plan(b.plan)}"
+        return (f"budget {format_duration(b.budget_s)}: the step rate is measured over the first {b.measure_steps} steps, "
+                "then warmup + cosine are planned to end at the budget")  # fmt: skip
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         def request_stop(signum: int, _frame: Any) -> None:
@@ -463,8 +506,11 @@ class Pretrainer:
         """This process's slice of the global batch's masks for one micro-step."""
         self.mask_gen.manual_seed(step_seed(self.cfg.train.seed, micro_step))
         world, rank = self.dist.world_size, self.dist.rank
-        mask = self.masking(batch_size * world, generator=self.mask_gen, device=self.device)
-        return MaskedViews.from_mask(mask[rank * batch_size : (rank + 1) * batch_size], self.masking.num_masked)
+        mask, drawn = self.masking.sample(
+            batch_size * world, self.mask_gen, self.device, with_order=self.cfg.loss.vis_pairing == "official"
+        )
+        rows = slice(rank * batch_size, (rank + 1) * batch_size)
+        return MaskedViews.from_mask(mask[rows], self.masking.num_masked, None if drawn is None else drawn[rows])
 
     def compute_losses(self, images: Tensor, views: MaskedViews) -> dict[str, Tensor]:
         """Targets once per image, the model on K views, the loss terms (Eq. 6).
@@ -549,6 +595,8 @@ class Pretrainer:
             sums.skipped += found_inf
             epoch_sums.skipped += found_inf
             st.opt_step += 1
+            if self.budget is not None:
+                self._observe_budget()
             if st.opt_step % cfg.train.log_interval == 0 or st.epoch_step >= usable_micro:
                 elapsed = time.perf_counter() - window_start
                 record = self._record(sums, window_images / max(elapsed, 1e-9), K)
@@ -556,7 +604,7 @@ class Pretrainer:
                 if self.logger is not None:
                     self.logger.log({"kind": "train", **record, "time": round(time.perf_counter() - self._run_start, 3)})
                     if not cfg.train.progress:
-                        self.logger.print(progress_line(record, o.epochs))
+                        self.logger.print(progress_line(record, self.num_epochs))
                 st.nonfinite_total += int(record["skipped_steps"])
                 sums = _Sums(self.device)
                 window_start, window_images = time.perf_counter(), 0
@@ -578,7 +626,7 @@ class Pretrainer:
             if every and st.opt_step % every == 0 and st.epoch_step < usable_micro:
                 st.elapsed = time.perf_counter() - self._run_start
                 self.save(ckpt.LAST)  # mid-epoch: resumable exactly like a preemption checkpoint
-            max_time = cfg.train.max_time_s
+            max_time = self.time_limit_s
             if max_time is not None and time.perf_counter() - self._run_start >= max_time:
                 self.time_up = True
                 break
@@ -595,6 +643,20 @@ class Pretrainer:
             self.logger.log({"kind": "epoch", **record, "time": round(time.perf_counter() - self._run_start, 3)})
         return record
 
+    def _observe_budget(self) -> None:
+        """Show the time budget this step; when it makes or changes the plan, follow it: schedule,
+        config (and config.yaml) and a log line."""
+        assert self.budget is not None
+        plan = self.budget.observe(self.state.opt_step, time.perf_counter() - self._run_start)
+        if plan is None:
+            return
+        apply_plan(self.cfg, plan)
+        self.total_steps, self.warmup_steps = plan.total_steps, plan.warmup_steps
+        if self.logger is not None:
+            (self.output_dir / "config.yaml").write_text(config_to_yaml(self.cfg))
+            if plan.replanned_at == self.state.opt_step or not plan.checked:
+                self.logger.print(f"dmjd: {describe_plan(plan)}")
+
     def _epoch_complete(self) -> bool:
         """Whether the current epoch ran to its end: not cut by the time budget, nor by ``optim.max_steps``
         before its last step."""
@@ -605,7 +667,9 @@ class Pretrainer:
         """What ended (or ends) the run: ``time budget``, ``epochs`` or ``max_steps``."""
         if self.time_up:
             return "time budget"
-        return "epochs" if self.state.epoch >= self.cfg.optim.epochs else "max_steps"
+        if self.budget is not None:
+            return "budget plan"
+        return "epochs" if self.state.epoch >= self.num_epochs else "max_steps"
 
     def _lr(self) -> float:
         o = self.cfg.optim
@@ -657,7 +721,7 @@ class Pretrainer:
     def _save_epoch_checkpoints(self) -> None:
         epoch, cfg = self.state.epoch, self.cfg
         at_boundary = not self.time_up and self.state.epoch_step == 0
-        if at_boundary and (epoch % cfg.train.checkpoint_interval == 0 or epoch == cfg.optim.epochs):
+        if at_boundary and (epoch % cfg.train.checkpoint_interval == 0 or epoch == self.num_epochs):
             self.save(f"checkpoint-{epoch}.pth")
             if self.dist.is_main:
                 ckpt.prune_checkpoints(self.output_dir, cfg.train.keep_checkpoints)
@@ -692,6 +756,9 @@ class Pretrainer:
             "lr_reached": self.lr_reached(),
             **self._evaluation_summary(),
         }
+        if self.budget is not None:
+            summary["budget_s"] = self.budget.budget_s
+            summary["budget_plan"] = self.budget.plan.model_dump() if self.budget.plan is not None else None
         if isinstance(self.target, FrozenNetworkTarget):
             summary.update(self.target.cost_metrics())
         summary = round_floats(summary)

@@ -2,7 +2,7 @@
 masked prediction losses of SimMIM (L1) and BEiT (cross-entropy) for DMJD as a plug-in."""
 
 from dmjd.losses.combined import BranchPredictions, dmjd_loss
-from dmjd.losses.distillation import visible_distillation_loss
+from dmjd.losses.distillation import VisPairing, pair_visible_predictions, visible_distillation_loss
 from dmjd.losses.methods import MIM_LOSSES, MimLoss, l1_prediction_loss, method_loss, token_prediction_loss
 from dmjd.losses.reconstruction import masked_prediction_loss
 
@@ -10,10 +10,12 @@ __all__ = [
     "MIM_LOSSES",
     "BranchPredictions",
     "MimLoss",
+    "VisPairing",
     "dmjd_loss",
     "l1_prediction_loss",
     "masked_prediction_loss",
     "method_loss",
+    "pair_visible_predictions",
     "token_prediction_loss",
     "visible_distillation_loss",
 ]

@@ -4,6 +4,7 @@ from typing import Protocol
 
 from torch import Tensor
 
+from dmjd.losses.distillation import VisPairing
 from dmjd.masking import MaskedViews
 
 __all__ = ["BranchPredictions", "dmjd_loss"]
@@ -31,6 +32,7 @@ def dmjd_loss(
     vis_weight: float = 1.0,
     vis_beta: float = 2.0,
     vis_layernorm: bool = False,
+    vis_pairing: VisPairing = "token",
 ) -> dict[str, Tensor]:
     """Combine the two branch losses; per-image targets are gathered for each view.
 
@@ -47,6 +49,7 @@ def dmjd_loss(
         vis_weight: weight of the visible distillation loss (1 in the paper).
         vis_beta: Smooth L1 ``beta`` of Eq. 5.
         vis_layernorm: extra LayerNorm of each visible target vector (off in the official code).
+        vis_pairing: ``"token"`` (Eq. 5) or ``"official"`` (``pair_visible_predictions``).
 
     Returns:
         ``{"loss": weighted sum, "loss_mim": L_mim, "loss_vis": L_vis}`` (unweighted terms,
@@ -57,4 +60,4 @@ def dmjd_loss(
     """
     from dmjd.losses.methods import method_loss  # local: methods builds on this module's types
 
-    return method_loss(out, targets, views, "mse", mim_weight, vis_weight, vis_beta, vis_layernorm)
+    return method_loss(out, targets, views, "mse", mim_weight, vis_weight, vis_beta, vis_layernorm, vis_pairing)

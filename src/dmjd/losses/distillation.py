@@ -1,11 +1,16 @@
 """Loss of the visible distillation branch (Eq. 5)."""
 
+from typing import Literal
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from dmjd.losses.reconstruction import float32_pair
+from dmjd.masking import MaskedViews
 
-__all__ = ["visible_distillation_loss"]
+__all__ = ["VisPairing", "pair_visible_predictions", "visible_distillation_loss"]
+
+VisPairing = Literal["token", "official"]
 
 _TARGET_NORM_EPS = 1e-6
 
@@ -44,3 +49,34 @@ def visible_distillation_loss(
     if normalize:
         target = F.layer_norm(target, target.shape[-1:], eps=_TARGET_NORM_EPS)
     return F.smooth_l1_loss(pred, target, beta=beta)
+
+
+def pair_visible_predictions(pred: Tensor, views: MaskedViews, pairing: VisPairing = "token") -> Tensor:
+    """The visible predictions in the order that meets the targets ``gather_tokens(targets, views.ids_keep)``.
+
+    ``"token"`` (Eq. 5): each token's prediction meets its own target, ``pred`` as given (both in
+    ascending token order). ``"official"``: the official ``forward_loss`` pairs ``pred_vis``, which
+    leaves its encoder in the draw order of ``ids_keep``, with ``target[mask == 0]``, in ascending
+    order; so row ``i`` here holds the prediction of the ``i``-th token in draw order
+    (``views.ids_keep_drawn``) and meets the ``i``-th visible target. Almost every visible token is
+    then regressed onto another visible token's target, as in the official code.
+
+    Args:
+        pred: ``[N, n_vis, T]`` visible distillation branch output, ascending token order per view.
+        views: the views; ``"official"`` needs ``ids_keep_drawn`` (``DisjointMasking.sample``).
+        pairing: ``"token"`` or ``"official"``.
+
+    Returns:
+        ``[N, n_vis, T]``.
+
+    Raises:
+        ValueError: on an unknown ``pairing``, or ``"official"`` without ``views.ids_keep_drawn``.
+    """
+    if pairing == "token":
+        return pred
+    if pairing != "official":
+        raise ValueError(f"vis_pairing must be 'token' or 'official', got {pairing!r}")
+    if views.ids_keep_drawn is None:
+        raise ValueError("vis_pairing='official' needs the views' draw order: build them with DisjointMasking.sample")
+    rank = views.ids_restore.gather(-1, views.ids_keep_drawn).flatten(0, 1)  # [N, n_vis] rank among visible
+    return pred.gather(1, rank.unsqueeze(-1).expand(-1, -1, pred.shape[-1]))

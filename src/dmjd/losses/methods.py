@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dmjd.losses.combined import BranchPredictions
-from dmjd.losses.distillation import visible_distillation_loss
+from dmjd.losses.distillation import VisPairing, pair_visible_predictions, visible_distillation_loss
 from dmjd.losses.reconstruction import float32_pair, masked_prediction_loss
 from dmjd.masking import MaskedViews, gather_tokens
 
@@ -94,6 +94,7 @@ def method_loss(
     vis_weight: float = 1.0,
     vis_beta: float = 2.0,
     vis_layernorm: bool = False,
+    vis_pairing: VisPairing = "token",
 ) -> dict[str, Tensor]:
     """``L = vis_weight * L_vis + mim_weight * L_mim`` (Eq. 6) with a method's ``L_mim``.
 
@@ -114,6 +115,8 @@ def method_loss(
         vis_beta: Smooth L1 ``beta`` of Eq. 5 (continuous targets only).
         vis_layernorm: extra LayerNorm of each visible target vector (not in the official code;
             see ``visible_distillation_loss``).
+        vis_pairing: ``"token"`` (Eq. 5) or ``"official"`` (the official code's pairing, see
+            ``pair_visible_predictions``).
 
     Returns:
         ``{"loss", "loss_mim", "loss_vis"}``, the unweighted terms present only when computed
@@ -134,7 +137,8 @@ def method_loss(
         masked_targets = gather_tokens(targets, views.ids_masked)
         terms["loss_mim"] = MIM_LOSSES[mim_loss](out.pred_masked, masked_targets)
     if vis_weight > 0 and out.pred_visible is not None:
-        terms["loss_vis"] = vis_fn(out.pred_visible, gather_tokens(targets, views.ids_keep))
+        pred_visible = pair_visible_predictions(out.pred_visible, views, vis_pairing)
+        terms["loss_vis"] = vis_fn(pred_visible, gather_tokens(targets, views.ids_keep))
     if not terms:
         raise ValueError("no active loss term: mim_weight is 0 and no visible term applies")
     weights = {"loss_mim": mim_weight, "loss_vis": vis_weight}

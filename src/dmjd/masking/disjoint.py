@@ -28,6 +28,24 @@ def _token_counter(block_size: int) -> Callable[[int], str]:
     return tokens
 
 
+def _visible_in_draw_order(scores: Tensor, view: Tensor, union: Tensor, num_visible: int) -> Tensor:
+    """``long[B, num_visible]``: a view's visible units, those outside ``union`` first, then those
+    inside it, each by ascending score (two stable sorts: by score, then by group)."""
+    by_score = scores.argsort(dim=1, stable=True)
+    group = (2 * view.long() + union.long()).gather(1, by_score)  # 0 new visible, 1 old visible, 2-3 masked
+    return by_score.gather(1, group.argsort(dim=1, stable=True))[:, :num_visible]
+
+
+def _cell_tokens(cells: Tensor, cells_w: int, block_size: int) -> Tensor:
+    """Token ids of ``s x s`` cells ``long[..., n]`` on a grid ``cells_w`` cells wide, ``[..., s*s*n]``:
+    every cell's token ``(0, 0)`` in the given cell order, then every cell's ``(0, 1)``, and so on."""
+    width = cells_w * block_size
+    offsets = torch.arange(block_size, device=cells.device)
+    within = (offsets.view(-1, 1) * width + offsets.view(1, -1)).flatten()  # [s*s] row-major in the cell
+    corner = (cells // cells_w) * block_size * width + (cells % cells_w) * block_size
+    return (corner.unsqueeze(-2) + within.view(-1, 1)).flatten(-2)
+
+
 class DisjointMasking:
     """Sample ``K`` masked views per image that share a corruption rate and jointly cover
     a larger prediction rate (paper Sec. III-B, Eq. 3).
@@ -207,6 +225,31 @@ class DisjointMasking:
         Returns:
             ``bool[B, K, H*W]``, True = masked.
         """
+        return self.sample(batch_size, generator, device)[0]
+
+    def sample(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        with_order: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Sample the K views for a batch, optionally with the order the draw lists their visible tokens.
+
+        The order is the official code's ``ids_keep`` order, derived from the same scores: in view
+        ``k``, the visible units outside the union of views ``1..k-1`` come first, then the visible
+        units inside it, each group by ascending score (the official code: view 1's ``argsort`` of the
+        noise, view 2's kept parts of its two permutations); a cell-based pattern lists the cells'
+        top-left tokens in that cell order, then their next tokens (row-major within the cell), as the
+        official block masking does. ``loss.vis_pairing=official`` needs it (``MaskedViews.ids_keep_drawn``).
+
+        Args:
+            batch_size, generator, device: as for ``__call__``.
+            with_order: also return the visible tokens in draw order.
+
+        Returns:
+            ``(mask bool[B, K, H*W], ids_keep_drawn long[B, K, n_vis] or None)``.
+        """
         if device is None:
             device = generator.device if generator is not None else torch.device("cpu")
         height, width = self.grid_size
@@ -224,16 +267,20 @@ class DisjointMasking:
         scores = scores.reshape(batch_size, self.num_views, cells_h * cells_w)
 
         union = torch.zeros(batch_size, cells_h * cells_w, dtype=torch.bool, device=device)
-        views = []
+        views, orders = [], []
         for k, new in enumerate(self._new_counts):
             view = select_lowest(scores[:, k], ~union, new) | select_lowest(
                 scores[:, k], union, self._n_corr - new
             )
-            union |= view
+            if with_order:
+                orders.append(_visible_in_draw_order(scores[:, k], view, union, cells_h * cells_w - self._n_corr))
+            union = union | view
             views.append(view)
         mask = torch.stack(views, dim=1).view(batch_size, self.num_views, cells_h, 1, cells_w, 1)
-        mask = mask.expand(-1, -1, -1, s, -1, s)
-        return mask.reshape(batch_size, self.num_views, height * width)
+        mask = mask.expand(-1, -1, -1, s, -1, s).reshape(batch_size, self.num_views, height * width)
+        if not with_order:
+            return mask, None
+        return mask, _cell_tokens(torch.stack(orders, dim=1), cells_w, s)
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self.pattern_kwargs.items() if k != "block_size")

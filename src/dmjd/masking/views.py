@@ -17,21 +17,28 @@ class MaskedViews:
         ids_restore: ``long[B, K, L]`` position of token ``j`` in
             ``cat(ids_keep, ids_masked)``; gathering a sequence laid out as
             ``[visible..., masked...]`` with it restores grid order (MAE's unshuffle).
+        ids_keep_drawn: ``long[B, K, n_vis]`` the visible ids in the order the masking drew them
+            (the official code's ``ids_keep`` order, ``DisjointMasking.sample``), or None; only
+            ``loss.vis_pairing=official`` reads it.
     """
 
     mask: Tensor
     ids_keep: Tensor
     ids_masked: Tensor
     ids_restore: Tensor
+    ids_keep_drawn: Tensor | None = None
 
     @classmethod
-    def from_mask(cls, mask: Tensor, num_masked: int | None = None) -> "MaskedViews":
+    def from_mask(
+        cls, mask: Tensor, num_masked: int | None = None, ids_keep_drawn: Tensor | None = None
+    ) -> "MaskedViews":
         """Build the ids from a mask.
 
         Args:
             mask: ``bool[B, K, L]``, True = masked; every view must mask the same count.
             num_masked: that count when the caller knows it (``DisjointMasking.num_masked``):
                 skips the check, and with it the one host sync needed to read the count.
+            ids_keep_drawn: the visible ids in draw order, kept as given (not checked).
 
         Raises:
             ValueError: if ``mask`` is not a 3-d bool tensor or views differ in masked count.
@@ -56,6 +63,7 @@ class MaskedViews:
             ids_keep=order[..., :num_visible],
             ids_masked=order[..., num_visible:],
             ids_restore=ids_restore,
+            ids_keep_drawn=ids_keep_drawn,
         )
 
     @property

@@ -1,0 +1,160 @@
+"""Time budgets: a run whose warmup + cosine schedule ends at a wall-clock budget (``train.budget``).
+
+A budgeted run cannot know its schedule before it trains: the step rate depends on the model, the
+data path, the device and the machine's load. So it measures. ``TimeBudget`` watches the optimizer
+steps of the run (training seconds, evaluation time excluded) and
+
+1. after the first ``train.budget_measure_steps`` steps (or a tenth of the budget, whichever comes
+   first, but at least 5 steps) plans the schedule: the steps that fit in the rest of the budget at the measured rate,
+   with a warmup of ``train.budget_warmup`` of them (``BudgetPlan``);
+2. once, early on (at the end of the warmup, and no sooner than as many steps again as it measured),
+   compares the rate since the plan with the measured one and re-plans the cosine's end when they
+   differ by more than ``train.budget_tolerance``.
+
+The time budget itself also stops the run, so a run that slows down later still ends on time. The
+rate is measured from the end of the first step, so start-up (first batches, kernel selection) is
+not mistaken for the running speed, but the time it took is spent from the budget. The plan is part
+of the run's config (``train.budget_plan``): it is written to config.yaml, summary.json and every
+checkpoint, and a resumed run follows it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+from dmjd.config import Config
+from dmjd.config.duration import format_duration, parse_duration
+from dmjd.config.schema import BudgetPlan
+from dmjd.errors import InputError
+
+MEASURE_FRACTION = 0.1  # the measurement ends after this fraction of the budget at the latest...
+MIN_MEASURED = 5  # ... once it has measured at least this many steps
+PROVISIONAL_EPOCHS = 1_000_000  # a budgeted run's epoch cap until its plan exists
+
+
+class BudgetTooSmallError(InputError):
+    """The time budget does not leave room for a single optimizer step."""
+
+
+def budget_seconds(cfg: Config) -> float | None:
+    """The run's ``train.budget`` in seconds, None when it has none."""
+    return None if cfg.train.budget is None else parse_duration(cfg.train.budget)
+
+
+def apply_plan(cfg: Config, plan: BudgetPlan) -> None:
+    """Write ``plan`` into ``cfg``: ``train.budget_plan`` and the ``optim`` keys it sets
+    (``epochs`` rounded up, ``max_steps``, ``warmup_epochs``)."""
+    cfg.train.budget_plan = plan
+    cfg.optim.epochs = max(1, math.ceil(plan.total_steps / plan.steps_per_epoch))
+    cfg.optim.max_steps = plan.total_steps
+    cfg.optim.warmup_epochs = plan.warmup_steps / plan.steps_per_epoch
+
+
+def steps_in(seconds_left: float, steps_per_s: float) -> int:
+    """Optimizer steps that fit in ``seconds_left`` at ``steps_per_s`` (never negative)."""
+    return max(0, math.floor(seconds_left * steps_per_s))
+
+
+def describe_plan(plan: BudgetPlan) -> str:
+    """One start-up line, e.g. ``budget 20 min: ~2,340 steps = 7.5 epochs at 1.95 steps/s over the first 20 steps``."""
+    line = (
+        f"budget {format_duration(plan.budget_s)}: ~{plan.total_steps:,} steps = {plan.epochs:.3g} epochs at "
+        f"{plan.steps_per_s:.3g} steps/s over the first {plan.measured_steps} steps, warmup {plan.warmup_steps} steps"
+    )
+    if plan.replanned_at is not None:
+        line += f" (re-planned at step {plan.replanned_at})"
+    return line
+
+
+class TimeBudget:
+    """Plans a budgeted run from its own step rate; the trainer calls ``observe`` after every
+    optimizer step.
+
+    Args:
+        budget_s: the budget in training seconds.
+        steps_per_epoch: optimizer steps of one epoch.
+        warmup_fraction: warmup steps as a fraction of the planned steps.
+        measure_steps: steps the rate is measured over (fewer when a tenth of the budget ends sooner).
+        tolerance: relative drift of the rate that triggers the one re-plan.
+        plan: a saved plan to follow (a resumed run, or a config that carries one).
+    """
+
+    def __init__(
+        self,
+        budget_s: float,
+        steps_per_epoch: int,
+        warmup_fraction: float = 0.1,
+        measure_steps: int = 20,
+        tolerance: float = 0.2,
+        plan: BudgetPlan | None = None,
+    ) -> None:
+        self.budget_s, self.steps_per_epoch = budget_s, steps_per_epoch
+        self.warmup_fraction, self.measure_steps, self.tolerance = warmup_fraction, measure_steps, tolerance
+        self.plan = plan
+        self._start: tuple[int, float] | None = None  # (step, seconds) where the measurement began
+
+    @classmethod
+    def from_config(cls, cfg: Config, steps_per_epoch: int) -> TimeBudget | None:
+        """The budget of ``cfg`` (None without ``train.budget``)."""
+        seconds = budget_seconds(cfg)
+        if seconds is None:
+            return None
+        t = cfg.train
+        return cls(seconds, steps_per_epoch, t.budget_warmup, t.budget_measure_steps, t.budget_tolerance, t.budget_plan)
+
+    @property
+    def provisional_warmup(self) -> int:
+        """Warmup steps before the plan exists: as if the run were a hundred measurements long, so the
+        learning rate stays low while the rate is measured."""
+        return max(1, round(100 * self.measure_steps * self.warmup_fraction))
+
+    def observe(self, step: int, seconds: float) -> BudgetPlan | None:
+        """Take note of optimizer step ``step`` ending ``seconds`` into training; returns the new
+        plan when this step made or changed it, else None.
+
+        Raises:
+            BudgetTooSmallError: the first step of a fresh run already used the whole budget.
+        """
+        if self.plan is None:
+            return self._measure(step, seconds)
+        if not self.plan.checked and step >= self._check_step(self.plan):
+            return self._check(step, seconds)
+        return None
+
+    def _measure(self, step: int, seconds: float) -> BudgetPlan | None:
+        if self._start is None:
+            if step == 1 and seconds >= self.budget_s:
+                raise BudgetTooSmallError(
+                    f"train.budget={format_duration(self.budget_s)} is shorter than one training step here (the "
+                    f"first took {seconds:.1f} s with start-up); give a budget of at least {max(10 * seconds, 60):.0f} s"
+                )
+            self._start = (step, seconds)
+            return None
+        first_step, first_s = self._start
+        measured = step - first_step
+        enough = measured >= self.measure_steps or (
+            measured >= min(MIN_MEASURED, self.measure_steps) and seconds >= MEASURE_FRACTION * self.budget_s
+        )
+        if not enough or seconds <= first_s:
+            return None
+        rate = measured / (seconds - first_s)
+        total = step + steps_in(self.budget_s - seconds, rate)
+        self.plan = BudgetPlan(
+            budget_s=self.budget_s, steps_per_s=rate, measured_steps=measured, planned_at=step, planned_at_s=seconds,
+            total_steps=total, warmup_steps=round(self.warmup_fraction * total), steps_per_epoch=self.steps_per_epoch,
+        )  # fmt: skip
+        return self.plan
+
+    def _check_step(self, plan: BudgetPlan) -> int:
+        """The step of the drift check: the end of the warmup, and at least ``measured_steps`` after the plan."""
+        return max(plan.warmup_steps, plan.planned_at + plan.measured_steps)
+
+    def _check(self, step: int, seconds: float) -> BudgetPlan:
+        plan = self.plan
+        assert plan is not None
+        rate = (step - plan.planned_at) / max(seconds - plan.planned_at_s, 1e-9)
+        update: dict[str, object] = {"checked": True}
+        if abs(rate / plan.steps_per_s - 1.0) > self.tolerance:
+            update.update(steps_per_s=rate, total_steps=step + steps_in(self.budget_s - seconds, rate), replanned_at=step)
+        self.plan = plan.model_copy(update=update)
+        return self.plan
