@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dmjd.config.duration import parse_duration
 
 if TYPE_CHECKING:
     from dmjd.masking import DisjointMasking
@@ -212,6 +214,26 @@ class DataConfig(_Section):
         return self
 
 
+class BudgetPlan(_Section):
+    """A budgeted run's schedule, from its measured step rate (``dmjd.engine.budget``)."""
+
+    budget_s: float = Field(gt=0)
+    steps_per_s: float = Field(gt=0, description="optimizer steps per second, as measured")
+    measured_steps: int = Field(ge=1, description="steps the rate was measured over")
+    planned_at: int = Field(ge=1, description="optimizer step at which the plan was made")
+    planned_at_s: float = Field(ge=0, description="training seconds at that step")
+    total_steps: int = Field(ge=1)
+    warmup_steps: int = Field(ge=0)
+    steps_per_epoch: int = Field(ge=1)
+    checked: bool = Field(False, description="whether the early drift check has been made")
+    replanned_at: int | None = Field(None, description="step of the re-plan, if the rate drifted")
+
+    @property
+    def epochs(self) -> float:
+        """Scheduled epochs (fractional: the last one may be partial)."""
+        return self.total_steps / self.steps_per_epoch
+
+
 class TrainConfig(_Section):
     """Run-level settings: device, precision, logging, checkpointing, fault handling."""
 
@@ -226,12 +248,32 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1, description="numbered checkpoints kept on disk")
     max_nonfinite_steps: int = Field(20, ge=1, description="stop after this many skipped steps in a row")
     max_time_s: float | None = Field(None, gt=0, description="stop after this much training time (s)")
+    budget: str | float | None = Field(
+        None,
+        description="training time budget (90s, 20m, 2h): the run measures its step rate over its first steps "
+        "and sets optim.epochs, optim.max_steps and optim.warmup_epochs so that warmup + cosine end at the budget",
+    )
+    budget_warmup: float = Field(0.1, ge=0.0, lt=1.0, description="budgeted runs: warmup as a fraction of the steps")
+    budget_measure_steps: int = Field(20, ge=1, description="budgeted runs: steps the rate is measured over")
+    budget_tolerance: float = Field(
+        0.2, ge=0.0, description="budgeted runs: re-plan once, early on, when the rate drifts by more than this"
+    )
+    budget_plan: BudgetPlan | None = Field(
+        None, description="written by a budgeted run once it has measured its rate; a run given one follows it"
+    )
     compile: bool = Field(False, description="torch.compile target + model + loss as one region")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile mode; reduce-overhead adds CUDA graphs (static shapes)"
     )
     tensorboard: bool = True
     progress: bool = True
+
+    @field_validator("budget")
+    @classmethod
+    def _check_budget(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            parse_duration(value)
+        return value
 
 
 class MonitorConfig(_Section):
