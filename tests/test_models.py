@@ -256,6 +256,7 @@ def test_visible_distillation_branch_structure() -> None:
     assert kinds == [lin, ln, act, lin, ln, act, lin, ln]
     assert [m.out_features for m in vdb.projector if isinstance(m, lin)] == [32, 32, 32]
     assert not vdb.projector[-1].elementwise_affine
+    assert [m.eps for m in vdb.projector if isinstance(m, ln)] == [1e-6] * 3  # the official proj_embed's
     assert (vdb.predictor.in_features, vdb.predictor.out_features) == (32, 20)
     tokens = torch.randn(3, 5, 48)
     projected = vdb.projector(tokens)  # last LN without affine: each token standardised

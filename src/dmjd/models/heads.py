@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from dmjd.models.encoder import init_mae_weights
 
 ProjectorKind = Literal["nonlinear", "linear"]
+_LN_EPS = 1e-6  # the official proj_embed's norm_layer, partial(nn.LayerNorm, eps=1e-6)
 
 
 def build_projector(embed_dim: int, hidden_dim: int, kind: ProjectorKind) -> nn.Module:
@@ -14,7 +15,8 @@ def build_projector(embed_dim: int, hidden_dim: int, kind: ProjectorKind) -> nn.
 
     ``"nonlinear"`` (the paper's): three Linear layers of width ``hidden_dim``, each followed by a
     LayerNorm, GELU after the first two, the last LayerNorm without affine parameters (SimCLR
-    style). ``"linear"``: one Linear layer (Table V ablation).
+    style); the LayerNorms use eps 1e-6, as the official ``proj_embed``. ``"linear"``: one Linear
+    layer (Table V ablation).
 
     Raises:
         ValueError: for another ``kind``.
@@ -24,13 +26,13 @@ def build_projector(embed_dim: int, hidden_dim: int, kind: ProjectorKind) -> nn.
     if kind == "nonlinear":
         return nn.Sequential(
             nn.Linear(embed_dim, hidden_dim),
-            nn.LayerNorm(hidden_dim),
+            nn.LayerNorm(hidden_dim, eps=_LN_EPS),
             nn.GELU(),
             nn.Linear(hidden_dim, hidden_dim),
-            nn.LayerNorm(hidden_dim),
+            nn.LayerNorm(hidden_dim, eps=_LN_EPS),
             nn.GELU(),
             nn.Linear(hidden_dim, hidden_dim),
-            nn.LayerNorm(hidden_dim, elementwise_affine=False),
+            nn.LayerNorm(hidden_dim, eps=_LN_EPS, elementwise_affine=False),
         )
     raise ValueError(f"projector must be 'nonlinear' or 'linear', got {kind!r}")
 
