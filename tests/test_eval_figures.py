@@ -84,3 +84,66 @@ def test_curves_errors(tmp_path):
     _write_run(tmp_path / "run")
     with pytest.raises(ValueError, match="labels"):
         save_curves_figure([tmp_path / "run"], tmp_path / "c.png", labels=["a", "b"])
+
+
+# ----------------------------------------------------------------------------- visualize
+def test_pick_images_is_a_seeded_sample_that_takes_the_classes_in_turn():
+    from dmjd.eval.visualize import pick_images
+
+    labels = np.repeat(np.arange(4), 25)  # a class-sorted data set
+    picks = {seed: pick_images(labels, 4, seed) for seed in range(3)}
+    for idx in picks.values():
+        assert sorted(labels[idx].tolist()) == [0, 1, 2, 3]  # the first N test images were all class 0
+    assert len({tuple(idx) for idx in picks.values()}) == 3 and np.array_equal(picks[0], pick_images(labels, 4, 0))
+    assert np.bincount(labels[pick_images(labels, 10, 5)], minlength=4).tolist() in ([3, 3, 2, 2], [3, 2, 3, 2],
+                                                                                     [3, 2, 2, 3], [2, 3, 3, 2],
+                                                                                     [2, 3, 2, 3], [2, 2, 3, 3])
+    unlabelled = pick_images(np.full(30, -1), 6, 1)
+    assert len(set(unlabelled.tolist())) == 6 and not np.array_equal(unlabelled, np.arange(6))
+    assert sorted(pick_images(labels[:3], 8).tolist()) == [0, 1, 2]
+
+
+def test_drawn_images_sample_the_classes_of_a_sorted_folder(tmp_path):
+    from dmjd.data import eval_transform
+    from dmjd.eval.visualize import drawn_images
+
+    for c in range(3):  # a flat class-folder tree (no val/): visualize draws its own images
+        (tmp_path / f"class{c}").mkdir()
+        for i in range(5):
+            Image.new("L", (8, 8), color=10 * (5 * c + i)).save(tmp_path / f"class{c}" / f"{i}.png")
+    tf = eval_transform(8, 1)
+    shown = {seed: (drawn_images("imagefolder", str(tmp_path), tf, 3, seed)[:, 0, 0, 0] * 255).round() for seed in (0, 1)}
+    for grey in shown.values():
+        assert sorted((grey // 50).tolist()) == [0, 1, 2]  # one image of each class
+    assert not torch.equal(shown[0], shown[1])
+
+
+def test_hog_panels_draw_one_glyph_per_cell_at_a_readable_size(tmp_path):
+    from dmjd.config import load_config
+    from dmjd.data import Normalize
+    from dmjd.engine.builders import build_masking
+    from dmjd.engine.trainer import build_dmjd_model, build_target
+    from dmjd.eval.visualize import DPI, HOG_CELL_PX, hog_glyphs, save_reconstruction_figure
+
+    cells = np.zeros((2, 3, 4))
+    cells[..., 0] = 1.0  # bin 0: gradient at 22.5 deg, so edges at 112.5 deg
+    cells[1, 2] = [0.0, 0.0, 0.5, 0.0]
+    segments, strength = hog_glyphs(cells)
+    assert segments.shape == (6, 2, 2) and strength.tolist() == pytest.approx([1, 1, 1, 1, 1, 0.5])
+    direction = segments[:, 1] - segments[:, 0]
+    angles = np.degrees(np.arctan2(direction[:, 1], direction[:, 0])) % 180
+    np.testing.assert_allclose(angles, [112.5] * 5 + [22.5])
+    np.testing.assert_allclose(segments.mean(1)[-1], [2.5, 1.5])  # the centre of cell (row 1, column 2)
+
+    cfg = load_config(None, ["model.img_size=32", "model.patch_size=8", "model.in_chans=1", "model.embed_dim=32",
+                             "model.depth=1", "model.num_heads=2", "model.decoder_dim=32", "model.decoder_depth=1",
+                             "model.decoder_heads=2", "model.vdb_hidden=32", "masking.num_views=2",
+                             "target.name=hog", "target.cell_size=2"])  # fmt: skip
+    target = build_target(cfg)
+    torch.manual_seed(0)
+    model = build_dmjd_model(cfg, target.dim)
+    path = save_reconstruction_figure(model, target, build_masking(cfg), Normalize((0.5,), (0.25,)),
+                                      torch.rand(1, 1, 32, 32), tmp_path / "hog.png")  # fmt: skip
+    cols, cells_per_side = 1 + 2 + 2 + 1, 16  # image, 2 views, 2 predictions, target; 32 px / 2-px cells
+    assert_drawn_png(path, (cols * cells_per_side * HOG_CELL_PX, cells_per_side * HOG_CELL_PX))
+    assert DPI * 1.4 < cells_per_side * HOG_CELL_PX  # the former 1.4-inch panels gave a cell under 10 px

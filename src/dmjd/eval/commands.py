@@ -374,14 +374,12 @@ def _add_tsne(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------------- visualize
 def _run_visualize(args: argparse.Namespace) -> int:
-    import torch
-
-    from dmjd.data import Normalize, build_dataset, eval_transform
+    from dmjd.data import Normalize, eval_transform
     from dmjd.engine.builders import build_masking, build_target
     from dmjd.engine.checkpoint import PRETRAINING, load_checkpoint
     from dmjd.engine.trainer import resolve_device
     from dmjd.eval.loading import InputSpec, checkpoint_position, config_with_overrides, dmjd_model_from_state
-    from dmjd.eval.visualize import can_draw, save_reconstruction_figure
+    from dmjd.eval.visualize import can_draw, drawn_images, save_reconstruction_figure
 
     out, run_dir = writable_output(args)
     device = resolve_device(args.device)
@@ -393,9 +391,9 @@ def _run_visualize(args: argparse.Namespace) -> int:
     if not can_draw(target):
         raise InputError(f"{args.checkpoint} regresses {cfg.target.name} targets, which have no picture; "
                          "visualize draws pixel and HOG targets")  # fmt: skip
-    split = "train" if cfg.data.name == "imagefolder" else "test"
-    ds = build_dataset(cfg.data.name, split, eval_transform(spec.img_size, spec.in_chans), cfg.data.path, cfg.data.download)
-    images = torch.stack([ds[i][0] for i in range(min(args.num_images, len(ds)))]).to(device)
+    d = cfg.data
+    transform = eval_transform(spec.img_size, spec.in_chans)
+    images = drawn_images(d.name, d.path, transform, args.num_images, args.seed, d.download).to(device)
     figure = save_reconstruction_figure(
         model, target, build_masking(cfg), Normalize(spec.mean, spec.std).to(device),
         images, out / "visualize.png", seed=args.seed,
@@ -410,7 +408,9 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("visualize", help="images, their K disjoint masked views and the reconstructions (PNG)")
     _add_checkpoint(p, timm_ok=False)
     p.add_argument("--num-images", type=_positive(int), default=4, help="images drawn (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="mask seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the masks and of the images: a random sample of the test split, the classes "
+                   "taken in turn (default: %(default)s)")  # fmt: skip
     p.set_defaults(func=_run_visualize)
 
 

@@ -2,8 +2,12 @@
 
 Pixel targets are drawn as images. With ``norm_pix`` the model predicts each masked patch
 normalised by its own mean and variance, which it cannot know; the figure un-normalises the
-prediction with the TRUE patch statistics and says so in its title. HOG targets are drawn as
-orientation glyphs (one line per bin and cell, brightness = bin magnitude).
+prediction with the TRUE patch statistics and says so in its title. HOG targets are drawn as one
+glyph per cell: a line along the edge of the cell's dominant orientation, brighter the stronger it
+is; panels are sized so that every cell spans at least ``HOG_CELL_PX`` pixels.
+
+The images are a seeded random sample of the test split, drawn round-robin across classes when
+the data set has labels (``pick_images``), so a class-sorted folder still shows several classes.
 """
 
 from __future__ import annotations
@@ -20,8 +24,40 @@ import torch  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
+from dmjd.data import DataError, build_dataset  # noqa: E402
+from dmjd.data.datasets import Transform, imagefolder_split  # noqa: E402
+from dmjd.eval.features import dataset_labels  # noqa: E402
 from dmjd.masking import DisjointMasking, MaskedViews  # noqa: E402
 from dmjd.targets import HOGTarget, PixelTarget, Target  # noqa: E402
+
+DPI = 110
+PANEL_INCHES = 1.4  # the smallest panel side
+HOG_CELL_PX = 12  # the fewest pixels a HOG cell spans in a panel, so that its glyph reads as a line
+
+
+def pick_images(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``n`` random items (all when fewer), taking the classes in turn.
+
+    Items are shuffled with ``seed``; the k-th pick of every class comes before the (k+1)-th of
+    any, the classes in a seeded random order, so ``n >= C`` picks show all ``C`` classes and
+    unlabelled data (labels -1: one class) gives a plain random sample.
+
+    Args:
+        labels: int ``[N]`` class of each item (-1: none).
+
+    Returns:
+        int64 ``[min(n, N)]`` item indices, in drawing order.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    shuffled = np.asarray(labels)[order]
+    classes, cls = np.unique(shuffled, return_inverse=True)
+    by_class = np.argsort(cls, kind="stable")
+    first = np.searchsorted(cls[by_class], cls[by_class])  # where each item's class starts
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[by_class] = np.arange(len(labels)) - first  # the item's turn within its class
+    turn = rng.permutation(len(classes))[cls]
+    return order[np.lexsort((turn, rank))[:n]].astype(np.int64)
 
 
 @torch.no_grad()
@@ -38,6 +74,27 @@ def predict_views(model: nn.Module, target: Target, normalize: nn.Module, images
     idx = views.ids_masked.unsqueeze(-1).expand(-1, -1, -1, targets.shape[-1])
     full.scatter_(2, idx, out.pred_masked.float().view(B, K, -1, targets.shape[-1]))
     return targets, full
+
+
+def drawn_images(
+    name: str, path: str | None, transform: Transform, n: int, seed: int = 0, download: bool = False
+) -> Tensor:
+    """``pick_images`` of a data set's test split, transformed: ``[min(n, N), C, H, W]``.
+
+    An ImageFolder without ``val/`` or ``test/`` folder has no test split; its own images (what a
+    run pre-trained on) are drawn instead.
+
+    Raises:
+        DataError: as ``dmjd.data.build_dataset``.
+    """
+    split = "test"
+    if name == "imagefolder":
+        try:
+            imagefolder_split(path or "", "test")
+        except DataError:
+            split = "train"
+    ds = build_dataset(name, split, transform, path, download)
+    return torch.stack([ds[int(i)][0] for i in pick_images(dataset_labels(ds), n, seed)])
 
 
 def _masked_image(images: Tensor, mask: Tensor, patch_size: int, grid: tuple[int, int]) -> Tensor:
@@ -71,22 +128,30 @@ def hog_cells(tokens: Tensor, target: Target, grid: tuple[int, int]) -> np.ndarr
     return x.cpu().numpy()
 
 
-def draw_hog(ax: plt.Axes, cells: np.ndarray, title: str) -> None:
-    """Orientation glyphs: in each cell a line per bin, perpendicular to its gradient direction."""
+def hog_glyphs(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One glyph per cell of ``hog_cells``: a line through the cell centre along the edge of its
+    dominant orientation (perpendicular to the gradient of the strongest bin), 0.9 cells long.
+
+    Returns:
+        ``segments [Hc * Wc, 2, 2]`` (two ``(x, y)`` end points in cell units, y down, row-major
+        cells) and ``strength [Hc * Wc]`` in [0, 1]: the dominant bin over the panel's largest.
+    """
     hc, wc, nb = cells.shape
-    theta = (np.arange(nb) + 0.5) * np.pi / nb + np.pi / 2
+    theta = (cells.argmax(-1) + 0.5) * np.pi / nb + np.pi / 2
+    half = 0.45 * np.stack([np.cos(theta), np.sin(theta)], -1)  # [Hc, Wc, 2]
     cy, cx = np.meshgrid(np.arange(hc) + 0.5, np.arange(wc) + 0.5, indexing="ij")
-    dx, dy = 0.45 * np.cos(theta), 0.45 * np.sin(theta)
-    segs = np.stack(
-        [
-            np.stack([cx[..., None] - dx, cy[..., None] - dy], -1),
-            np.stack([cx[..., None] + dx, cy[..., None] + dy], -1),
-        ],
-        -2,
-    ).reshape(-1, 2, 2)
-    mag = cells.reshape(-1)
-    mag = mag / (mag.max() + 1e-12)
-    ax.add_collection(LineCollection(segs, colors=np.stack([mag] * 3 + [np.ones_like(mag)], -1), linewidths=0.8))
+    centre = np.stack([cx, cy], -1)
+    segments = np.stack([centre - half, centre + half], -2).reshape(-1, 2, 2)
+    strength = cells.max(-1) / (cells.max() + 1e-12)
+    return segments, strength.reshape(-1)
+
+
+def draw_hog(ax: plt.Axes, cells: np.ndarray, title: str) -> None:
+    """The ``hog_glyphs`` of ``cells [Hc, Wc, nbins]``, white on black, brightness = strength."""
+    hc, wc, _ = cells.shape
+    segments, strength = hog_glyphs(cells)
+    colors = np.stack([strength] * 3 + [np.ones_like(strength)], -1)
+    ax.add_collection(LineCollection(segments, colors=colors, linewidths=1.2, capstyle="round"))
     ax.set_xlim(0, wc)
     ax.set_ylim(hc, 0)
     ax.set_facecolor("black")
@@ -94,6 +159,15 @@ def draw_hog(ax: plt.Axes, cells: np.ndarray, title: str) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=7)
+
+
+def panel_inches(target: Target, grid: tuple[int, int]) -> float:
+    """Side of a figure panel: ``PANEL_INCHES``, or larger for HOG so that every cell spans at least
+    ``HOG_CELL_PX`` pixels at ``DPI``."""
+    if not isinstance(target, HOGTarget):
+        return PANEL_INCHES
+    cells = max(grid) * target.patch_size // target.cell_size
+    return max(PANEL_INCHES, cells * HOG_CELL_PX / DPI)
 
 
 def describe_masking(masking: DisjointMasking) -> str:
@@ -146,7 +220,8 @@ def save_reconstruction_figure(
     B, K = views.mask.shape[:2]
     is_hog = isinstance(target, HOGTarget)
     cols = 1 + K + K + (1 if is_hog else 0)
-    fig, axes = plt.subplots(B, cols, figsize=(1.4 * cols, 1.5 * B), squeeze=False)
+    side = panel_inches(target, grid)
+    fig, axes = plt.subplots(B, cols, figsize=(side * cols, (side + 0.1) * B + 0.4), squeeze=False)
     for b in range(B):
         _show(axes[b, 0], images[b], "image")
         for k in range(K):
@@ -162,12 +237,13 @@ def save_reconstruction_figure(
     note = (
         "norm-pix predictions un-normalised with the TRUE per-patch mean/std of the image"
         if getattr(target, "norm_pix", False)
-        else ("HOG predicted at masked cells, target at visible cells" if is_hog else "raw pixel predictions")
+        else ("HOG predicted at masked cells, target at visible cells; one line per cell along its dominant edge "
+              "orientation, brighter = stronger" if is_hog else "raw pixel predictions")
     )
     fig.suptitle(textwrap.fill(describe_masking(masking), 110) + f"\n{note}", fontsize=7)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
