@@ -16,6 +16,8 @@ from dmjd.data.resample import pad_batch, random_resized_crop_params, resized_cr
 from dmjd.data.sampler import EpochBatchSampler, epoch_permutation
 from dmjd.data.transforms import Normalize, default_mean_std, eval_transform, pretrain_transform
 from dmjd.data.build import TrainingData, training_data
+from dmjd.data.profile import DataProfile, folder_layout, profile_data
+from dmjd.data.split import stratified_split
 
 __all__ = [
     "Batches",
@@ -34,6 +36,10 @@ __all__ = [
     "random_resized_crop_params",
     "resized_crop",
     "to_image_array",
+    "DataProfile",
+    "folder_layout",
+    "profile_data",
+    "stratified_split",
     "TrainingData",
     "training_data",
     "DataError",

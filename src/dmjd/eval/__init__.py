@@ -1,4 +1,5 @@
-"""Evaluation and export: kNN, linear probe, fine-tuning, t-SNE, figures, curves, timm export.
+"""Evaluation and export: kNN, linear probe, fine-tuning, label-free measures (RankMe, held-out
+masked-prediction loss), t-SNE, figures, curves, timm export.
 
 Names are imported on first use (PEP 562), so that ``import dmjd.eval.visualize`` or the CLI does
 not load scikit-learn and every protocol up front.
@@ -14,6 +15,9 @@ _EXPORTS = {
     "load_timm_encoder": "loading",
     "extract_features": "features",
     "labelled_splits": "features",
+    "rankme": "label_free",
+    "heldout_loss": "label_free",
+    "target_key": "label_free",
     "knn_scores": "knn",
     "knn_top1": "knn",
     "ProbeSettings": "linear_probe",

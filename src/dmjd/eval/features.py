@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from dmjd.data import DataError, build_dataset
+from dmjd.data import DataError, build_dataset, folder_layout, stratified_split
 from dmjd.engine.trainer import autocast_dtype
 
 Pool = Literal["cls", "avg", "avg_fc_norm"]
@@ -44,17 +44,28 @@ def labelled_splits(
     download: bool = False,
     max_images: int | None = None,
     seed: int = 0,
+    test_fraction: float = 0.2,
 ) -> tuple[Dataset, Dataset]:
     """The labelled ``train`` and ``test`` splits of a data set (see ``dmjd.data.build_dataset``).
 
+    An image folder whose sub-folders are the classes (no ``train/`` + ``val/`` tree) is split class
+    by class: ``dmjd.data.stratified_split`` holds out ``test_fraction`` of each class, seeded by ``seed``.
+
     Args:
         max_images: keep a seeded random subset of at most this many images per split.
+        test_fraction: the share of each class held out, for an image folder of class sub-folders.
 
     Raises:
         DataError: the data set is missing or has no labelled splits.
+        InputError: ``test_fraction`` outside (0, 1).
     """
-    train = build_dataset(name, "train", train_transform, path, download)
-    test = build_dataset(name, "test", test_transform, path, download)
+    if name == "imagefolder" and path and folder_layout(path) == "classes":
+        train, test = (build_dataset(name, "train", t, path) for t in (train_transform, test_transform))
+        train_ids, test_ids = stratified_split(dataset_labels(train), test_fraction, seed)
+        train, test = Subset(train, train_ids.tolist()), Subset(test, test_ids.tolist())
+    else:
+        train = build_dataset(name, "train", train_transform, path, download)
+        test = build_dataset(name, "test", test_transform, path, download)
     for split, ds in (("train", train), ("test", test)):
         if dataset_labels(ds).min() < 0:
             raise DataError(f"data set {name!r} ({split}) has unlabelled images; evaluations need class labels")
