@@ -111,6 +111,49 @@ def test_resized_crop_equals_torchvision_for_the_same_boxes(interpolation, chann
     assert (ours - ref8).abs().max() <= 4 / 255
 
 
+def _loader_crops(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """The loader path's crops (torchvision's uint8 path, as ``pretrain_transform`` runs it) in [0, 1]."""
+    crops = [F.resized_crop(img, *box.tolist(), [size, size], interpolation=v2.InterpolationMode.BICUBIC, antialias=True) for img, box in zip(images, boxes)]
+    return F.to_dtype(torch.stack(crops), torch.float32, scale=True)
+
+
+def test_quantised_device_crops_give_the_loader_paths_hog_target():
+    """``quantize=True`` (``data.quantize_crops``, the default): the device path resamples in 8-bit levels as
+    the loader path does (horizontal pass, round, vertical pass, round), so for the same boxes the crops agree
+    but for under 1 % of the pixels, one level apart (torchvision's fixed-point weights round near-ties the
+    other way), and the HOG target equals the loader path's on every patch those pixels do not reach. The
+    float crops (``quantize=False``) miss on most patches."""
+    from dmjd.targets import HOGTarget
+
+    gen = torch.Generator().manual_seed(0)
+    low = torch.rand(6, 3, 12, 15, generator=gen)  # a photo-like crop: smooth with edges
+    images = (torch.nn.functional.interpolate(low, size=(48, 60), mode="bicubic").clamp(0, 1) * 255).round().to(torch.uint8)
+    boxes = torch.tensor([[5, 1, 20, 32], [3, 4, 32, 45], [3, 4, 40, 45], [0, 0, 48, 36], [10, 20, 24, 40], [7, 9, 30, 28]])
+    hog = HOGTarget(16, 3, variant="dmjd")
+    loader = _loader_crops(images, boxes, 32)
+    ours = resized_crop(images, boxes, 32, "bicubic", quantize=True)
+    floats = resized_crop(images, boxes, 32, "bicubic")
+    torch.testing.assert_close(ours * 255, (ours * 255).round(), atol=1e-4, rtol=0)  # 8-bit levels
+    levels_apart = ((ours - loader).abs() * 255).round()
+    assert levels_apart.max() <= 1 and (levels_apart > 0).float().mean() < 0.01
+    # a patch's HOG reads its pixels and a 1-pixel border (the [-1, 0, 1] differences)
+    reached = torch.nn.functional.max_pool2d((levels_apart > 0).any(1, keepdim=True).float(), 3, 1, 1)
+    clean = torch.nn.functional.max_pool2d(reached, 16).flatten(1) == 0  # [n, tokens]
+    assert clean.sum() >= 6  # 7 of the 24 patches
+    torch.testing.assert_close(hog(ours)[clean], hog(loader)[clean], atol=1e-5, rtol=0)
+    float_error = (hog(floats) - hog(loader)).abs().amax(-1)[clean]
+    assert (float_error > 1e-3).float().mean() > 0.5
+
+
+def test_device_batches_quantise_by_default_and_the_key_switches_it_off():
+    images = torch.randint(0, 256, (16, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    default, _ = next(_batches(images, 0).epoch(0))
+    floats, _ = next(_batches(images, 0, quantize=False).epoch(0))
+    torch.testing.assert_close(default * 255, (default * 255).round(), atol=1e-4, rtol=0)
+    assert ((floats * 255 - (floats * 255).round()).abs() > 1e-3).any()
+    assert tiny_config().data.quantize_crops and not tiny_config("data.quantize_crops=false").data.quantize_crops
+
+
 def _batches(images: torch.Tensor, seed: int, **kw) -> DeviceBatches:
     return DeviceBatches(images, 16, 8, seed=seed, **kw)
 

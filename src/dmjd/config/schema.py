@@ -201,6 +201,12 @@ class DataConfig(_Section):
         None, ge=8, description="device pipeline: side an ImageFolder is decoded to once; null = model.img_size * 8 / 7"
     )
     interpolation: Literal["bicubic", "bilinear"] = Field("bicubic", description="RandomResizedCrop resampling")
+    quantize_crops: bool = Field(
+        True,
+        description="device pipelines: round the resized crops to 8-bit levels before the targets and the "
+        "normalisation, as the loader path's (PIL / torchvision uint8) and the official code's crops; false = "
+        "the float resize output",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

@@ -55,6 +55,7 @@ class DeviceBatches:
         in_chans: output channels (1-channel data is repeated to 3 when asked).
         interpolation: ``bicubic`` (the recipe's) or ``bilinear``.
         rank, world_size: this process's slice of each global batch.
+        quantize: round the crops to 8-bit levels, as the loader path's (``resized_crop``).
     """
 
     def __init__(
@@ -70,11 +71,13 @@ class DeviceBatches:
         interpolation: Interpolation = "bicubic",
         rank: int = 0,
         world_size: int = 1,
+        quantize: bool = True,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         self.images, self.size, self.seed = images, size, seed
         self.scale, self.ratio, self.hflip, self.interpolation = scale, ratio, hflip, interpolation
+        self.quantize = quantize
         self.in_chans = in_chans or images.shape[1]
         self.rank, self.batch_size = rank, batch_size
         self.order = EpochBatchSampler(len(images), batch_size, seed, rank, world_size)  # validates sizes
@@ -92,7 +95,7 @@ class DeviceBatches:
         flip = torch.rand(n, generator=self.generator, device=images.device) < 0.5
         lo = self.rank * self.batch_size
         boxes, flip = boxes[lo : lo + self.batch_size], flip[lo : lo + self.batch_size]
-        out = resized_crop(images, boxes, self.size, self.interpolation, flip if self.hflip else None)
+        out = resized_crop(images, boxes, self.size, self.interpolation, flip if self.hflip else None, self.quantize)
         return out.expand(-1, self.in_chans, -1, -1) if out.shape[1] != self.in_chans else out
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[Tensor, int]]:

@@ -119,7 +119,12 @@ def resize_weights(start: Tensor, length: Tensor, in_size: int, out_size: int, i
 
 
 def resized_crop(
-    images: Tensor, boxes: Tensor, size: int, interpolation: Interpolation = "bicubic", flip: Tensor | None = None
+    images: Tensor,
+    boxes: Tensor,
+    size: int,
+    interpolation: Interpolation = "bicubic",
+    flip: Tensor | None = None,
+    quantize: bool = False,
 ) -> Tensor:
     """Crop each image to its box, resize to ``size x size`` (antialiased) and optionally flip.
 
@@ -129,6 +134,9 @@ def resized_crop(
         size: output side.
         interpolation: ``bilinear`` or ``bicubic``.
         flip: optional ``bool[n]``, True = mirror horizontally after resizing.
+        quantize: resample as PIL and torchvision's uint8 path do, so that targets such as HOG see
+            the loader path's (and the official code's) 8-bit crops: the horizontal pass first, each
+            pass's result rounded to the 256 levels of 8-bit pixels and clipped (``k / 255`` out).
 
     Returns:
         ``float32[n, C, size, size]`` in [0, 1] (bicubic overshoot clamped).
@@ -139,6 +147,10 @@ def resized_crop(
     if flip is not None:
         cols = torch.where(flip.view(n, 1, 1), cols.flip(1), cols)
     x = images.to(torch.float32)
+    if quantize:
+        levels = x if images.dtype == torch.uint8 else (x * 255.0).round_()
+        wide = (levels @ cols.transpose(1, 2).unsqueeze(1)).round_().clamp_(0.0, 255.0)
+        return (rows.unsqueeze(1) @ wide).round_().clamp_(0.0, 255.0).div_(255.0)
     if images.dtype == torch.uint8:
         rows = rows / 255.0
     out = rows.unsqueeze(1) @ x @ cols.transpose(1, 2).unsqueeze(1)

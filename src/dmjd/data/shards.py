@@ -413,7 +413,7 @@ class DeviceDecodedBatches(ShardBatches):
     a JPEG the decoder refuses by PIL on the CPU, and RandomResizedCrop + flip run there for the whole
     batch at once (``dmjd.data.resample``, images zero-padded to the batch's largest), seeded by
     ``(seed, epoch, step, rank)``. Images are decoded even in the batches a mid-epoch resume skips,
-    so it stays exact.
+    so it stays exact. ``quantize`` rounds the crops to 8-bit levels, as the workers' crops are.
     """
 
     def __init__(
@@ -428,9 +428,10 @@ class DeviceDecodedBatches(ShardBatches):
         scale: tuple[float, float] = (0.2, 1.0),
         hflip: bool = True,
         interpolation: Interpolation = "bicubic",
+        quantize: bool = True,
     ) -> None:
         super().__init__(samples, index, batch_size, num_workers, device)
-        self.size, self.in_chans, self.interpolation = size, in_chans, interpolation
+        self.size, self.in_chans, self.interpolation, self.quantize = size, in_chans, interpolation, quantize
         self.scale, self.hflip = scale, hflip
         self.generator = torch.Generator(device=device)
         self.rank_seed = _seed(samples.seed, samples.rank)  # each process augments its own images
@@ -466,7 +467,7 @@ class DeviceDecodedBatches(ShardBatches):
         padded, sizes = pad_batch(images)
         boxes = random_resized_crop_params(len(images), sizes[:, 0], sizes[:, 1], self.scale, generator=self.generator)
         flips = torch.rand(len(images), generator=self.generator, device=self.device) < 0.5 if self.hflip else None
-        return resized_crop(padded, boxes, self.size, self.interpolation, flips)
+        return resized_crop(padded, boxes, self.size, self.interpolation, flips, self.quantize)
 
 
 def shard_batches(
@@ -483,16 +484,19 @@ def shard_batches(
     hflip: bool = True,
     interpolation: Interpolation = "bicubic",
     decode_on_device: bool = False,
+    quantize: bool = True,
 ) -> tuple[ShardBatches, ShardIndex]:
     """The trainer's batches for ``data.name=webdataset`` (``data.path`` = the shard pattern):
     decoded and augmented by PIL in the loader workers (``pretrain_transform``), or with
-    ``decode_on_device`` on ``device`` (``DeviceDecodedBatches``)."""
+    ``decode_on_device`` on ``device`` (``DeviceDecodedBatches``, crops rounded to 8-bit levels
+    unless ``quantize`` is False)."""
     index = index_shards(pattern)
     chunk = min(batch_size, 256)  # a worker chunk of a whole batch goes to the step without a copy
     if decode_on_device:
         samples = ShardSamples(index.urls, None, seed, rank, world_size, chunk)
         batches: ShardBatches = DeviceDecodedBatches(
-            samples, index, batch_size, num_workers, device, img_size, in_chans, crop_scale, hflip, interpolation
+            samples, index, batch_size, num_workers, device, img_size, in_chans, crop_scale, hflip, interpolation,
+            quantize,
         )
     else:
         transform = pretrain_transform(img_size, in_chans, crop_scale, hflip, interpolation)
