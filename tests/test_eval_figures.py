@@ -147,3 +147,66 @@ def test_hog_panels_draw_one_glyph_per_cell_at_a_readable_size(tmp_path):
     cols, cells_per_side = 1 + 2 + 2 + 1, 16  # image, 2 views, 2 predictions, target; 32 px / 2-px cells
     assert_drawn_png(path, (cols * cells_per_side * HOG_CELL_PX, cells_per_side * HOG_CELL_PX))
     assert DPI * 1.4 < cells_per_side * HOG_CELL_PX  # the former 1.4-inch panels gave a cell under 10 px
+
+
+# ---------------------------------------------------------------------------------- plot
+def _plot_cli(argv):
+    import argparse
+
+    from dmjd.eval.commands import register_eval_commands
+
+    parser = argparse.ArgumentParser(prog="dmjd")
+    register_eval_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([str(a) for a in argv])
+    return args.func(args)
+
+
+def test_plot_of_several_runs_never_replaces_a_runs_own_curves(tmp_path, capsys):
+    from dmjd.eval.plot import default_figure_path
+
+    for name in ("dmjd", "mae", "simmim"):
+        _write_run(tmp_path / name)
+        (tmp_path / name / "curves.png").write_bytes(b"drawn by pre-training")
+    assert _plot_cli(["plot", tmp_path / "dmjd", tmp_path / "mae", tmp_path / "simmim"]) == 0
+    assert all((tmp_path / n / "curves.png").read_bytes() == b"drawn by pre-training" for n in ("dmjd", "mae", "simmim"))
+    assert_drawn_png(tmp_path / "dmjd" / "curves-vs-mae-simmim.png")
+    assert (tmp_path / "dmjd" / "curves-vs-mae-simmim.json").is_file() and not (tmp_path / "dmjd" / "curves.json").exists()
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["figure"] == str(tmp_path / "dmjd" / "curves-vs-mae-simmim.png")
+    assert default_figure_path([tmp_path / "mae"]) == tmp_path / "mae" / "curves.png"  # one run: its own, redrawn
+
+
+def test_plot_keeps_poolings_apart_and_draws_raw_pixels_as_a_reference_line(tmp_path):
+    from dmjd.eval.plot import curves_figure, read_evals, read_run
+
+    _write_run(tmp_path / "run")
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "eval", "epoch": 0, "step": 0, "ete": 0, "knn_top1": 0.05, "pixels_knn_top1": 0.3}) + "\n")
+    evals = [{"kind": "knn", "protocol": "weighted-knn", "pool": pool, "knn_top1": top1, "ete": 4, "epoch": 2}
+             for pool, top1 in (("cls", 0.5), ("avg", 0.6))]  # fmt: skip
+    (tmp_path / "run" / "evals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
+    summary = run_summary(read_run(tmp_path / "run"), read_evals(tmp_path / "run"))
+    assert summary["evaluation knn_top1 (weighted-knn, pool cls)"] == 0.5
+    assert summary["evaluation knn_top1 (weighted-knn, pool avg)"] == 0.6 and summary["pixels_knn_top1"] == 0.3
+    lines = {line.get_label(): line for line in curves_figure([tmp_path / "run"]).axes[2].get_lines()}
+    assert {"run knn_top1 (weighted-knn, pool cls)", "run knn_top1 (weighted-knn, pool avg)"} <= set(lines)
+    pixels = lines["run raw pixels knn_top1"]
+    assert list(pixels.get_xdata()) == [0, 1] and list(pixels.get_ydata()) == [30.0, 30.0]  # across the axes
+    assert not any("pixels_knn_top1" in label for label in lines)  # no longer a point at ETE 0
+
+
+def test_an_evaluation_written_elsewhere_is_still_recorded_in_the_checkpoints_run(tmp_path):
+    from dmjd.engine.metrics import read_metrics
+    from dmjd.eval.commands import record_evaluation
+
+    _write_run(tmp_path / "run")
+    elsewhere = tmp_path / "results"
+    elsewhere.mkdir()
+    result = {"kind": "knn", "protocol": "weighted-knn", "knn_top1": 0.5, "checkpoint": str(tmp_path / "run" / "c.pth")}
+    record_evaluation(result, elsewhere, {"epoch": 2, "step": 8, "ete": 4}, [elsewhere / "knn.json"])
+    here, home = read_metrics(elsewhere / "evals.jsonl"), read_metrics(tmp_path / "run" / "evals.jsonl")
+    assert len(here) == len(home) == 1 and home[0]["knn_top1"] == 0.5 and home[0]["ete"] == 4
+    assert here[0]["files"] == ["knn.json"] and home[0]["files"] == ["../results/knn.json"]
+    record_evaluation(result, tmp_path / "run", {"epoch": 2, "step": 8, "ete": 4}, [])  # its own run: once
+    assert len(read_metrics(tmp_path / "run" / "evals.jsonl")) == 2
+    record_evaluation({**result, "checkpoint": str(elsewhere / "c.pth")}, tmp_path / "run", {}, [])  # no run there
+    assert len(read_metrics(elsewhere / "evals.jsonl")) == 1

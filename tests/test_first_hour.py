@@ -394,14 +394,14 @@ def test_plot_shows_evaluations_beside_losses_and_finetuning_panels(demo_run, tm
     assert pre[1].get_xlabel() == "wall-clock time (s)"
     labels = [line.get_label() for line in pre[2].get_lines()]
     assert any(label.endswith("knn_top1") for label in labels)  # monitor records
-    assert any("knn_top1 (weighted-knn)" in label for label in labels)  # evals.jsonl
+    assert any("knn_top1 (weighted-knn, pool cls)" in label for label in labels)  # evals.jsonl
     fig.canvas.draw()
     for ax in [*pre, *fine]:  # legends below the axes, outside the data
         legend = ax.get_legend()
         assert legend.get_window_extent().y1 <= ax.get_window_extent().y0
     code, stdout, _ = run(["plot", folder, ft, "--output-dir", tmp_path / "plots"])
     summary = json_lines(stdout)[-1]["runs"]
-    assert "evaluation knn_top1 (weighted-knn)" in summary[str(folder)] and "top1" in summary[str(ft)]
+    assert "evaluation knn_top1 (weighted-knn, pool cls)" in summary[str(folder)] and "top1" in summary[str(ft)]
     assert time_unit(90) == ("s", 1.0) and time_unit(600) == ("min", 60.0) and time_unit(9000) == ("h", 3600.0)
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,12 +68,28 @@ def emit(result: dict[str, Any], folder: Path, name: str) -> dict[str, Any]:
 
 def record_evaluation(result: dict[str, Any], run_dir: Path, position: dict[str, Any], files: list[Path]) -> None:
     """Append ``result`` to ``run_dir/evals.jsonl`` with the checkpoint's position, the date and
-    the files written (relative to ``run_dir``; ``--overwrite`` of the run deletes those inside it)."""
+    the files written (relative to that folder; ``--overwrite`` of a run deletes those inside it).
+
+    When ``result["checkpoint"]`` lies in another run folder (one with ``metrics.jsonl``: the
+    results went elsewhere with ``--output-dir``), the record is also appended to that run's
+    ``evals.jsonl``, so that ``dmjd plot RUN`` shows it; a run folder that cannot be written is
+    named in one line on stderr and skipped.
+    """
     from dmjd.engine.metrics import append_eval
 
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    names = [os.path.relpath(f, run_dir) for f in files]
-    append_eval(run_dir, {**result, **position, "date": date, "files": names})
+    home = Path(result["checkpoint"]).parent if result.get("checkpoint") else None
+    runs = [Path(run_dir)]
+    if home is not None and (home / "metrics.jsonl").is_file() and home.resolve() != Path(run_dir).resolve():
+        runs.append(home)
+    for folder in runs:
+        names = [os.path.relpath(f, folder) for f in files]
+        try:
+            append_eval(folder, {**result, **position, "date": date, "files": names})
+        except OSError as err:
+            if folder == runs[0]:
+                raise
+            print(f"dmjd: warning: not recorded in {folder / 'evals.jsonl'}: {err.strerror or err}", file=sys.stderr)
 
 
 def writable_output(args: argparse.Namespace, default_sub: str | None = None) -> tuple[Path, Path]:
@@ -417,12 +434,12 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------------------- plot
 def _run_plot(args: argparse.Namespace) -> int:
     from dmjd.engine.run_dir import check_writable
-    from dmjd.eval.plot import read_evals, read_run, run_summary, save_curves_figure
+    from dmjd.eval.plot import FIGURE_NAME, default_figure_path, read_evals, read_run, run_summary, save_curves_figure
 
     if args.output:
         output = Path(args.output)
     else:
-        output = Path(args.output_dir or args.runs[0]) / "curves.png"
+        output = Path(args.output_dir) / FIGURE_NAME if args.output_dir else default_figure_path(args.runs)
     check_writable(output.parent)
     runs = {str(run): run_summary(read_run(run), read_evals(run)) for run in args.runs}
     figure = save_curves_figure(args.runs, output, args.labels)
@@ -436,7 +453,9 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("runs", nargs="+", help="run folders holding metrics.jsonl (pre-training or fine-tuning)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--output-dir", default=None, help="folder for curves.png / curves.json (default: the first run)")
+    where.add_argument("--output-dir", default=None,
+                       help="folder for curves.png / curves.json (default: one run's own curves.png, redrawn; for "
+                       "runs A B C, A/curves-vs-B-C.png, which replaces no run's curves.png)")  # fmt: skip
     where.add_argument("--output", default=None, help="or the PNG file itself (its .json goes beside it)")
     p.add_argument("--labels", nargs="+", default=None, help="legend names, one per run (default: folder names)")
     p.set_defaults(func=_run_plot)

@@ -3,8 +3,10 @@
 A pre-training run (``metrics.jsonl`` records ``kind="train"`` with ``loss``, ``loss_mim``,
 ``loss_vis``, ``ete``, ``time`` in seconds, and ``kind="eval"`` monitor records) gets three panels:
 loss vs effective training epochs, loss vs wall-clock time (in s, min or h by the runs' length)
-and accuracy vs ETE, where the monitor's records are lines and the evaluations recorded in the
-run's ``evals.jsonl`` (``dmjd knn``, ``linprobe``, ``finetune`` of its checkpoints) are points. A
+and accuracy vs ETE, where the monitor's records are lines, its raw-pixel baselines
+(``pixels_*_top1``) horizontal reference lines, and the evaluations recorded in the run's
+``evals.jsonl`` (``dmjd knn``, ``linprobe``, ``finetune`` of its checkpoints) points, one series
+per metric, protocol and pooling. A
 fine-tuning run (eval records with ``top1`` and ``val_loss``) gets its own two panels: top-1 and
 loss (training, validation) vs epochs. Legends sit outside the axes, never on the data.
 """
@@ -25,6 +27,8 @@ from dmjd.engine.metrics import EVALS_FILE, read_metrics  # noqa: E402
 from dmjd.errors import InputError  # noqa: E402
 
 LOSS_STYLES = {"loss": "-", "loss_mim": "--", "loss_vis": ":"}
+BASELINE_PREFIX = "pixels_"  # the monitor's raw-pixel baselines, e.g. pixels_knn_top1
+FIGURE_NAME = "curves.png"  # what pre-training writes into its run folder
 MARKERS = "os^Dv<>p"
 Records = list[dict[str, Any]]
 
@@ -63,19 +67,37 @@ def _series(records: Records, kind: str, x: str, y: str) -> tuple[list[float], l
 
 
 def accuracy_keys(records: Records) -> list[str]:
-    """The accuracy metrics (keys ending in ``top1``) present in a run's eval records."""
-    return sorted({k for r in records if r.get("kind") == "eval" for k in r if k.endswith("top1")})
+    """The accuracy metrics (keys ending in ``top1``) present in a run's eval records, the
+    raw-pixel baselines (``baselines``) apart."""
+    keys = {k for r in records if r.get("kind") == "eval" for k in r if k.endswith("top1")}
+    return sorted(k for k in keys if not k.startswith(BASELINE_PREFIX))
+
+
+def baselines(records: Records) -> dict[str, float]:
+    """The raw-pixel baselines of a run's eval records (``pixels_knn_top1``, ...), the last value of
+    each: they do not change with training, so they are reference levels, not curves."""
+    return {k: v for r in records if r.get("kind") == "eval" for k, v in r.items()
+            if k.startswith(BASELINE_PREFIX) and k.endswith("top1") and isinstance(v, (int, float))}  # fmt: skip
+
+
+def evaluation_label(key: str, record: dict[str, Any]) -> str:
+    """The series of a recorded evaluation's metric: ``key (protocol, pool P)``, e.g.
+    ``knn_top1 (weighted-knn, pool avg)``, so that the poolings of one protocol stay apart."""
+    tags = [str(record["protocol"])] if record.get("protocol") else []
+    tags += [f"pool {record['pool']}"] if record.get("pool") else []
+    return f"{key} ({', '.join(tags)})" if tags else key
 
 
 def evaluation_points(evals: Records) -> dict[str, tuple[list[float], list[float]]]:
-    """``label -> (ETE, accuracy)`` of the recorded evaluations, one label per metric and protocol."""
+    """``label -> (ETE, accuracy)`` of the recorded evaluations, one label per metric, protocol and
+    pooling (``evaluation_label``)."""
     points: dict[str, tuple[list[float], list[float]]] = {}
     for record in evals:
         if not isinstance(record.get("ete"), (int, float)):
             continue
         for key, value in record.items():
             if key.endswith("top1") and isinstance(value, (int, float)):
-                label = f"{key} ({record['protocol']})" if record.get("protocol") else key
+                label = evaluation_label(key, record)
                 xs, ys = points.setdefault(label, ([], []))
                 xs.append(record["ete"])
                 ys.append(value)
@@ -83,8 +105,8 @@ def evaluation_points(evals: Records) -> dict[str, tuple[list[float], list[float
 
 
 def run_summary(records: Records, evals: Records | None = None) -> dict[str, Any]:
-    """The last value of each curve of a run: loss terms, ETE, wall time, accuracies, and the last
-    result of each recorded evaluation."""
+    """The last value of each curve of a run: loss terms, ETE, wall time, accuracies, raw-pixel
+    baselines, and the last result of each recorded evaluation (per protocol and pooling)."""
     summary: dict[str, Any] = {}
     for key in (*LOSS_STYLES, "ete", "time"):
         _, ys = _series(records, "train", "step", key)
@@ -94,6 +116,7 @@ def run_summary(records: Records, evals: Records | None = None) -> dict[str, Any
         _, ys = _series(records, "eval", "epoch", key)
         if ys:
             summary[key] = ys[-1]
+    summary.update(baselines(records))
     for label, (_, ys) in evaluation_points(evals or []).items():
         summary[f"evaluation {label}"] = ys[-1]
     return summary
@@ -133,13 +156,17 @@ def _draw_pretraining(axes: Sequence[plt.Axes], runs: list[tuple[str, Records, R
             if xs:
                 ax_acc.plot(xs, [100 * y for y in ys], MARKERS[j % 8] + "-", ms=3, color=color, label=f"{name} {key}")
                 any_acc = True
+        for key, value in baselines(records).items():
+            ax_acc.axhline(100 * value, ls=(0, (1, 2)), lw=1, color=color,
+                           label=f"{name} raw pixels {key.removeprefix(BASELINE_PREFIX)}")  # fmt: skip
+            any_acc = True
         for j, (label, (xs, ys)) in enumerate(evaluation_points(evals).items()):
             ax_acc.plot(xs, [100 * y for y in ys], MARKERS[j % 8], ms=7, mfc="none", color=color, label=f"{name} {label}")
             any_acc = True
     ax_ete.set(xlabel="effective training epochs (ETE = K x epochs)", ylabel="loss", title="Pre-training loss vs ETE")
     ax_time.set(xlabel=f"wall-clock time ({unit[0]})", ylabel="loss", title="Pre-training loss vs time")
     ax_acc.set(xlabel="effective training epochs (ETE)", ylabel="top-1 (%)",
-               title="Accuracy: monitor (lines), evaluations (points)")  # fmt: skip
+               title="Accuracy: monitor (lines), raw pixels (dotted), evaluations (points)")  # fmt: skip
     if not any_acc:
         ax_acc.text(0.5, 0.5, "no accuracy recorded\n(monitor.interval, dmjd knn / linprobe)", ha="center",
                     va="center", transform=ax_acc.transAxes)  # fmt: skip
@@ -189,6 +216,18 @@ def curves_figure(
             _legend(ax)
     fig.tight_layout()
     return fig
+
+
+def default_figure_path(run_dirs: Sequence[str | Path]) -> Path:
+    """Where ``dmjd plot`` writes without ``--output-dir`` / ``--output``: the run's own
+    ``curves.png`` (redrawn with its evaluations) for one run; for several, a figure in the first
+    run's folder named after the others, ``A/curves-vs-B-C.png``, which never replaces a run's
+    own ``curves.png``."""
+    first = Path(run_dirs[0])
+    if len(run_dirs) == 1:
+        return first / FIGURE_NAME
+    others = "-".join(Path(d).resolve().name for d in run_dirs[1:])
+    return first / f"{Path(FIGURE_NAME).stem}-vs-{others}.png"
 
 
 def save_curves_figure(run_dirs: Sequence[str | Path], path: str | Path, labels: Sequence[str] | None = None) -> Path:
