@@ -16,6 +16,7 @@ from dmjd.data.resample import pad_batch, random_resized_crop_params, resized_cr
 from dmjd.data.sampler import EpochBatchSampler, epoch_permutation
 from dmjd.data.transforms import Normalize, default_mean_std, eval_transform, pretrain_transform
 from dmjd.data.build import TrainingData, training_data
+from dmjd.data.photos import packaged_photos, photo_crops, write_photo_folder
 from dmjd.data.profile import DataProfile, folder_layout, profile_data
 from dmjd.data.split import stratified_split
 
@@ -37,6 +38,9 @@ __all__ = [
     "resized_crop",
     "to_image_array",
     "DataProfile",
+    "packaged_photos",
+    "photo_crops",
+    "write_photo_folder",
     "folder_layout",
     "profile_data",
     "stratified_split",
