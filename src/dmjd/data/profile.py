@@ -58,7 +58,10 @@ class DataProfile:
 
 def _named(name: str, num_images: int, side: int, channels: int, num_classes: int) -> DataProfile:
     """A named set of square images with labelled train and test splits."""
-    return DataProfile(name, None, num_images, (side, side), side, side, channels, True, num_classes, True, "train_val", 0)
+    return DataProfile(
+        name=name, path=None, num_images=num_images, typical_size=(side, side), min_side=side, max_side=side,
+        channels=channels, labelled=True, num_classes=num_classes, has_val=True, layout="train_val", sampled=0,
+    )  # fmt: skip
 
 
 NAMED_PROFILES = {
