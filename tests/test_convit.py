@@ -411,7 +411,8 @@ def test_exported_convit_is_callable_like_a_timm_model(tmp_path) -> None:
     missing, unexpected = classifier.load_state_dict(model.state_dict(), strict=False)
     assert sorted(missing) == ["head.bias", "head.weight"] and not unexpected
     with torch.no_grad():
-        assert classifier(x).shape == (2, 5) and classifier.forward_head(encoder.forward_features(x), True).shape == (2, 16)
+        assert classifier(x).shape == (2, 5)
+        assert classifier.forward_head(encoder.forward_features(x), pre_logits=True).shape == (2, 16)
     assert classifier.arch_kwargs()["num_classes"] == 5 and "num_classes" not in encoder.arch_kwargs()
 
 

@@ -112,7 +112,7 @@ def test_drawn_images_sample_the_classes_of_a_sorted_folder(tmp_path):
         for i in range(5):
             Image.new("L", (8, 8), color=10 * (5 * c + i)).save(tmp_path / f"class{c}" / f"{i}.png")
     tf = eval_transform(8, 1)
-    shown = {seed: (drawn_images("imagefolder", str(tmp_path), tf, 3, seed)[:, 0, 0, 0] * 255).round() for seed in (0, 1)}
+    shown = {s: drawn_images("imagefolder", str(tmp_path), tf, 3, s)[:, 0, 0, 0].mul(255).round() for s in (0, 1)}
     for grey in shown.values():
         assert sorted((grey // 50).tolist()) == [0, 1, 2]  # one image of each class
     assert not torch.equal(shown[0], shown[1])
@@ -168,10 +168,12 @@ def test_plot_of_several_runs_never_replaces_a_runs_own_curves(tmp_path, capsys)
         _write_run(tmp_path / name)
         (tmp_path / name / "curves.png").write_bytes(b"drawn by pre-training")
     assert _plot_cli(["plot", tmp_path / "dmjd", tmp_path / "mae", tmp_path / "simmim"]) == 0
-    assert all((tmp_path / n / "curves.png").read_bytes() == b"drawn by pre-training" for n in ("dmjd", "mae", "simmim"))
-    assert_drawn_png(tmp_path / "dmjd" / "curves-vs-mae-simmim.png")
-    assert (tmp_path / "dmjd" / "curves-vs-mae-simmim.json").is_file() and not (tmp_path / "dmjd" / "curves.json").exists()
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["figure"] == str(tmp_path / "dmjd" / "curves-vs-mae-simmim.png")
+    for name in ("dmjd", "mae", "simmim"):
+        assert (tmp_path / name / "curves.png").read_bytes() == b"drawn by pre-training"
+    figure = tmp_path / "dmjd" / "curves-vs-mae-simmim.png"
+    assert_drawn_png(figure)
+    assert figure.with_suffix(".json").is_file() and not (tmp_path / "dmjd" / "curves.json").exists()
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["figure"] == str(figure)
     assert default_figure_path([tmp_path / "mae"]) == tmp_path / "mae" / "curves.png"  # one run: its own, redrawn
 
 
@@ -180,7 +182,8 @@ def test_plot_keeps_poolings_apart_and_draws_raw_pixels_as_a_reference_line(tmp_
 
     _write_run(tmp_path / "run")
     with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"kind": "eval", "epoch": 0, "step": 0, "ete": 0, "knn_top1": 0.05, "pixels_knn_top1": 0.3}) + "\n")
+        record = {"kind": "eval", "epoch": 0, "step": 0, "ete": 0, "knn_top1": 0.05, "pixels_knn_top1": 0.3}
+        f.write(json.dumps(record) + "\n")
     evals = [{"kind": "knn", "protocol": "weighted-knn", "pool": pool, "knn_top1": top1, "ete": 4, "epoch": 2}
              for pool, top1 in (("cls", 0.5), ("avg", 0.6))]  # fmt: skip
     (tmp_path / "run" / "evals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
