@@ -55,14 +55,19 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         help="pre-train an encoder with disjoint masking and joint distillation",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Pre-train with DMJD. Configuration: schema defaults < --config preset < KEY=VALUE overrides.\n"
+            "Pre-train with DMJD. Configuration: schema defaults < --config preset (or the auto recipe) < KEY=VALUE "
+            "overrides.\n"
+            "Without --config, the auto recipe looks at the data, the device and train.budget (default 20m) and prints "
+            "each choice with its reason; any choice can be overridden by its key.\n"
             f"Presets: {', '.join(available_presets())} (or a path to a YAML file: a value with / or .yaml).\n"
-            "Own images: data.path=/photos (a folder of images or class folders; the kind is inferred).\n"
+            "Own images: data.path=/photos train.budget=30m (a folder of images or class folders; the kind is inferred).\n"
             "Example: dmjd pretrain --config dmjd-vit-b --output-dir runs/b data.path=/imagenet/train optim.lr=1e-3"
         ),
         epilog="Overridable keys (KEY=default):\n" + "\n".join(describe_keys()),
     )
-    p.add_argument("--config", default=None, help="preset name or YAML file (default: schema defaults)")
+    p.add_argument("--config", default=None,
+                   help="preset name or YAML file, or 'auto': a recipe chosen for the data, device and train.budget "
+                   "(the default for a new run; recipe.method=mae for MAE)")  # fmt: skip
     p.add_argument("--output-dir", required=True, help="run folder: metrics.jsonl, log.txt, checkpoints, figures")
     p.add_argument("--resume", default=None,
                    help="checkpoint path, or 'auto' = newest in --output-dir (none: start fresh); only settings "
@@ -124,19 +129,42 @@ def achievement_lines(summary: dict[str, Any], data_name: str) -> list[str]:
     return lines
 
 
-def _run_pretrain(args: argparse.Namespace) -> int:
-    from dmjd.config import load_config
+def pretrain_config(config: str | None, overrides: list[str], output_dir: str, resume: str | None) -> Config:
+    """The config of ``dmjd pretrain``: a preset or YAML file (``--config NAME``), a resumed run's saved
+    config (``--resume`` with a checkpoint and no ``--config``), or the auto recipe for the data, device
+    and budget (``--config auto``, or no ``--config``), whose choices it prints.
 
-    # A config given (or a fresh run's) is validated before torch loads: a bad one answers in a moment.
-    cfg = load_config(args.config, args.overrides) if args.config is not None or args.resume is None else None
-    from dmjd.engine import Pretrainer, resume_config
+    Raises:
+        ConfigError: ``--resume auto`` with no checkpoint to resume and nothing to start a run from.
+    """
+    from dmjd.config import ConfigError, load_config
+
+    if config not in (None, "auto"):  # validated before torch loads: a bad config answers in a moment
+        return load_config(config, overrides)
+    from dmjd.engine import resume_config
     from dmjd.engine.trainer import resolve_resume
+    from dmjd.recipe import auto_config, recipe_lines, user_keys
+
+    checkpoint = resolve_resume(output_dir, resume)
+    if checkpoint is not None:
+        return resume_config(checkpoint, overrides)
+    if resume == "auto" and config is None and not {"data.path", "data.name"} & user_keys(overrides):
+        raise ConfigError(
+            f"--resume auto: {output_dir} holds no checkpoint to resume, and no --config or data.path says what a new "
+            "run should train on; give data.path=FOLDER (the auto recipe) or --config PRESET"
+        )
+    cfg, choices = auto_config(overrides)
+    for line in recipe_lines(choices, cfg.train.budget or ""):
+        print(line)
+    return cfg
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    cfg = pretrain_config(args.config, args.overrides, args.output_dir, args.resume)
+    from dmjd.engine import Pretrainer
     from dmjd.eval.plot import save_curves_figure
     from dmjd.eval.visualize import can_draw, save_reconstruction_figure
 
-    if cfg is None:
-        ckpt_path = resolve_resume(args.output_dir, args.resume)
-        cfg = load_config(None, args.overrides) if ckpt_path is None else resume_config(ckpt_path, args.overrides)
     trainer = Pretrainer(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite)
     finished_before = trainer.finished
     summary = trainer.fit(on_epoch_end=None if finished_before else monitor_hook(cfg, trainer))

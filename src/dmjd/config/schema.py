@@ -289,6 +289,15 @@ class MonitorConfig(_Section):
     max_images: int = Field(5000, ge=100, description="images per split used by the monitor")
 
 
+class RecipeConfig(_Section):
+    """What ``--config auto`` (``dmjd.recipe``) chose for the data, device and budget, and why."""
+
+    method: Literal["dmjd", "mae"] | None = Field(
+        None, description="the method the auto recipe sets up (null: not an auto recipe; dmjd when asked for one)"
+    )
+    reasons: dict[str, str] = Field(default_factory=dict, description="written by the recipe: key -> value: reason")
+
+
 class Config(_Section):
     """A whole pre-training run."""
 
@@ -300,6 +309,7 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     monitor: MonitorConfig = MonitorConfig()
+    recipe: RecipeConfig = RecipeConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

@@ -202,7 +202,7 @@ def run_changes(saved: dict[str, Any], cfg: Config, saved_world: int | None = No
     return changes + [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(old.keys() | new.keys())
-        if old.get(key) != new.get(key) and key not in RESUMABLE_KEYS and not key.startswith("monitor.")
+        if old.get(key) != new.get(key) and key not in RESUMABLE_KEYS and not key.startswith(("monitor.", "recipe."))
     ]
 
 
@@ -289,6 +289,11 @@ class Pretrainer:
         """Whether the run has trained all its epochs or ``optim.max_steps`` (a finished run is never
         trained or rewritten)."""
         return self.state.epoch >= self.num_epochs or self.state.opt_step >= self.total_steps
+
+    @property
+    def epochs_known(self) -> int | None:
+        """The run's epochs for log lines: None while a budgeted run has no plan yet."""
+        return None if self.num_epochs == PROVISIONAL_EPOCHS else self.num_epochs
 
     @property
     def num_epochs(self) -> int:
@@ -439,7 +444,7 @@ class Pretrainer:
             if self.state.epoch_step:
                 record["mid_epoch"] = True  # a step hook's, or the end of a run cut mid-epoch
             self.logger.log(record)
-            self.logger.print(progress_line(record, self.num_epochs))
+            self.logger.print(progress_line(record, self.epochs_known))
             self.evals.append(record)
         self._run_start += time.perf_counter() - hook_start
 
@@ -604,7 +609,7 @@ class Pretrainer:
                 if self.logger is not None:
                     self.logger.log({"kind": "train", **record, "time": round(time.perf_counter() - self._run_start, 3)})
                     if not cfg.train.progress:
-                        self.logger.print(progress_line(record, self.num_epochs))
+                        self.logger.print(progress_line(record, self.epochs_known))
                 st.nonfinite_total += int(record["skipped_steps"])
                 sums = _Sums(self.device)
                 window_start, window_images = time.perf_counter(), 0
