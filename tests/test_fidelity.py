@@ -225,6 +225,27 @@ def test_pretrain_step_with_the_official_vis_pairing(tmp_path) -> None:
     assert torch.isfinite(official) and official != token
 
 
+@pytest.mark.parametrize(("units", "mask_ratio"), [(49, 0.6), (196, 0.75)])
+def test_official_dmjd_bench_replays_the_official_draws_as_scores(units: int, mask_ratio: float) -> None:
+    """``benchmarks/official_dmjd.py``'s vectorised scores equal this file's per-unit reference for the
+    same official draws, and it reorders HOG dimensions (cell_y, cell_x, bin, channel) -> (.., channel, bin)."""
+    from dmjd.bench.official_dmjd import official_scores, official_to_dmjd_dims, replay_official_draws
+
+    keep = int(units * (1 - mask_ratio))
+    noise, perm_kept, perm_removed = replay_official_draws(0, 3, units, keep, torch.device("cpu"))
+    reference = _scores_reproducing(noise, perm_kept.tolist(), perm_removed.tolist(), mask_ratio)
+    torch.testing.assert_close(official_scores(noise, perm_kept, perm_removed, keep).flatten(0, 1), reference)
+    official = torch.arange(108).view(2, 2, 9, 3)  # [cell_y, cell_x, bin, channel]
+    assert official_to_dmjd_dims(official.flatten()).tolist() == official.permute(0, 1, 3, 2).flatten().tolist()
+
+
+def test_official_dmjd_bench_names_a_folder_that_is_not_a_checkout(tmp_path) -> None:
+    from dmjd.bench.official_dmjd import import_official_dmjd
+
+    with pytest.raises(FileNotFoundError, match="models_dmjd.py"):
+        import_official_dmjd(tmp_path)
+
+
 def test_official_counts_and_the_block_cell_layout() -> None:
     """Hand counts of the official code: 147 of 196 tokens at 0.75; 30 of 49 cells (120 tokens) at
     0.6 with 2 x 2 cells, cell (r, c) covering tokens (2r + a) * 14 + 2c + b."""
@@ -232,6 +253,10 @@ def test_official_counts_and_the_block_cell_layout() -> None:
     block = DisjointMasking((14, 14), 0.6, 2, 1.0, "block", 2)
     assert (block.num_masked, block.num_predicted) == (120, 196)
     assert _expand_cells({0, 8}, 7) == {0, 1, 14, 15, 30, 31, 44, 45}
+    # below m = 0.5 the official views cover n_corr + int(m L) tokens: 2 n_corr - 1 = 117 of 196 at 0.3
+    noise = torch.rand(2, 196, generator=torch.Generator().manual_seed(0)).tolist()
+    views = official_two_views(noise, list(range(137)), list(range(59)), 0.3, 1.0)
+    assert [len(a | b) for a, b in views] == [117, 117] and DisjointMasking((14, 14), 0.3).num_masked == 59
 
 
 # ------------------------------------------------------------------ learning-rate rule (Eq. 4)

@@ -62,6 +62,13 @@ def import_official_mae(mae_dir: str | Path) -> tuple[types.ModuleType, types.Mo
     root = Path(mae_dir).resolve()
     if not (root / "models_mae.py").is_file():
         raise FileNotFoundError(f"{root} holds no models_mae.py: pass a checkout of facebookresearch/mae as --mae-dir")
+    models_mae, misc = import_checkout(root, ("models_mae", "util.misc"))
+    return models_mae, misc
+
+
+def patch_for_current_libraries() -> None:
+    """Restore what MAE-era code (MAE, ConvMAE, DMJD) takes from older libraries: ``np.float``,
+    ``torch._six.inf`` and timm's ``Block(qk_scale=...)``. Idempotent."""
     if not hasattr(np, "float"):
         np.float = float  # type: ignore[attr-defined]  # util/pos_embed.py uses the removed alias
     if "torch._six" not in sys.modules:
@@ -77,11 +84,21 @@ def import_official_mae(mae_dir: str | Path) -> tuple[types.ModuleType, types.Mo
                 super().__init__(*args, **kwargs)
 
         vit.Block = Block  # type: ignore[misc]
-    for name in [m for m in sys.modules if m == "models_mae" or m == "util" or m.startswith("util.")]:
-        del sys.modules[name]  # another checkout imported before (or an unrelated ``util``)
+
+
+def import_checkout(root: Path, names: Sequence[str]) -> list[types.ModuleType]:
+    """Import the modules ``names`` of a checkout at ``root``, after ``patch_for_current_libraries``.
+
+    Modules of those top-level names (and any ``util``) imported before, from another checkout or an
+    unrelated package, are dropped first, so each call imports from ``root``.
+    """
+    patch_for_current_libraries()
+    tops = {name.split(".")[0] for name in names} | {"util"}
+    for name in [m for m in sys.modules if m.split(".")[0] in tops]:
+        del sys.modules[name]
     sys.path.insert(0, str(root))
     try:
-        return importlib.import_module("models_mae"), importlib.import_module("util.misc")
+        return [importlib.import_module(name) for name in names]
     finally:
         sys.path.remove(str(root))
 
