@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,16 @@ class MetricsLogger:
     def print(self, line: str) -> None:
         """Print ``line`` and append it to ``log.txt``."""
         print(line, flush=True)
+        self.write(line)
+
+    def write(self, line: str) -> None:
+        """Append ``line`` to ``log.txt`` only (when the console gets it another way)."""
         self._text.write(line + "\n")
+
+    def text_bytes(self) -> int:
+        """The size of ``log.txt`` so far (a checkpoint keeps it: a resume cuts the file back to it)."""
+        self._text.flush()
+        return self._text.tell()
 
     def close(self) -> None:
         self._file.close()
@@ -108,6 +118,39 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """Read a ``metrics.jsonl`` (or ``evals.jsonl``) file back as a list of records."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def cut_run_logs(folder: str | Path, step: int, log_bytes: int | None = None) -> int:
+    """Cut a run's logs back to a checkpoint before resuming from it, so that what the resumed run
+    redoes is not logged twice: ``metrics.jsonl`` loses the records after optimizer step ``step``,
+    ``log.txt`` is cut to ``log_bytes`` (its size when the checkpoint was saved; None leaves it).
+
+    Returns:
+        The number of ``metrics.jsonl`` records dropped.
+    """
+    folder = Path(folder)
+    metrics, text = folder / "metrics.jsonl", folder / "log.txt"
+    dropped = 0
+    if metrics.is_file():
+        lines = metrics.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _record_step(line) <= step]
+        dropped = len(lines) - len(kept)
+        if dropped:
+            partial = metrics.with_suffix(".jsonl.tmp")
+            partial.write_text("".join(kept))
+            os.replace(partial, metrics)
+    if log_bytes is not None and text.is_file() and text.stat().st_size > log_bytes:
+        os.truncate(text, log_bytes)
+    return dropped
+
+
+def _record_step(line: str) -> float:
+    """A ``metrics.jsonl`` line's optimizer step; a blank line or one cut short by a kill counts as
+    after every step (it is dropped)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:
+        return math.inf
 
 
 def append_eval(folder: str | Path, record: dict[str, Any]) -> Path:

@@ -35,7 +35,8 @@ from dmjd.data.build import training_data
 from dmjd.engine import checkpoint as ckpt
 from dmjd.engine.budget import PROVISIONAL_EPOCHS, TimeBudget, apply_plan, budget_seconds, describe_plan
 from dmjd.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
-from dmjd.engine.metrics import MetricsLogger, progress_line, read_metrics, round_floats
+from dmjd.engine.metrics import MetricsLogger, cut_run_logs, progress_line, read_metrics, round_floats
+from dmjd.engine.resources import available_memory, check_step_memory, cpu_thread_hint, measure_step_memory
 from dmjd.engine.run_dir import OutputDirError, prepare_output_dir
 from dmjd.engine.optim import build_adamw, lr_at, peak_lr, pretrain_param_groups, rates_summary, set_lr
 from dmjd.engine.builders import build_dmjd_model, build_loss, build_masking, build_target, mean_std
@@ -268,15 +269,23 @@ class Pretrainer:
         if loaded is not None:
             cfg = with_saved_plan(cfg, loaded["config"])
             check_resumable(loaded, cfg, resume_path, self.dist.world_size)
-        prepare_output_dir(self.output_dir, resume_path is not None, overwrite, self.dist.is_main)
+        self._lock = prepare_output_dir(self.output_dir, resume_path is not None, overwrite, self.dist.is_main, lock=True)
         barrier(self.dist)
         self.state = RunState()
         self.cfg = cfg
+        self.logger: MetricsLogger | None = None
+        self._epoch_sums: _Sums | None = None  # the current epoch's, carried by mid-epoch checkpoints
+        self._resumed_sums: dict[str, Any] | None = None
+        self._start_notes: list[str] = []  # lines for the console and log.txt once the run's log is open
         self._build()
+        self._check_memory()
         if loaded is not None:
             self._restore(loaded)
             if self.dist.is_main:
-                print(f"dmjd: resumed from {resume_path} at epoch {self.state.epoch}, step {self.state.opt_step}")
+                same_folder = resume_path.parent.resolve() == self.output_dir.resolve()
+                cut = cut_run_logs(self.output_dir, self.state.opt_step, self._resumed_log_bytes if same_folder else None)
+                dropped = f"; {cut} log records after step {self.state.opt_step} dropped (they are redone)" if cut else ""
+                self._start_notes.append(f"dmjd: resumed from {resume_path} {self._where()}{dropped}")
         self._stop_signal: int | None = None
         self.time_up = False
         self._run_start = 0.0  # perf_counter() at which the run's training time began (moved by evaluations)
@@ -364,7 +373,10 @@ class Pretrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.state = RunState(**state["run_state"])
+        run_state = dict(state["run_state"])
+        self._resumed_sums = run_state.pop("epoch_sums", None)
+        self._resumed_log_bytes: int | None = run_state.pop("log_bytes", None)
+        self.state = RunState(**run_state)
         if self.state.epoch_step % self.cfg.optim.accum_iter:
             raise ckpt.CheckpointError("checkpoint was saved inside a gradient-accumulation cycle")
         if "rng" in state:
@@ -394,6 +406,7 @@ class Pretrainer:
                 print(f"dmjd: the run in {self.output_dir} has finished its {done}; nothing to train, its files are "
                       "left as they are")  # fmt: skip
             summary = self.output_dir / "summary.json"
+            self.release()
             return json.loads(summary.read_text()) if summary.is_file() else {"kind": "summary", "epochs": self.state.epoch}
         self.logger = MetricsLogger(self.output_dir, cfg.train.tensorboard) if main else None
         if main:
@@ -403,6 +416,8 @@ class Pretrainer:
             for warning in self.data_warnings:
                 self.logger.print(f"dmjd: WARNING: {warning}")
             self._warn_short_run()
+            for line in self._start_notes:
+                self.logger.print(line)
         old_handlers = self._install_signal_handlers()
         self._run_start = time.perf_counter() - self.state.elapsed
         last: dict[str, Any] = {}
@@ -417,22 +432,53 @@ class Pretrainer:
                     self.state.epoch += 1
                     self.state.epoch_step = 0
                 self.state.elapsed = time.perf_counter() - self._run_start
-                self._save_epoch_checkpoints()
                 if self.logger is not None:
                     seconds = max(self.state.elapsed - elapsed_before, 1e-9)
                     images_per_s = (self.state.opt_step - steps_before) * self.unique_batch / seconds
                     bad = self.state.bad_images - bad_before
                     epoch_record = {**last, "kind": "epoch"}
                     self.logger.print(progress_line(epoch_record, self.num_epochs, images_per_s=images_per_s, bad_images=bad))
+                self._save_epoch_checkpoints()  # after the epoch's line: a resume keeps it in log.txt
                 if on_epoch_end is not None:
                     self._evaluate(on_epoch_end)
                 barrier(self.dist)
+            return self._finish(time.perf_counter() - self._run_start, last)
         finally:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             if self.logger is not None:
                 self.logger.close()
-        return self._finish(time.perf_counter() - self._run_start, last)
+            self.release()
+
+    def release(self) -> None:
+        """Release the output folder's lock (``fit`` does at its end, also on errors and signals)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def _check_memory(self) -> None:
+        """Measure one step's memory before the first step: refuse a batch that cannot fit the device
+        (``StepMemoryError``), note one that is close; on a small CPU, note the thread hint."""
+        o, dev = self.cfg.optim, self.device
+
+        def probe(n: int) -> object:  # the model itself, not DDP's wrapper: no gradient sync is started
+            m = self.cfg.model
+            images = torch.rand(n, m.in_chans, m.img_size, m.img_size, device=dev)
+            views = self._masks(0, n)
+            autocast = torch.autocast(dev.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
+            with autocast:
+                return self.loss_fn(self.model(self.normalize(images), views), self.target(images), views)
+
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):  # the run's RNG is untouched
+            memory = measure_step_memory(self.model, probe)
+        where = "free GPU memory" if dev.type == "cuda" else "available RAM"
+        note = check_step_memory(memory, o.batch_size, o.accum_iter, available_memory(dev), where)
+        hint = cpu_thread_hint(dev, torch.get_num_threads())
+        self._start_notes += [f"dmjd: {line}" for line in (note, hint) if line and self.dist.is_main]
+
+    def _where(self) -> str:
+        """The run's position as users read it: ``at step 14 (epoch 3/4)``, epochs counted from 1."""
+        epoch = min(self.state.epoch + 1, self.cfg.optim.epochs)
+        return f"at step {self.state.opt_step} (epoch {epoch}/{self.cfg.optim.epochs})"
 
     def _evaluate(self, hook: EpochHook) -> None:
         """Run an epoch or step hook on the main process, log and print what it returns (a
@@ -565,7 +611,9 @@ class Pretrainer:
         usable_micro = self.steps_per_epoch * o.accum_iter
         K = self.masking.num_views
         sums = _Sums(self.device)
-        epoch_sums = _Sums(self.device)
+        resumed = self._resumed_sums if st.epoch_step else None  # a mid-epoch resume continues the epoch's sums
+        epoch_sums = self._epoch_sums = _Sums.from_plain(resumed, self.device) if resumed else _Sums(self.device)
+        self._resumed_sums = None
         consecutive = torch.zeros((), device=self.device)
         window_start, window_images = time.perf_counter(), 0
         bar = tqdm(
@@ -707,7 +755,7 @@ class Pretrainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "run_state": {k: v for k, v in vars(self.state).items()},
+            "run_state": {**vars(self.state), **self._log_state()},
             "epoch": self.state.epoch,
             "step": self.state.opt_step,
             "rng": rng_state(),
@@ -716,9 +764,21 @@ class Pretrainer:
             "dmjd_version": dmjd.__version__,
         }
 
+    def _log_state(self) -> dict[str, Any]:
+        """What a resume needs of the logs: the epoch's running sums mid-epoch (plain numbers, so the
+        resumed epoch's record averages all its steps) and the size of ``log.txt`` (cut back to it)."""
+        out: dict[str, Any] = {}
+        if self._epoch_sums is not None and self.state.epoch_step:
+            out["epoch_sums"] = self._epoch_sums.plain()
+        if self.logger is not None:
+            out["log_bytes"] = self.logger.text_bytes()
+        return out
+
     def save(self, name: str) -> Path | None:
         """Save a checkpoint from the main process (all processes wait for it)."""
         barrier(self.dist)
+        if self._epoch_sums is not None and self.state.epoch_step:
+            self._epoch_sums.average_over(self.dist)  # the saved sums stand for every process
         path = ckpt.save_checkpoint(self.state_dict(), self.output_dir / name) if self.dist.is_main else None
         barrier(self.dist)
         return path
@@ -734,12 +794,12 @@ class Pretrainer:
 
     def _save_interrupt_checkpoint(self) -> None:
         self.state.elapsed = time.perf_counter() - self._run_start
-        path = self.save(ckpt.LAST)
         name = signal.Signals(self._stop_signal).name if self._stop_signal else "signal"
-        raise TrainingInterrupted(
-            f"{name} received: saved {path or self.output_dir / ckpt.LAST} at epoch {self.state.epoch}, "
-            f"step {self.state.opt_step}; continue with --resume auto"
-        )
+        path, where = self.output_dir / ckpt.LAST, self._where()
+        if self.logger is not None:  # before the save: a resume keeps log.txt up to the checkpoint
+            self.logger.write(f"dmjd: interrupted by {name} {where}; checkpoint saved to {path}")
+        self.save(ckpt.LAST)
+        raise TrainingInterrupted(f"{name} received: saved {path} {where}; continue with --resume auto")
 
     def _finish(self, seconds: float, last: dict[str, float]) -> dict[str, Any]:
         summary = {
@@ -804,6 +864,25 @@ class _Sums:
 
     def stacked(self) -> Tensor:
         return torch.cat([self.values, self.skipped.view(1)])
+
+    def plain(self) -> dict[str, Any]:
+        """The sums as plain numbers, for a checkpoint."""
+        return {"values": self.values.tolist(), "skipped": float(self.skipped), "count": self.count}
+
+    @classmethod
+    def from_plain(cls, state: dict[str, Any], device: torch.device) -> _Sums:
+        """Sums restored from ``plain``."""
+        sums = cls(device)
+        sums.values += torch.tensor(state["values"], device=device)
+        sums.skipped += float(state["skipped"])
+        sums.count = int(state["count"])
+        return sums
+
+    def average_over(self, dist: DistInfo) -> None:
+        """Replace this process's sums by their mean over processes (what a record reports: records
+        average again, and the mean is linear, so later records are unchanged)."""
+        averaged = all_reduce_mean(self.stacked(), dist)
+        self.values, self.skipped = averaged[:4].clone(), averaged[4].clone()
 
 
 def resume_config(checkpoint: str | Path, overrides: list[str] | None = None) -> Config:

@@ -1,0 +1,138 @@
+"""What a run needs from the machine: the memory of one training step against what is available,
+and a hint about CPU threads on small machines.
+
+The step's memory is measured, not guessed from the architecture: probe forward passes on two and
+four images record the bytes autograd saves for the backward pass (``saved_tensors_hooks``), which
+grow linearly with the batch; gradients and the two AdamW moments add three copies of the parameters.
+The peak RSS growth of one CPU step (fp32) measured 0.81-1.11x this estimate on three small configs
+(docs/reliability.md): backward transients are about what the activations freed on the way leave.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from dmjd.errors import InputError
+
+PROBE_IMAGES = 2
+WARN_FRACTION = 0.8  # warn when the step needs more than this share of the available memory
+
+
+class StepMemoryError(InputError):
+    """One training step cannot fit in the memory the device has; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """Bytes one optimizer step adds to a built model: optimizer state, gradients and the saved
+    tensors that do not grow with the batch (``state``), and activations saved for backward
+    (``per_image`` x batch)."""
+
+    state: int
+    per_image: int
+
+    def need(self, batch_size: int) -> int:
+        """Bytes a step at ``batch_size`` images per process adds to what is allocated."""
+        return self.state + self.per_image * batch_size
+
+    def largest_batch(self, available: int) -> int:
+        """The largest batch whose step fits in ``available`` bytes (0 when even the state does not)."""
+        room = available - self.state
+        return max(room // max(self.per_image, 1), 0)
+
+
+def saved_tensor_bytes(forward: Callable[[], object]) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``forward()`` runs,
+    parameters excluded (they are allocated already)."""
+    storages: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        if not isinstance(t, nn.Parameter):
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(storages.values())
+
+
+def measure_step_memory(model: nn.Module, forward_probe: Callable[[int], object]) -> StepMemory:
+    """The memory of one step: ``forward_probe(n)`` runs the losses of ``n`` images (graph built,
+    no backward), for ``PROBE_IMAGES`` and twice as many, which separates what each image adds from
+    what does not grow with the batch; gradients and the AdamW moments are three copies of the
+    trainable parameters."""
+    small, large = (saved_tensor_bytes(lambda n=n: forward_probe(n)) for n in (PROBE_IMAGES, 2 * PROBE_IMAGES))
+    per_image = max(large - small, 0) // PROBE_IMAGES
+    params = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return StepMemory(state=3 * params + max(small - PROBE_IMAGES * per_image, 0), per_image=per_image)
+
+
+def available_memory(device: torch.device, meminfo: str | Path = "/proc/meminfo") -> int | None:
+    """Bytes free for the run: CUDA's free device memory, or the host's ``MemAvailable`` for the
+    CPU (None where it cannot be read)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_step_memory(
+    memory: StepMemory, batch_size: int, accum_iter: int, available: int | None, where: str
+) -> str | None:
+    """Refuse a step that clearly cannot fit ``available`` bytes, warn when it is close.
+
+    Args:
+        batch_size: images per process and micro-step (``optim.batch_size``).
+        accum_iter: gradient accumulation steps (the suggestion keeps the global batch).
+        available: free bytes (None: unknown, nothing is checked).
+        where: the memory's name in messages, e.g. ``available RAM``.
+
+    Returns:
+        A warning line when the step needs more than ``WARN_FRACTION`` of what is available, else None.
+
+    Raises:
+        StepMemoryError: the step needs more than is available, with the estimate, the available
+            memory and an ``optim.batch_size`` / ``optim.accum_iter`` pair that fits.
+    """
+    if available is None:
+        return None
+    need = memory.need(batch_size)
+    if need <= WARN_FRACTION * available:
+        return None
+    said = (f"one step at optim.batch_size={batch_size} needs about {need / 2**30:.2f} GiB, {where} is "
+            f"{available / 2**30:.2f} GiB")  # fmt: skip
+    fits = memory.largest_batch(int(WARN_FRACTION * available))
+    if fits < 1:
+        advice = "the model's optimizer state alone does not fit: use a smaller model or another device"
+    else:
+        split = next(s for s in range(2, batch_size + 1) if batch_size % s == 0 and batch_size // s <= fits)
+        advice = (f"try optim.batch_size={batch_size // split} optim.accum_iter={accum_iter * split} (same global batch, "
+                  "same learning rate), or model.grad_checkpointing=true")  # fmt: skip
+    if need > available:
+        raise StepMemoryError(f"{said}: it cannot fit; {advice}")
+    return f"WARNING: {said}: close to the limit; {advice}"
+
+
+def cpu_thread_hint(device: torch.device, threads: int, cores: int | None = None) -> str | None:
+    """A hint, on a CPU with few cores and more than one intra-op thread, that one thread per
+    process may train faster there (seen on 2 shared cores, ``benchmarks/threads.py`` measures it)."""
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    if device.type != "cpu" or threads <= 1 or cores > 4:
+        return None
+    return (
+        f"hint: {threads} torch threads on {cores} CPU cores; on small or shared CPUs one thread per process is "
+        "often faster: try OMP_NUM_THREADS=1 (or torchrun --nproc_per_node with OMP_NUM_THREADS=1); "
+        "benchmarks/threads.py measures both"
+    )
