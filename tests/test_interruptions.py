@@ -21,6 +21,7 @@ from dmjd.engine.metrics import read_metrics
 from dmjd.engine.resources import (
     StepMemory,
     StepMemoryError,
+    available_memory,
     check_step_memory,
     cpu_thread_hint,
     measure_step_memory,
@@ -61,6 +62,16 @@ def test_a_stale_lock_is_taken_over_and_the_lock_is_held_only_while_the_run_last
     assert f"taking over the stale lock of pid {dead.pid}" in capsys.readouterr().out
     trainer.fit(on_epoch_end=lambda t: held.append(json.loads((tmp_path / LOCK_FILE).read_text())["pid"]))
     assert held and set(held) == {os.getpid()}
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_an_unreadable_lock_is_stale_only_once_it_is_old(tmp_path):
+    (tmp_path / LOCK_FILE).write_text("")  # a run killed between creating the file and writing its owner
+    old = os.stat(tmp_path / LOCK_FILE).st_mtime - 60
+    os.utime(tmp_path / LOCK_FILE, (old, old))
+    lock = prepare_output_dir(tmp_path, resume=False, overwrite=False, is_main=True, lock=True)
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    lock.release()
     assert not (tmp_path / LOCK_FILE).exists()
 
 
@@ -141,6 +152,15 @@ def test_measured_step_memory_predicts_the_saved_activations_of_a_larger_batch(t
     params = sum(p.numel() * 4 for p in trainer.model.parameters())
     assert memory.per_image > 0 and memory.state >= 3 * params
     assert memory.state - 3 * params + 32 * memory.per_image == pytest.approx(saved_tensor_bytes(lambda: probe(32)), rel=0.05)
+
+
+def test_available_ram_is_shared_by_the_processes_of_this_host(tmp_path, monkeypatch):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       8000000 kB\nMemAvailable:   4000000 kB\n")
+    assert available_memory(torch.device("cpu"), meminfo) == 4000000 * 1024
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert available_memory(torch.device("cpu"), meminfo) == 2000000 * 1024
+    assert available_memory(torch.device("cpu"), tmp_path / "missing") is None
 
 
 def test_thread_hint_only_on_a_small_cpu_with_several_threads():

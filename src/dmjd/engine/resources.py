@@ -75,15 +75,16 @@ def measure_step_memory(model: nn.Module, forward_probe: Callable[[int], object]
 
 
 def available_memory(device: torch.device, meminfo: str | Path = "/proc/meminfo") -> int | None:
-    """Bytes free for the run: CUDA's free device memory, or the host's ``MemAvailable`` for the
-    CPU (None where it cannot be read)."""
+    """Bytes free for this process: CUDA's free device memory, or for the CPU the host's
+    ``MemAvailable`` divided among the ``LOCAL_WORLD_SIZE`` processes torchrun started on this host
+    (None where it cannot be read)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     try:
         for line in Path(meminfo).read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
+                return int(line.split()[1]) * 1024 // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    except (OSError, ValueError):
         pass
     return None
 

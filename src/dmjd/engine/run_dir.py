@@ -29,6 +29,7 @@ RUN_FILES = (
 
 
 LOCK_FILE = ".dmjd.lock"
+UNREADABLE_GRACE_S = 5.0  # an unreadable lock younger than this is being written, not stale
 
 
 class OutputDirError(InputError):
@@ -72,7 +73,10 @@ class RunLock:
 
     def __init__(self, folder: str | Path) -> None:
         self.path = Path(folder) / LOCK_FILE
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        owner = {
+            "pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "id": os.urandom(8).hex(),  # tells this lock from a later one of the same process
+        }  # fmt: skip
         self._token = json.dumps(owner)
         while not self._create():
             self._take_over_or_refuse()
@@ -98,7 +102,14 @@ class RunLock:
             owner = json.loads(text)
             pid, host, since = int(owner["pid"]), str(owner["host"]), str(owner.get("since", "?"))
         except (ValueError, KeyError, TypeError):
-            pid, host, since = -1, socket.gethostname(), "?"  # unreadable (a write cut short): stale
+            try:
+                fresh = time.time() - self.path.stat().st_mtime < UNREADABLE_GRACE_S
+            except FileNotFoundError:
+                return  # released meanwhile: try again
+            if fresh:
+                time.sleep(0.1)  # another run has just created it and is writing its owner: look again
+                return
+            pid, host, since = -1, socket.gethostname(), "?"  # unreadable for long (a write cut short): stale
         here = host == socket.gethostname()
         if here and pid != os.getpid() and pid > 0 and _pid_alive(pid):
             raise OutputDirError(
