@@ -16,20 +16,12 @@ from hypothesis import strategies as st
 
 from dmjd.bench import register_bench_command
 from dmjd.bench.analysis import Curve, aggregate, common_end, first_reach, speedup, value_at
-from dmjd.bench.efficiency import (
-    Calibration,
-    PeriodicEvaluator,
-    ScheduleRefit,
-    analyse_comparison,
-    eval_interval,
-    plan_runs,
-    run_efficiency,
-    scheduled_steps,
-    with_schedule,
-)
+from dmjd.bench.efficiency import PeriodicEvaluator, analyse_comparison, eval_interval, plan_runs, run_efficiency
 from dmjd.bench.presets import PRESETS, SECTIONS
 from dmjd.bench.report import reading
 from dmjd.config import load_config
+from dmjd.config.duration import parse_duration
+from dmjd.config.duration import parse_duration
 from dmjd.bench.throughput import peak_bf16_flops, step_flops, synthetic_images, throughput_config
 from dmjd.engine import Pretrainer
 
@@ -113,51 +105,31 @@ def test_aggregate_mean_spread_and_undefined_values():
     assert none.mean is None and none.n == 0 and none.total == 2
 
 
-def test_schedule_rule():
-    assert scheduled_steps(100.0, Calibration(steps_per_s=2.0, steps_per_epoch=50)) == 200
-    assert scheduled_steps(1.0, Calibration(steps_per_s=0.1, steps_per_epoch=100)) == 1
-    assert scheduled_steps(100.0, Calibration(steps_per_s=2.0, steps_per_epoch=50, startup_s=25.0)) == 150
+def test_eval_interval_spaces_the_points():
     assert eval_interval(12, 4) == 3 and eval_interval(13, 4) == 4 and eval_interval(2, 4) == 1
 
 
-def test_schedule_ends_mid_epoch_at_the_budget():
-    """A budget of 1.4 epochs schedules 1.4 epochs, not the 1 that rounding epochs gave (issue 11)."""
-    cfg = load_config(None, ["optim.warmup_epochs=0"])
-    out = with_schedule(cfg, 140, 100, 0.1)
-    assert (out.optim.epochs, out.optim.max_steps) == (3, 140)  # room for ScheduleRefit: 1.4 x 1.5 epochs
-    assert out.optim.warmup_epochs == pytest.approx(0.14)
-    assert cfg.optim.max_steps is None  # a copy
+def test_benchmark_runs_are_budgeted_by_the_engine():
+    """One copy of the budget logic: every run gets train.budget (the engine plans its schedule)."""
+    runs, _ = plan_runs(PRESETS["smoke"], ["core"], [0], 7.0, None, None)
+    for run in runs:
+        assert parse_duration(run.cfg.train.budget) == 7.0 and run.cfg.train.budget_plan is None
+        assert run.cfg.train.budget_tolerance == 0.05 and run.cfg.train.max_time_s is None
 
 
-def test_schedule_refit_fits_the_cosine_to_the_runs_own_speed():
-    """Re-fits at the end of the warmup (10 steps) and halfway through, within the epochs' room."""
-    refit = ScheduleRefit(budget_s=60.0)
-    trainer = SimpleNamespace(state=SimpleNamespace(opt_step=0, elapsed=0.0), warmup_steps=10, total_steps=100,
-                              steps_per_epoch=50, cfg=SimpleNamespace(optim=SimpleNamespace(epochs=3)))  # fmt: skip
-
-    def step(n: int, elapsed: float) -> None:
-        trainer.state.opt_step, trainer.state.elapsed = n, elapsed
-        refit(trainer)
-
-    step(9, 4.5)
-    assert trainer.total_steps == 100 and refit.refits == []  # still warming up
-    step(10, 5.0)  # 2 steps/s: 120 steps fit in 60 s
-    assert trainer.total_steps == 120
-    step(59, 20.0)
-    assert trainer.total_steps == 120
-    step(60, 24.0)  # halfway: 2.5 steps/s -> 150 = the room of 3 epochs x 50 steps
-    assert trainer.total_steps == 150 and refit.refits == [(10, 120), (60, 150)]
-    step(75, 25.0)
-    assert trainer.total_steps == 150 and len(refit.refits) == 2  # two re-fits only
-    slow = ScheduleRefit(budget_s=60.0)
-    trainer.total_steps, trainer.state.opt_step, trainer.state.elapsed = 100, 10, 50.0
-    slow(trainer)
-    assert trainer.total_steps == 12  # 0.2 steps/s; never below the next step
+def test_evaluator_spaces_points_over_a_budgeted_runs_plan():
+    evaluator = PeriodicEvaluator(lambda encoder: {"knn_top1": 0.5}, points=4)
+    trainer = _trainer(3)
+    trainer.budget = SimpleNamespace(plan=None)
+    assert evaluator.on_step_end(trainer) is None and evaluator.every_steps is None  # no plan yet
+    trainer.budget.plan = SimpleNamespace(total_steps=40)
+    trainer.state.opt_step = 10
+    assert evaluator.on_step_end(trainer) is not None and evaluator.every_steps == 10
 
 
 def _trainer(step: int, time_up: bool = False, finished: bool = False) -> SimpleNamespace:
     return SimpleNamespace(state=SimpleNamespace(opt_step=step), finished=finished, time_up=time_up,
-                           model=SimpleNamespace(encoder="enc"))  # fmt: skip
+                           model=SimpleNamespace(encoder="enc"), budget=None)  # fmt: skip
 
 
 def test_evaluator_runs_before_training_every_few_steps_and_at_the_end():
@@ -199,7 +171,7 @@ def test_shared_configurations_train_once_per_seed():
     assert (dmjd.masking.num_views, dmjd.target.name, dmjd.model.vdb) == (2, "hog", True)
     mae = by_key[main["MAE"]["1"]].cfg
     assert (mae.masking.num_views, mae.target.name, mae.model.vdb, mae.train.seed) == (1, "pixels", False, 1)
-    assert mae.train.max_time_s == 60.0 and mae.model.embed_dim == dmjd.model.embed_dim
+    assert parse_duration(mae.train.budget) == 60.0 and mae.model.embed_dim == dmjd.model.embed_dim
 
 
 def test_variants_differ_only_in_their_own_keys():
@@ -335,7 +307,8 @@ def test_smoke_benchmark_writes_results_report_and_figures(smoke_dir):
         assert all(b["time"] >= a["time"] and b["ete"] >= a["ete"] for a, b in zip(points, points[1:]))
         assert all(0.0 <= p[m] <= 1.0 for p in points for m in ("knn_top1", "linprobe_top1"))
         assert run["steps"] >= 1 and run["summary"]["steps"] >= 1 and run["error"] is None  # not a load-bound count
-        assert run["schedule_refits"][0][0] >= 1  # re-fitted to its own speed after its warmup
+        plan = run["budget_plan"]  # planned from its own measured rate, checked after its warmup
+        assert plan["planned_at"] >= 1 and plan["checked"] and run["steps"] == plan["total_steps"]
         assert not list((smoke_dir / "runs").glob("*/*.pth"))  # checkpoints removed
     dm = results["runs"]["main-dm-seed0"]
     assert dm["num_views"] == 2 and dm["pred_ratio"] == 1.0

@@ -75,8 +75,9 @@ def test_batch_leaves_at_least_8_steps_per_epoch_and_tiny_sets_are_refused():
     assert chosen(choose_recipe(profile(200, 32, 32), 60, "dmjd", CPU))["optim.batch_size"] == 16
     assert chosen(choose_recipe(profile(60_000, 32, 32), 60, "dmjd", CPU))["optim.batch_size"] == 128
     assert chosen(choose_recipe(profile(60_000, 32, 32), 60, "dmjd", GPU, "cuda"))["optim.batch_size"] == 256
+    assert chosen(choose_recipe(profile(40, 32, 32), 60, "dmjd", CPU))["optim.batch_size"] == 8  # the smallest
     with pytest.raises(ConfigError, match="fewer than a batch"):
-        choose_recipe(profile(20, 32, 32), 60, "dmjd", CPU)
+        choose_recipe(profile(15, 32, 32), 60, "dmjd", CPU)
     with pytest.raises(ConfigError, match="recipe.method"):
         choose_recipe(profile(2000, 32, 32), 60, "simclr", CPU)
 

@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dmjd {dmjd.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from dmjd.bench import register_bench_command
+    from dmjd.bench import register_bench_command, register_compare_command
     from dmjd.eval.commands import register_eval_commands
 
     registrars: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -240,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_shard,
         register_eval_commands,
         register_bench_command,
+        register_compare_command,
     ]
     for registrar in registrars:
         registrar(sub)

@@ -30,6 +30,7 @@ from dmjd.data.profile import DataProfile, profile_data
 
 METHODS = ("dmjd", "mae")
 DEFAULT_BUDGET = "20m"
+MIN_BATCH = 8
 MIN_EPOCHS = 5.0  # the budget must train the chosen model for at least this many epochs (per view)
 IMAGE_SIDES = (32, 64, 96, 128, 224)
 # Sustained fraction of the measured matmul FLOP/s that a pre-training step reaches (small
@@ -151,9 +152,10 @@ def choose_recipe(
     if method not in METHODS:
         raise ConfigError(f"recipe.method={method!r}; choose from {', '.join(METHODS)}")
     n = profile.num_images
+    if n < 2 * MIN_BATCH:
+        raise ConfigError(f"the data set has {n} images, fewer than a batch ({MIN_BATCH}) per step for two steps; "
+                          f"give at least {2 * MIN_BATCH} images")  # fmt: skip
     batch = _batch(n, device_type)
-    if batch < 8:
-        raise ConfigError(f"the data set has {n} images, fewer than a batch of 8; give at least 16 images")
     side = image_side(profile)
     patch = patch_size(side)
     grid = side // patch
@@ -184,7 +186,7 @@ def choose_recipe(
         every = max(1, round(epochs / 5))
         choices.append(Choice("monitor.interval", every, f"labelled data: kNN + linear probe every {every} epochs "
                               "(about 5 evaluations), against the untrained encoder and raw pixels"))  # fmt: skip
-    return choices + _method_choices(method, grid, patch, size.width)
+    return choices + method_choices(method, grid, patch, size.width)
 
 
 def _size_reason(size: VitSize, rung: str, epochs: float) -> str:
@@ -196,9 +198,10 @@ def _size_reason(size: VitSize, rung: str, epochs: float) -> str:
 
 
 def _batch(num_images: int, device_type: str) -> int:
-    """The largest power of two up to 128 (CPU) or 256 (GPU) giving at least 8 steps per epoch."""
+    """The largest power of two up to 128 (CPU) or 256 (GPU) giving at least 8 steps per epoch, and
+    at least ``MIN_BATCH``."""
     cap = 256 if device_type == "cuda" else 128
-    return min(cap, 2 ** int(math.log2(max(num_images // 8, 1))))
+    return max(MIN_BATCH, min(cap, 2 ** int(math.log2(max(num_images // 8, 1)))))
 
 
 def _model_size(
@@ -215,7 +218,7 @@ def _model_size(
     return chosen
 
 
-def _method_choices(method: str, grid: int, patch: int, width: int) -> list[Choice]:
+def method_choices(method: str, grid: int, patch: int, width: int) -> list[Choice]:
     """Masking, target and branches of DMJD (the paper's recipe) or MAE."""
     if method == "mae":
         return [

@@ -62,6 +62,62 @@ def register_bench_command(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_bench_command)
 
 
+def _methods(text: str) -> list[str]:
+    return _csv(text)
+
+
+def _seed_count(text: str) -> list[int]:
+    """``--seeds N`` (seeds 0..N-1) or a comma-separated list."""
+    seeds = _seeds(text)
+    return list(range(seeds[0])) if len(seeds) == 1 and "," not in text else seeds
+
+
+def register_compare_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``dmjd compare`` to the ``dmjd`` command's subparsers."""
+    p = subparsers.add_parser(
+        "compare",
+        help="does DMJD pay off on your data? MAE vs DMJD at an equal time budget, with a verdict",
+        description=(
+            "The efficiency benchmark on your data: each method runs with the auto recipe (dmjd pretrain --config "
+            "auto; one model for all) at an equal wall-clock budget per run, methods alternating seed by seed. "
+            "Labelled data (class sub-folders; val/ beside train/ is the test split, else a seeded stratified "
+            "split): kNN and linear probe during training, end-of-run fine-tuning, baselines (untrained encoder, "
+            "raw pixels, fine-tuning from scratch). Unlabelled data (a flat folder): RankMe and the masked-prediction "
+            "loss. Writes report.md with a one-sentence verdict, results.json and figures."
+        ),
+    )
+    p.add_argument("data", help="image folder (class sub-folders give labels), a Fashion-MNIST/CIFAR folder, or a "
+                   "data set name (embedded, fashion_mnist, cifar10, ...)")  # fmt: skip
+    p.add_argument("--budget", required=True, help="training time per run: 90s, 20m, 2h")
+    p.add_argument("--methods", type=_methods, default=["mae", "dmjd"], help="comma-separated (default mae,dmjd)")
+    p.add_argument("--seeds", type=_seed_count, default=[0, 1, 2],
+                   help="number of seeds (3 = seeds 0,1,2; the default) or a comma-separated list")  # fmt: skip
+    p.add_argument("--output-dir", default=None, help="default: compare-<data folder name>")
+    p.add_argument("--device", default=None, help="train.device of every run (default auto)")
+    p.add_argument("--finetune-epochs", type=int, default=None,
+                   help="end-of-run fine-tuning epochs (labelled data; default 10, 0 = none)")  # fmt: skip
+    p.set_defaults(func=run_compare_command)
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    """Run ``dmjd compare`` and print its verdict and where the report is."""
+    from dmjd.bench.compare import run_compare
+    from dmjd.config.duration import parse_duration
+
+    try:
+        budget_s = parse_duration(args.budget)
+    except ValueError as err:
+        raise InputError(f"--budget: {err}") from None
+    out = Path(args.output_dir or f"compare-{Path(args.data).name}")
+    if (out / "results.json").exists():
+        raise InputError(f"{out} already holds a comparison (results.json); choose another --output-dir")
+    results = run_compare(args.data, out, budget_s, args.methods, args.seeds, args.device, args.finetune_epochs,
+                          command=shlex.join(sys.argv))  # fmt: skip
+    print(f"dmjd: verdict: {results['verdict']}")
+    print(json.dumps({"report": str(out / "report.md"), "results": str(out / "results.json")}))
+    return 0
+
+
 def _saved_results(folders: list[Path]) -> list[dict[str, Any]]:
     """The ``results.json`` of each benchmark output folder."""
     paths = [folder / "results.json" for folder in folders]

@@ -4,14 +4,13 @@ Protocol (issue 4, paper Tables II-VI and Fig. 6):
 
 * Every run uses the same model, data, augmentation, batch, base learning rate and seed; only the
   variant's overrides (views, prediction rate, target, branches) differ.
-* Every run gets the same training wall-clock budget (``train.max_time_s``; evaluation time is
-  not counted) and records its effective training epochs (ETE = K x epochs).
-* Schedule rule: each distinct configuration first trains for a few seconds to measure its
-  optimizer steps per second and its start-up time; its schedule (``optim.max_steps``) is then the
-  number of steps that speed fits in the budget after the start-up, mid-epoch if need be, and its
-  warmup a fixed fraction of them, so that every run's cosine schedule ends at the budget. Each run
-  then re-fits its schedule to its own speed at the end of its warmup and halfway through
-  (``ScheduleRefit``). The same rule applies to every configuration.
+* Every run gets the same training wall-clock budget (``train.budget``; evaluation time is not
+  counted) and records its effective training epochs (ETE = K x epochs).
+* Schedule rule: the engine's time budget (``dmjd.engine.budget``), the same for every configuration:
+  each run measures its own step rate over its first steps, plans warmup + cosine to end at the
+  budget, and re-plans once early on when its rate drifts by more than ``BUDGET_TOLERANCE``. A short
+  discarded run first warms up the process, so that one-off costs (lazy kernel loading, allocator
+  growth) do not fall on the first configuration.
 * The encoder is evaluated (weighted kNN and the fast logistic-regression linear probe on frozen
   features of the labelled splits) before training and every few optimizer steps (the same number of
   evaluations per run, mid-epoch if need be), always at the end.
@@ -37,7 +36,7 @@ from torch import nn
 
 from dmjd.bench.analysis import Curve, aggregate, aggregate_ratios, common_end, speedup, value_at
 from dmjd.bench.environment import git_commit, machine_info, now_utc, release_device_memory, thread_limit
-from dmjd.bench.presets import PRESETS, SECTION_NAMES, SECTIONS, BenchPreset, Variant
+from dmjd.bench.presets import PRESETS, SECTION_NAMES, SECTIONS, BenchPreset, Section, Variant
 from dmjd.config import Config, load_config
 from dmjd.engine import NonFiniteLossError, Pretrainer
 from dmjd.engine.metrics import read_metrics
@@ -45,38 +44,16 @@ from dmjd.engine.trainer import resolve_device
 from dmjd.eval.monitor import OnlineMonitor
 
 METRICS = {"linprobe_top1": "linear probe", "knn_top1": "kNN"}
-PRIMARY_METRIC = "linprobe_top1"
+BUDGET_TOLERANCE = 0.05  # benchmark runs re-plan on a 5 % drift of their rate (pretrain's default: 20 %)
 SCHEDULE_RULE = (
-    "each configuration trains {calibrate_s:g} s to measure its steps/s and start-up seconds; optim.max_steps = "
-    "max(1, round((budget - start-up) x steps/s)) (the last epoch may be partial), optim.warmup_epochs = "
-    "{warmup:g} x scheduled epochs; at the end of the warmup and halfway through, the schedule is re-fitted to "
-    "the run's own steps/s so far, so every cosine schedule ends at the {budget_s:g} s budget; evaluation before "
-    "training, every ceil(steps / {eval_points}) optimizer steps (mid-epoch if need be) and at the end"
+    "train.budget={budget_s:g}s for every run (dmjd.engine.budget): the run measures its steps/s over its first "
+    "steps, plans warmup ({warmup:g} of the steps) + cosine to end at the budget, re-plans once at the end of the "
+    "warmup when its rate drifted by more than {tolerance:g}, and stops at the budget; a discarded {calibrate_s:g} s "
+    "run warms up the process first; evaluation before training, every ceil(planned steps / {eval_points}) optimizer "
+    "steps (mid-epoch if need be) and at the end"
 )
 
 Monitor = Callable[[nn.Module], dict[str, float]]
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """A configuration's measured training speed.
-
-    Attributes:
-        steps_per_s: optimizer steps per second once running.
-        steps_per_epoch: optimizer steps in one epoch.
-        startup_s: seconds a run spends before its steps go at that speed (first batches,
-            loader workers, kernel selection).
-    """
-
-    steps_per_s: float
-    steps_per_epoch: int
-    startup_s: float = 0.0
-
-
-def scheduled_steps(budget_s: float, calibration: Calibration) -> int:
-    """Optimizer steps that fit in ``budget_s`` after the start-up at the measured speed (at least 1)."""
-    running = max(budget_s - calibration.startup_s, 0.0)
-    return max(1, round(running * calibration.steps_per_s))
 
 
 def eval_interval(steps: int, points: int) -> int:
@@ -95,10 +72,12 @@ class PeriodicEvaluator:
     Args:
         monitor: ``monitor(encoder) -> {"knn_top1": ..., "linprobe_top1": ...}``.
         every_steps: optimizer steps between evaluations, or None for every epoch.
+        points: instead of ``every_steps``, about this many evaluations over a budgeted run: the
+            interval is set from its plan once it exists.
     """
 
-    def __init__(self, monitor: Monitor, every_steps: int | None = None) -> None:
-        self.monitor, self.every_steps = monitor, every_steps
+    def __init__(self, monitor: Monitor, every_steps: int | None = None, points: int | None = None) -> None:
+        self.monitor, self.every_steps, self.points = monitor, every_steps, points
         self._last_step: int | None = None
 
     def evaluate(self, encoder: nn.Module) -> dict[str, float]:
@@ -123,6 +102,9 @@ class PeriodicEvaluator:
     def on_step_end(self, trainer: Pretrainer) -> dict[str, float] | None:
         """Every ``every_steps`` optimizer steps; the last step is left to ``on_epoch_end``, which
         follows it, so that the final evaluation carries the epoch count of a finished epoch."""
+        plan = trainer.budget.plan if trainer.budget is not None else None
+        if self.points is not None and self.every_steps is None and plan is not None:
+            self.every_steps = eval_interval(plan.total_steps, self.points)
         every = self.every_steps
         return self._at(trainer, every is not None and trainer.state.opt_step % every == 0 and not trainer.finished)
 
@@ -131,7 +113,8 @@ def run_overrides(
     preset: BenchPreset, variant: Variant, seed: int, budget_s: float, data_path: str | None, device: str | None
 ) -> list[str]:
     """The config overrides of one run: preset base < variant < seed, budget, data path, device."""
-    overrides = [*preset.base, *variant.overrides, f"train.seed={seed}", f"train.max_time_s={budget_s}"]
+    overrides = [*preset.base, *variant.overrides, f"train.seed={seed}", f"train.budget={budget_s:g}",
+                 f"train.budget_warmup={preset.warmup_fraction:g}", f"train.budget_tolerance={BUDGET_TOLERANCE:g}"]  # fmt: skip
     if data_path:
         overrides.append(f"data.path={data_path}")
     if device:
@@ -152,84 +135,17 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "run"
 
 
-REFIT_HEADROOM = 1.5  # a schedule that ScheduleRefit re-fits may grow to this many times the calibrated one
-
-
-def with_schedule(cfg: Config, steps: int, steps_per_epoch: int, warmup_fraction: float) -> Config:
-    """A copy of ``cfg`` whose schedule is ``steps`` optimizer steps (``optim.max_steps``) with a
-    warmup of ``warmup_fraction`` of them; ``optim.epochs`` leaves ``REFIT_HEADROOM`` for ``ScheduleRefit``."""
-    out = cfg.model_copy(deep=True)
-    epochs = steps / steps_per_epoch
-    out.optim.epochs = math.ceil(epochs * REFIT_HEADROOM)
-    out.optim.max_steps = steps
-    out.optim.warmup_epochs = warmup_fraction * epochs
-    return out
-
-
-class ScheduleRefit:
-    """A step hook that re-fits a run's schedule to the run's own speed, so that its cosine ends at the budget.
-
-    The calibration trains a few seconds at almost zero learning rate before the runs. On the 2-core
-    CPU it measured 3-17 % fewer steps/s than the runs then made, so runs ended their schedules 13-92 s
-    before the budget (docs/results.md, two benchmarks). At the end of the warmup, and again halfway through the
-    re-fitted schedule, ``trainer.total_steps`` becomes the number of steps that fit in the budget at
-    the run's speed so far (steps / training seconds, start-up included). The first change comes
-    where the cosine starts and the second shifts it by the few per cent of the error, so the lr
-    stays smooth. The time budget still stops a run whose speed then drops. Single-process runs
-    only (the benchmark's): step hooks run on the main process, so other processes would keep
-    the old schedule.
-
-    Attributes:
-        refits: ``(step, total steps after it)`` of each re-fit, for the results.
-    """
-
-    def __init__(self, budget_s: float) -> None:
-        self.budget_s = budget_s
-        self.refits: list[tuple[int, int]] = []
-
-    def _due(self, trainer: Pretrainer) -> int | None:
-        """The step of the next re-fit: the warmup's end, then half the re-fitted schedule when that
-        is still ahead; None after that."""
-        if not self.refits:
-            return max(trainer.warmup_steps, 1)
-        step, total = self.refits[0]
-        return total // 2 if len(self.refits) == 1 and total // 2 > step else None
-
-    def __call__(self, trainer: Pretrainer) -> None:
-        st, due = trainer.state, self._due(trainer)
-        if due is None or st.opt_step < due or st.elapsed <= 0:
-            return None
-        room = trainer.cfg.optim.epochs * trainer.steps_per_epoch
-        trainer.total_steps = min(room, max(st.opt_step + 1, round(self.budget_s * st.opt_step / st.elapsed)))
-        self.refits.append((st.opt_step, trainer.total_steps))
-        return None
-
-
-def calibrate(cfg: Config, seconds: float, workdir: Path) -> Calibration:
-    """Train ``cfg`` for ``seconds`` and measure its optimizer steps per second.
-
-    The speed is read between the first and the last logged training record; the start-up is the
-    first record's time minus its steps at that speed. Too short a run falls back to steps / total
-    time with no separate start-up.
-    """
+def warm_up_process(cfg: Config, seconds: float, workdir: Path) -> None:
+    """Train ``cfg`` for ``seconds`` and throw the run away: the process's one-off costs (lazy kernel
+    loading, allocator growth, library initialisation) are paid before the first measured run."""
     probe = cfg.model_copy(deep=True)
-    probe.optim.epochs = 1_000_000
+    probe.train.budget, probe.train.budget_plan, probe.optim.epochs = None, None, 1_000_000
     probe.train.max_time_s = seconds
-    probe.train.log_interval = 5
     try:
-        trainer = Pretrainer(probe, workdir, overwrite=True)
-        summary = trainer.fit()
-        steps_per_epoch = trainer.steps_per_epoch
-        train = [r for r in read_metrics(workdir / "metrics.jsonl") if r.get("kind") == "train"]
-        del trainer
+        Pretrainer(probe, workdir, overwrite=True).fit()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         release_device_memory()
-    if len(train) >= 2 and train[-1]["time"] > train[0]["time"]:
-        rate = (train[-1]["step"] - train[0]["step"]) / (train[-1]["time"] - train[0]["time"])
-        startup = max(train[0]["time"] - train[0]["step"] / rate, 0.0)
-        return Calibration(steps_per_s=rate, steps_per_epoch=steps_per_epoch, startup_s=startup)
-    return Calibration(steps_per_s=summary["steps"] / max(summary["time_s"], 1e-9), steps_per_epoch=steps_per_epoch)
 
 
 class EndOfRunFinetune:
@@ -251,15 +167,10 @@ class EndOfRunFinetune:
 
 
 def train_run(
-    cfg: Config,
-    run_dir: Path,
-    evaluator: PeriodicEvaluator,
-    finetune: EndOfRunFinetune | None = None,
-    refit: ScheduleRefit | None = None,
+    cfg: Config, run_dir: Path, evaluator: PeriodicEvaluator, finetune: EndOfRunFinetune | None = None
 ) -> dict[str, Any]:
-    """Pre-train one configuration with evaluations; returns its summary and evaluation points,
-    the end-of-run fine-tuning accuracy when ``finetune`` is given and the schedule's re-fits when
-    ``refit`` is.
+    """Pre-train one configuration with evaluations; returns its summary, evaluation points and budget
+    plan, and the end-of-run fine-tuning accuracy when ``finetune`` is given.
 
     The folder keeps ``metrics.jsonl``, ``config.yaml`` and ``summary.json``; checkpoints are
     deleted. A run stopped by non-finite losses is reported with its error and the points it made.
@@ -267,21 +178,15 @@ def train_run(
     trainer = Pretrainer(cfg, run_dir, overwrite=True)
     error = None
     try:
-        def on_step_end(t: Pretrainer) -> dict[str, float] | None:
-            if refit is not None:
-                refit(t)
-            return evaluator.on_step_end(t)
-
-        summary = trainer.fit(on_epoch_end=evaluator.on_epoch_end, on_step_end=on_step_end)
+        summary = trainer.fit(on_epoch_end=evaluator.on_epoch_end, on_step_end=evaluator.on_step_end)
     except NonFiniteLossError as err:
         error = str(err)
         summary = {"epochs": trainer.state.epoch, "steps": trainer.state.opt_step, "stopped_by": "non-finite loss"}
     finally:
         for checkpoint in run_dir.glob("*.pth"):
             checkpoint.unlink()
-    keys = ("time", "ete", "epoch", "eval_s", *METRICS)
     evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "eval"]
-    points = [{k: r[k] for k in keys if k in r} for r in evals]  # the first: the untrained encoder
+    points = [{k: v for k, v in r.items() if k not in ("kind", "step", "mid_epoch")} for r in evals]  # 1st: untrained
     record = {
         "summary": summary,
         "points": points,
@@ -291,8 +196,14 @@ def train_run(
         "peak_lr": trainer.peak_lr,
         "error": error,
     }
-    if refit is not None:
-        record["schedule_refits"] = refit.refits
+    plan = trainer.budget.plan if trainer.budget is not None else None
+    done = trainer.state.opt_step  # a run whose budget ended before its plan was made: what it trained
+    record.update(budget_plan=plan.model_dump() if plan is not None else None,
+                  steps=plan.total_steps if plan is not None else done,
+                  epochs=(plan.total_steps if plan is not None else done) / trainer.steps_per_epoch,
+                  warmup_epochs=trainer.warmup_steps / trainer.steps_per_epoch, eval_every_steps=evaluator.every_steps)  # fmt: skip
+    if hasattr(evaluator.monitor, "heldout"):  # label-free: the run's own loss on the evaluation images
+        record["heldout"] = evaluator.monitor.heldout(trainer.model, trainer.target, trainer.masking, trainer.loss_fn)
     if finetune is not None:
         start = time.perf_counter()
         record["finetune_top1"] = finetune(trainer.model.encoder, trainer.amp_dtype, cfg.train.seed)
@@ -315,7 +226,7 @@ class PlannedRun:
 
 def plan_runs(
     preset: BenchPreset,
-    sections: Sequence[str],
+    sections: Sequence[str | Section],
     seeds: Sequence[int],
     budget_s: float,
     data_path: str | None,
@@ -327,16 +238,21 @@ def plan_runs(
     comparison run interleaved (any drift of the machine affects them alike). A configuration
     that two comparisons share (e.g. MAE in ``main`` and ``pred_ratio``) trains once per seed.
 
+    Args:
+        sections: names in ``SECTIONS``, or ``Section`` objects (``dmjd compare``'s, made for the data).
+
     Returns:
         ``(runs, comparisons)`` where ``comparisons[section]["variants"]`` lists
-        ``{"label", "runs": {seed: run key}}``.
+        ``{"label", "runs": {seed: run key}}`` and ``comparisons[section]["section"]`` is the
+        ``Section`` as a dict (so a report can be rewritten from the results alone).
     """
     runs: list[PlannedRun] = []
     by_identity: dict[str, PlannedRun] = {}
     comparisons: dict[str, dict[str, Any]] = {}
-    for name in sections:
-        section = SECTIONS[name]
-        entry = {"title": section.title, "baseline": section.baseline,
+    for item in sections:
+        section = SECTIONS[item] if isinstance(item, str) else item
+        name = section.name
+        entry = {"title": section.title, "baseline": section.baseline, "section": asdict(section),
                  "variants": [{"label": v.label, "runs": {}} for v in section.variants]}  # fmt: skip
         for seed in seeds:
             for variant, slot in zip(section.variants, entry["variants"]):
@@ -383,6 +299,7 @@ def run_efficiency(
     device: str | None = None,
     command: str = "",
     monitor: Monitor | None = None,
+    metrics: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark and write ``results.json``, ``report.md`` and the convergence figures.
 
@@ -397,7 +314,8 @@ def run_efficiency(
         data_path: ``data.path`` of every run (e.g. a folder with Fashion-MNIST's ``*-ubyte.gz``).
         device: ``train.device`` of every run (default: the preset's).
         command: the command line, for the report.
-        monitor: evaluator replacing the default ``OnlineMonitor`` (tests).
+        monitor: evaluator replacing the default ``OnlineMonitor`` (tests; ``dmjd compare``'s label-free one).
+        metrics: the monitor's measures to analyse, ``{key: name}`` (default: ``METRICS``, the probes').
 
     Returns:
         The results dict written to ``results.json`` (with its ``analysis``).
@@ -411,27 +329,29 @@ def run_efficiency(
     started = time.perf_counter()
     preset = PRESETS[preset] if isinstance(preset, str) else preset
     sections = tuple(sections or preset.sections)
-    unknown = [s for s in sections if s not in SECTION_NAMES]
+    unknown = [s for s in sections if isinstance(s, str) and s not in SECTION_NAMES]
     if unknown:
         raise ValueError(f"unknown benchmark section(s) {', '.join(unknown)}; choose from {', '.join(SECTION_NAMES)}")
     seeds = tuple(seeds if seeds is not None else preset.seeds)
     budget = float(budget_s or preset.budget_s)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs, comparisons = plan_runs(preset, [s for s in sections if s in SECTIONS], seeds, budget, data_path, device)
+    runs, comparisons = plan_runs(preset, [s for s in sections if s != "profile"], seeds, budget, data_path, device)
     profiled = {
         v.label: load_config(None, run_overrides(preset, v, seeds[0], budget, data_path, device))
         for v in (SECTIONS["main"].variants[0], SECTIONS["main"].variants[-1])  # MAE and DMJD
-    }
+    } if "profile" in sections else {}  # fmt: skip
+    first = runs[0].cfg if runs else next(iter(profiled.values()), None)
     with thread_limit(preset.threads):
         results: dict[str, Any] = {
             "benchmark": "dmjd efficiency",
             "command": command,
             "date": now_utc(),
             "commit": git_commit(),
-            "machine": machine_info(resolve_device(profiled["MAE"].train.device)),
+            "machine": machine_info(resolve_device(first.train.device if first is not None else "auto")),
             "preset": asdict(preset),
-            "sections": list(sections),
+            "sections": [s if isinstance(s, str) else s.name for s in sections],
+            "metrics": metrics or METRICS,
             "seeds": list(seeds),
             "budget_s": budget,
             "data_path": data_path,
@@ -439,6 +359,7 @@ def run_efficiency(
                 calibrate_s=preset.calibrate_s,
                 warmup=preset.warmup_fraction,
                 budget_s=budget,
+                tolerance=BUDGET_TOLERANCE,
                 eval_points=preset.eval_points,
             ),
             "comparisons": comparisons,
@@ -461,57 +382,23 @@ def run_efficiency(
     results["wall_s"] = time.perf_counter() - started
     results["analysis"] = analyse(results)
     write_json(results, out / "results.json")
-    write_report(results, out)
+    if set(METRICS) <= set(results["metrics"]):  # the probes' report; a label-free caller writes its own
+        write_report(results, out)
     return results
-
-
-def calibrate_all(runs: Sequence[PlannedRun], seconds: float, workdir: Path) -> dict[str, Calibration]:
-    """The calibration of every distinct configuration (seed aside), keyed by identity.
-
-    A discarded half-length calibration of the first configuration runs first, so that one-off
-    costs of the process (lazy kernel loading, allocator growth, library initialisation) do not
-    count as that configuration's start-up.
-    """
-    distinct: dict[str, PlannedRun] = {}
-    for run in runs:
-        distinct.setdefault(config_identity(run.cfg, with_seed=False), run)
-    if distinct:
-        calibrate(runs[0].cfg, seconds / 2, workdir)
-    calibrations = {}
-    for identity, run in distinct.items():
-        calibrations[identity] = cal = calibrate(run.cfg, seconds, workdir)
-        print(f"bench: calibrated {run.label}: {cal.steps_per_s:.2f} steps/s after {cal.startup_s:.1f} s start-up",
-              flush=True)  # fmt: skip
-    return calibrations
 
 
 def _train_all(
     runs: list[PlannedRun], preset: BenchPreset, budget: float, monitor: Monitor, finetune: EndOfRunFinetune,
     out: Path, results: dict[str, Any],
 ) -> None:  # fmt: skip
-    """Calibrate each distinct configuration, then train every run; save the results after each."""
-    calibrations = calibrate_all(runs, preset.calibrate_s, out / "calibration-work")
+    """Warm the process up, then train every run on its budget; save the results after each."""
+    if runs:
+        warm_up_process(runs[0].cfg, preset.calibrate_s, out / "warm-up")
     for i, run in enumerate(runs, 1):
-        cal = calibrations[config_identity(run.cfg, with_seed=False)]
-        steps = scheduled_steps(budget, cal)
-        cfg = with_schedule(run.cfg, steps, cal.steps_per_epoch, preset.warmup_fraction)
-        epochs = steps / cal.steps_per_epoch
-        every = eval_interval(steps, preset.eval_points)
-        print(f"bench: [{i}/{len(runs)}] {run.label} seed {run.seed}: {steps} steps ({epochs:.2f} epochs) in "
-              f"{budget:g} s, evaluation every {every} steps", flush=True)  # fmt: skip
-        evaluator, refit = PeriodicEvaluator(monitor, every), ScheduleRefit(budget)
-        record = train_run(cfg, out / "runs" / run.key, evaluator, finetune, refit)
-        results["runs"][run.key] = {
-            "label": run.label,
-            "seed": run.seed,
-            "overrides": run.overrides,
-            "epochs": epochs,
-            "steps": steps,
-            "warmup_epochs": cfg.optim.warmup_epochs,
-            "eval_every_steps": every,
-            "calibration": asdict(cal),
-            **record,
-        }
+        print(f"bench: [{i}/{len(runs)}] {run.label} seed {run.seed}: {budget:g} s budget, about "
+              f"{preset.eval_points} evaluations", flush=True)  # fmt: skip
+        record = train_run(run.cfg, out / "runs" / run.key, PeriodicEvaluator(monitor, points=preset.eval_points), finetune)
+        results["runs"][run.key] = {"label": run.label, "seed": run.seed, "overrides": run.overrides, **record}
         write_json(results, out / "results.json")
 
 
@@ -549,10 +436,11 @@ def analyse_comparison(results: dict[str, Any], name: str) -> dict[str, Any]:
     budget = results["budget_s"]
     variants = comparison["variants"]
     baseline = next(v for v in variants if v["label"] == comparison["baseline"])
-    all_ete = [c for v in variants for c in _curves(results, v["runs"], "ete", PRIMARY_METRIC).values()]
+    names = list(results.get("metrics", METRICS))
+    all_ete = [c for v in variants for c in _curves(results, v["runs"], "ete", names[0]).values()]
     equal_ete = common_end(all_ete) if all_ete else 0.0
     metrics: dict[str, dict[str, Any]] = {}
-    for metric in METRICS:
+    for metric in names:
         base_time = _curves(results, baseline["runs"], "time", metric)
         base_ete = _curves(results, baseline["runs"], "ete", metric)
         table = {}

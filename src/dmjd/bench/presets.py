@@ -75,9 +75,9 @@ class BenchPreset:
         name: preset id (``smoke``, ``cpu``, ``gpu``).
         description: one line for the report.
         base: config overrides common to every run (model, data, batch, base lr, run settings).
-        budget_s: training wall-clock seconds per run (``train.max_time_s``).
-        calibrate_s: training seconds per distinct configuration to measure its steps/s, from
-            which its epochs are set so that the cosine schedule ends at the budget.
+        budget_s: training wall-clock seconds per run (``train.budget``: each run plans its own
+            schedule to end there, ``dmjd.engine.budget``).
+        calibrate_s: seconds of a discarded run that warms the process up before the first run.
         eval_points: evaluations per run after the one before training (about; the final one
             at the end of the run is always made).
         eval_images: seeded subset of each labelled split for the probes (None: all).
@@ -307,7 +307,7 @@ PRESETS: dict[str, BenchPreset] = {
                 *_small_vit(32, 1, 2), "data.name=embedded", "data.limit=128", "data.num_workers=0",
                 *_training("cpu", "fp32", 32, 2),
             ),  # fmt: skip
-            budget_s=0.5,
+            budget_s=1.5,
             calibrate_s=0.25,
             eval_points=2,
             eval_images=64,

@@ -14,11 +14,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dmjd.bench.analysis import Curve, aggregate, mean_curve  # noqa: E402
-from dmjd.bench.presets import SECTIONS, Claim, Section  # noqa: E402
+from dmjd.bench.presets import SECTIONS, Claim, Section, Variant  # noqa: E402
 
 METRIC_NAMES = {"linprobe_top1": "linear probe", "knn_top1": "kNN"}
 PRIMARY = "linprobe_top1"
 AXES = {"time": "training time (s)", "ete": "effective training epochs (ETE)"}
+
+
+def section_of(results: dict[str, Any], name: str) -> Section:
+    """The ``Section`` a comparison ran: as saved in the results (``plan_runs``), else the named one."""
+    saved = results["comparisons"][name].get("section")
+    if saved is None:
+        return SECTIONS[name]
+    return Section(**{
+        **saved,
+        "variants": tuple(Variant(v["label"], tuple(v["overrides"])) for v in saved["variants"]),
+        "expected_pairs": tuple(tuple(p) for p in saved["expected_pairs"]),
+        "claims": tuple(Claim(**c) for c in saved["claims"]),
+    })  # fmt: skip
+
+
+def metric_scale(metric: str) -> float:
+    """Accuracies (``*_top1`` fractions) are shown in percent, other measures (RankMe) as they are."""
+    return 100.0 if metric.endswith("top1") else 1.0
 
 
 def pct(stats: dict[str, Any]) -> str:
@@ -71,11 +89,13 @@ def plot_comparison(results: dict[str, Any], name: str, x: str, path: Path) -> P
     one panel per metric."""
     comparison = results["comparisons"][name]
     base = next(v for v in comparison["variants"] if v["label"] == comparison["baseline"])
-    fig, axes = plt.subplots(1, len(METRIC_NAMES), figsize=(5.2 * len(METRIC_NAMES), 3.8), squeeze=False)
-    for ax, (metric, metric_name) in zip(axes[0], METRIC_NAMES.items()):
+    names = results.get("metrics", METRIC_NAMES)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 3.8), squeeze=False)
+    for ax, (metric, metric_name) in zip(axes[0], names.items()):
+        scale = metric_scale(metric)
         base_curves = _run_curves(results, base["runs"], x, metric)
         if base_curves:
-            level = 100 * float(np.mean([c.final for c in base_curves]))
+            level = scale * float(np.mean([c.final for c in base_curves]))
             ax.axhline(level, color="0.5", linestyle=":", linewidth=1, label=f"{base['label']} final")
         for variant in comparison["variants"]:
             curves = _run_curves(results, variant["runs"], x, metric)
@@ -83,12 +103,12 @@ def plot_comparison(results: dict[str, Any], name: str, x: str, path: Path) -> P
                 continue
             grid = np.linspace(0.0, max(c.end for c in curves), 200)
             mean, low, high = mean_curve(curves, grid)
-            (line,) = ax.plot(grid, 100 * mean, label=variant["label"])
-            ax.fill_between(grid, 100 * low, 100 * high, color=line.get_color(), alpha=0.15, linewidth=0)
+            (line,) = ax.plot(grid, scale * mean, label=variant["label"])
+            ax.fill_between(grid, scale * low, scale * high, color=line.get_color(), alpha=0.15, linewidth=0)
             for c in curves:
-                ax.plot(c.x, 100 * np.asarray(c.y), "o", color=line.get_color(), markersize=2.5)
+                ax.plot(c.x, scale * np.asarray(c.y), "o", color=line.get_color(), markersize=2.5)
         ax.set_xlabel(AXES[x])
-        ax.set_ylabel(f"{metric_name} top-1 (%)")
+        ax.set_ylabel(f"{metric_name} top-1 (%)" if scale == 100 else metric_name)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{comparison['title']} ({len(results['seeds'])} seed(s); band: min-max)", fontsize=10)
@@ -170,7 +190,7 @@ def profile_table(profile: dict[str, Any]) -> list[str]:
 def reading(results: dict[str, Any], name: str) -> list[str]:
     """Plain sentences stating what the comparison's numbers show, including where they do not
     match the paper."""
-    section: Section = SECTIONS[name]
+    section = section_of(results, name)
     a = results["analysis"][name]
     lin = a["metrics"][PRIMARY]
     variants = results["comparisons"][name]["variants"]
@@ -346,7 +366,7 @@ def write_report(results: dict[str, Any], output_dir: str | Path) -> Path:
         )
     lines += [f"- Common settings (every run): `{' '.join(preset['base'])}`", ""]
     for name in results["comparisons"]:
-        section = SECTIONS[name]
+        section = section_of(results, name)
         lines += [f"## {section.title}", "", f"Paper: {section.paper}", ""]
         lines += ["Variant settings (on top of the common ones):", ""]
         lines += [f"- {v.label}: `{' '.join(v.overrides)}`" for v in section.variants]

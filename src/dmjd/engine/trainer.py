@@ -437,7 +437,7 @@ class Pretrainer:
                     images_per_s = (self.state.opt_step - steps_before) * self.unique_batch / seconds
                     bad = self.state.bad_images - bad_before
                     epoch_record = {**last, "kind": "epoch"}
-                    self.logger.print(progress_line(epoch_record, self.num_epochs, images_per_s=images_per_s, bad_images=bad))
+                    self.logger.print(progress_line(epoch_record, self.epochs_known, images_per_s=images_per_s, bad_images=bad))
                 self._save_epoch_checkpoints()  # after the epoch's line: a resume keeps it in log.txt
                 if on_epoch_end is not None:
                     self._evaluate(on_epoch_end)

@@ -123,3 +123,39 @@ def heldout_loss(
         model.train(was_training)
     key = target_key(target)
     return {f"{key}/{name}": float(total) / len(images) for name, total in sums.items()}
+
+
+class LabelFreeMonitor:
+    """``monitor(encoder) -> {"rankme": ...}`` on a fixed set of images, for runs on unlabelled data;
+    ``heldout(trainer)`` adds the run's masked-prediction loss on the same images (end of a run).
+
+    Args:
+        images: ``uint8[N, C, H, W]`` evaluation images at the encoder's input size, on the device.
+        normalize: the encoder's input normalisation.
+        pool: how tokens become one feature per image (``dmjd.eval.features.pool_tokens``).
+        batch_size: images per forward pass.
+    """
+
+    def __init__(self, images: Tensor, normalize: nn.Module, pool: str = "avg", batch_size: int = 256) -> None:
+        self.images, self.normalize, self.pool, self.batch_size = images, normalize, pool, batch_size
+
+    @torch.no_grad()
+    def features(self, encoder: nn.Module) -> Tensor:
+        """Pooled features ``[N, D]`` of the images (the encoder is put back in its mode)."""
+        from dmjd.eval.features import encoder_tokens, pool_tokens
+
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            feats = [pool_tokens(encoder, encoder_tokens(encoder, self.normalize(x.float() / 255), self.pool), self.pool)
+                     for x in self.images.split(self.batch_size)]  # fmt: skip
+        finally:
+            encoder.train(was_training)
+        return torch.cat(feats).float()
+
+    def __call__(self, encoder: nn.Module) -> dict[str, float]:
+        return {"rankme": rankme(self.features(encoder))}
+
+    def heldout(self, model: nn.Module, target: Target, masking: DisjointMasking, loss_fn: LossFn) -> dict[str, float]:
+        """The masked-prediction (and visible distillation) loss of ``model`` on the images."""
+        return heldout_loss(model, target, masking, self.normalize, self.images, loss_fn, self.batch_size)

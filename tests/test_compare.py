@@ -1,0 +1,132 @@
+"""``dmjd compare``: the efficiency benchmark on a user's folder, labelled and unlabelled, end to end in
+seconds; its refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dmjd.bench.compare import compare_setup, run_compare
+from dmjd.cli import main
+
+CPU = 1e10
+
+
+def write_images(folder: Path, n: int, seed: int, shift: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        pixels = (rng.random((16, 16, 3)) * 100 + shift).astype("uint8")
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("labelled")
+    for c in range(3):
+        write_images(root / f"class{c}", 24, c, shift=70 * c)
+    return root
+
+
+@pytest.fixture(scope="module")
+def flat(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("flat")
+    write_images(root, 48, 7)
+    return root
+
+
+def test_setup_shares_one_model_and_varies_only_the_methods_keys(labelled):
+    setup = compare_setup(str(labelled), 60.0, flops_per_s=CPU)
+    mae, dmjd = setup.section.variants
+    assert (mae.label, dmjd.label, setup.section.baseline) == ("MAE", "DMJD", "MAE")
+    base_keys = {o.split("=")[0] for o in setup.preset.base}
+    assert {"model.embed_dim", "model.img_size", "optim.batch_size", "optim.blr"} <= base_keys
+    for variant in (mae, dmjd):
+        assert not base_keys & {o.split("=")[0] for o in variant.overrides}
+    assert "masking.num_views=1" in mae.overrides and "masking.num_views=2" in dmjd.overrides
+    assert setup.preset.finetune_epochs > 0 and setup.profile.labelled
+
+
+def test_compare_on_a_labelled_folder_writes_a_report_with_its_verdict(labelled, tmp_path):
+    out = tmp_path / "cmp"
+    results = run_compare(str(labelled), out, 1.5, seeds=(0, 1), finetune_epochs=1, flops_per_s=CPU)
+    assert set(results["runs"]) == {f"compare-{m}-seed{s}" for m in ("mae", "dmjd") for s in (0, 1)}
+    keys = list(results["runs"])
+    assert [results["runs"][k]["label"] for k in keys] == ["MAE", "DMJD", "MAE", "DMJD"]  # alternating
+    for run in results["runs"].values():
+        assert parse_budget(run) == 1.5 and run["points"][0]["time"] == 0.0
+        assert all(0 <= p["knn_top1"] <= 1 for p in run["points"]) and run["finetune_top1"] is not None
+    assert "raw_pixels" in results["baselines"] and "untrained_finetune_top1" in results["baselines"]
+    report = (out / "report.md").read_text()
+    assert report.startswith("# dmjd compare") and f"**Verdict:** {results['verdict']}" in report
+    assert "MAE's final kNN" in results["verdict"] and "fine-tuning" in results["verdict"]
+    assert "model.img_size=32" in report and (out / "compare_time.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["verdict"] == results["verdict"] and saved["data_profile"]["num_classes"] == 3
+
+
+def parse_budget(run: dict) -> float:
+    return float(next(o for o in run["overrides"] if o.startswith("train.budget=")).split("=")[1])
+
+
+def test_compare_on_an_unlabelled_folder_uses_label_free_measures(flat, tmp_path):
+    out = tmp_path / "cmp"
+    results = run_compare(str(flat), out, 1.5, seeds=(0, 1), flops_per_s=CPU)
+    assert results["metrics"] == {"rankme": "RankMe"} and results["preset"]["finetune_epochs"] == 0
+    for run in results["runs"].values():
+        assert all(p["rankme"] >= 1.0 for p in run["points"])
+        assert any(key.endswith("/loss_mim") for key in run["heldout"])
+    report = (out / "report.md").read_text()
+    assert "No probe was possible" in report and "RankMe at equal time" in results["verdict"]
+    assert "knn" not in results["verdict"].lower()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budget", "soon"], "--budget"),
+        (["--budget", "1m", "--methods", "mae,simclr"], "--methods"),
+        (["--budget", "1m", "--methods", "dmjd"], "--methods"),
+    ],
+)
+def test_bad_options_are_one_line_errors(labelled, tmp_path, capsys, args, message):
+    assert main(["compare", str(labelled), "--output-dir", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_data_it_cannot_use_is_refused_in_one_line(flat, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    tiny = tmp_path / "tiny"
+    write_images(tiny, 10, 1)
+    cases = [
+        ([str(empty), "--budget", "1m"], "no images"),
+        ([str(tiny), "--budget", "1m"], "fewer than a batch"),  # 10 images: not two batches of 8
+        ([str(flat), "--budget", "1m", "--finetune-epochs", "3"], "no labels"),
+    ]
+    for args, message in cases:
+        assert main(["compare", *args, "--output-dir", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
+def test_an_existing_comparison_is_not_written_over(tmp_path, capsys, labelled):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    assert main(["compare", str(labelled), "--budget", "1m", "--output-dir", str(out)]) == 2
+    assert "already holds a comparison" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == "{}"
+
+
+def test_pretrain_refuses_a_budget_shorter_than_one_step(tmp_path, capsys):
+    code = main(["pretrain", "--config", "demo", "--output-dir", str(tmp_path / "r"), "train.budget=0.001s",
+                 "data.limit=256", "train.progress=false"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "shorter than one training step" in err[0]
