@@ -250,13 +250,14 @@ def test_help_lists_every_command(capsys):
 
 
 def test_finetune_command_and_resume(run, tmp_path, capsys):
-    base = ["finetune", "--checkpoint", str(run[0] / "checkpoint-last.pth"), "--output-dir", str(tmp_path),
-            "--max-images", "32", "--batch-size", "16"]  # fmt: skip
+    base = ["finetune", "--recipe", "mae", "--checkpoint", str(run[0] / "checkpoint-last.pth"),
+            "--output-dir", str(tmp_path), "--max-images", "32", "--batch-size", "16"]  # fmt: skip
     cli([*base, "--epochs", "1"])
     cli([*base, "--epochs", "2", "--resume", "auto"])
     first, second = json_lines(capsys.readouterr().out)
     assert (first["epochs"], first["steps"], second["epochs"], second["steps"]) == (1, 2, 2, 4)
     assert 0.0 <= second["finetune_top1"] <= 1.0 and second["settings"]["layer_decay"] == 0.65
+    assert (first["recipe"], second["protocol"]) == ("mae", "mae-finetune")
     assert json.loads((tmp_path / "finetune.json").read_text()) == second
 
 

@@ -169,7 +169,7 @@ def _free_port() -> int:
 
 def test_two_process_finetune_writes_once_and_reports_the_global_top1(convit_checkpoint, tmp_path):
     out = tmp_path / "two"
-    options = ["--max-images", "48", "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0",
+    options = ["--recipe", "mae", "--max-images", "48", "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0",
                "--mixup", "0", "--cutmix", "0", "--smoothing", "0", "--rand-augment", "none", "--reprob", "0",
                "--drop-path", "0"]  # fmt: skip
     cmd = [

@@ -251,8 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dmjd`` console script; returns the process exit code.
 
     Problems with what the user gave (``InputError``), teacher or tokenizer weights that cannot be
-    found, and resources that do not fit are one line on stderr (exit 2); any other exception is a
-    bug and keeps its traceback.
+    found, and resources that do not fit are one line on stderr (exit 2); Ctrl-C in any command is
+    one line (exit 130); any other exception is a bug and keeps its traceback.
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="dmjd: %(levelname)s: %(message)s")
@@ -261,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as err:  # caught before the engine is imported: a bad config needs no torch
         print(f"dmjd: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (an evaluation, a data download)
+        print("\ndmjd: interrupted", file=sys.stderr)  # on its own line, after the terminal's ^C
+        return EXIT_INTERRUPTED
     except Exception as err:
         return _engine_exit_code(err)
 

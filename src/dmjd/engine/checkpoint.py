@@ -131,6 +131,21 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return numbered[-1] if numbered else None
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """``path`` itself, or for a run folder its ``latest_checkpoint``: users name either.
+
+    Raises:
+        CheckpointError: ``path`` is a folder with no checkpoint in it.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = latest_checkpoint(path)
+    if found is None:
+        raise CheckpointError(f"{path} is a folder with no checkpoint in it (no {LAST} or checkpoint-N.pth)")
+    return found
+
+
 def prune_checkpoints(folder: str | Path, keep: int) -> None:
     """Delete all but the ``keep`` newest numbered checkpoints (``checkpoint-last`` is kept)."""
     for old in numbered_checkpoints(folder)[:-keep]:

@@ -156,17 +156,17 @@ def check_disk_space(output_dir: Path, model: nn.Module, optimizer: torch.optim.
 
 
 def resolve_resume(output_dir: str | Path, resume: str | Path | None) -> Path | None:
-    """The checkpoint a run resumes from: a path, ``"auto"`` (newest in ``output_dir``, None when
-    there is none: a fresh start) or None.
+    """The checkpoint a run resumes from: a path, a run folder (its newest checkpoint), ``"auto"``
+    (newest in ``output_dir``, None when there is none: a fresh start) or None.
 
     Raises:
-        CheckpointError: an explicit path that is not a file.
+        CheckpointError: an explicit path that is not a file, a folder with no checkpoint in it.
     """
     if resume is None:
         return None
     if str(resume) == "auto":
         return ckpt.latest_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-    path = Path(resume)
+    path = ckpt.resolve_checkpoint(resume)
     if not path.is_file():
         raise ckpt.CheckpointError(f"--resume {path}: no such checkpoint file")
     return path

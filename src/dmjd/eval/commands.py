@@ -7,7 +7,9 @@ output folder (``--output-dir``, default: the checkpoint's folder), which is che
 before any work starts. It writes ``<command>.json``, prints the same JSON as its last line, and
 appends a record (protocol, settings, checkpoint and its epoch, date, files written) to the run's
 ``evals.jsonl``, so no result replaces another. Problems with what was given raise ``InputError``
-(exit code 2 in ``main``). Torch and the protocols load when a command runs, so ``--help`` is quick.
+(exit code 2 in ``main``). ``--checkpoint`` may name a run folder (its newest checkpoint). A probe or
+fine-tuning no better than always answering the most frequent test class prints one
+``dmjd: WARNING: ...`` line. Torch and the protocols load when a command runs, so ``--help`` is quick.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dmjd.errors import InputError
-from dmjd.eval.settings import FinetuneSettings, ProbeSettings
+from dmjd.eval.settings import RECIPES, FinetuneSettings, ProbeSettings, SmallFinetuneSettings
 
 if TYPE_CHECKING:
     import torch
@@ -154,15 +160,40 @@ def _add_features(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feature-batch-size", type=_positive(int), default=256, help="images per feature-extraction batch")
 
 
+def _add_field(group: argparse._ArgumentGroup, f: dataclasses.Field, default: Any, help_text: str) -> None:
+    """The option ``--<field-name>`` of a settings dataclass field (type and choices from its metadata)."""
+    extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
+    group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default,
+                       type=f.metadata.get("type", type(f.default)), help=help_text, **extra)  # fmt: skip
+
+
 def _add_settings(p: argparse.ArgumentParser, cls: type) -> None:
     """One option per field of a settings dataclass; defaults and help come from the dataclass."""
     group = p.add_argument_group(f"{cls.__name__.removesuffix('Settings').lower()} settings")
     for f in dataclasses.fields(cls):
-        extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
-        group.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
-            type=f.metadata.get("type", type(f.default)), help=f.metadata["help"] + " (default: %(default)s)", **extra,
-        )  # fmt: skip
+        _add_field(group, f, f.default, f.metadata["help"] + " (default: %(default)s)")
+
+
+def _add_recipe_settings(p: argparse.ArgumentParser) -> None:
+    """One option per field of any fine-tuning recipe, None unless given: each recipe fills in its
+    own defaults (``recipe_settings``), named in the help."""
+    group = p.add_argument_group("fine-tuning settings (defaults per recipe)")
+    per_recipe = {name: {f.name: f for f in dataclasses.fields(cls)} for name, cls in RECIPES.items()}
+    names = dict.fromkeys(n for recipe_fields in per_recipe.values() for n in recipe_fields)
+    for name in names:
+        having = {recipe: fs[name] for recipe, fs in per_recipe.items() if name in fs}
+        f = next(iter(having.values()))
+        if len(having) == 1:
+            note = f"{next(iter(having))} only, default: {f.default}"
+        else:
+            note = "default: " + ", ".join(f"{recipe} {field.default}" for recipe, field in having.items())
+        _add_field(group, f, None, f"{f.metadata['help']} ({note})")
+
+
+def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The fine-tuning settings given on the command line (``_add_recipe_settings``' options not None)."""
+    names = {f.name for cls in RECIPES.values() for f in dataclasses.fields(cls)}
+    return {name: getattr(args, name) for name in sorted(names) if getattr(args, name) is not None}
 
 
 def _settings(cls: type, args: argparse.Namespace) -> Any:
@@ -266,13 +297,64 @@ def finish(src: Source, result: dict[str, Any], name: str, files: list[Path] | N
         record_evaluation(result, src.run_dir, src.position, [src.output_dir / f"{name}.json", *(files or [])])
 
 
+@contextmanager
+def chance_warnings_as_lines() -> Iterator[None]:
+    """Print every ``ChanceLevelWarning`` as one ``dmjd: WARNING: ...`` line on stderr; other
+    warnings show as usual."""
+    from dmjd.eval.chance import ChanceLevelWarning
+
+    with warnings.catch_warnings():
+        usual = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], *where: Any, **kw: Any) -> None:
+            if issubclass(category, ChanceLevelWarning):
+                print(f"dmjd: WARNING: {message}", file=sys.stderr, flush=True)
+            else:
+                usual(message, category, *where, **kw)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", ChanceLevelWarning)
+        yield
+
+
+def eval_command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A command's ``func``: its ``--checkpoint`` may name a run folder (resolved to the folder's
+    newest checkpoint before anything else reads it), and chance-level warnings print as one line.
+
+    Raises:
+        CheckpointError: ``--checkpoint`` is a folder with no checkpoint in it.
+    """
+
+    @functools.wraps(run)
+    def command(args: argparse.Namespace) -> int:
+        from dmjd.engine.checkpoint import resolve_checkpoint
+
+        if getattr(args, "checkpoint", None):
+            args.checkpoint = str(resolve_checkpoint(args.checkpoint))
+        with chance_warnings_as_lines():
+            return run(args)
+
+    return command
+
+
+def check_chance(src: Source, top1: float, test_labels: Any, protocol: str, hint: str) -> None:
+    """On the main process, warn when ``top1`` is no better than the test split's majority class
+    (``dmjd.eval.chance.warn_if_at_chance``)."""
+    from dmjd.eval.chance import warn_if_at_chance
+
+    if src.is_main:
+        warn_if_at_chance(top1, test_labels, protocol, hint, stacklevel=3)
+
+
 # ---------------------------------------------------------------------------------------- knn
+@eval_command
 def _run_knn(args: argparse.Namespace) -> int:
     from dmjd.eval.knn import knn_top1
 
     src = load_source(args)
     train_x, train_y, test_x, test_y = source_features(src, args)
     top1 = knn_top1(train_x, train_y, test_x, test_y, args.k, args.temperature)
+    check_chance(src, top1, test_y, "kNN", "the features separate no class: check the checkpoint, --pool and the data")
     result = {"kind": "knn", "protocol": "weighted-knn", "knn_top1": top1, "k": args.k,
               "temperature": args.temperature, **_describe(src, train_y, test_y)}  # fmt: skip
     finish(src, result, "knn")
@@ -290,6 +372,7 @@ def _add_knn(sub: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------------------- linprobe
+@eval_command
 def _run_linprobe(args: argparse.Namespace) -> int:
     from dmjd.eval.linear_probe import linear_probe, logistic_regression_top1
 
@@ -302,6 +385,8 @@ def _run_linprobe(args: argparse.Namespace) -> int:
     else:
         top1 = linear_probe(train_x, train_y, test_x, test_y, settings, src.device)
         protocol = {"protocol": "mae", **dataclasses.asdict(settings), "lr": settings.peak_lr(settings.batch_size)}
+    check_chance(src, top1, test_y, "linear probe", "compare with dmjd knn on the same features; for the MAE "
+                 "protocol try more --epochs or another --blr")  # fmt: skip
     result = {"kind": "linprobe", "linprobe_top1": top1, **protocol, **_describe(src, train_y, test_y)}
     finish(src, result, "linprobe-fast" if args.fast else "linprobe")
     return 0
@@ -320,12 +405,31 @@ def _add_linprobe(sub: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------------------- finetune
-def _run_finetune(args: argparse.Namespace) -> int:
-    from dmjd.eval.features import num_classes
+def check_recipe_options(recipe: str, args: argparse.Namespace) -> None:
+    """Refuse the options that the fine-tuning recipe (``auto`` before its choice) cannot honour.
+
+    Raises:
+        InputError: ``--budget`` with ``--epochs`` or with ``mae`` (it runs ``--epochs``);
+            ``--resume`` or ``--overwrite`` with ``small`` (it runs in memory and keeps no checkpoint).
+    """
+    if args.budget is not None and args.epochs is not None:
+        raise InputError("--budget and --epochs both set the fine-tuning length; give one")
+    if recipe == "mae" and args.budget is not None:
+        raise InputError("--budget is for --recipe small; the MAE recipe runs --epochs (default 100)")
+    if recipe == "small":
+        given = [option for option, value in (("--resume", args.resume), ("--overwrite", args.overwrite)) if value]
+        if given:
+            raise InputError(f"{', '.join(given)}: --recipe small runs in memory and keeps no checkpoint to "
+                             "resume or replace; use --recipe mae for a resumable run")  # fmt: skip
+
+
+def _run_mae_finetune(
+    src: Source, args: argparse.Namespace, settings: FinetuneSettings
+) -> tuple[dict[str, Any], FinetuneSettings]:
+    """MAE's (ConvMAE's) recipe through ``Finetuner``: its summary and settings."""
+    from dmjd.eval.features import dataset_labels, num_classes
     from dmjd.eval.finetune import Finetuner, finetune_transforms
 
-    settings = _settings(FinetuneSettings, args)
-    src = load_source(args, default_sub="finetune")
     train_tf, val_tf = finetune_transforms(src.spec, settings)
     train, val = labelled_source_splits(src, train_tf, val_tf, args.max_images)
     trainer = Finetuner(
@@ -333,28 +437,92 @@ def _run_finetune(args: argparse.Namespace) -> int:
         num_workers=src.cfg.data.num_workers, resume=args.resume, overwrite=args.overwrite,
     )  # fmt: skip
     summary = trainer.fit()
-    result = {**summary, **src.name, "protocol": "mae-finetune", "data": src.cfg.data.name,
-              "data_path": src.cfg.data.path, "settings": dataclasses.asdict(settings)}  # fmt: skip
-    folder = [src.output_dir] if src.output_dir != src.run_dir else []
+    check_chance(src, summary["finetune_top1"], dataset_labels(val), "fine-tuning (MAE recipe)",
+                 "its regularisers and schedule are made for ImageNet: on small data use --recipe small")  # fmt: skip
+    return {**summary, "protocol": "mae-finetune"}, settings
+
+
+def _run_small_finetune(
+    src: Source, args: argparse.Namespace, settings: SmallFinetuneSettings
+) -> tuple[dict[str, Any], SmallFinetuneSettings]:
+    """The small recipe's summary and settings, their ``epochs`` those run (under ``--budget``,
+    ``--epochs`` that many reproduces the run)."""
+    import torch.distributed as dist
+
+    from dmjd.data import Normalize
+    from dmjd.engine.trainer import autocast_dtype
+    from dmjd.eval.features import images_in_memory
+    from dmjd.eval.quick_finetune import quick_finetune
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        raise InputError("--recipe small runs in one process; start it without torchrun (or use --recipe mae)")
+    train, test = (images_in_memory(ds, src.device, num_workers=src.cfg.data.num_workers)
+                   for ds in source_splits(src, args))  # fmt: skip
+    normalize = Normalize(src.spec.mean, src.spec.std).to(src.device)
+    out = quick_finetune(src.encoder, train, test, normalize, settings, pool="avg",
+                         amp_dtype=autocast_dtype("auto", src.device), budget_s=args.budget)  # fmt: skip
+    summary = {"kind": "finetune", "protocol": "small-finetune", "finetune_top1": out.top1, "epochs": out.epochs,
+               "steps": out.steps, "budget_s": args.budget, "first_epoch_s": out.first_epoch_s,
+               "lr": settings.peak_lr(), "batch_size": settings.batch_size, "pool": "avg",
+               "train_images": len(train[1]), "val_images": len(test[1]), "time_s": out.time_s}  # fmt: skip
+    return summary, dataclasses.replace(settings, epochs=out.epochs)
+
+
+@eval_command
+def _run_finetune(args: argparse.Namespace) -> int:
+    from dmjd.eval.settings import choose_recipe, recipe_settings
+
+    given = _given_settings(args)
+    check_recipe_options(args.recipe, args)  # refusals before the checkpoint loads (all but auto's)
+    if args.recipe != "auto":
+        recipe_settings(args.recipe, given)
+    src = load_source(args, default_sub="finetune")
+    recipe, why = choose_recipe(args.recipe, src.spec.img_size, resuming=bool(args.resume or args.overwrite))
+    if src.is_main:
+        print(f"dmjd: fine-tuning recipe: {recipe} ({why})", flush=True)
+    check_recipe_options(recipe, args)
+    settings = recipe_settings(recipe, given)
+    run = _run_mae_finetune if recipe == "mae" else _run_small_finetune
+    summary, settings = run(src, args, settings)  # type: ignore[operator]
+    result = {**summary, **src.name, "recipe": recipe, "data": src.cfg.data.name, "data_path": src.cfg.data.path,
+              "settings": dataclasses.asdict(settings)}  # fmt: skip
+    folder = [src.output_dir] if recipe == "mae" and src.output_dir != src.run_dir else []
     finish(src, result, "finetune", folder)
     return 0
+
+
+def _duration(text: str) -> float:
+    from dmjd.config.duration import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "finetune",
-        help="fine-tune end to end (MAE / ConvMAE recipe), top-1 on the validation split; "
-        "data-parallel under torchrun (--batch-size per process)",
+        help="fine-tune end to end, top-1 on the validation split: the small-data recipe in memory, or MAE's "
+        "(ConvMAE's) recipe, data-parallel under torchrun (--batch-size per process)",
     )
     _add_checkpoint(p, timm_ok=False, output_help="fine-tuning run folder (default: <checkpoint folder>/finetune)")
     _add_max_images(p)
-    p.add_argument("--resume", default=None, help="fine-tuning checkpoint, or 'auto' = the one in --output-dir")
-    p.add_argument("--overwrite", action="store_true", help="replace a fine-tuning run in --output-dir")
-    _add_settings(p, FinetuneSettings)
+    p.add_argument("--recipe", choices=("auto", *RECIPES), default="auto",
+                   help="small: in-memory small-data recipe (seconds to minutes); mae: MAE's ImageNet recipe; "
+                   "auto: mae for encoders of 224 px or more, else small (default: %(default)s)")  # fmt: skip
+    p.add_argument("--budget", type=_duration, default=None, metavar="DURATION",
+                   help="--recipe small: run as many epochs as fit in this time (e.g. 90s, 5m), "
+                   "from the first epoch's time; instead of --epochs")  # fmt: skip
+    p.add_argument("--resume", default=None, help="--recipe mae: fine-tuning checkpoint or run folder, "
+                   "or 'auto' = the one in --output-dir")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="--recipe mae: replace a fine-tuning run in --output-dir")
+    _add_recipe_settings(p)
     p.set_defaults(func=_run_finetune)
 
 
 # --------------------------------------------------------------------------------------- tsne
+@eval_command
 def _run_tsne(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset
 
@@ -390,6 +558,7 @@ def _add_tsne(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------- visualize
+@eval_command
 def _run_visualize(args: argparse.Namespace) -> int:
     from dmjd.data import Normalize, eval_transform
     from dmjd.engine.builders import build_masking, build_target
@@ -462,6 +631,7 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 
 
 # ------------------------------------------------------------------------------------- export
+@eval_command
 def _run_export(args: argparse.Namespace) -> int:
     from dmjd.engine.checkpoint import PRETRAINING, load_checkpoint
     from dmjd.engine.run_dir import check_writable

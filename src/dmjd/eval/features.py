@@ -99,6 +99,19 @@ def dataset_labels(dataset: Dataset) -> np.ndarray:
     return np.asarray([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)  # type: ignore[arg-type]
 
 
+def images_in_memory(
+    dataset: Dataset, device: torch.device, batch_size: int = 256, num_workers: int = 0
+) -> tuple[Tensor, Tensor]:
+    """All transformed images of a data set ``uint8[N, C, H, W]`` and its labels ``int64[N]`` on ``device``.
+
+    Lossless for ``dmjd.data.eval_transform``: it resizes uint8 images and only then scales them by 1 / 255.
+    """
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    images = torch.cat([batch[0].mul(255).round_().to(torch.uint8) for batch in loader])
+    labels = torch.as_tensor(dataset_labels(dataset))
+    return images.to(device), labels.to(device)
+
+
 def default_pool(encoder: nn.Module) -> Pool:
     """The reference protocol's feature: ``cls`` for encoders with a class token (MAE's linear
     probe), ``avg_fc_norm`` for encoders with ``forward_unfused`` (ConViT: ConvMAE's and the

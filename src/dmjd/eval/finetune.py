@@ -239,7 +239,8 @@ class Finetuner:
         num_classes: classifier outputs.
         output_dir: ``metrics.jsonl`` and ``checkpoint-last.pth`` go here.
         device: the device; under torchrun on GPUs, each process takes ``cuda:LOCAL_RANK``.
-        resume: a fine-tuning checkpoint, ``"auto"`` (this folder's, if any) or None.
+        resume: a fine-tuning checkpoint or run folder (its newest), ``"auto"`` (this folder's,
+            if any) or None.
         overwrite: replace a fine-tuning run already in ``output_dir``.
         progress: show a progress bar per epoch.
         tensorboard: also write TensorBoard logs (``output_dir/tensorboard``), when installed.
@@ -283,7 +284,10 @@ class Finetuner:
             )
         self.peak_lr = settings.peak_lr(world)
         self.model_kwargs = classifier_kwargs(encoder, num_classes, settings)
-        resume_path = ckpt.latest_checkpoint(self.output_dir) if str(resume) == "auto" else resume
+        if str(resume) == "auto":
+            resume_path = ckpt.latest_checkpoint(self.output_dir)
+        else:
+            resume_path = None if resume is None else ckpt.resolve_checkpoint(resume)
         if str(resume) == "auto" and resume_path is None and self.dist.is_main:
             print(f"dmjd: no checkpoint in {self.output_dir}, starting fresh")
         prepare_output_dir(self.output_dir, resume is not None, overwrite, self.dist.is_main)

@@ -25,7 +25,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from dmjd.config import Config
 from dmjd.data import Normalize, eval_transform
-from dmjd.eval.features import Pool, dataset_labels, default_pool, encode_batches, extract_features, labelled_splits
+from dmjd.eval.features import (
+    Pool,
+    default_pool,
+    encode_batches,
+    extract_features,
+    images_in_memory,
+    labelled_splits,
+)
 from dmjd.eval.knn import knn_top1
 from dmjd.eval.linear_probe import torch_logistic_regression_top1
 from dmjd.eval.loading import InputSpec
@@ -95,14 +102,8 @@ class OnlineMonitor:
             self.cache = (self._cache_split(self.train_set), self._cache_split(self.test_set))
 
     def _cache_split(self, dataset: Dataset) -> tuple[Tensor, Tensor]:
-        """All transformed images of a split ``uint8[N, C, H, W]`` and labels ``int64[N]``, on the device.
-
-        Lossless: the eval transform resizes uint8 images and only then scales them by 1 / 255.
-        """
-        loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
-        images = torch.cat([batch[0].mul(255).round_().to(torch.uint8) for batch in loader])
-        labels = torch.as_tensor(dataset_labels(dataset))
-        return images.to(self.device), labels.to(self.device)
+        """All transformed images of a split ``uint8[N, C, H, W]`` and labels ``int64[N]``, on the device."""
+        return images_in_memory(dataset, self.device, self.batch_size, self.num_workers)
 
     @classmethod
     def from_config(

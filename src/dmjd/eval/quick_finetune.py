@@ -1,9 +1,10 @@
-"""End-of-run fine-tuning on labelled images held in memory: a seconds-long protocol for benchmarks.
+"""Fine-tuning on labelled images held in memory: the small-data recipe, seconds to minutes long.
 
-``dmjd finetune`` is MAE's ImageNet recipe (mixup, cutmix, RandAugment, random erasing, 100
-epochs): on a few thousand small images and a few epochs its regularisers dominate and it scored
-15-26 % where a linear probe of the same encoder scored 75 %. This small-data recipe keeps what
-pays at that scale and drops what needs long schedules:
+It is ``dmjd finetune --recipe small`` (the default for encoders below 224 px) and the benchmarks'
+end-of-run fine-tuning. ``dmjd finetune --recipe mae`` is MAE's ImageNet recipe (mixup, cutmix,
+RandAugment, random erasing, 100 epochs): on a few thousand small images and a few epochs its
+regularisers dominate and it scored 15-26 % where a linear probe of the same encoder scored 75 %.
+This small-data recipe keeps what pays at that scale and drops what needs long schedules:
 
 * a copy of the encoder (the pre-training model is untouched) + average-pooled patch tokens
   (``pool``) + a LayerNorm and a linear head;
@@ -33,8 +34,10 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
+import time
 from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
@@ -42,7 +45,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from dmjd.data.resample import random_resized_crop_params, resized_crop
+from dmjd.errors import InputError
+from dmjd.eval.chance import warn_if_at_chance
 from dmjd.eval.features import Pool, default_pool, encoder_tokens, pool_tokens
+from dmjd.eval.settings import SmallFinetuneSettings
 
 
 class PooledClassifier(nn.Module):
@@ -72,90 +78,139 @@ def _param_groups(model: PooledClassifier, weight_decay: float, layer_decay: flo
     return [{"lr_scale": 1.0, **g} for g in groups + head]
 
 
+@dataclass(frozen=True)
+class QuickFinetuneResult:
+    """What ``quick_finetune`` measured: the test top-1, the epochs and steps it ran, and the
+    seconds of its first epoch and of the whole run (evaluation included)."""
+
+    top1: float
+    epochs: int
+    steps: int
+    first_epoch_s: float
+    time_s: float
+
+
+def epochs_within_budget(budget_s: float, first_epoch_s: float) -> int:
+    """How many epochs (the first one included) fit in ``budget_s`` seconds when each takes
+    ``first_epoch_s``: ``floor(budget_s / first_epoch_s)``, at least 1.
+
+    The first epoch is the slowest (kernels and caches warm up during it), so the count errs on the
+    short side; the final evaluation is not counted.
+
+    Raises:
+        ValueError: a budget that is not positive or a negative epoch time.
+    """
+    if not budget_s > 0 or first_epoch_s < 0:
+        raise ValueError(f"need budget_s > 0 and first_epoch_s >= 0, got {budget_s} and {first_epoch_s}")
+    return max(1, math.floor(budget_s / max(first_epoch_s, 1e-9) + 1e-9))
+
+
+def _lr(step: int, peak: float, warmup: int, total: int) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine from ``peak`` to 0 at step ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+
+def _elapsed(start: float, device: torch.device) -> float:
+    """Seconds since ``start`` once the device's queued work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def quick_finetune(
+    encoder: nn.Module,
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    normalize: nn.Module,
+    settings: SmallFinetuneSettings = SmallFinetuneSettings(),
+    crop_scale: tuple[float, float] = (1.0, 1.0),
+    pool: Pool | None = None,
+    amp_dtype: torch.dtype | None = None,
+    budget_s: float | None = None,
+) -> QuickFinetuneResult:
+    """Fine-tune a copy of ``encoder`` on ``train`` and measure its top-1 accuracy on ``test``.
+
+    Args:
+        encoder: a dmjd / timm encoder (``forward_features``); it is copied, not changed.
+        train, test: ``(uint8 images [N, C, H, W], int64 labels [N])`` on the training device,
+            images at the encoder's input size (``images_in_memory`` makes them from data sets).
+        normalize: the encoder's mean/std normalisation (a module on that device).
+        settings: the recipe (see the module docstring); ``settings.seed`` seeds the head, the
+            order and the augmentation.
+        crop_scale: random-resized-crop area range; (1, 1) keeps the whole image.
+        pool: ``avg`` / ``cls`` / ``avg_fc_norm``; None = ``default_pool(encoder)``.
+        amp_dtype: autocast dtype (bf16 on a GPU) or None.
+        budget_s: a time budget in seconds instead of ``settings.epochs``: the first epoch (all
+            warmup, so no schedule depends on the count yet) is timed and ``epochs_within_budget``
+            sets the count.
+
+    Returns:
+        The result; a ``ChanceLevelWarning`` says when its top-1 is no better than always
+        answering the test split's most frequent class: the fine-tuning learned nothing (too few
+        labels or steps for this encoder, or an lr that diverged), so the figure says nothing about
+        the encoder.
+
+    Raises:
+        InputError: ``budget_s`` with ``settings.warmup_epochs`` below 1.
+    """
+    s = settings
+    if budget_s is not None and s.warmup_epochs < 1:
+        raise InputError(f"a time budget needs warmup_epochs >= 1 (the epoch count is set after the first "
+                         f"epoch, during warmup), got {s.warmup_epochs}")  # fmt: skip
+    images, labels = train
+    device = images.device
+    torch.manual_seed(s.seed)
+    dim = getattr(encoder, "num_features", None) or encoder.embed_dim
+    model = PooledClassifier(copy.deepcopy(encoder), dim, int(labels.max()) + 1, pool or default_pool(encoder))
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW(_param_groups(model, s.weight_decay, s.layer_decay), lr=0.0, betas=(0.9, 0.999))
+    steps_per_epoch = max(len(images) // s.batch_size, 1)
+    warmup = int(s.warmup_epochs * steps_per_epoch)
+    gen = torch.Generator(device=device).manual_seed(s.seed)
+    size = images.shape[-1]
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    epochs = s.epochs if budget_s is None else 1  # under a budget: 1 until the first epoch is timed
+    step, epoch, first_epoch_s, start = 0, 0, 0.0, time.perf_counter()
+    while epoch < epochs:
+        order = torch.randperm(len(images), generator=gen, device=device)
+        for ids in order[: steps_per_epoch * s.batch_size].view(steps_per_epoch, -1):
+            for g in optimizer.param_groups:
+                g["lr"] = _lr(step, s.peak_lr(), warmup, epochs * steps_per_epoch) * g["lr_scale"]
+            boxes = random_resized_crop_params(len(ids), size, size, crop_scale, generator=gen)
+            flip = torch.rand(len(ids), generator=gen, device=device) < 0.5
+            x = normalize(resized_crop(images[ids], boxes, size, "bicubic", flip))
+            with autocast:
+                loss = F.cross_entropy(model(x).float(), labels[ids], label_smoothing=s.smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+        epoch += 1
+        if epoch == 1:
+            first_epoch_s = _elapsed(start, device)
+            epochs = s.epochs if budget_s is None else epochs_within_budget(budget_s, first_epoch_s)
+    top1 = evaluate_top1(model, test, normalize, s.batch_size, amp_dtype)
+    warn_if_at_chance(top1, test[1], "quick fine-tuning", "too few labels or steps for this encoder, or the lr "
+                      "diverged: try more epochs or a lower blr, and compare with a linear probe")  # fmt: skip
+    return QuickFinetuneResult(top1, epochs, step, first_epoch_s, _elapsed(start, device))
+
+
 def quick_finetune_top1(
     encoder: nn.Module,
     train: tuple[Tensor, Tensor],
     test: tuple[Tensor, Tensor],
     normalize: nn.Module,
-    epochs: int = 10,
-    batch_size: int = 64,
-    blr: float = 1.6e-2,
-    layer_decay: float = 0.75,
-    weight_decay: float = 0.05,
-    smoothing: float = 0.0,
-    warmup_epochs: float = 1.0,
     crop_scale: tuple[float, float] = (1.0, 1.0),
     pool: Pool | None = None,
     amp_dtype: torch.dtype | None = None,
-    seed: int = 0,
+    **recipe: Any,
 ) -> float:
-    """Fine-tune a copy of ``encoder`` on ``train`` and return its top-1 accuracy on ``test``.
-
-    Args:
-        encoder: a dmjd / timm encoder (``forward_features``); it is copied, not changed.
-        train, test: ``(uint8 images [N, C, H, W], int64 labels [N])`` on the training device,
-            images at the encoder's input size.
-        normalize: the encoder's mean/std normalisation (a module on that device).
-        epochs, batch_size, blr, layer_decay, weight_decay, smoothing, warmup_epochs, crop_scale:
-            the recipe (see the module docstring).
-        pool: ``avg`` / ``cls`` / ``avg_fc_norm``; None = ``default_pool(encoder)``.
-        amp_dtype: autocast dtype (bf16 on a GPU) or None.
-        seed: seeds the head, the order and the augmentation.
-
-    Returns:
-        Top-1 accuracy in [0, 1]. A ``RuntimeWarning`` says so when it is no better than always
-        answering the test split's most frequent class: the fine-tuning learned nothing (too few
-        labels or steps for this encoder, or an lr that diverged), so the figure says nothing about
-        the encoder.
-    """
-    images, labels = train
-    device = images.device
-    torch.manual_seed(seed)
-    dim = getattr(encoder, "num_features", None) or encoder.embed_dim
-    model = PooledClassifier(copy.deepcopy(encoder), dim, int(labels.max()) + 1, pool or default_pool(encoder))
-    model = model.to(device).train()
-    groups = _param_groups(model, weight_decay, layer_decay)
-    optimizer = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999))
-    peak = blr * batch_size / 256
-    steps_per_epoch = max(len(images) // batch_size, 1)
-    total, warmup = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    size = images.shape[-1]
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    step = 0
-    for _ in range(epochs):
-        order = torch.randperm(len(images), generator=gen, device=device)
-        for ids in order[: steps_per_epoch * batch_size].view(steps_per_epoch, -1):
-            lr = peak * (step + 1) / max(warmup, 1) if step < warmup else (
-                0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
-            )  # fmt: skip
-            for g in optimizer.param_groups:
-                g["lr"] = lr * g["lr_scale"]
-            boxes = random_resized_crop_params(len(ids), size, size, crop_scale, generator=gen)
-            flip = torch.rand(len(ids), generator=gen, device=device) < 0.5
-            x = normalize(resized_crop(images[ids], boxes, size, "bicubic", flip))
-            with autocast:
-                loss = F.cross_entropy(model(x).float(), labels[ids], label_smoothing=smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-    top1 = evaluate_top1(model, test, normalize, batch_size, amp_dtype)
-    _warn_if_constant(top1, test[1])
-    return top1
-
-
-def _warn_if_constant(top1: float, test_labels: Tensor) -> None:
-    """Warn when ``top1`` does not beat the best constant answer on ``test_labels``."""
-    majority = float(torch.bincount(test_labels).max()) / len(test_labels)
-    if top1 <= majority:
-        warnings.warn(
-            f"quick fine-tuning learned nothing: top-1 {top1:.1%} is no better than always answering the "
-            f"most frequent test class ({majority:.1%}). Too few labels or steps for this encoder, or the lr "
-            "diverged: try more epochs or a lower blr, and compare with a linear probe",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    """``quick_finetune``'s top-1, with the recipe as keywords (``SmallFinetuneSettings``'s fields:
+    ``epochs``, ``batch_size``, ``blr``, ``seed``, ...; the rest keep their defaults)."""
+    settings = SmallFinetuneSettings(**recipe)
+    return quick_finetune(encoder, train, test, normalize, settings, crop_scale, pool, amp_dtype).top1
 
 
 @torch.no_grad()
