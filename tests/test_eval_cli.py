@@ -12,7 +12,7 @@ from test_eval_checkpoints import cli, json_lines, write_checkpoint
 
 from dmjd.cli import EXIT_INTERRUPTED, main
 from dmjd.data import Normalize
-from dmjd.engine import CheckpointError
+from dmjd.engine import CheckpointError, ResourceError
 from dmjd.engine.trainer import resolve_resume
 from dmjd.errors import InputError
 from dmjd.eval import quick_finetune as qf
@@ -140,6 +140,13 @@ def test_small_recipe_command_records_its_result(run, tmp_path, capsys):
     record = json.loads((out / "evals.jsonl").read_text().splitlines()[-1])
     assert record["recipe"] == "small" and record["finetune_top1"] == result["finetune_top1"]
     assert record["files"] == ["finetune.json"]
+
+
+def test_small_recipe_refuses_splits_that_do_not_fit_in_memory(run, tmp_path, monkeypatch):
+    """64 + 64 images of 1 x 32 x 32 bytes (128 KiB) with 200 KiB free: more than half of it."""
+    monkeypatch.setattr("dmjd.engine.resources.available_memory", lambda device: 200 * 1024)
+    with pytest.raises(ResourceError, match="0.0 GiB, more than half the 0.0 GiB free on cpu; use --max-images"):
+        cli(["finetune", "--checkpoint", str(run), "--output-dir", str(tmp_path), "--max-images", "64"])
 
 
 @pytest.mark.parametrize(("options", "message"), [

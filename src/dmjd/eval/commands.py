@@ -442,6 +442,22 @@ def _run_mae_finetune(
     return {**summary, "protocol": "mae-finetune"}, settings
 
 
+def check_splits_fit_in_memory(src: Source, splits: tuple[Dataset, Dataset]) -> None:
+    """Refuse to hold splits as uint8 images on the device when they take more than half its free memory.
+
+    Raises:
+        ResourceError: they would not fit (the free memory is read by ``available_memory``).
+    """
+    from dmjd.engine import ResourceError
+    from dmjd.engine.resources import available_memory
+
+    need = sum(len(ds) for ds in splits) * src.spec.in_chans * src.spec.img_size**2  # type: ignore[arg-type]
+    free = available_memory(src.device)
+    if free is not None and need > free / 2:
+        raise ResourceError(f"--recipe small holds the splits in memory: {need / 2**30:.1f} GiB, more than half the "
+                            f"{free / 2**30:.1f} GiB free on {src.device}; use --max-images or --recipe mae")  # fmt: skip
+
+
 def _run_small_finetune(
     src: Source, args: argparse.Namespace, settings: SmallFinetuneSettings
 ) -> tuple[dict[str, Any], SmallFinetuneSettings]:
@@ -456,8 +472,9 @@ def _run_small_finetune(
 
     if dist.is_initialized() and dist.get_world_size() > 1:
         raise InputError("--recipe small runs in one process; start it without torchrun (or use --recipe mae)")
-    train, test = (images_in_memory(ds, src.device, num_workers=src.cfg.data.num_workers)
-                   for ds in source_splits(src, args))  # fmt: skip
+    splits = source_splits(src, args)
+    check_splits_fit_in_memory(src, splits)
+    train, test = (images_in_memory(ds, src.device, num_workers=src.cfg.data.num_workers) for ds in splits)
     normalize = Normalize(src.spec.mean, src.spec.std).to(src.device)
     out = quick_finetune(src.encoder, train, test, normalize, settings, pool="avg",
                          amp_dtype=autocast_dtype("auto", src.device), budget_s=args.budget)  # fmt: skip
