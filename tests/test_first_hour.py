@@ -43,6 +43,8 @@ from dmjd.eval.visualize import describe_masking
 
 ROOT = Path(__file__).resolve().parents[1]
 MONITOR = ["monitor.max_images=200"]
+# make demo's budgeted run, made an epoch-counted one of the tiny size (a user's keys win over the recipe's)
+DEMO_SHORT = ["train.budget=null", "monitor.interval=1"]
 
 pytestmark = pytest.mark.usefixtures("one_thread", "private_cache")
 
@@ -89,7 +91,7 @@ def write_images(folder: Path, n: int, classes: tuple[str, ...] = (), size: int 
 def demo_run(tmp_path_factory):
     """``make demo``'s command, shrunk with the tiny overrides: ``(folder, stdout)``."""
     folder = tmp_path_factory.mktemp("demo") / "demo-output"
-    code, out, err = run([*makefile_demo_command(folder), *TINY, *MONITOR])
+    code, out, err = run([*makefile_demo_command(folder), *TINY, *MONITOR, *DEMO_SHORT])
     assert code == 0, err
     return folder, out
 
@@ -384,7 +386,7 @@ def test_plot_shows_evaluations_beside_losses_and_finetuning_panels(demo_run, tm
     folder = demo_run[0]
     assert run(["knn", "--checkpoint", folder / "checkpoint-last.pth", "--max-images", "100"])[0] == 0
     ft = tmp_path / "ft"
-    code, _, err = run(["finetune", "--checkpoint", folder / "checkpoint-last.pth", "--output-dir", ft,
+    code, _, err = run(["finetune", "--checkpoint", folder / "checkpoint-last.pth", "--output-dir", ft, "--recipe", "mae",
                         "--epochs", "2", "--max-images", "32", "--batch-size", "16", "--warmup-epochs", "0"])  # fmt: skip
     assert code == 0, err
     assert any(p.name.startswith("events.") for p in (ft / "tensorboard").iterdir())  # fine-tuning TensorBoard logs
@@ -408,7 +410,11 @@ def test_plot_shows_evaluations_beside_losses_and_finetuning_panels(demo_run, tm
 # ------------------------------------------------------------------ 13. what the demo achieved
 def test_the_demo_ends_with_its_knn_next_to_untrained_encoder_and_raw_pixels(demo_run):
     folder, stdout = demo_run
-    assert "monitor.interval=1" in makefile_demo_command(folder)
+    assert "--config" not in makefile_demo_command(folder)  # the auto recipe, at the demo's budget
+    assert any(w.startswith("train.budget=") for w in makefile_demo_command(folder))
+    assert "dmjd: recipe auto" in stdout and "dmjd:   monitor.interval=" not in stdout  # the test's key won
+    meaning = next(line for line in stdout.splitlines() if line.startswith("dmjd: in words:"))
+    assert "untrained" in meaning and "raw pixels" in meaning and "dmjd compare" in stdout
     line = next(line for line in stdout.splitlines() if line.startswith("dmjd: knn_top1 on the embedded test split"))
     assert re.search(r"trained encoder \d\.\d{4} \(epoch 2\) \| untrained encoder \d\.\d{4} \| raw pixels \d\.\d{4}", line)
     summary = json.loads((folder / "summary.json").read_text())
@@ -471,7 +477,7 @@ def test_readme_first_hour_walked_end_to_end(tmp_path, monkeypatch):
               "~/photos": str(photos)}  # fmt: skip
     commands = readme_first_hour()
     assert [c.split()[:2] for c in commands] == [["make", "demo"], ["dmjd", "pretrain"], ["dmjd", "knn"],
-                                                 ["dmjd", "export"], ["dmjd", "pretrain"]]  # fmt: skip
+                                                 ["dmjd", "export"], ["dmjd", "pretrain"], ["dmjd", "compare"]]  # fmt: skip
     real_save = Pretrainer._save_epoch_checkpoints
 
     def save_then_ctrl_c(self):  # the user presses Ctrl-C during the second epoch of their own run
@@ -484,10 +490,13 @@ def test_readme_first_hour_walked_end_to_end(tmp_path, monkeypatch):
             command = command.replace(placeholder, path)
         argv = makefile_demo_command(Path(places["demo-output"])) if command == "make demo" else shlex.split(command)[1:]
         if command == "make demo":
-            argv += [*TINY, *MONITOR]
+            argv += [*TINY, *MONITOR, *DEMO_SHORT]
         elif "data.path" in command:
-            argv += [*TINY, "optim.batch_size=32"]
+            argv += [*TINY, "optim.batch_size=32", "train.budget=null"]
             monkeypatch.setattr(Pretrainer, "_save_epoch_checkpoints", save_then_ctrl_c)
+        elif argv[0] == "compare":  # shrunk: a 1.5 s budget, two seeds
+            argv = [*argv[: argv.index("--budget")], "--budget", "1.5s", "--seeds", "2", "--output-dir",
+                    str(tmp_path / "compare")]  # fmt: skip
         code, stdout, err = run(argv)
         monkeypatch.undo()
         if "data.path" in command:
@@ -499,6 +508,8 @@ def test_readme_first_hour_walked_end_to_end(tmp_path, monkeypatch):
             assert "knn_top1 on the embedded test split" in stdout
         elif argv[0] == "knn":
             assert 0 <= json_lines(stdout)[-1]["knn_top1"] <= 1
+        elif argv[0] == "compare":
+            assert "dmjd: verdict: " in stdout and (tmp_path / "compare" / "report.md").is_file()
         elif argv[0] == "export":
             call = next(line for line in stdout.splitlines() if line.startswith("timm.create_model("))
             encoder = eval(call, {"timm": timm})

@@ -129,6 +129,34 @@ def achievement_lines(summary: dict[str, Any], data_name: str) -> list[str]:
     return lines
 
 
+def meaning_lines(summary: dict[str, Any], data: str) -> list[str]:
+    """What a monitored run's numbers mean, in words (trained against untrained against raw pixels), and
+    what to run next."""
+    trained, untrained = summary.get("evaluation", {}), summary.get("evaluation_untrained", {})
+    key = next((k for k in ("knn_top1", "linprobe_top1") if k in trained and k in untrained), None)
+    if key is None:
+        return []
+    name = {"knn_top1": "kNN", "linprobe_top1": "linear-probe"}[key]
+    value, start = 100 * trained[key], 100 * untrained[key]
+    pixels = summary.get("evaluation_raw_pixels", {}).get(key)
+    gain = value - start
+    words = (f"pre-training raised the encoder's {name} top-1 from {start:.1f} % (untrained) to {value:.1f} % "
+             f"({gain:+.1f} points)" if gain > 0 else
+             f"pre-training did not raise the encoder's {name} top-1 ({start:.1f} % untrained, {value:.1f} % now)")  # fmt: skip
+    if pixels is not None:
+        beat = value > 100 * pixels
+        words += (f", above raw pixels' {100 * pixels:.1f} %" if beat else
+                  f"; raw pixels still score {100 * pixels:.1f} %: features this short a run learns do not yet beat "
+                  "the images themselves")  # fmt: skip
+    minutes = summary.get("time_s", 0) / 60
+    return [
+        f"dmjd: in words: after {minutes:.1f} min of training ({summary.get('ete', 0):.1f} effective epochs) on {data}, "
+        f"{words}.",
+        "dmjd: next: to learn whether DMJD beats MAE on your own images at equal time, run "
+        "`dmjd compare FOLDER --budget 20m` (report.md opens with the verdict); longer runs: train.budget=2h",
+    ]
+
+
 def pretrain_config(config: str | None, overrides: list[str], output_dir: str, resume: str | None) -> Config:
     """The config of ``dmjd pretrain``: a preset or YAML file (``--config NAME``), a resumed run's saved
     config (``--resume`` with a checkpoint and no ``--config``), or the auto recipe for the data, device
@@ -154,7 +182,7 @@ def pretrain_config(config: str | None, overrides: list[str], output_dir: str, r
             "run should train on; give data.path=FOLDER (the auto recipe) or --config PRESET"
         )
     cfg, choices = auto_config(overrides)
-    for line in recipe_lines(choices, cfg.train.budget or ""):
+    for line in recipe_lines(choices, cfg.train.budget):
         print(line)
     return cfg
 
@@ -177,7 +205,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
             )
             summary["figure"] = str(figure)
         summary["curves"] = str(save_curves_figure([out], out / "curves.png"))
-        for line in achievement_lines(summary, cfg.data.name):
+        for line in achievement_lines(summary, cfg.data.name) + meaning_lines(summary, cfg.data.name):
             print(line)
     if trainer.dist.is_main:
         print(json.dumps(summary))

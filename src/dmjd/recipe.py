@@ -281,8 +281,9 @@ def auto_config(overrides: list[str], device: str | None = None, flops_per_s: fl
     return cfg, kept
 
 
-def recipe_lines(choices: list[Choice], budget: str | float) -> list[str]:
+def recipe_lines(choices: list[Choice], budget: str | float | None) -> list[str]:
     """The start-up lines of an auto recipe: one per choice, with its reason."""
-    lines = [f"dmjd: recipe auto for a budget of {format_duration(parse_duration(budget))}:"]
+    span = f"a budget of {format_duration(parse_duration(budget))}" if budget is not None else "no time budget"
+    lines = [f"dmjd: recipe auto for {span}:"]
     lines += [f"dmjd:   {c.override}  ({c.reason})" for c in choices]
     return lines

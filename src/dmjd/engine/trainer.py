@@ -470,6 +470,8 @@ class Pretrainer:
 
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):  # the run's RNG is untouched
             memory = measure_step_memory(self.model, probe)
+        if isinstance(self.target, FrozenNetworkTarget):
+            self.target.reset_cost()  # the probe's images are not the run's
         where = "free GPU memory" if dev.type == "cuda" else "available RAM"
         note = check_step_memory(memory, o.batch_size, o.accum_iter, available_memory(dev), where)
         hint = cpu_thread_hint(dev, torch.get_num_threads())

@@ -174,8 +174,12 @@ class FrozenNetworkTarget(Target):
             return self.meter.run(self.network, inputs)
 
     def cost_metrics(self) -> dict[str, float]:
-        """Accumulated cost of the network since construction, ready to log (see CostMeter)."""
+        """Accumulated cost of the network since construction (or ``reset_cost``), ready to log (see CostMeter)."""
         return self.meter.totals()
+
+    def reset_cost(self) -> None:
+        """Forget the cost so far (e.g. of a memory probe before training)."""
+        self.meter = CostMeter()
 
 
 class IntermediateFeatures(nn.Module):
