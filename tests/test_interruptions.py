@@ -165,7 +165,8 @@ def test_available_ram_is_shared_by_the_processes_of_this_host(tmp_path, monkeyp
 
 def test_thread_hint_only_on_a_small_cpu_with_several_threads():
     cpu = torch.device("cpu")
-    assert "OMP_NUM_THREADS=1" in cpu_thread_hint(cpu, threads=2, cores=2)
-    assert cpu_thread_hint(cpu, threads=1, cores=2) is None
-    assert cpu_thread_hint(cpu, threads=16, cores=32) is None
-    assert cpu_thread_hint(torch.device("cuda"), threads=2, cores=2) is None
+    assert "OMP_NUM_THREADS=1" in cpu_thread_hint(cpu, threads=2, cores=2, load=1.5)
+    assert cpu_thread_hint(cpu, threads=2, cores=2, load=0.2) is None  # idle: 2 threads were 1.7x faster
+    assert cpu_thread_hint(cpu, threads=1, cores=2, load=1.5) is None
+    assert "load 20.0" in cpu_thread_hint(cpu, threads=16, cores=32, load=20.0)
+    assert cpu_thread_hint(torch.device("cuda"), threads=2, cores=2, load=3.0) is None

@@ -34,8 +34,10 @@ MIN_BATCH = 8
 MIN_EPOCHS = 5.0  # the budget must train the chosen model for at least this many epochs (per view)
 IMAGE_SIDES = (32, 64, 96, 128, 224)
 # Sustained fraction of the measured matmul FLOP/s that a pre-training step reaches (small
-# transformers: many small kernels). CPU: the cpu benchmark's DMJD step (236 images/s on 2 cores).
-STEP_EFFICIENCY = {"cpu": 0.25, "cuda": 0.15}
+# transformers: many small kernels). CPU: measured on the 2-core VM (2026-12-01, width-64 ViT at 32 px,
+# batch 128, 2 threads): 0.289 (DMJD, 328 images/s) and 0.287 (MAE) of a 512^3 fp32 matmul's rate.
+# CUDA: a guess, not measured (no GPU was lent): small models reach a small fraction of bf16 peak.
+STEP_EFFICIENCY = {"cpu": 0.29, "cuda": 0.15}
 
 
 @dataclass(frozen=True)

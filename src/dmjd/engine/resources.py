@@ -126,14 +126,21 @@ def check_step_memory(
     return f"WARNING: {said}: close to the limit; {advice}"
 
 
-def cpu_thread_hint(device: torch.device, threads: int, cores: int | None = None) -> str | None:
-    """A hint, on a CPU with few cores and more than one intra-op thread, that one thread per
-    process may train faster there (seen on 2 shared cores, ``benchmarks/threads.py`` measures it)."""
+def cpu_thread_hint(
+    device: torch.device, threads: int, cores: int | None = None, load: float | None = None
+) -> str | None:
+    """A hint when the CPU is already busy: training threads then compete with other processes.
+
+    Measured with ``benchmarks/threads.py`` on a 2-core VM (docs/results.md): idle, 2 threads trained
+    1.71x faster than 1, so the default stays; on the same cores shared with other work, 1 thread ran
+    2-7x faster than 2 in a user's trial. The hint appears on a CPU whose 1-minute load average (before
+    the run's own threads start) is at least half its core count, with more than one intra-op thread.
+    """
     cores = cores if cores is not None else (os.cpu_count() or 1)
-    if device.type != "cpu" or threads <= 1 or cores > 4:
+    load = load if load is not None else (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
+    if device.type != "cpu" or threads <= 1 or load < cores / 2:
         return None
     return (
-        f"hint: {threads} torch threads on {cores} CPU cores; on small or shared CPUs one thread per process is "
-        "often faster: try OMP_NUM_THREADS=1 (or torchrun --nproc_per_node with OMP_NUM_THREADS=1); "
-        "benchmarks/threads.py measures both"
+        f"hint: the CPU is busy (load {load:.1f} on {cores} cores) and this run uses {threads} torch threads; on a "
+        "shared CPU fewer threads are often faster (try OMP_NUM_THREADS=1); benchmarks/threads.py measures it"
     )
