@@ -19,8 +19,6 @@ from dmjd.bench.analysis import Curve, aggregate, common_end, first_reach, speed
 from dmjd.bench.efficiency import PeriodicEvaluator, analyse_comparison, eval_interval, plan_runs, run_efficiency
 from dmjd.bench.presets import PRESETS, SECTIONS
 from dmjd.bench.report import reading
-from dmjd.config import load_config
-from dmjd.config.duration import parse_duration
 from dmjd.config.duration import parse_duration
 from dmjd.bench.throughput import peak_bf16_flops, step_flops, synthetic_images, throughput_config
 from dmjd.engine import Pretrainer
@@ -381,7 +379,7 @@ def test_merge_adds_the_seeds_of_another_output(smoke_dir, tmp_path, capsys):
 def test_sections_are_checked_before_training(tmp_path):
     with pytest.raises(ValueError, match="unknown benchmark section"):
         run_efficiency("smoke", tmp_path, sections=["main", "speed"])
-    assert set(SECTIONS) == {"main", "core", "pred_ratio", "targets", "decoder", "simmim", "maskfeat", "convit"}
+    assert set(SECTIONS) == {"main", "core", "pred_ratio", "targets", "decoder", "simmim", "maskfeat", "convit", "vis_pairing"}
 
 
 def test_profile_split_backward_gives_the_joint_gradients(tmp_path):
@@ -407,6 +405,10 @@ def test_method_sections_are_runnable_configs():
     from dmjd.bench.presets import PRESETS, SECTIONS
     from dmjd.config import load_config
 
+    official, token = SECTIONS["vis_pairing"].variants  # the pairing ablation: DMJD with each pairing
+    cfgs = [load_config(None, [*PRESETS["cpu"].base, *v.overrides]) for v in (official, token)]
+    assert [c.loss.vis_pairing for c in cfgs] == ["official", "token"]
+    assert cfgs[0].model_dump(exclude={"loss"}) == cfgs[1].model_dump(exclude={"loss"})
     for name in ("simmim", "maskfeat", "convit"):
         base, dm = SECTIONS[name].variants
         assert dm.label == f"{base.label} + DM" or name == "convit"

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from dmjd.config import ConfigError
-from dmjd.config.duration import parse_duration
+from dmjd.config.duration import format_duration, parse_duration
 from dmjd.engine import Pretrainer
 from dmjd.engine import trainer as trainer_module
 from dmjd.engine.budget import BudgetTooSmallError, TimeBudget
@@ -33,6 +33,7 @@ def test_durations_parse_as_users_write_them():
     for bad in ("soon", "0s", "-3", "20x"):
         with pytest.raises(ValueError):
             parse_duration(bad)
+    assert [format_duration(s) for s in (45, 270, 1200, 7200)] == ["45 s", "4.5 min", "20 min", "2 h"]
 
 
 def test_plan_fits_warmup_and_cosine_into_the_budget():

@@ -3,7 +3,6 @@
 import pytest
 
 from dmjd.config import ConfigError, available_presets, config_to_yaml, load_config
-from dmjd.config.loading import parse_override
 
 
 def test_all_presets_validate():

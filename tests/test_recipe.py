@@ -98,12 +98,12 @@ def test_step_flops_scale_with_batch_and_views():
 
 
 def test_auto_config_keeps_the_users_keys_and_records_the_reasons():
-    cfg, choices = auto_config(["model.embed_dim=96", "model.num_heads=4", "train.budget=3m"], device="cpu", flops_per_s=CPU)
+    cfg, choices, _ = auto_config(["model.embed_dim=96", "model.num_heads=4", "train.budget=3m"], device="cpu", flops_per_s=CPU)
     assert cfg.model.embed_dim == 96 and "model.embed_dim" not in {c.key for c in choices}
     assert cfg.data.name == "embedded" and cfg.model.img_size == 32 and cfg.model.in_chans == 1
     assert cfg.recipe.method == "dmjd" and cfg.recipe.reasons["model.patch_size"].startswith("4: ")
     assert cfg.train.budget == "3m"
-    mae, _ = auto_config(["recipe.method=mae"], device="cpu", flops_per_s=CPU)
+    mae = auto_config(["recipe.method=mae"], device="cpu", flops_per_s=CPU).config
     assert mae.masking.num_views == 1 and mae.train.budget == "20m"
 
 

@@ -181,7 +181,7 @@ def pretrain_config(config: str | None, overrides: list[str], output_dir: str, r
             f"--resume auto: {output_dir} holds no checkpoint to resume, and no --config or data.path says what a new "
             "run should train on; give data.path=FOLDER (the auto recipe) or --config PRESET"
         )
-    cfg, choices = auto_config(overrides)
+    cfg, choices, _ = auto_config(overrides)
     for line in recipe_lines(choices, cfg.train.budget):
         print(line)
     return cfg

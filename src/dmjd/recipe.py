@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from dmjd.config import Config, ConfigError, load_config
 from dmjd.config.duration import format_duration, parse_duration
@@ -124,8 +125,9 @@ def step_flops(
     return 3.0 * batch * (embed + views * per_view)
 
 
-def device_flops(device: str, seconds: float = 0.2) -> float:
-    """Sustained matmul FLOP/s of ``device`` (fp32 on CPU, bf16 on CUDA), measured for ``seconds``."""
+def device_flops(device: str, seconds: float = 0.05, repeats: int = 6) -> float:
+    """Matmul FLOP/s of ``device`` (fp32 on CPU, bf16 on CUDA): the best of ``repeats`` bursts of
+    ``seconds``, so that a moment of other load on the machine does not shrink the estimate."""
     import torch
 
     dev = torch.device(device)
@@ -134,13 +136,16 @@ def device_flops(device: str, seconds: float = 0.2) -> float:
     a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
     for _ in range(3):
         a @ b
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-    return 2 * n**3 * count / (time.perf_counter() - start)
+    best = 0.0
+    for _ in range(repeats):
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            a @ b
+            count += 1
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+        best = max(best, 2 * n**3 * count / (time.perf_counter() - start))
+    return best
 
 
 def choose_recipe(
@@ -252,9 +257,17 @@ def user_keys(overrides: list[str]) -> set[str]:
     return {".".join(parse_override(item)[0]) for item in overrides}
 
 
-def auto_config(overrides: list[str], device: str | None = None, flops_per_s: float | None = None) -> tuple[Config, list[Choice]]:
+class Recipe(NamedTuple):
+    """What ``auto_config`` made: the config, the choices it kept (with reasons) and the data's profile."""
+
+    config: Config
+    choices: list[Choice]
+    profile: DataProfile
+
+
+def auto_config(overrides: list[str], device: str | None = None, flops_per_s: float | None = None) -> Recipe:
     """The auto recipe's config for ``overrides`` (which name the data, the budget, ``recipe.method``
-    and any key to fix), and the choices it made (those the user overrode left out).
+    and any key to fix), the choices it made (those the user overrode left out) and the data's profile.
 
     Args:
         overrides: the user's ``key=value`` overrides; they win over every choice.
@@ -280,7 +293,7 @@ def auto_config(overrides: list[str], device: str | None = None, flops_per_s: fl
     kept = [c for c in choices if c.key not in given]
     cfg = load_config(None, [c.override for c in kept] + [f"recipe.method={method}", *overrides])
     cfg.recipe.reasons = {c.key: f"{c.value}: {c.reason}" for c in kept}
-    return cfg, kept
+    return Recipe(cfg, kept, profile)
 
 
 def recipe_lines(choices: list[Choice], budget: str | float | None) -> list[str]:

@@ -27,6 +27,7 @@ from dmjd.bench.presets import SECTIONS, BenchPreset, Section, Variant
 from dmjd.config.duration import format_duration
 from dmjd.data.profile import DataProfile
 from dmjd.errors import InputError
+from dmjd.eval.label_free import LabelFreeMonitor
 from dmjd.recipe import Choice, auto_config, method_choices
 
 METHOD_LABELS = {"mae": "MAE", "dmjd": "DMJD"}
@@ -78,10 +79,7 @@ def compare_setup(
         raise InputError(f"--methods takes two or more of {', '.join(METHOD_LABELS)}, each once; got {','.join(methods)}")
     overrides = [data_override(data), f"train.budget={budget_s:g}", "recipe.method=dmjd"]
     overrides += [f"train.device={device}"] if device else []
-    cfg, choices = auto_config(overrides, device, flops_per_s)
-    from dmjd.data.profile import profile_data
-
-    profile = profile_data(cfg.data.name, cfg.data.path)
+    cfg, choices, profile = auto_config(overrides, device, flops_per_s)
     if finetune_epochs and not profile.labelled:
         raise InputError(f"{data} has no labels (no class sub-folders): fine-tuning needs them; drop --finetune-epochs")
     grid, patch, width = cfg.model.img_size // cfg.model.patch_size, cfg.model.patch_size, cfg.model.embed_dim
@@ -118,7 +116,7 @@ def compare_setup(
     return CompareSetup(preset, section, profile, common)
 
 
-def label_free_monitor(setup: CompareSetup, device: str | None = None) -> Any:
+def label_free_monitor(setup: CompareSetup, device: str | None = None) -> LabelFreeMonitor:
     """RankMe (and, at the end of each run, the held-out loss) on a seeded sample of the images:
     the ``val/`` images when the folder has them, else a sample of the training images."""
     import torch
@@ -128,7 +126,6 @@ def label_free_monitor(setup: CompareSetup, device: str | None = None) -> Any:
     from dmjd.data.arrays import load_image_array
     from dmjd.engine.builders import mean_std
     from dmjd.engine.trainer import resolve_device
-    from dmjd.eval.label_free import LabelFreeMonitor
 
     cfg = load_config(None, [*setup.preset.base, *setup.section.variants[0].overrides])
     dev = resolve_device(device or cfg.train.device)
@@ -137,9 +134,7 @@ def label_free_monitor(setup: CompareSetup, device: str | None = None) -> Any:
     images = torch.from_numpy(array.images)
     keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:EVAL_IMAGES].sort().values
     mean, std = mean_std(cfg)
-    monitor = LabelFreeMonitor(images[keep].to(dev), Normalize(mean, std).to(dev), pool="avg")
-    monitor.split = split  # type: ignore[attr-defined]
-    return monitor
+    return LabelFreeMonitor(images[keep].to(dev), Normalize(mean, std).to(dev), pool="avg", source=split)
 
 
 def run_compare(
@@ -169,7 +164,7 @@ def run_compare(
     results["data_profile"] = asdict(setup.profile)
     results["recipe"] = [{"key": c.key, "value": c.value, "reason": c.reason} for c in setup.choices]
     if not labelled:
-        results["evaluation"] = {"images": len(monitor.images), "split": monitor.split, "pool": "avg"}
+        results["evaluation"] = {"images": len(monitor.images), "split": monitor.source, "pool": monitor.pool}
     results["verdict"] = verdict(results)
     write_json(results, out / "results.json")
     write_compare_report(results, out)

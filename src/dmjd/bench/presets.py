@@ -253,6 +253,19 @@ SECTIONS: dict[str, Section] = {
             ("model.style=simmim", "model.vdb=false", "target.name=hog", "target.hog_variant=maskfeat", "loss.mim_loss=mse"),
         ),
         Section(
+            "vis_pairing",
+            "The visible distillation branch's pairing: Eq. 5 against the official code's",
+            "docs/fidelity.md: the official forward_loss pairs pred_vis (in the masks' draw order) with "
+            "target[mask == 0] (ascending token order), so ~99 % of visible tokens regress another token's target; "
+            "Eq. 5 pairs each token with its own. The paper's numbers were produced with the official pairing.",
+            "DMJD, official pairing",
+            (
+                Variant("DMJD, official pairing", DMJD.overrides + ("loss.vis_pairing=official",)),
+                Variant("DMJD", DMJD.overrides + ("loss.vis_pairing=token",)),
+            ),
+            expected_pairs=(("DMJD, official pairing", "DMJD"),),
+        ),
+        Section(
             "convit",
             "ConvMAE (ConViT) against ConViT + DMJD",
             "Table VI: ConViT-B + DMJD matches ConvMAE's fine-tuning with 3x fewer GPU-hours and +5.8 linear-probe points.",

@@ -34,5 +34,7 @@ def format_duration(seconds: float) -> str:
     """A short human form of ``seconds``: ``45 s``, ``20 min``, ``1 h 30 min``."""
     if seconds < 120:
         return f"{seconds:.0f} s"
+    if seconds < 600 and seconds % 60:
+        return f"{seconds / 60:.1f} min"
     minutes = round(seconds / 60)
     return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min".replace(" 0 min", "")

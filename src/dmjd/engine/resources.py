@@ -11,6 +11,7 @@ The peak RSS growth of one CPU step (fp32) measured 0.81-1.11x this estimate on 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,21 +127,45 @@ def check_step_memory(
     return f"WARNING: {said}: close to the limit; {advice}"
 
 
+def other_cpu_load(interval: float = 0.25, stat: str | Path = "/proc/stat") -> float | None:
+    """Cores' worth of CPU that other processes use right now: the machine's busy time minus this
+    process's over ``interval`` seconds (Linux ``/proc``); None where it cannot be read."""
+
+    def sample() -> tuple[float, float, float]:
+        fields = [float(v) for v in Path(stat).read_text().split("\n", 1)[0].split()[1:]]
+        own = [float(v) for v in Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[11:13]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+        return sum(fields[:8]), sum(fields[:8]) - idle, sum(own)
+
+    try:
+        total0, busy0, own0 = sample()
+        time.sleep(interval)
+        total1, busy1, own1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    cores = os.cpu_count() or 1
+    per_core = max(total1 - total0, 1e-9) / cores  # ticks one core had in the interval
+    return max(0.0, (busy1 - busy0) - (own1 - own0)) / per_core
+
+
 def cpu_thread_hint(
     device: torch.device, threads: int, cores: int | None = None, load: float | None = None
 ) -> str | None:
-    """A hint when the CPU is already busy: training threads then compete with other processes.
+    """A hint when other processes keep the CPU busy: training threads then compete with them.
 
     Measured with ``benchmarks/threads.py`` on a 2-core VM (docs/results.md): idle, 2 threads trained
     1.71x faster than 1, so the default stays; on the same cores shared with other work, 1 thread ran
-    2-7x faster than 2 in a user's trial. The hint appears on a CPU whose 1-minute load average (before
-    the run's own threads start) is at least half its core count, with more than one intra-op thread.
+    2-7x faster than 2 in a user's trial. The hint appears when other processes use at least half the
+    cores (``other_cpu_load``) and the run has more than one intra-op thread.
     """
+    if device.type != "cpu" or threads <= 1:
+        return None
     cores = cores if cores is not None else (os.cpu_count() or 1)
-    load = load if load is not None else (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
-    if device.type != "cpu" or threads <= 1 or load < cores / 2:
+    load = load if load is not None else other_cpu_load()
+    if load is None or load < cores / 2:
         return None
     return (
-        f"hint: the CPU is busy (load {load:.1f} on {cores} cores) and this run uses {threads} torch threads; on a "
-        "shared CPU fewer threads are often faster (try OMP_NUM_THREADS=1); benchmarks/threads.py measures it"
+        f"hint: other processes keep {load:.1f} of {cores} CPU cores busy and this run uses {threads} torch "
+        "threads; on a shared CPU fewer threads are often faster (try OMP_NUM_THREADS=1); benchmarks/threads.py "
+        "measures it"
     )

@@ -343,11 +343,11 @@ class Pretrainer:
                 )
             apply_plan(cfg, self.budget.plan)
         self.total_steps = self.steps_per_epoch * self.num_epochs
-        if o.max_steps is not None and not (self.budget is not None and self.budget.plan is None):
-            self.total_steps = min(self.total_steps, o.max_steps)
-        self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
-        if self.budget is not None and self.budget.plan is None:
+        if self.budget is not None and self.budget.plan is None:  # until the plan: measure at a low lr
             self.warmup_steps = self.budget.provisional_warmup
+        else:
+            self.total_steps = min(self.total_steps, o.max_steps or self.total_steps)
+            self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
         limits = [t for t in (cfg.train.max_time_s, budget_seconds(cfg)) if t is not None]
         self.time_limit_s: float | None = min(limits) if limits else None
         self.unique_batch = o.batch_size * o.accum_iter * self.dist.world_size
@@ -479,8 +479,9 @@ class Pretrainer:
 
     def _where(self) -> str:
         """The run's position as users read it: ``at step 14 (epoch 3/4)``, epochs counted from 1."""
-        epoch = min(self.state.epoch + 1, self.cfg.optim.epochs)
-        return f"at step {self.state.opt_step} (epoch {epoch}/{self.cfg.optim.epochs})"
+        epochs = self.epochs_known
+        epoch = self.state.epoch + 1 if epochs is None else min(self.state.epoch + 1, epochs)
+        return f"at step {self.state.opt_step} (epoch {epoch}{'' if epochs is None else f'/{epochs}'})"
 
     def _evaluate(self, hook: EpochHook) -> None:
         """Run an epoch or step hook on the main process, log and print what it returns (a

@@ -134,10 +134,14 @@ class LabelFreeMonitor:
         normalize: the encoder's input normalisation.
         pool: how tokens become one feature per image (``dmjd.eval.features.pool_tokens``).
         batch_size: images per forward pass.
+        source: where the images come from, for reports (e.g. the data set's split).
     """
 
-    def __init__(self, images: Tensor, normalize: nn.Module, pool: str = "avg", batch_size: int = 256) -> None:
+    def __init__(
+        self, images: Tensor, normalize: nn.Module, pool: str = "avg", batch_size: int = 256, source: str = ""
+    ) -> None:
         self.images, self.normalize, self.pool, self.batch_size = images, normalize, pool, batch_size
+        self.source = source
 
     @torch.no_grad()
     def features(self, encoder: nn.Module) -> Tensor:
