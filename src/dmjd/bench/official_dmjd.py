@@ -78,7 +78,8 @@ def import_official_dmjd(dmjd_dir: str | Path) -> types.SimpleNamespace:
 
 
 def _no_einops(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("einops is not installed: the stand-in only lets engine_pretrain import")
+    """The stand-in ``einops.rearrange``: the side-by-side run never calls it; a call means einops is needed."""
+    raise ImportError("einops is not installed (pip install einops): the stand-in only lets engine_pretrain import")
 
 
 def official_to_dmjd_dims(x: Tensor) -> Tensor:
