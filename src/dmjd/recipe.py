@@ -187,8 +187,9 @@ def choose_recipe(
         Choice("optim.lr_rule", "dmjd", "Eq. 4 (equals the linear rule for K = 1)"),
         Choice("train.budget_warmup", 0.1, "warmup: 10 % of the budgeted steps"),
         Choice("data.name", profile.name, "what the folder holds"),
-        Choice("data.path", profile.path, "the data set's folder"),
     ]
+    if profile.path is not None:  # a named set at its default location has no folder to name
+        choices.append(Choice("data.path", profile.path, "the data set's folder"))
     if profile.labelled:
         every = max(1, round(epochs / 5))
         choices.append(Choice("monitor.interval", every, f"labelled data: kNN + linear probe every {every} epochs "
