@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from dmjd.engine.checkpoint import (
+from dmjd.io.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,

@@ -17,7 +17,7 @@ from torch import Tensor
 from conftest import tiny_config
 from dmjd.config import load_config
 from dmjd.engine import Pretrainer
-from dmjd.engine.checkpoint import CheckpointError
+from dmjd.io.checkpoint import CheckpointError
 from dmjd.engine.trainer import build_dmjd_model, build_target
 from dmjd.masking import DisjointMasking, MaskedViews
 from dmjd.models import DMJDModel, build_model, create_encoder, encoder_state_dict

@@ -32,7 +32,7 @@ from dmjd.cli import main
 from dmjd.config import ConfigError, load_config
 from dmjd.data.datasets import infer_data_kind
 from dmjd.engine import Pretrainer, load_checkpoint
-from dmjd.engine import checkpoint as ckpt_mod
+from dmjd.io import checkpoint as ckpt_mod
 from dmjd.engine.builders import build_masking
 from dmjd.engine.metrics import read_metrics
 from dmjd.engine.run_dir import prepare_output_dir
@@ -164,7 +164,7 @@ def test_evaluation_commands_check_their_output_place_before_working(demo_run, t
     def no_work(*_args, **_kwargs):
         raise AssertionError("work started before the output place was checked")
 
-    monkeypatch.setattr("dmjd.engine.checkpoint.load_checkpoint", no_work)
+    monkeypatch.setattr("dmjd.io.checkpoint.load_checkpoint", no_work)
     monkeypatch.setattr("dmjd.eval.plot.read_run", no_work)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -37,7 +37,7 @@ def test_sigkill_during_save_leaves_previous_checkpoint_loadable(tmp_path):
     script = textwrap.dedent(
         """
         import sys, torch
-        from dmjd.engine.checkpoint import save_checkpoint
+        from dmjd.io.checkpoint import save_checkpoint
         state = {"model": {"w": torch.randn(8_000_000)}, "epoch": 0}
         i = 0
         while True:

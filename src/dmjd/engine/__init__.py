@@ -1,6 +1,5 @@
-"""Training engine: optimizer and LR rules, checkpoints, metrics, distributed set-up, the trainer."""
+"""Training engine: optimizer and LR rules, metrics, distributed set-up, the trainer."""
 
-from dmjd.engine.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from dmjd.engine.optim import effective_lr, lr_at, param_groups
 from dmjd.engine.trainer import (
     NonFiniteLossError,
@@ -11,6 +10,7 @@ from dmjd.engine.trainer import (
     pretrain,
     resume_config,
 )
+from dmjd.io.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 
 __all__ = [
     "CheckpointError",

@@ -18,7 +18,7 @@ import time
 import weakref
 from pathlib import Path
 
-from dmjd.engine import checkpoint as ckpt
+from dmjd.io import checkpoint as ckpt
 from dmjd.engine.metrics import EVALS_FILE, read_metrics
 from dmjd.errors import InputError
 

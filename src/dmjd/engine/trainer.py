@@ -32,7 +32,7 @@ from dmjd.config.duration import format_duration
 from dmjd.config.schema import BudgetPlan
 from dmjd.data import Normalize
 from dmjd.data.build import training_data
-from dmjd.engine import checkpoint as ckpt
+from dmjd.io import checkpoint as ckpt
 from dmjd.engine.budget import PROVISIONAL_EPOCHS, TimeBudget, apply_plan, budget_seconds, describe_plan
 from dmjd.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from dmjd.engine.metrics import MetricsLogger, cut_run_logs, progress_line, read_metrics, round_floats

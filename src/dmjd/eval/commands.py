@@ -212,7 +212,7 @@ def load_source(args: argparse.Namespace, default_sub: str | None = None) -> Sou
     """
     import torch
 
-    from dmjd.engine.checkpoint import PRETRAINING, load_checkpoint
+    from dmjd.io.checkpoint import PRETRAINING, load_checkpoint
     from dmjd.engine.distributed import init_distributed
     from dmjd.engine.trainer import resolve_device
     from dmjd.eval.features import default_pool
@@ -327,7 +327,7 @@ def eval_command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
     @functools.wraps(run)
     def command(args: argparse.Namespace) -> int:
-        from dmjd.engine.checkpoint import resolve_checkpoint
+        from dmjd.io.checkpoint import resolve_checkpoint
 
         if getattr(args, "checkpoint", None):
             args.checkpoint = str(resolve_checkpoint(args.checkpoint))
@@ -579,7 +579,7 @@ def _add_tsne(sub: argparse._SubParsersAction) -> None:
 def _run_visualize(args: argparse.Namespace) -> int:
     from dmjd.data import Normalize, eval_transform
     from dmjd.engine.builders import build_masking, build_target
-    from dmjd.engine.checkpoint import PRETRAINING, load_checkpoint
+    from dmjd.io.checkpoint import PRETRAINING, load_checkpoint
     from dmjd.engine.trainer import resolve_device
     from dmjd.eval.loading import InputSpec, checkpoint_position, config_with_overrides, dmjd_model_from_state
     from dmjd.eval.visualize import can_draw, drawn_images, save_reconstruction_figure
@@ -650,7 +650,7 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------- export
 @eval_command
 def _run_export(args: argparse.Namespace) -> int:
-    from dmjd.engine.checkpoint import PRETRAINING, load_checkpoint
+    from dmjd.io.checkpoint import PRETRAINING, load_checkpoint
     from dmjd.engine.run_dir import check_writable
     from dmjd.eval.export import export_encoder
     from dmjd.eval.loading import InputSpec, checkpoint_position, encoder_from_state

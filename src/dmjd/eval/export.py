@@ -23,7 +23,7 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import nn
 
-from dmjd.engine.checkpoint import file_mode
+from dmjd.io.checkpoint import file_mode
 from dmjd.eval.loading import InputSpec
 from dmjd.models.convit import ConViT
 

@@ -41,7 +41,7 @@ from tqdm import tqdm
 import dmjd
 from dmjd.data import eval_transform
 from dmjd.data.transforms import ToChannels
-from dmjd.engine import checkpoint as ckpt
+from dmjd.io import checkpoint as ckpt
 from dmjd.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from dmjd.engine.metrics import MetricsLogger, progress_line
 from dmjd.engine.optim import lr_at, set_lr

@@ -17,7 +17,7 @@ from torch import nn
 
 from dmjd.config import Config, ConfigError, config_from_dict
 from dmjd.config.loading import apply_override, parse_override
-from dmjd.engine.checkpoint import PRETRAINING, CheckpointError, load_checkpoint
+from dmjd.io.checkpoint import PRETRAINING, CheckpointError, load_checkpoint
 from dmjd.engine.builders import build_dmjd_model, build_target, mean_std
 from dmjd.errors import InputError
 from dmjd.models import DMJDModel, create_encoder, encoder_state_dict

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dmjd.engine.checkpoint import CheckpointError, load_checkpoint
+from dmjd.io.checkpoint import CheckpointError, load_checkpoint
 from dmjd.models.convit import CONVIT_SIZES, ConViT, stage_strides
 
 # Pre-training branches of the official models (ConvMAE: decoder; DMJD: + projector, predictor).
