@@ -1,6 +1,6 @@
 """Efficiency benchmark: MAE vs +DM vs +JD vs DMJD pre-trained side by side at equal wall time.
 
-Same as ``dmjd bench``; e.g. ``python benchmarks/efficiency.py --preset cpu --output-dir bench-cpu``.
+Same as ``dmjd bench``; e.g. ``python benchmarks/efficiency.py --testbed cpu --output-dir bench-cpu``.
 """
 
 import argparse

@@ -3,7 +3,7 @@
 # H100/H200 (issue 11). Run from the repository root with dmjd importable (pip install -e . or
 # PYTHONPATH=src):
 #
-#   benchmarks/gpu_session.sh repro      OUT FMNIST_DIR   # reproduction benchmark, gpu preset (<= 7 min)
+#   benchmarks/gpu_session.sh repro      OUT FMNIST_DIR   # reproduction benchmark, gpu testbed (<= 7 min)
 #   benchmarks/gpu_session.sh throughput OUT MAE_DIR      # throughput, CUDA graphs, MFU, official MAE (<= 10 min)
 #   benchmarks/gpu_session.sh loader     OUT              # loader paths incl. GPU JPEG decoding (<= 4 min)
 #
@@ -32,7 +32,7 @@ run() {  # run NAME SECONDS CMD...: a step with its own time limit, its log kept
 case $part in
   repro)
     data=${3:?Fashion-MNIST folder}
-    run bench 560 "$py" -m dmjd bench --preset gpu --output-dir "$out/bench" --data-path "$data"
+    run bench 560 "$py" -m dmjd bench --testbed gpu --output-dir "$out/bench" --data-path "$data"
     ;;
   throughput)
     mae=${3:?facebookresearch/mae checkout}

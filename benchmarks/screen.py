@@ -1,6 +1,6 @@
 """Settings screen: one benchmark configuration, a fixed number of epochs, the probes after each.
 
-E.g. ``python benchmarks/screen.py --preset cpu --variant MAE --epochs 3 data.limit=20000 optim.blr=4e-3``
+E.g. ``python benchmarks/screen.py --testbed cpu --variant MAE --epochs 3 data.limit=20000 optim.blr=4e-3``
 """
 
 import sys

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from dmjd.bench import register_bench_command
 from dmjd.bench.analysis import Curve, aggregate, common_end, first_reach, speedup, value_at
 from dmjd.bench.efficiency import PeriodicEvaluator, analyse_comparison, eval_interval, plan_runs, run_efficiency
-from dmjd.bench.presets import PRESETS, SECTIONS
 from dmjd.bench.report import reading
+from dmjd.bench.testbeds import SECTIONS, TESTBEDS
 from dmjd.config.duration import parse_duration
 from dmjd.bench.throughput import peak_bf16_flops, step_flops, synthetic_images, throughput_config
 from dmjd.engine import Pretrainer
@@ -109,7 +109,7 @@ def test_eval_interval_spaces_the_points():
 
 def test_benchmark_runs_are_budgeted_by_the_engine():
     """One copy of the budget logic: every run gets train.budget (the engine plans its schedule)."""
-    runs, _ = plan_runs(PRESETS["smoke"], ["core"], [0], 7.0, None, None)
+    runs, _ = plan_runs(TESTBEDS["smoke"], ["core"], [0], 7.0, None, None)
     for run in runs:
         assert parse_duration(run.cfg.train.budget) == 7.0 and run.cfg.train.budget_plan is None
         assert run.cfg.train.budget_tolerance == 0.05 and run.cfg.train.max_time_s is None
@@ -152,7 +152,7 @@ def test_evaluator_without_a_step_interval_runs_every_epoch():
 
 # ---------------------------------------------------------------------------------- planning
 def test_shared_configurations_train_once_per_seed():
-    runs, comparisons = plan_runs(PRESETS["cpu"], ["main", "pred_ratio", "decoder"], [0, 1], 60.0, None, None)
+    runs, comparisons = plan_runs(TESTBEDS["cpu"], ["main", "pred_ratio", "decoder"], [0, 1], 60.0, None, None)
     keys = [r.key for r in runs]
     assert len(keys) == len(set(keys))
     # pred_ratio shares MAE and m_pred 1.0 (= +DM) with main; decoder's five variants use random
@@ -173,7 +173,7 @@ def test_shared_configurations_train_once_per_seed():
 
 
 def test_variants_differ_only_in_their_own_keys():
-    runs, _ = plan_runs(PRESETS["gpu"], ["main"], [0], 10.0, "/data/fmnist", None)
+    runs, _ = plan_runs(TESTBEDS["gpu"], ["main"], [0], 10.0, "/data/fmnist", None)
     dumps = [r.cfg.model_dump() for r in runs]
     for section in ("model", "masking", "target", "optim", "data", "train"):
         keys = set(dumps[0][section])
@@ -290,7 +290,7 @@ def test_flop_count_is_positive_and_linear_in_the_batch(tmp_path):
 @pytest.fixture(scope="module")
 def smoke_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench")
-    run_efficiency("smoke", out, sections=["main", "profile"], command="dmjd bench --preset smoke")
+    run_efficiency("smoke", out, sections=["main", "profile"], command="dmjd bench --testbed smoke")
     return out
 
 
@@ -314,7 +314,7 @@ def test_smoke_benchmark_writes_results_report_and_figures(smoke_dir):
     assert profile["MAE"]["ms"]["vdb"] == 0.0 and profile["DMJD"]["ms"]["vdb"] > 0.0
     assert profile["DMJD"]["views_per_s"] == pytest.approx(2 * profile["DMJD"]["images_per_s"])
     report = (smoke_dir / "report.md").read_text()
-    assert "`dmjd bench --preset smoke`" in report and results["commit"] in report
+    assert "`dmjd bench --testbed smoke`" in report and results["commit"] in report and "- Testbed `smoke`: " in report
     assert "| MAE | 1 | 0.75 |" in report and "## Step profile" in report and "Reading:" in report
     for png in ("main_time.png", "main_ete.png"):
         assert (smoke_dir / png).read_bytes()[:4] == b"\x89PNG"
@@ -323,13 +323,33 @@ def test_smoke_benchmark_writes_results_report_and_figures(smoke_dir):
 def test_cli_parses_and_rerenders_the_report(smoke_dir, capsys):
     parser = argparse.ArgumentParser(prog="dmjd")
     register_bench_command(parser.add_subparsers(dest="command"))
-    argv = ["bench", "--preset", "gpu", "--output-dir", "x", "--sections", "main,targets", "--seeds", "0,1"]
+    argv = ["bench", "--testbed", "gpu", "--output-dir", "x", "--sections", "main,targets", "--seeds", "0,1"]
     args = parser.parse_args(argv)
-    assert (args.preset, args.sections, args.seeds) == ("gpu", ["main", "targets"], [0, 1])
+    assert (args.testbed, args.sections, args.seeds) == ("gpu", ["main", "targets"], [0, 1])
+    assert parser.parse_args(["bench", "--preset", "gpu", "--output-dir", "x"]).testbed == "gpu"  # the former name
+    assert parser.parse_args(["bench", "--output-dir", "x"]).testbed == "cpu"
     (smoke_dir / "report.md").unlink()
     args = parser.parse_args(["bench", "--output-dir", str(smoke_dir), "--report-only"])
     assert args.func(args) == 0
     assert "report.md" in capsys.readouterr().out and (smoke_dir / "report.md").is_file()
+
+
+def test_bench_help_names_testbeds_not_presets(capsys):
+    parser = argparse.ArgumentParser(prog="dmjd")
+    register_bench_command(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--testbed" in text and "--preset" not in text and all(f"{name} (" in text for name in TESTBEDS)
+
+
+def test_report_reads_an_output_written_before_the_testbed_rename(smoke_dir, tmp_path):
+    from dmjd.bench.report import write_report
+
+    old = json.loads((smoke_dir / "results.json").read_text())
+    old["preset"] = old.pop("testbed")
+    report = write_report(old, tmp_path).read_text()
+    assert "- Testbed `smoke`: " in report
 
 
 def _as_seed(results: dict, seed: int) -> dict:
@@ -349,8 +369,8 @@ def test_merge_adds_the_seeds_of_another_output(smoke_dir, tmp_path, capsys):
     later = tmp_path / "seed1"
     later.mkdir()
     first = json.loads((smoke_dir / "results.json").read_text())
-    reworded = _as_seed(first, 1)  # the preset's description was reworded between the two runs
-    reworded["preset"] = {**reworded["preset"], "description": "reworded", "seeds": [1]}
+    reworded = _as_seed(first, 1)  # the testbed's description was reworded between the two runs,
+    reworded["preset"] = {**reworded.pop("testbed"), "description": "reworded", "seeds": [1]}  # under its old key
     (later / "results.json").write_text(json.dumps(reworded))
     parser = argparse.ArgumentParser(prog="dmjd")
     register_bench_command(parser.add_subparsers(dest="command"))
@@ -359,16 +379,17 @@ def test_merge_adds_the_seeds_of_another_output(smoke_dir, tmp_path, capsys):
     assert args.func(args) == 0
     merged = json.loads((merged_dir / "results.json").read_text())
     assert merged["seeds"] == [0, 1] and len(merged["runs"]) == 2 * len(first["runs"])
+    assert "preset" not in merged and merged["testbed"] == first["testbed"]
     mae = merged["comparisons"]["main"]["variants"][0]
     assert mae["runs"] == {"0": "main-mae-seed0", "1": "main-mae-seed1"}
     assert merged["analysis"]["main"]["metrics"]["knn_top1"]["MAE"]["at_time"]["n"] == 2
     assert merged["wall_s"] == pytest.approx(2 * first["wall_s"]) and len(merged["parts"]) == 2
     report = (merged_dir / "report.md").read_text()
     assert "Fine-tuning the untrained encoder (same recipe): " in report and "% (seed 0), " in report  # each part's
-    other_base = {**first["preset"], "base": [*first["preset"]["base"], "optim.blr=1"]}
+    other_base = {**first["testbed"], "base": [*first["testbed"]["base"], "optim.blr=1"]}
     for bad, match in (
         (first, "seed"), ({**_as_seed(first, 2), "budget_s": 1.0}, "budget_s"),
-        ({**_as_seed(first, 2), "preset": other_base}, "preset"),
+        ({**_as_seed(first, 2), "testbed": other_base}, "testbed"),
     ):  # fmt: skip
         (later / "results.json").write_text(json.dumps(bad))
         args = parser.parse_args(["bench", "--merge", str(smoke_dir), str(later), "--output-dir", str(merged_dir)])
@@ -402,21 +423,20 @@ def test_profile_split_backward_gives_the_joint_gradients(tmp_path):
 
 def test_method_sections_are_runnable_configs():
     """The Table III pattern (each method with and without DM) and ConvMAE vs DMJD are valid configs."""
-    from dmjd.bench.presets import PRESETS, SECTIONS
     from dmjd.config import load_config
 
     official, token = SECTIONS["vis_pairing"].variants  # the pairing ablation: DMJD with each pairing
-    cfgs = [load_config(None, [*PRESETS["cpu"].base, *v.overrides]) for v in (official, token)]
+    cfgs = [load_config(None, [*TESTBEDS["cpu"].base, *v.overrides]) for v in (official, token)]
     assert [c.loss.vis_pairing for c in cfgs] == ["official", "token"]
     assert cfgs[0].model_dump(exclude={"loss"}) == cfgs[1].model_dump(exclude={"loss"})
     for name in ("simmim", "maskfeat", "convit"):
         base, dm = SECTIONS[name].variants
         assert dm.label == f"{base.label} + DM" or name == "convit"
         for variant in (base, dm):
-            cfg = load_config(None, [*PRESETS["cpu"].base, *variant.overrides])
+            cfg = load_config(None, [*TESTBEDS["cpu"].base, *variant.overrides])
             assert cfg.masking.num_views == (1 if variant is base else 2)
 
 
-def test_benchmark_presets_probe_average_pooled_tokens():
-    """The official DMJD code's global-pool feature (docs/fidelity.md), for every preset."""
-    assert {name: p.pool for name, p in PRESETS.items()} == {"smoke": "avg", "cpu": "avg", "gpu": "avg"}
+def test_benchmark_testbeds_probe_average_pooled_tokens():
+    """The official DMJD code's global-pool feature (docs/fidelity.md), for every testbed."""
+    assert {name: t.pool for name, t in TESTBEDS.items()} == {"smoke": "avg", "cpu": "avg", "gpu": "avg"}

@@ -171,14 +171,14 @@ def test_loader_benchmark_runs_every_path_on_the_same_jpegs(tmp_path):
 
 
 def test_screen_evaluates_every_epoch_and_is_reproducible(capsys):
-    """benchmarks/screen.py: the smoke preset's MAE, 2 epochs, probes before training and after each."""
+    """benchmarks/screen.py: the smoke testbed's MAE, 2 epochs, probes before training and after each."""
     from dmjd.bench.screen import main, screen
 
     first = screen("smoke", "MAE", 2, ["data.limit=64"])
     assert [p["epoch"] for p in first["points"]] == [0, 1, 2]
     assert all(0.0 <= p["knn_top1"] <= 1.0 and 0.0 <= p["linprobe_top1"] <= 1.0 for p in first["points"])
     assert first["summary"]["epochs"] == 2
-    assert main(["--preset", "smoke", "--variant", "MAE", "--epochs", "2", "data.limit=64"]) == 0
+    assert main(["--testbed", "smoke", "--variant", "MAE", "--epochs", "2", "data.limit=64"]) == 0
     lines = capsys.readouterr().out.splitlines()
     table = [line for line in lines if line.startswith("screen:")]
     assert len(table) == 3 and table[0].startswith("screen: epoch 0 (ETE 0.00")

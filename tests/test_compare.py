@@ -43,12 +43,12 @@ def test_setup_shares_one_model_and_varies_only_the_methods_keys(labelled):
     setup = compare_setup(str(labelled), 60.0, flops_per_s=CPU)
     mae, dmjd = setup.section.variants
     assert (mae.label, dmjd.label, setup.section.baseline) == ("MAE", "DMJD", "MAE")
-    base_keys = {o.split("=")[0] for o in setup.preset.base}
+    base_keys = {o.split("=")[0] for o in setup.testbed.base}
     assert {"model.embed_dim", "model.img_size", "optim.batch_size", "optim.blr"} <= base_keys
     for variant in (mae, dmjd):
         assert not base_keys & {o.split("=")[0] for o in variant.overrides}
     assert "masking.num_views=1" in mae.overrides and "masking.num_views=2" in dmjd.overrides
-    assert setup.preset.finetune_epochs > 0 and setup.profile.labelled
+    assert setup.testbed.finetune_epochs > 0 and setup.profile.labelled
 
 
 def test_compare_on_a_labelled_folder_writes_a_report_with_its_verdict(labelled, tmp_path):
@@ -76,7 +76,7 @@ def parse_budget(run: dict) -> float:
 def test_compare_on_an_unlabelled_folder_uses_label_free_measures(flat, tmp_path):
     out = tmp_path / "cmp"
     results = run_compare(str(flat), out, 1.5, seeds=(0, 1), flops_per_s=CPU)
-    assert results["metrics"] == {"rankme": "RankMe"} and results["preset"]["finetune_epochs"] == 0
+    assert results["metrics"] == {"rankme": "RankMe"} and results["testbed"]["finetune_epochs"] == 0
     for run in results["runs"].values():
         assert all(p["rankme"] >= 1.0 for p in run["points"])
         assert any(key.endswith("/loss_mim") for key in run["heldout"])

@@ -7,10 +7,11 @@ import argparse
 import json
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
-from dmjd.bench.presets import PRESETS, SECTION_NAMES
+from dmjd.bench.testbeds import SECTION_NAMES, TESTBEDS, add_testbed_argument
 from dmjd.errors import InputError
 
 
@@ -35,25 +36,32 @@ def _seeds(text: str) -> list[int]:
 
 def register_bench_command(subparsers: argparse._SubParsersAction) -> None:
     """Add ``dmjd bench`` to the ``dmjd`` command's subparsers."""
-    presets = "; ".join(f"{p.name}: {p.description} ({p.budget_s:g} s per run)" for p in PRESETS.values())
+    intro = (
+        "Pre-train the paper's configurations side by side with the same wall-clock budget, evaluate them "
+        "periodically (kNN + linear probe) and report accuracy at equal time and ETE, speed-ups and a step profile. "
+        "A testbed fixes what every run on one machine shares (model, data, batch, budget, evaluation); it is not "
+        "a --config preset of dmjd pretrain."
+    )
+    testbeds = [
+        textwrap.fill(f"{t.name} ({t.budget_s:g} s of training per run): {t.description}.", 78, initial_indent="  ",
+                      subsequent_indent="    ", break_on_hyphens=False)  # fmt: skip
+        for t in TESTBEDS.values()
+    ]
     p = subparsers.add_parser(
         "bench",
         help="efficiency benchmark: MAE vs +DM vs +JD vs DMJD at equal wall time (and ablations, step profile)",
-        description=(
-            "Pre-train the paper's configurations side by side with the same wall-clock budget, evaluate "
-            "them periodically (kNN + linear probe) and report accuracy at equal time and ETE, speed-ups "
-            f"and a step profile. Presets: {presets}."
-        ),
+        description="\n".join([textwrap.fill(intro, 78, break_on_hyphens=False), "", "Testbeds:", *testbeds]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="machine preset (default cpu)")
+    add_testbed_argument(p, "the machine's benchmark setting (default cpu)")
     p.add_argument("--output-dir", required=True, help="receives runs/, results.json, report.md and PNG figures")
     p.add_argument("--sections", type=_sections, default=None,
-                   help=f"comma-separated, from {','.join(SECTION_NAMES)} (default: the preset's)")  # fmt: skip
-    p.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the preset's)")
+                   help=f"comma-separated, from {','.join(SECTION_NAMES)} (default: the testbed's)")  # fmt: skip
+    p.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the testbed's)")
     p.add_argument("--data-path", default=None,
                    help="data.path of every run, e.g. a folder with Fashion-MNIST *-ubyte.gz")  # fmt: skip
-    p.add_argument("--device", default=None, help="train.device of every run (default: the preset's)")
-    p.add_argument("--budget-s", type=float, default=None, help="training seconds per run (default: the preset's)")
+    p.add_argument("--device", default=None, help="train.device of every run (default: the testbed's)")
+    p.add_argument("--budget-s", type=float, default=None, help="training seconds per run (default: the testbed's)")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite report.md and figures from OUTPUT_DIR/results.json without training")  # fmt: skip
     p.add_argument("--merge", nargs="+", metavar="DIR", default=None,
@@ -150,7 +158,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         report = write_report(results, out)
     else:
         run_efficiency(
-            args.preset,
+            args.testbed,
             out,
             sections=args.sections,
             seeds=args.seeds,

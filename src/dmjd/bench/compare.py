@@ -1,6 +1,6 @@
 """``dmjd compare``: does DMJD pay off on *this* data? The efficiency benchmark on the user's data.
 
-One engine with ``dmjd bench``: a comparison here is a ``Section`` and a ``BenchPreset`` made for the
+One engine with ``dmjd bench``: a comparison here is a ``Section`` and a ``Testbed`` made for the
 data, run by ``dmjd.bench.efficiency.run_efficiency``.
 
 * The model, image size, batch and base lr come from the auto recipe (``dmjd.recipe``) sized for DMJD
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dmjd.bench.efficiency import METRICS, run_efficiency, write_json
-from dmjd.bench.presets import SECTIONS, BenchPreset, Section, Variant
+from dmjd.bench.testbeds import SECTIONS, Section, Testbed, Variant
 from dmjd.config.duration import format_duration
 from dmjd.data.profile import DataProfile
 from dmjd.errors import InputError
@@ -43,10 +43,10 @@ FINETUNE_EPOCHS = 10
 
 @dataclass(frozen=True)
 class CompareSetup:
-    """What a comparison runs: its preset (common settings), its section (one variant per method),
+    """What a comparison runs: its testbed (common settings), its section (one variant per method),
     the data's profile and the recipe's common choices (with their reasons, for the report)."""
 
-    preset: BenchPreset
+    testbed: Testbed
     section: Section
     profile: DataProfile
     choices: tuple[Choice, ...]
@@ -68,7 +68,7 @@ def compare_setup(
     finetune_epochs: int | None = None,
     flops_per_s: float | None = None,
 ) -> CompareSetup:
-    """The preset and section of a comparison of ``methods`` on ``data`` at ``budget_s`` per run.
+    """The testbed and section of a comparison of ``methods`` on ``data`` at ``budget_s`` per run.
 
     Raises:
         InputError: unknown or repeated methods, fine-tuning asked on unlabelled data, or what the
@@ -89,7 +89,7 @@ def compare_setup(
     device_override = (f"train.device={device}",) if device else ()
     labels = [METHOD_LABELS[m] for m in methods]
     baseline = "MAE" if "MAE" in labels else labels[0]
-    preset = BenchPreset(
+    testbed = Testbed(
         name="compare",
         description=f"the auto recipe for {data} ({profile.num_images:,} images, "
         f"{'labelled' if profile.labelled else 'unlabelled'}), one model for every method",
@@ -113,7 +113,7 @@ def compare_setup(
         expected_pairs=tuple((baseline, lab) for lab in labels if lab != baseline),
         claims=core.claims if set(labels) == {"MAE", "DMJD"} else (),
     )
-    return CompareSetup(preset, section, profile, common)
+    return CompareSetup(testbed, section, profile, common)
 
 
 def label_free_monitor(setup: CompareSetup, device: str | None = None) -> LabelFreeMonitor:
@@ -127,7 +127,7 @@ def label_free_monitor(setup: CompareSetup, device: str | None = None) -> LabelF
     from dmjd.engine.builders import mean_std
     from dmjd.engine.trainer import resolve_device
 
-    cfg = load_config(None, [*setup.preset.base, *setup.section.variants[0].overrides])
+    cfg = load_config(None, [*setup.testbed.base, *setup.section.variants[0].overrides])
     dev = resolve_device(device or cfg.train.device)
     split = "test" if setup.profile.has_val else "train"
     array = load_image_array(cfg.data.name, split, cfg.data.path, cfg.model.img_size, cfg.model.in_chans)
@@ -159,7 +159,7 @@ def run_compare(
     out = Path(output_dir)
     labelled = setup.profile.labelled
     monitor = None if labelled else label_free_monitor(setup, device)
-    results = run_efficiency(setup.preset, out, sections=[setup.section], command=command, monitor=monitor,
+    results = run_efficiency(setup.testbed, out, sections=[setup.section], command=command, monitor=monitor,
                              metrics=METRICS if labelled else LABEL_FREE_METRICS)  # fmt: skip
     results["data_profile"] = asdict(setup.profile)
     results["recipe"] = [{"key": c.key, "value": c.value, "reason": c.reason} for c in setup.choices]

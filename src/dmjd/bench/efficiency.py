@@ -36,7 +36,7 @@ from torch import nn
 
 from dmjd.bench.analysis import Curve, aggregate, aggregate_ratios, common_end, speedup, value_at
 from dmjd.bench.environment import git_commit, machine_info, now_utc, release_device_memory, thread_limit
-from dmjd.bench.presets import PRESETS, SECTION_NAMES, SECTIONS, BenchPreset, Section, Variant
+from dmjd.bench.testbeds import SECTION_NAMES, SECTIONS, TESTBEDS, Section, Testbed, Variant
 from dmjd.config import Config, load_config
 from dmjd.engine import NonFiniteLossError, Pretrainer
 from dmjd.engine.metrics import read_metrics
@@ -110,11 +110,11 @@ class PeriodicEvaluator:
 
 
 def run_overrides(
-    preset: BenchPreset, variant: Variant, seed: int, budget_s: float, data_path: str | None, device: str | None
+    testbed: Testbed, variant: Variant, seed: int, budget_s: float, data_path: str | None, device: str | None
 ) -> list[str]:
-    """The config overrides of one run: preset base < variant < seed, budget, data path, device."""
-    overrides = [*preset.base, *variant.overrides, f"train.seed={seed}", f"train.budget={budget_s:g}",
-                 f"train.budget_warmup={preset.warmup_fraction:g}", f"train.budget_tolerance={BUDGET_TOLERANCE:g}"]  # fmt: skip
+    """The config overrides of one run: testbed base < variant < seed, budget, data path, device."""
+    overrides = [*testbed.base, *variant.overrides, f"train.seed={seed}", f"train.budget={budget_s:g}",
+                 f"train.budget_warmup={testbed.warmup_fraction:g}", f"train.budget_tolerance={BUDGET_TOLERANCE:g}"]  # fmt: skip
     if data_path:
         overrides.append(f"data.path={data_path}")
     if device:
@@ -225,7 +225,7 @@ class PlannedRun:
 
 
 def plan_runs(
-    preset: BenchPreset,
+    testbed: Testbed,
     sections: Sequence[str | Section],
     seeds: Sequence[int],
     budget_s: float,
@@ -256,7 +256,7 @@ def plan_runs(
                  "variants": [{"label": v.label, "runs": {}} for v in section.variants]}  # fmt: skip
         for seed in seeds:
             for variant, slot in zip(section.variants, entry["variants"]):
-                overrides = run_overrides(preset, variant, seed, budget_s, data_path, device)
+                overrides = run_overrides(testbed, variant, seed, budget_s, data_path, device)
                 cfg = load_config(None, overrides)
                 identity = config_identity(cfg)
                 if identity not in by_identity:
@@ -290,7 +290,7 @@ def baselines(cfg: Config, monitor: Monitor, finetune: EndOfRunFinetune) -> dict
 
 
 def run_efficiency(
-    preset: BenchPreset | str,
+    testbed: Testbed | str,
     output_dir: str | Path,
     sections: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
@@ -304,15 +304,15 @@ def run_efficiency(
     """Run the benchmark and write ``results.json``, ``report.md`` and the convergence figures.
 
     Args:
-        preset: a ``BenchPreset`` or the name of one in ``PRESETS``.
+        testbed: a ``Testbed`` or the name of one in ``TESTBEDS``.
         output_dir: receives ``runs/<run>/``, ``results.json`` (rewritten after every run, so an
             interrupted benchmark keeps what it measured), ``report.md`` and PNG figures.
         sections: comparisons to run, from ``main, pred_ratio, targets, decoder, profile``
-            (default: the preset's).
-        seeds: default: the preset's.
-        budget_s: training seconds per run (default: the preset's).
+            (default: the testbed's).
+        seeds: default: the testbed's.
+        budget_s: training seconds per run (default: the testbed's).
         data_path: ``data.path`` of every run (e.g. a folder with Fashion-MNIST's ``*-ubyte.gz``).
-        device: ``train.device`` of every run (default: the preset's).
+        device: ``train.device`` of every run (default: the testbed's).
         command: the command line, for the report.
         monitor: evaluator replacing the default ``OnlineMonitor`` (tests; ``dmjd compare``'s label-free one).
         metrics: the monitor's measures to analyse, ``{key: name}`` (default: ``METRICS``, the probes').
@@ -321,64 +321,64 @@ def run_efficiency(
         The results dict written to ``results.json`` (with its ``analysis``).
 
     Raises:
-        ValueError: unknown preset or section.
+        ValueError: unknown testbed or section.
     """
     from dmjd.bench.profile import profile_configs
     from dmjd.bench.report import write_report
 
     started = time.perf_counter()
-    preset = PRESETS[preset] if isinstance(preset, str) else preset
-    sections = tuple(sections or preset.sections)
+    testbed = TESTBEDS[testbed] if isinstance(testbed, str) else testbed
+    sections = tuple(sections or testbed.sections)
     unknown = [s for s in sections if isinstance(s, str) and s not in SECTION_NAMES]
     if unknown:
         raise ValueError(f"unknown benchmark section(s) {', '.join(unknown)}; choose from {', '.join(SECTION_NAMES)}")
-    seeds = tuple(seeds if seeds is not None else preset.seeds)
-    budget = float(budget_s or preset.budget_s)
+    seeds = tuple(seeds if seeds is not None else testbed.seeds)
+    budget = float(budget_s or testbed.budget_s)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs, comparisons = plan_runs(preset, [s for s in sections if s != "profile"], seeds, budget, data_path, device)
+    runs, comparisons = plan_runs(testbed, [s for s in sections if s != "profile"], seeds, budget, data_path, device)
     profiled = {
-        v.label: load_config(None, run_overrides(preset, v, seeds[0], budget, data_path, device))
+        v.label: load_config(None, run_overrides(testbed, v, seeds[0], budget, data_path, device))
         for v in (SECTIONS["main"].variants[0], SECTIONS["main"].variants[-1])  # MAE and DMJD
     } if "profile" in sections else {}  # fmt: skip
     first = runs[0].cfg if runs else next(iter(profiled.values()), None)
-    with thread_limit(preset.threads):
+    with thread_limit(testbed.threads):
         results: dict[str, Any] = {
             "benchmark": "dmjd efficiency",
             "command": command,
             "date": now_utc(),
             "commit": git_commit(),
             "machine": machine_info(resolve_device(first.train.device if first is not None else "auto")),
-            "preset": asdict(preset),
+            "testbed": asdict(testbed),
             "sections": [s if isinstance(s, str) else s.name for s in sections],
             "metrics": metrics or METRICS,
             "seeds": list(seeds),
             "budget_s": budget,
             "data_path": data_path,
             "schedule_rule": SCHEDULE_RULE.format(
-                calibrate_s=preset.calibrate_s,
-                warmup=preset.warmup_fraction,
+                calibrate_s=testbed.calibrate_s,
+                warmup=testbed.warmup_fraction,
                 budget_s=budget,
                 tolerance=BUDGET_TOLERANCE,
-                eval_points=preset.eval_points,
+                eval_points=testbed.eval_points,
             ),
             "comparisons": comparisons,
             "runs": {},
         }
         if runs:
-            monitor = monitor or build_monitor(runs[0].cfg, preset.eval_images, preset.pool)
-            finetune = EndOfRunFinetune(monitor, preset.finetune_epochs)
+            monitor = monitor or build_monitor(runs[0].cfg, testbed.eval_images, testbed.pool)
+            finetune = EndOfRunFinetune(monitor, testbed.finetune_epochs)
             results["evaluation"] = {
-                "images_per_split": preset.eval_images,
+                "images_per_split": testbed.eval_images,
                 "knn_k": getattr(monitor, "k", None),
                 "pool": getattr(monitor, "pool", None),
-                "finetune_epochs": preset.finetune_epochs,
+                "finetune_epochs": testbed.finetune_epochs,
             }
             results["baselines"] = baselines(runs[0].cfg, monitor, finetune)
-            _train_all(runs, preset, budget, monitor, finetune, out, results)
+            _train_all(runs, testbed, budget, monitor, finetune, out, results)
         if "profile" in sections:
             work = out / "profile-work"
-            results["profile"] = profile_configs(profiled, work, preset.profile_steps, preset.profile_warmup)
+            results["profile"] = profile_configs(profiled, work, testbed.profile_steps, testbed.profile_warmup)
     results["wall_s"] = time.perf_counter() - started
     results["analysis"] = analyse(results)
     write_json(results, out / "results.json")
@@ -388,16 +388,16 @@ def run_efficiency(
 
 
 def _train_all(
-    runs: list[PlannedRun], preset: BenchPreset, budget: float, monitor: Monitor, finetune: EndOfRunFinetune,
+    runs: list[PlannedRun], testbed: Testbed, budget: float, monitor: Monitor, finetune: EndOfRunFinetune,
     out: Path, results: dict[str, Any],
 ) -> None:  # fmt: skip
     """Warm the process up, then train every run on its budget; save the results after each."""
     if runs:
-        warm_up_process(runs[0].cfg, preset.calibrate_s, out / "warm-up")
+        warm_up_process(runs[0].cfg, testbed.calibrate_s, out / "warm-up")
     for i, run in enumerate(runs, 1):
         print(f"bench: [{i}/{len(runs)}] {run.label} seed {run.seed}: {budget:g} s budget, about "
-              f"{preset.eval_points} evaluations", flush=True)  # fmt: skip
-        record = train_run(run.cfg, out / "runs" / run.key, PeriodicEvaluator(monitor, points=preset.eval_points), finetune)
+              f"{testbed.eval_points} evaluations", flush=True)  # fmt: skip
+        record = train_run(run.cfg, out / "runs" / run.key, PeriodicEvaluator(monitor, points=testbed.eval_points), finetune)
         results["runs"][run.key] = {"label": run.label, "seed": run.seed, "overrides": run.overrides, **record}
         write_json(results, out / "results.json")
 

@@ -105,7 +105,7 @@ def thread_limit(threads: int | None) -> Iterator[None]:
 
     Deliberately not ``torch.set_num_threads``: besides the thread count, ATen's ``set_num_threads``
     switches MKL's dynamic threading off for the rest of the process, and with it the ``cpu``
-    preset's DMJD step ran ~11 % slower (docs/results.md, the 2026-11-29 thread check).
+    testbed's DMJD step ran ~11 % slower (docs/results/cpu-2026-11-29-threads/thread-check/).
     """
     if threads is None:
         yield

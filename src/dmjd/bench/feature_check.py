@@ -108,7 +108,7 @@ def feature_scores(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="a dmjd pre-training checkpoint (ViT encoder)")
-    parser.add_argument("--max-images", type=int, default=2000, help="images per labelled split (the cpu preset's)")
+    parser.add_argument("--max-images", type=int, default=2000, help="images per labelled split (the cpu testbed's)")
     parser.add_argument("--hog-cells", default="2,4", help="comma-separated HOG cell sizes in pixels")
     args = parser.parse_args(argv)
     try:

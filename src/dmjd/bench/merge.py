@@ -7,18 +7,27 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+from dmjd.bench.testbeds import saved_testbed
+
 # What must be equal for runs of different outputs to be compared as seeds of one benchmark.
-MUST_MATCH = ("benchmark", "machine", "preset", "sections", "budget_s", "data_path", "schedule_rule", "evaluation")
-# Preset fields that document a run but do not change it: its wording, and the default seeds that
+MUST_MATCH = ("benchmark", "machine", "testbed", "sections", "budget_s", "data_path", "schedule_rule", "evaluation")
+# Testbed fields that document a run but do not change it: its wording, and the default seeds that
 # ``--seeds`` replaced.
-_PRESET_PROSE = ("description", "seeds")
+_TESTBED_PROSE = ("description", "seeds")
+
+
+def _current(part: dict[str, Any]) -> dict[str, Any]:
+    """``part`` with its testbed under ``testbed`` (outputs written before the rename say ``preset``)."""
+    out = {k: v for k, v in part.items() if k != "preset"}
+    out["testbed"] = saved_testbed(part)
+    return out
 
 
 def _setting(part: dict[str, Any], key: str) -> Any:
-    """``part[key]`` as far as it decides the runs (a preset without ``_PRESET_PROSE``)."""
+    """``part[key]`` as far as it decides the runs (a testbed without ``_TESTBED_PROSE``)."""
     value = part.get(key)
-    if key == "preset" and isinstance(value, dict):
-        return {k: v for k, v in value.items() if k not in _PRESET_PROSE}
+    if key == "testbed" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in _TESTBED_PROSE}
     return value
 
 
@@ -30,12 +39,13 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     keeps each part's command, date, commit, seeds, wall time and baselines.
 
     Raises:
-        ValueError: fewer than two parts, a setting of ``MUST_MATCH`` differs (a preset's
+        ValueError: fewer than two parts, a setting of ``MUST_MATCH`` differs (a testbed's
             description and default seeds may), a seed appears in two parts, or the parts compare
             different variants.
     """
     if len(parts) < 2:
         raise ValueError("merging needs at least two benchmark outputs")
+    parts = [_current(part) for part in parts]
     first = parts[0]
     for i, part in enumerate(parts[1:], 2):
         for key in MUST_MATCH:

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dmjd.bench.analysis import Curve, aggregate, mean_curve  # noqa: E402
-from dmjd.bench.presets import SECTIONS, Claim, Section, Variant  # noqa: E402
+from dmjd.bench.testbeds import SECTIONS, Claim, Section, Variant, saved_testbed  # noqa: E402
 
 METRIC_NAMES = {"linprobe_top1": "linear probe", "knn_top1": "kNN"}
 PRIMARY = "linprobe_top1"
@@ -341,7 +341,7 @@ def _claim_line(claim: Claim, base: str, lin: dict[str, Any]) -> str:
 def write_report(results: dict[str, Any], output_dir: str | Path) -> Path:
     """Write ``report.md`` and the convergence PNGs of every comparison into ``output_dir``."""
     out = Path(output_dir)
-    preset = results["preset"]
+    testbed = saved_testbed(results)
     m = results["machine"]
     ev = results.get("evaluation", {})
     lines = [
@@ -351,7 +351,7 @@ def write_report(results: dict[str, Any], output_dir: str | Path) -> Path:
         f"- Machine: {m['device']}; CPU {m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} torch threads); "
         f"Python {m['python']}, torch {m['torch']}, dmjd {m['dmjd']}",
         f"- Date (UTC): {results['date']}; commit: `{results['commit']}`",
-        f"- Preset `{preset['name']}`: {preset['description']}; seeds {', '.join(map(str, results['seeds']))}; "
+        f"- Testbed `{testbed['name']}`: {testbed['description']}; seeds {', '.join(map(str, results['seeds']))}; "
         f"training budget {results['budget_s']:g} s per run; whole benchmark {results.get('wall_s', 0) / 60:.1f} min",
         f"- Schedule rule: {results['schedule_rule']}",
     ]
@@ -364,7 +364,7 @@ def write_report(results: dict[str, Any], output_dir: str | Path) -> Path:
             f"{ev.get('finetune_epochs') or 0} epochs of the small-data recipe (dmjd.eval.quick_finetune) on the "
             "same train split"
         )
-    lines += [f"- Common settings (every run): `{' '.join(preset['base'])}`", ""]
+    lines += [f"- Common settings (every run): `{' '.join(testbed['base'])}`", ""]
     for name in results["comparisons"]:
         section = section_of(results, name)
         lines += [f"## {section.title}", "", f"Paper: {section.paper}", ""]

@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dmjd.bench.environment import (
     device_name, git_commit, machine_info, now_utc, publish, release_device_memory, thread_limit,
 )
-from dmjd.bench.presets import DMJD, MAE, PLUS_DM, PLUS_JD, PRESETS
+from dmjd.bench.testbeds import DMJD, MAE, PLUS_DM, PLUS_JD, TESTBEDS
 from dmjd.config import Config, load_config
 from dmjd.data import endless
 from dmjd.engine import Pretrainer
@@ -46,14 +46,14 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("A100", 312e12),
 )
 
-# Per setting and configuration: (preset name or None, overrides). ``vit-b16`` is the paper's
+# Per setting and configuration: (config preset name or None, overrides). ``vit-b16`` is the paper's
 # ViT-B/16 at 224 px (the shipped MAE and DMJD recipes); ``vit-ti4-32`` the GPU reproduction
-# benchmark's ViT-Ti/4 on 32 px images with its four main configurations; ``cpu-small`` the CPU
-# benchmark's model.
+# benchmark's ViT-Ti/4 on 32 px images (the ``gpu`` testbed) with its four main configurations;
+# ``cpu-small`` the ``cpu`` testbed's model.
 SETTINGS: dict[str, dict[str, tuple[str | None, tuple[str, ...]]]] = {
     "vit-b16": {"MAE": ("mae-vit-b", ()), "DMJD": ("dmjd-vit-b", ())},
-    "vit-ti4-32": {v.label: (None, PRESETS["gpu"].base + v.overrides) for v in (MAE, PLUS_DM, PLUS_JD, DMJD)},
-    "cpu-small": {v.label: (None, PRESETS["cpu"].base + v.overrides) for v in (MAE, DMJD)},
+    "vit-ti4-32": {v.label: (None, TESTBEDS["gpu"].base + v.overrides) for v in (MAE, PLUS_DM, PLUS_JD, DMJD)},
+    "cpu-small": {v.label: (None, TESTBEDS["cpu"].base + v.overrides) for v in (MAE, DMJD)},
 }
 MODES = ("eager", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
 

@@ -1,15 +1,19 @@
-"""What the efficiency benchmark runs: machine presets and the compared configurations.
+"""What the efficiency benchmark runs: testbeds and the compared configurations.
 
-A *preset* fixes everything that must be identical across configurations on one machine (model,
-data, batch, augmentation, base learning rate, wall-clock budget, evaluation) as config overrides.
+A *testbed* (``dmjd bench --testbed cpu``) fixes everything that must be identical across
+configurations on one machine (model, data, batch, augmentation, base learning rate, wall-clock
+budget, evaluation) as config overrides. It is not a config preset (``dmjd pretrain --config``):
+a testbed is a machine's benchmark setting, applied on top of the defaults.
 A *section* is one comparison of the paper: a list of variants, each a few config overrides on
-top of the preset; the first-named baseline is what speed-ups are measured against. Variants
+top of the testbed; the first-named baseline is what speed-ups are measured against. Variants
 spell out every key they change, so they never depend on another variant's settings.
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -62,17 +66,23 @@ class Section:
     claims: tuple[Claim, ...] = ()
 
 
+def saved_testbed(results: dict[str, Any]) -> dict[str, Any]:
+    """The testbed a saved ``results.json`` ran on: its ``testbed`` entry (``preset`` in outputs
+    written before the rename)."""
+    return results["testbed"] if "testbed" in results else results["preset"]
+
+
 def chain(*labels: str) -> tuple[tuple[str, str], ...]:
     """Consecutive ``(worse, better)`` pairs of a ranking given from worst to best."""
     return tuple(zip(labels, labels[1:]))
 
 
 @dataclass(frozen=True)
-class BenchPreset:
+class Testbed:
     """Machine-level settings shared by every run of a benchmark.
 
     Attributes:
-        name: preset id (``smoke``, ``cpu``, ``gpu``).
+        name: testbed id (``smoke``, ``cpu``, ``gpu``).
         description: one line for the report.
         base: config overrides common to every run (model, data, batch, base lr, run settings).
         budget_s: training wall-clock seconds per run (``train.budget``: each run plans its own
@@ -281,7 +291,7 @@ SECTIONS: dict[str, Section] = {
 
 SECTION_NAMES = (*SECTIONS, "profile")
 
-# The model every preset trains: a ViT on 32 x 32 Fashion-MNIST (8 x 8 grid of 4 px patches),
+# The model every testbed trains: a ViT on 32 x 32 Fashion-MNIST (8 x 8 grid of 4 px patches),
 # HOG on 2 px cells (2 x 2 cells x 9 bins per patch).
 _GEOMETRY = ("model.img_size=32", "model.patch_size=4", "model.in_chans=1", "target.cell_size=2")
 
@@ -295,13 +305,14 @@ def _decoder(width: int, depth: int, heads: int) -> tuple[str, ...]:
 
 
 def _small_vit(width: int, depth: int, heads: int) -> tuple[str, ...]:
-    """The ViT-Ti preset narrowed to ``width``, ``depth`` blocks and ``heads`` heads, with a decoder as wide."""
+    """The ViT-Ti size (``model.size=tiny``) narrowed to ``width``, ``depth`` blocks and ``heads`` heads,
+    with a decoder as wide."""
     return ("model.size=tiny", f"model.embed_dim={width}", f"model.depth={depth}", f"model.num_heads={heads}",
             *_decoder(width, max(1, depth // 2), heads))  # fmt: skip
 
 
 def _training(device: str, precision: str, batch_size: int, log_interval: int, blr: float = 1e-3) -> tuple[str, ...]:
-    """Optimisation and run settings of every preset: base lr ``blr``, no progress bar, TensorBoard
+    """Optimisation and run settings of every testbed: base lr ``blr``, no progress bar, TensorBoard
     or intermediate checkpoints (they would cost run time)."""
     return (
         f"optim.batch_size={batch_size}", f"optim.blr={blr:g}", f"train.device={device}", f"train.precision={precision}",
@@ -309,12 +320,13 @@ def _training(device: str, precision: str, batch_size: int, log_interval: int, b
         f"train.log_interval={log_interval}",
     )  # fmt: skip
 
-PRESETS: dict[str, BenchPreset] = {
+TESTBEDS: dict[str, Testbed] = {
     p.name: p
     for p in (
-        BenchPreset(
+        Testbed(
             name="smoke",
-            description="seconds: a 1-block ViT on 16 px images of the embedded sample (tests only)",
+            description="seconds, any machine: checks that every section runs end to end, on a 1-block ViT and 16 "
+            "px images of the embedded sample; the tests use it, and its accuracies mean nothing",
             base=(
                 "model.img_size=16", "model.patch_size=4", "model.in_chans=1", "target.cell_size=2",
                 *_small_vit(32, 1, 2), "data.name=embedded", "data.limit=128", "data.num_workers=0",
@@ -331,19 +343,18 @@ PRESETS: dict[str, BenchPreset] = {
             pool="avg",
             finetune_epochs=1,
         ),
-        BenchPreset(
+        Testbed(
             name="cpu",
             description=(
-                "2 CPU cores, <= 45 min: a 4-block ViT (width 64) on all 60,000 Fashion-MNIST images through the "
-                "device-resident path (no loader workers), MAE against DMJD, 500 s of training per run, 8 "
-                "evaluations spaced in steps, 10 epochs of fine-tuning on the 2,000 probe labels; base lr 4e-3 (a "
-                "screen of MAE per image seen: 71.2 % kNN against 68.9 % at 1e-3; DMJD trains at it too). What it "
-                "cannot show: the paper's ImageNet-scale numbers, and (2026-11-29 runs) a >= 3-point kNN margin over "
-                "raw pixels, which this model's average-pooled feature does not reach in 500 s"
+                "2 CPU cores, under 45 min: MAE against DMJD (the core section) on a 4-block ViT (width 64) and "
+                "all 60,000 Fashion-MNIST images through the device-resident path (no loader workers), 2 seeds, "
+                "8 evaluations spaced in steps, then 10 epochs of fine-tuning on the 2,000 probe labels; base lr "
+                "4e-3 for every configuration. It tests the methods' order at equal wall time on a small CPU, "
+                "not the paper's ImageNet-scale numbers"
             ),
             base=(
                 *_GEOMETRY, *_small_vit(64, 4, 4), "data.name=fashion_mnist", "data.pipeline=device",
-                *_training("cpu", "fp32", 128, 20, blr=4e-3),
+                *_training("cpu", "fp32", 128, 20, blr=4e-3),  # blr: docs/results/cpu-2026-11-28-night/NOTES.md
             ),  # fmt: skip
             budget_s=500.0,
             calibrate_s=30.0,
@@ -355,13 +366,13 @@ PRESETS: dict[str, BenchPreset] = {
             pool="avg",
             finetune_epochs=10,
         ),
-        BenchPreset(
+        Testbed(
             name="gpu",
             description=(
-                "one H100/H200, bf16, about 7 min: ViT-Ti/4 (12 blocks, width 192) on all 60,000 Fashion-MNIST "
-                "images held on the GPU (device-resident path), batch 4096 at MAE's base lr 1.5e-4 (the "
-                "2026-11-28 run at batch 512 was bound by kernel launches at ~22 steps/s whatever the "
-                "configuration, and trained only 2-4 ETE), six configurations x 3 seeds, 11 s of training per run"
+                "one H100/H200, bf16, about 7 min: the six configurations of Tables II, III and VI (main "
+                "section) x 3 seeds on ViT-Ti/4 (12 blocks, width 192) and all 60,000 Fashion-MNIST images held "
+                "on the GPU (device-resident path); batch 4096 at MAE's base lr 1.5e-4, so that a small model's "
+                "step carries enough images to outweigh its kernel launches"
             ),
             base=(
                 "model.size=tiny", *_GEOMETRY, *_decoder(128, 4, 4), "data.name=fashion_mnist", "data.pipeline=device",
@@ -380,3 +391,11 @@ PRESETS: dict[str, BenchPreset] = {
         ),
     )
 }
+
+
+def add_testbed_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--testbed NAME`` (default ``cpu``), and ``--preset NAME``, its former name, hidden, so that
+    older command lines still run."""
+    parser.add_argument("--testbed", choices=sorted(TESTBEDS), default="cpu", help=help)
+    parser.add_argument("--preset", dest="testbed", choices=sorted(TESTBEDS), default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)  # fmt: skip
