@@ -128,7 +128,7 @@ def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
 
 def test_grey_warning_when_colour_images_meet_a_one_channel_model(tmp_path):
     from conftest import tiny_config
-    from dmjd.data.build import grey_warning
+    from dmjd.engine.training_data import grey_warning
 
     for name, mode in (("colour", "RGB"), ("grey", "L")):
         (tmp_path / name / "a").mkdir(parents=True)

@@ -24,7 +24,8 @@ import webdataset as wds  # noqa: E402
 from dmjd.cli import main  # noqa: E402
 from dmjd.config import ConfigError  # noqa: E402
 from dmjd.data import DataError  # noqa: E402
-from dmjd.data.shards import ShardBatches, ShardSamples, index_shards, shard_batches  # noqa: E402
+from dmjd.data.shards import index_shards
+from dmjd.data.streaming import ShardBatches, ShardSamples, shard_batches  # noqa: E402
 from dmjd.engine import Pretrainer, TrainingInterrupted, load_checkpoint  # noqa: E402
 from conftest import TINY, tiny_config  # noqa: E402
 
@@ -199,7 +200,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 sys.path.insert(0, sys.argv[3])
 from test_shards import sample_id
-from dmjd.data.shards import ShardSamples, index_shards
+from dmjd.data.shards import index_shards
+from dmjd.data.streaming import ShardSamples
 dist.init_process_group("gloo")
 samples = ShardSamples(index_shards(sys.argv[1]).urls, sample_id, 0, dist.get_rank(), dist.get_world_size(), chunk=4)
 ids = [i for images, _y, _bad in DataLoader(samples, batch_size=None, num_workers=2) for i in images.flatten().tolist()]
@@ -300,7 +302,7 @@ def test_knn_and_monitor_evaluate_a_run_pretrained_on_shards(tmp_path, capsys):
 
 
 def test_grey_warning_looks_at_the_first_image_of_shards(tmp_path):
-    from dmjd.data.build import grey_warning
+    from dmjd.engine.training_data import grey_warning
 
     grey = make_shards(tmp_path / "grey", shards=1)  # solid gray JPEGs
     assert grey_warning(tiny_config("data.name=webdataset", f"data.path={grey}", "data.limit=null",

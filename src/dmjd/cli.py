@@ -235,8 +235,9 @@ def _add_shard(sub: argparse._SubParsersAction) -> None:
 
 def _run_shard(args: argparse.Namespace) -> int:
     from dmjd.data import DATASET_NAMES, build_dataset
-    from dmjd.data.datasets import DataError, infer_data_kind
-    from dmjd.data.shards import keep_image, write_shards
+    from dmjd.data.base import DataError
+    from dmjd.data.datasets import infer_data_kind
+    from dmjd.data.shard_writer import keep_image, write_shards
 
     if args.shard_size < 1 or (args.max_side is not None and args.max_side < 1):
         raise DataError("--shard-size and --max-side must be positive")

@@ -1,6 +1,6 @@
 """Loader benchmark: images/s of dmjd's training data paths on the same JPEGs, in total and per busy core.
 
-Three paths, each built by ``dmjd.data.build.training_data`` exactly as ``dmjd pretrain`` builds it
+Three paths, each built by ``dmjd.engine.training_data`` exactly as ``dmjd pretrain`` builds it
 (RandomResizedCrop to ``--img-size`` + flip, 3 channels) and timed as the training loop consumes it:
 
 * ``imagefolder``: an ImageFolder read file by file, decoded and augmented by PIL in DataLoader workers;
@@ -35,8 +35,8 @@ from PIL import Image
 from dmjd.bench.environment import device_name, git_commit, machine_info, now_utc, publish
 from dmjd.config import load_config
 from dmjd.data import build_dataset, endless
-from dmjd.data.build import training_data
-from dmjd.data.shards import keep_image, write_shards
+from dmjd.data.shard_writer import keep_image, write_shards
+from dmjd.engine.training_data import training_data
 
 PATHS = ("imagefolder", "shards", "shards-device")
 H200_DMJD_VIT_B = 1622.0  # images/s, dmjd-vit-b eager bf16 on one H200 (docs/results.md, 2026-11-28)

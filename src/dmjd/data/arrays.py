@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from dmjd.data.datasets import ArrayImages, DataError, ImageFiles, TorchvisionImages, build_dataset, cache_dir
+from dmjd.data.base import DataError, cache_dir
+from dmjd.data.datasets import ArrayImages, ImageFiles, TorchvisionImages, build_dataset
 from dmjd.data.transforms import to_mode
 
 LOG = logging.getLogger(__name__)

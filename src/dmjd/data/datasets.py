@@ -1,19 +1,15 @@
-"""Data sets for pre-training and evaluation.
+"""Map-style data sources: the embedded sample, Fashion-MNIST IDX files, CIFAR-10/100 and STL-10,
+image folders, and local shards by index; ``build_dataset`` picks one by name, ``infer_data_kind``
+tells from a folder which one it holds.
 
-Every data set yields ``(image, label, skipped)``: the transformed image, its class (-1 when the
-data set has no labels) and 1 when the requested file was unreadable and another one stands in
-(so bad files are counted in the metrics instead of crashing an epoch).
+Items follow ``dmjd.data.base``: ``(image, label, skipped)``.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
-import os
 import shutil
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -23,26 +19,16 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
-from dmjd.errors import InputError
+from dmjd.data.base import IMAGE_EXTENSIONS, DataError, StandInImages, Transform, cache_dir
+from dmjd.data.shards import ShardImages, split_shards
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 DATASET_NAMES = ("embedded", "imagefolder", "cifar10", "cifar100", "stl10", "fashion_mnist", "webdataset")
 
-Transform = Callable[[Image.Image], torch.Tensor]
 LOG = logging.getLogger(__name__)
-
-
-class DataError(InputError):
-    """A data set is missing, empty or unreadable; the message names the options."""
-
-
-def cache_dir() -> Path:
-    """Where dmjd unpacks data it prepares (``$DMJD_CACHE``, default ``~/.cache/dmjd``)."""
-    return Path(os.environ.get("DMJD_CACHE", Path.home() / ".cache" / "dmjd"))
 
 
 class ArrayImages(Dataset):
@@ -131,38 +117,6 @@ def torchvision_dataset(name: str, split: str, transform: Transform, path: str |
             f"{name} not found under {root} ({err}); set data.path to its folder or data.download=true"
         ) from None
     return TorchvisionImages(base, transform)
-
-
-class StandInImages(Dataset, ABC):
-    """A data set whose unreadable images are replaced by the next readable one and flagged
-    ``skipped=1``, so that bad files are counted in the metrics instead of crashing an epoch.
-
-    Subclasses set ``transform`` and give ``__len__``, ``_open`` and ``_label``.
-    """
-
-    transform: Transform
-
-    @abstractmethod
-    def __len__(self) -> int:
-        """Number of items."""
-
-    @abstractmethod
-    def _open(self, index: int) -> Image.Image | None:
-        """The image of item ``index``, or None when it cannot be read (logged by the subclass)."""
-
-    @abstractmethod
-    def _label(self, index: int) -> int:
-        """The class of item ``index`` (-1: unlabelled)."""
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        n = len(self)  # type: ignore[arg-type]
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} images")
-        for offset in range(n):
-            image = self._open((index + offset) % n)
-            if image is not None:
-                return self.transform(image), self._label((index + offset) % n), int(offset > 0)
-        raise DataError(f"no readable image in {self!r}")
 
 
 class ImageFiles(StandInImages):
@@ -281,26 +235,6 @@ def imagefolder_split(path: str | Path, split: str) -> Path:
     )
 
 
-def dataset_classes(dataset: Dataset) -> tuple[str, ...]:
-    """A data set's class names, looking through ``Subset`` / ``SeededSamples`` wrappers (empty: no labels)."""
-    while not hasattr(dataset, "classes"):
-        inner = getattr(dataset, "dataset", getattr(dataset, "base", None))
-        if inner is None:
-            return ()
-        dataset = inner
-    return tuple(dataset.classes)  # type: ignore[attr-defined]
-
-
-def describe_data(
-    name: str, path: str | None, split: str, count: int, num_classes: int, class_names: Sequence[str] = ()
-) -> str:
-    """One start-up line: the data set, where it is read from, its split, image count and classes."""
-    where = "the packaged Fashion-MNIST sample" if name == "embedded" else (path or f"the {name} default location")
-    names = f" ({', '.join(class_names[:4])}{', ...' if len(class_names) > 4 else ''})" if class_names else ""
-    labels = f"{num_classes} classes{names}" if num_classes else "no labels"
-    return f"data {name} from {where}, {split} split: {count:,} images, {labels}"
-
-
 def build_dataset(
     name: str, split: str, transform: Transform, path: str | None = None, download: bool = False
 ) -> Dataset:
@@ -322,8 +256,6 @@ def build_dataset(
     elif name in ("cifar10", "cifar100", "stl10"):
         ds = torchvision_dataset(name, split, transform, path, download)
     elif name == "webdataset":
-        from dmjd.data.shards import ShardImages, split_shards  # imports webdataset, only when used
-
         if not path:
             raise DataError("data.name=webdataset needs data.path (a shard pattern such as train-{000000..000009}.tar)")
         ds = ShardImages(split_shards(path, split), transform)
@@ -334,36 +266,3 @@ def build_dataset(
     return ds
 
 
-def seed_transforms(seed: int) -> None:
-    """Seed the CPU generator that torchvision's random transforms draw from, for one item.
-
-    Only that generator: ``torch.manual_seed`` also queues a seed for every accelerator backend,
-    formatting a stack trace each time, which cost ~1.8 ms per image (a quarter of decoding and
-    augmenting a 500 x 375 JPEG) when called per sample.
-    """
-    torch.default_generator.manual_seed(seed)
-
-
-class SeededSamples(Dataset):
-    """Makes each item's random augmentation a pure function of (seed, epoch, index).
-
-    Data order, augmentation and therefore a whole run are then reproducible whatever the number of
-    loader workers or processes, and a run resumed mid-epoch sees exactly the same samples. Items
-    are addressed by ``(epoch, index)`` pairs (as ``EpochBatchSampler`` yields them) or by a plain
-    index for the epoch last given to ``set_epoch``.
-    """
-
-    def __init__(self, base: Dataset, seed: int) -> None:
-        self.base, self.seed, self.epoch = base, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
-        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
-        digest = hashlib.blake2b(f"{self.seed}/{epoch}/{index}".encode(), digest_size=8).digest()
-        seed_transforms(int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF)
-        return self.base[index]

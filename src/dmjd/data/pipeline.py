@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from dmjd.data.resample import DEFAULT_RATIO, Interpolation, random_resized_crop_params, resized_crop
-from dmjd.data.sampler import EpochBatchSampler, epoch_permutation
+from dmjd.data.sampler import EpochBatchSampler, augment_seed, epoch_permutation
 
 Pipeline = Literal["auto", "device", "loader"]
 
@@ -35,11 +35,6 @@ class Batches(Protocol):
     def steps_per_epoch(self) -> int: ...
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[Tensor, int]]: ...
-
-
-def augment_seed(seed: int, epoch: int, step: int) -> int:
-    """The seed of one global batch's augmentation (independent of processes and resumption)."""
-    return (seed * 6_364_136_223_846_793_005 + epoch * 1_442_695_040_888_963_407 + step * 40_503 + 7) % (2**63 - 1)
 
 
 class DeviceBatches:

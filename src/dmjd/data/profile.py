@@ -16,7 +16,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dmjd.data.datasets import HELD_OUT_FOLDERS, IMAGE_EXTENSIONS, DataError, imagefolder_split, infer_data_kind
+from dmjd.data.base import IMAGE_EXTENSIONS, DataError
+from dmjd.data.datasets import HELD_OUT_FOLDERS, imagefolder_split, infer_data_kind
 
 Layout = Literal["flat", "classes", "train_val"]
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})

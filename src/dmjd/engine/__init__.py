@@ -1,4 +1,4 @@
-"""Training engine: optimizer and LR rules, metrics, distributed set-up, the trainer."""
+"""Training engine: a run's training data, optimizer and LR rules, metrics, distributed set-up, the trainer."""
 
 from dmjd.engine.optim import effective_lr, lr_at, param_groups
 from dmjd.engine.trainer import (
@@ -10,6 +10,7 @@ from dmjd.engine.trainer import (
     pretrain,
     resume_config,
 )
+from dmjd.engine.training_data import TrainingData, training_data
 from dmjd.io.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "OutputDirError",
     "Pretrainer",
     "ResourceError",
+    "TrainingData",
     "TrainingInterrupted",
     "effective_lr",
     "latest_checkpoint",
@@ -27,4 +29,5 @@ __all__ = [
     "pretrain",
     "resume_config",
     "save_checkpoint",
+    "training_data",
 ]

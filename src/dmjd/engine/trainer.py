@@ -31,7 +31,7 @@ from dmjd.config.loading import dotted_items
 from dmjd.config.duration import format_duration
 from dmjd.config.schema import BudgetPlan
 from dmjd.data import Normalize
-from dmjd.data.build import training_data
+from dmjd.engine.training_data import training_data
 from dmjd.io import checkpoint as ckpt
 from dmjd.engine.budget import PROVISIONAL_EPOCHS, TimeBudget, apply_plan, budget_seconds, describe_plan
 from dmjd.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed

@@ -248,7 +248,7 @@ def load_source(args: argparse.Namespace, default_sub: str | None = None) -> Sou
 
 def labelled_source_splits(src: Source, train_tf: Any, test_tf: Any, max_images: int | None) -> tuple[Dataset, Dataset]:
     """The labelled train and test splits of the source's data set, each described in a start-up line."""
-    from dmjd.data.datasets import dataset_classes, describe_data
+    from dmjd.data.base import dataset_classes, describe_data
     from dmjd.eval.features import labelled_splits, num_classes
 
     data = src.cfg.data

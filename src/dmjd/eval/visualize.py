@@ -25,7 +25,8 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from dmjd.data import DataError, build_dataset  # noqa: E402
-from dmjd.data.datasets import Transform, imagefolder_split  # noqa: E402
+from dmjd.data.base import Transform
+from dmjd.data.datasets import imagefolder_split  # noqa: E402
 from dmjd.eval.features import dataset_labels  # noqa: E402
 from dmjd.masking import DisjointMasking, MaskedViews  # noqa: E402
 from dmjd.targets import HOGTarget, PixelTarget, Target  # noqa: E402

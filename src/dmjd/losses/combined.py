@@ -1,13 +1,16 @@
-"""Joint DMJD objective ``L = w_vis * L_vis + lambda * L_mim`` (Eq. 6) as a dict of terms."""
+"""Joint objective ``L = w_vis * L_vis + lambda * L_mim`` (Eq. 6) as a dict of terms: DMJD's
+(``dmjd_loss``) and any plugged-in method's (``method_loss``, with that method's ``L_mim``)."""
 
+from functools import partial
 from typing import Protocol
 
 from torch import Tensor
 
-from dmjd.losses.distillation import VisPairing
-from dmjd.masking import MaskedViews
+from dmjd.losses.distillation import VisPairing, pair_visible_predictions, visible_distillation_loss
+from dmjd.losses.methods import MIM_LOSSES, MimLoss, token_prediction_loss
+from dmjd.masking import MaskedViews, gather_tokens
 
-__all__ = ["BranchPredictions", "dmjd_loss"]
+__all__ = ["BranchPredictions", "dmjd_loss", "method_loss"]
 
 
 class BranchPredictions(Protocol):
@@ -58,6 +61,67 @@ def dmjd_loss(
     Raises:
         ValueError: on a negative weight or when no term is active.
     """
-    from dmjd.losses.methods import method_loss  # local: methods builds on this module's types
-
     return method_loss(out, targets, views, "mse", mim_weight, vis_weight, vis_beta, vis_layernorm, vis_pairing)
+
+
+def method_loss(
+    out: BranchPredictions,
+    targets: Tensor,
+    views: MaskedViews,
+    mim_loss: MimLoss = "mse",
+    mim_weight: float = 1.0,
+    vis_weight: float = 1.0,
+    vis_beta: float = 2.0,
+    vis_layernorm: bool = False,
+    vis_pairing: VisPairing = "token",
+) -> dict[str, Tensor]:
+    """``L = vis_weight * L_vis + mim_weight * L_mim`` (Eq. 6) with a method's ``L_mim``.
+
+    With ``mim_loss="mse"`` this equals :func:`dmjd.losses.dmjd_loss`. The visible term is the
+    Smooth L1 distillation of Eq. 5 for continuous targets; for discrete ones (``"ce"``) there is
+    nothing to normalise and regress, so the visible distillation branch predicts the visible
+    tokens' ids with the same cross-entropy (our extension; the paper runs BEiT with DM only).
+
+    Args:
+        out: model output, ``pred_masked`` ``[N, n_mask, T]`` and ``pred_visible``
+            ``[N, n_vis, T]`` or None, ``N = B*K`` image-major.
+        targets: per-image targets computed once for all views: ``float[B, L, T]``, or
+            ``long[B, L]`` token ids for ``"ce"`` (``T`` is then the codebook size).
+        views: the views' token ids.
+        mim_loss: ``"mse"``, ``"l1"`` or ``"ce"``.
+        mim_weight: ``lambda`` of Eq. 6.
+        vis_weight: weight of the visible term.
+        vis_beta: Smooth L1 ``beta`` of Eq. 5 (continuous targets only).
+        vis_layernorm: extra LayerNorm of each visible target vector (not in the official code;
+            see ``visible_distillation_loss``).
+        vis_pairing: ``"token"`` (Eq. 5) or ``"official"`` (the official code's pairing, see
+            ``pair_visible_predictions``).
+
+    Returns:
+        ``{"loss", "loss_mim", "loss_vis"}``, the unweighted terms present only when computed
+        (weight > 0; ``loss_vis`` also needs a visible distillation branch); 0-d float32.
+
+    Raises:
+        ValueError: on an unknown ``mim_loss``, a negative weight, or no active term.
+    """
+    if mim_loss not in MIM_LOSSES:
+        raise ValueError(f"mim_loss must be one of {sorted(MIM_LOSSES)}, got {mim_loss!r}")
+    if mim_weight < 0 or vis_weight < 0:
+        raise ValueError(f"loss weights must be >= 0, got mim {mim_weight}, vis {vis_weight}")
+    vis_fn = token_prediction_loss if mim_loss == "ce" else partial(
+        visible_distillation_loss, beta=vis_beta, normalize=vis_layernorm
+    )
+    terms: dict[str, Tensor] = {}
+    if mim_weight > 0:
+        masked_targets = gather_tokens(targets, views.ids_masked)
+        terms["loss_mim"] = MIM_LOSSES[mim_loss](out.pred_masked, masked_targets)
+    if vis_weight > 0 and out.pred_visible is not None:
+        pred_visible = pair_visible_predictions(out.pred_visible, views, vis_pairing)
+        terms["loss_vis"] = vis_fn(pred_visible, gather_tokens(targets, views.ids_keep))
+    if not terms:
+        raise ValueError("no active loss term: mim_weight is 0 and no visible term applies")
+    weights = {"loss_mim": mim_weight, "loss_vis": vis_weight}
+    weighted = [weights[name] * value for name, value in terms.items()]
+    total = sum(weighted[1:], weighted[0])
+    return {"loss": total, **terms}
+

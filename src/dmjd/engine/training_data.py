@@ -6,7 +6,7 @@ Three paths, one interface (``dmjd.data.pipeline.Batches``):
   (``DeviceBatches``); ``data.pipeline=auto`` takes it when the set fits ``data.device_memory_gb``.
 * ``loader``: PIL decoding and augmentation in DataLoader workers (``LoaderBatches``).
 * ``data.name=webdataset``: tar shards streamed through DataLoader workers, decoded there or, with
-  ``data.pipeline=device``, on the training device (``dmjd.data.shards``).
+  ``data.pipeline=device``, on the training device (``dmjd.data.streaming``).
 
 The trainer, the benchmarks (``benchmarks/loader.py``) and users' own loops build it the same way.
 """
@@ -23,10 +23,12 @@ from torch.utils.data import DataLoader, Subset
 
 from dmjd.config import Config
 from dmjd.data.arrays import decoded_nbytes, open_source, to_image_array
-from dmjd.data.datasets import IMAGE_EXTENSIONS, DataError, SeededSamples, build_dataset, dataset_classes, describe_data
+from dmjd.data.base import IMAGE_EXTENSIONS, DataError, dataset_classes, describe_data
+from dmjd.data.datasets import build_dataset
 from dmjd.data.pipeline import Batches, DeviceBatches, LoaderBatches, choose_pipeline, device_budget_bytes
-from dmjd.data.sampler import EpochBatchSampler
-from dmjd.data.shards import first_images, shard_batches
+from dmjd.data.sampler import EpochBatchSampler, SeededSamples
+from dmjd.data.shards import first_images
+from dmjd.data.streaming import shard_batches
 from dmjd.data.transforms import pretrain_transform
 
 
