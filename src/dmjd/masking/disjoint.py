@@ -100,21 +100,16 @@ class DisjointMasking:
         if num_views < 1:
             raise ValueError(f"num_views must be an integer >= 1, got {num_views}")
         if pred_ratio is not None and not (0.0 < pred_ratio <= 1.0 and pred_ratio >= mask_ratio):
-            raise ValueError(
-                f"pred_ratio must be None or in [mask_ratio={mask_ratio}, 1], got {pred_ratio}"
-            )
+            raise ValueError(f"pred_ratio must be None or in [mask_ratio={mask_ratio}, 1], got {pred_ratio}")
         if pattern not in PATTERNS:
             raise ValueError(f"pattern must be one of {sorted(PATTERNS)}, got {pattern!r}")
         fn = PATTERNS[pattern]
         cell_based = "block_size" in inspect.signature(fn).parameters
         if block_size < 1 or height % block_size or width % block_size:
-            raise ValueError(
-                f"block_size={block_size} must be >= 1 and divide the token grid {height}x{width}"
-            )
+            raise ValueError(f"block_size={block_size} must be >= 1 and divide the token grid {height}x{width}")
         if block_size != 1 and not cell_based:
             raise ValueError(
-                f"block_size={block_size} needs a cell-based pattern such as 'block', "
-                f"got pattern={pattern!r}; use block_size=1"
+                f"block_size={block_size} needs a cell-based pattern such as 'block', got pattern={pattern!r}; use block_size=1"
             )
         if cell_based:
             pattern_kwargs = {**pattern_kwargs, "block_size": block_size}
@@ -156,9 +151,7 @@ class DisjointMasking:
         self._n_corr = n_corr
         self._n_pred = n_pred
         later = max(num_views - 1, 1)
-        self._new_counts = [n_corr] + [
-            extra // later + (1 if k < extra % later else 0) for k in range(num_views - 1)
-        ]
+        self._new_counts = [n_corr] + [extra // later + (1 if k < extra % later else 0) for k in range(num_views - 1)]
         # Dry run on a private generator: bad pattern keywords fail here, not in training.
         fn(1, self.grid_size, generator=torch.Generator(), **pattern_kwargs)
 
@@ -269,9 +262,7 @@ class DisjointMasking:
         union = torch.zeros(batch_size, cells_h * cells_w, dtype=torch.bool, device=device)
         views, orders = [], []
         for k, new in enumerate(self._new_counts):
-            view = select_lowest(scores[:, k], ~union, new) | select_lowest(
-                scores[:, k], union, self._n_corr - new
-            )
+            view = select_lowest(scores[:, k], ~union, new) | select_lowest(scores[:, k], union, self._n_corr - new)
             if with_order:
                 orders.append(_visible_in_draw_order(scores[:, k], view, union, cells_h * cells_w - self._n_corr))
             union = union | view

@@ -83,9 +83,7 @@ def block_scores(
     """
     height, width = _check_grid(grid_size)
     if block_size < 1 or height % block_size or width % block_size:
-        raise ValueError(
-            f"block_size={block_size} must be >= 1 and divide the token grid {height}x{width}"
-        )
+        raise ValueError(f"block_size={block_size} must be >= 1 and divide the token grid {height}x{width}")
     cells_h, cells_w = height // block_size, width // block_size
     noise = torch.rand(batch_size, cells_h, 1, cells_w, 1, generator=generator, device=device)
     noise = noise.expand(batch_size, cells_h, block_size, cells_w, block_size)
@@ -128,10 +126,7 @@ def rectangle_scores(
     if max_area is None:
         max_area = max(1, round(0.4 * num_tokens))
     if num_rects < 1 or min_tokens < 1 or max_area < 1:
-        raise ValueError(
-            f"num_rects, min_tokens and max_area must be >= 1, got {num_rects}, {min_tokens}, "
-            f"{max_area}"
-        )
+        raise ValueError(f"num_rects, min_tokens and max_area must be >= 1, got {num_rects}, {min_tokens}, {max_area}")
     low = min(min_tokens, max_area)
     draws = torch.rand(4, batch_size, num_rects, 1, generator=generator, device=device)
     area = low + (max_area - low) * draws[0]

@@ -29,9 +29,7 @@ class MaskedViews:
     ids_keep_drawn: Tensor | None = None
 
     @classmethod
-    def from_mask(
-        cls, mask: Tensor, num_masked: int | None = None, ids_keep_drawn: Tensor | None = None
-    ) -> "MaskedViews":
+    def from_mask(cls, mask: Tensor, num_masked: int | None = None, ids_keep_drawn: Tensor | None = None) -> "MaskedViews":
         """Build the ids from a mask.
 
         Args:
@@ -44,9 +42,7 @@ class MaskedViews:
             ValueError: if ``mask`` is not a 3-d bool tensor or views differ in masked count.
         """
         if mask.dim() != 3 or mask.dtype != torch.bool:
-            raise ValueError(
-                f"mask must be a bool tensor [B, K, L], got {mask.dtype} {tuple(mask.shape)}"
-            )
+            raise ValueError(f"mask must be a bool tensor [B, K, L], got {mask.dtype} {tuple(mask.shape)}")
         num_tokens = mask.shape[-1]
         if num_masked is None:
             counts = mask.sum(dim=-1)
@@ -102,9 +98,7 @@ def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
     """
     batch, num_tokens = x.shape[:2]
     if ids.dim() != 3 or ids.shape[0] != batch:
-        raise ValueError(
-            f"ids must be [B={batch}, K, n] for x of shape {tuple(x.shape)}, got {tuple(ids.shape)}"
-        )
+        raise ValueError(f"ids must be [B={batch}, K, n] for x of shape {tuple(x.shape)}, got {tuple(ids.shape)}")
     offsets = torch.arange(batch, device=ids.device).view(batch, 1, 1) * num_tokens
     flat = x.flatten(0, 1).index_select(0, (ids + offsets).flatten())
     return flat.view(batch * ids.shape[1], ids.shape[2], *x.shape[2:])

@@ -8,7 +8,7 @@ visible tokens from it.
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -50,9 +50,7 @@ def patchify(images: Tensor, patch_size: int) -> Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, patch_size * patch_size * c)
 
 
-def unpatchify(
-    tokens: Tensor, patch_size: int, grid_size: int | tuple[int, int], in_chans: int
-) -> Tensor:
+def unpatchify(tokens: Tensor, patch_size: int, grid_size: int | tuple[int, int], in_chans: int) -> Tensor:
     """Inverse of :func:`patchify`: reassemble patch vectors into images.
 
     Args:
@@ -70,9 +68,7 @@ def unpatchify(
     gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
     expected = (gh * gw, patch_size * patch_size * in_chans)
     if tokens.ndim != 3 or tuple(tokens.shape[1:]) != expected:
-        raise ValueError(
-            f"expected tokens [B, {expected[0]}, {expected[1]}], got shape {tuple(tokens.shape)}"
-        )
+        raise ValueError(f"expected tokens [B, {expected[0]}, {expected[1]}], got shape {tuple(tokens.shape)}")
     b = tokens.shape[0]
     x = tokens.reshape(b, gh, gw, patch_size, patch_size, in_chans)
     return x.permute(0, 5, 1, 3, 2, 4).reshape(b, in_chans, gh * patch_size, gw * patch_size)
@@ -94,9 +90,7 @@ class Target(nn.Module, ABC):
     def __init__(self, patch_size: int, in_chans: int, dim: int) -> None:
         super().__init__()
         if patch_size <= 0 or in_chans <= 0:
-            raise ValueError(
-                f"patch_size and in_chans must be positive, got {patch_size} and {in_chans}"
-            )
+            raise ValueError(f"patch_size and in_chans must be positive, got {patch_size} and {in_chans}")
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.dim = dim
@@ -120,9 +114,7 @@ class Target(nn.Module, ABC):
             ValueError: on a wrong rank, channel count or image size.
         """
         if images.ndim != 4 or images.shape[1] != self.in_chans:
-            raise ValueError(
-                f"expected images [B, {self.in_chans}, H, W], got shape {tuple(images.shape)}"
-            )
+            raise ValueError(f"expected images [B, {self.in_chans}, H, W], got shape {tuple(images.shape)}")
         h, w = images.shape[-2:]
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"image size {h}x{w} is not divisible by patch size {self.patch_size}")
@@ -154,7 +146,7 @@ def available_targets() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_target(name: str, **kwargs: object) -> Target:
+def create_target(name: str, **kwargs: Any) -> Target:
     """Build a registered target, e.g. ``create_target("hog", patch_size=16, in_chans=3)``.
 
     Raises:

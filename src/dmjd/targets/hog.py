@@ -150,7 +150,8 @@ class HOGTarget(Target):
         self.gaussian_window = gaussian_window
         self.window: Tensor | None
         self.register_buffer(
-            "window", _gaussian_window(gaussian_window) if gaussian_window else None,
+            "window",
+            _gaussian_window(gaussian_window) if gaussian_window else None,
             persistent=False,
         )
 

@@ -192,7 +192,8 @@ class IntermediateFeatures(nn.Module):
     def __init__(self, model: nn.Module, index: int) -> None:
         """Wrap ``model``; ``index`` is an absolute block / stage index."""
         super().__init__()
-        self.model = model
+        # Any: forward_intermediates is not declared by nn.Module (timm and open_clip add it).
+        self.model: Any = model
         self.index = index
 
     def forward(self, x: Tensor) -> Tensor:
@@ -203,7 +204,7 @@ class IntermediateFeatures(nn.Module):
         return (out["image_intermediates"] if isinstance(out, dict) else out)[0]
 
 
-def _select_layer(model: nn.Module, layer: int, name: str) -> IntermediateFeatures:
+def _select_layer(model: Any, layer: int, name: str) -> IntermediateFeatures:
     """Prune ``model`` after block ``layer`` (negative: from the end) and wrap it, in eval mode.
 
     Raises:
@@ -247,7 +248,7 @@ def load_timm_teacher(
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r}; list them with timm.list_models()")
     cfg = timm.models.get_pretrained_cfg(name)
-    default_size = tuple(cfg.input_size[1:]) if cfg is not None else (224, 224)
+    default_size = (cfg.input_size[1], cfg.input_size[2]) if cfg is not None else (224, 224)
     kwargs: dict[str, Any] = {"num_classes": 0}
     if img_size is not None and cfg is not None and cfg.fixed_input_size and img_size != default_size[0]:
         kwargs["img_size"] = img_size
@@ -260,7 +261,8 @@ def load_timm_teacher(
             raise _missing_file(f"timm teacher {name!r}", path, fix)
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
     try:
-        model = timm.create_model(name, pretrained=True, **kwargs)
+        # Any: timm models carry pretrained_cfg and forward_intermediates, undeclared by nn.Module.
+        model: Any = timm.create_model(name, pretrained=True, **kwargs)
     except OSError as err:
         raise TeacherWeightsError(f"cannot obtain the weights of timm teacher {name!r} ({err}). {fix}") from None
     data_cfg = model.pretrained_cfg
@@ -274,9 +276,7 @@ def _import_open_clip() -> Any:
     try:
         import open_clip
     except ImportError:
-        raise ImportError(
-            "CLIP teachers need open_clip: pip install 'dmjd[clip]' (or pip install open_clip_torch)"
-        ) from None
+        raise ImportError("CLIP teachers need open_clip: pip install 'dmjd[clip]' (or pip install open_clip_torch)") from None
     return open_clip
 
 
