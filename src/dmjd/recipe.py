@@ -101,9 +101,7 @@ def block_mask_ratio(grid: int, cell: int = 2, target: float = 0.6) -> float:
     return round(target * cells) / cells
 
 
-def step_flops(
-    size: VitSize, img_size: int, patch: int, in_chans: int, method: str, batch: int
-) -> float:
+def step_flops(size: VitSize, img_size: int, patch: int, in_chans: int, method: str, batch: int) -> float:
     """Training FLOPs of one optimizer step (forward x 3) of ``batch`` images: the encoder on each view's
     visible tokens, the masked prediction branch on all tokens, the visible distillation branch for DMJD."""
     grid = img_size // patch
@@ -182,8 +180,11 @@ def choose_recipe(
         Choice("model.decoder_depth", depth_d, "half the encoder's depth (at most MAE's 8)"),
         Choice("model.decoder_heads", heads_d, "32-wide heads"),
         Choice("optim.batch_size", batch, f"{n:,} images: at least 8 steps per epoch"),
-        Choice("optim.blr", size.blr, f"base lr for a {size.width}-wide ViT at this scale (ImageNet's 1.5e-4 "
-               "is meant for 800 epochs)"),  # fmt: skip
+        Choice(
+            "optim.blr",
+            size.blr,
+            f"base lr for a {size.width}-wide ViT at this scale (ImageNet's 1.5e-4 is meant for 800 epochs)",
+        ),
         Choice("optim.lr_rule", "dmjd", "Eq. 4 (equals the linear rule for K = 1)"),
         Choice("train.budget_warmup", 0.1, "warmup: 10 % of the budgeted steps"),
         Choice("data.name", profile.name, "what the folder holds"),

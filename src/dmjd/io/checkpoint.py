@@ -81,9 +81,7 @@ def foreign_kind(path: Path) -> str | None:
     return kind
 
 
-def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu", expected: str = EXPECTED
-) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", expected: str = EXPECTED) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``: tensors and plain data only, never code.
 
     Args:

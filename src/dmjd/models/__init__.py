@@ -1,5 +1,6 @@
 """Models: masked ViT encoder, masked prediction branch, visible distillation branch, DMJD."""
 
+from dmjd.models import convit  # noqa: F401  (registers "convit")
 from dmjd.models.decoder import MaskedPredictionBranch
 from dmjd.models.dmjd import DMJDModel, DMJDOutput, MaskedEncoder, encoder_state_dict
 from dmjd.models.encoder import VIT_SIZES, MaskedViT, init_mae_weights
@@ -11,7 +12,6 @@ from dmjd.models.registry import (
     create_encoder,
     register_encoder,
 )
-from dmjd.models import convit  # noqa: F401  (registers "convit")
 from dmjd.models.simmim import LinearPredictionHead, SimMIMModel, build_simmim_model
 
 __all__ = [

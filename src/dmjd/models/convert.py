@@ -85,12 +85,9 @@ def infer_convit_arch(weights: Mapping[str, Tensor], num_heads: int | None = Non
         dims = tuple(int(w.shape[0]) for w in projections)
         strides = tuple(int(w.shape[-1]) for w in projections)
         depths = tuple(
-            len({m.group(2) for key in weights if (m := _BLOCK.match(key)) and m.group(1) == str(stage)})
-            for stage in (1, 2, 3)
+            len({m.group(2) for key in weights if (m := _BLOCK.match(key)) and m.group(1) == str(stage)}) for stage in (1, 2, 3)
         )
-        mlp_ratios = tuple(
-            weights[f"blocks{stage}.0.mlp.fc1.weight"].shape[0] / dims[stage - 1] for stage in (1, 2, 3)
-        )
+        mlp_ratios = tuple(weights[f"blocks{stage}.0.mlp.fc1.weight"].shape[0] / dims[stage - 1] for stage in (1, 2, 3))
         num_tokens = int(weights["pos_embed"].shape[1])
     except KeyError as err:
         raise CheckpointError(f"ConViT weights lack {err.args[0]!r}") from None

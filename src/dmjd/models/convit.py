@@ -183,22 +183,17 @@ class ConViT(nn.Module):
         self.patch_embed4 = nn.Linear(dim3, dim3)
         self.stage1_output_decode = nn.Conv2d(dim1, dim3, s2 * s3, stride=s2 * s3)
         self.stage2_output_decode = nn.Conv2d(dim2, dim3, s3, stride=s3)
-        self.pos_embed = nn.Parameter(
-            sincos_pos_embed_2d(dim3, self._grid).unsqueeze(0), requires_grad=False
-        )
+        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(dim3, self._grid).unsqueeze(0), requires_grad=False)
         total = sum(depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         d1, d2, _ = depths
-        self.blocks1 = nn.ModuleList(
-            MaskedConvBlock(dim1, mlp_ratios[0], rates[i]) for i in range(d1)
-        )
-        self.blocks2 = nn.ModuleList(
-            MaskedConvBlock(dim2, mlp_ratios[1], rates[d1 + i]) for i in range(d2)
-        )
+        self.blocks1 = nn.ModuleList(MaskedConvBlock(dim1, mlp_ratios[0], rates[i]) for i in range(d1))
+        self.blocks2 = nn.ModuleList(MaskedConvBlock(dim2, mlp_ratios[1], rates[d1 + i]) for i in range(d2))
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.blocks3 = nn.Sequential(
             *[
-                Block(dim3, num_heads, mlp_ratios[2], qkv_bias=True, drop_path=rate, norm_layer=norm_layer)
+                # timm annotates norm_layer as a Module class; it takes any callable (and passes partials itself).
+                Block(dim3, num_heads, mlp_ratios[2], qkv_bias=True, drop_path=rate, norm_layer=norm_layer)  # type: ignore[arg-type]
                 for rate in rates[d1 + d2 :]
             ]
         )
@@ -301,10 +296,7 @@ class ConViT(nn.Module):
         """
         height, width = self._grid
         if views.mask.shape[-1] != height * width:
-            raise ValueError(
-                f"views have {views.mask.shape[-1]} tokens, encoder grid {self._grid} has "
-                f"{height * width}"
-            )
+            raise ValueError(f"views have {views.mask.shape[-1]} tokens, encoder grid {self._grid} has {height * width}")
         rows = views.batch_size * views.num_views
         masked = views.mask.reshape(rows, 1, height, width)
         tokens, fused = self._conv_stages(x, masked, views.num_views)

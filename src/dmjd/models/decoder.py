@@ -45,12 +45,9 @@ class MaskedPredictionBranch(nn.Module):
         self.num_prefix_tokens = num_prefix_tokens
         self.decoder_embed = nn.Linear(embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        self.register_buffer(
-            "pos_embed", sincos_pos_embed_2d(decoder_dim, grid_size).unsqueeze(0), persistent=False
-        )
-        self.blocks = nn.Sequential(
-            *[Block(decoder_dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)]
-        )
+        self.pos_embed: Tensor
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(decoder_dim, grid_size).unsqueeze(0), persistent=False)
+        self.blocks = nn.Sequential(*[Block(decoder_dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
         self.norm = LayerNorm(decoder_dim)
         self.pred = nn.Linear(decoder_dim, target_dim)
         self.apply(init_mae_weights)

@@ -5,12 +5,11 @@ The model returns predictions only; the losses live in ``dmjd.losses``.
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from torch import Tensor, nn
 
 from dmjd.masking import MaskedViews
-from dmjd.models.decoder import MaskedPredictionBranch
 from dmjd.models.heads import VisibleDistillationBranch
 
 # Wrapper prefixes of DistributedDataParallel and torch.compile state dicts.
@@ -30,6 +29,22 @@ class MaskedEncoder(Protocol):
 
     def forward_masked(self, x: Tensor, views: MaskedViews) -> Tensor:
         """``[B, C, H, W]`` images -> ``[B*K, num_prefix_tokens + n_vis, embed_dim]``, normed."""
+        ...
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of multi-dimensional parameters to keep out of weight decay."""
+        ...
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute blocks in backward (``model.grad_checkpointing``)."""
+        ...
+
+
+class PredictionBranch(Protocol):
+    """What DMJDModel needs from its prediction branch (MaskedPredictionBranch, SimMIM's LinearPredictionHead)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        """Predictions ``[N, n_mask, T]``."""
         ...
 
     def no_weight_decay(self) -> set[str]:
@@ -58,7 +73,7 @@ class DMJDModel(nn.Module):
     def __init__(
         self,
         encoder: nn.Module,
-        mpb: MaskedPredictionBranch,
+        mpb: PredictionBranch,
         vdb: VisibleDistillationBranch | None = None,
     ) -> None:
         """Compose an encoder (see ``MaskedEncoder``) and the branches; ``vdb=None``: no JD."""
@@ -74,8 +89,9 @@ class DMJDModel(nn.Module):
             x: ``[B, C, H, W]`` mean/std-normalised images.
             views: K masked views per image.
         """
-        latent = self.encoder.forward_masked(x, views)
-        visible = latent[:, self.encoder.num_prefix_tokens :]
+        encoder = cast(MaskedEncoder, self.encoder)
+        latent = encoder.forward_masked(x, views)
+        visible = latent[:, encoder.num_prefix_tokens :]
         return DMJDOutput(
             pred_masked=self.mpb(latent, views),
             pred_visible=None if self.vdb is None else self.vdb(visible),
@@ -85,7 +101,7 @@ class DMJDModel(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names without weight decay: every 1-d parameter (biases, norm scales) plus
         the encoder's and decoder's tokens and position embeddings."""
-        named = {f"encoder.{name}" for name in self.encoder.no_weight_decay()}
+        named = {f"encoder.{name}" for name in cast(MaskedEncoder, self.encoder).no_weight_decay()}
         named |= {f"mpb.{name}" for name in self.mpb.no_weight_decay()}
         return {name for name, param in self.named_parameters() if param.ndim <= 1 or name in named}
 

@@ -47,6 +47,10 @@ class MaskedViT(VisionTransformer):
     timm's ``forward_features`` still encodes all tokens of a full image for evaluation.
     """
 
+    # timm declares both optional; this encoder always has a cls token and a position embedding.
+    pos_embed: nn.Parameter
+    cls_token: nn.Parameter
+
     def __init__(
         self,
         img_size: int | tuple[int, int] = 224,
@@ -65,10 +69,8 @@ class MaskedViT(VisionTransformer):
         """
         height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
         if height % patch_size or width % patch_size:
-            raise ValueError(
-                f"img_size {img_size} must be divisible by patch_size {patch_size}"
-            )
-        arch = {
+            raise ValueError(f"img_size {img_size} must be divisible by patch_size {patch_size}")
+        arch: dict[str, Any] = {
             "img_size": img_size,
             "patch_size": patch_size,
             "in_chans": in_chans,
@@ -89,9 +91,7 @@ class MaskedViT(VisionTransformer):
         projection initialised like a Linear layer and xavier-uniform Linear layers.
         ``mode`` and ``needs_reset`` are timm's signature; every mode gives the MAE init.
         """
-        self.pos_embed.copy_(
-            sincos_pos_embed_2d(self.embed_dim, self.grid_size, self.num_prefix_tokens)
-        )
+        self.pos_embed.copy_(sincos_pos_embed_2d(self.embed_dim, self.grid_size, self.num_prefix_tokens))
         self.pos_embed.requires_grad_(False)
         nn.init.normal_(self.cls_token, std=0.02)
         self.apply(init_mae_weights)
@@ -123,10 +123,7 @@ class MaskedViT(VisionTransformer):
         """
         num_patches = self.patch_embed.num_patches
         if views.mask.shape[-1] != num_patches:
-            raise ValueError(
-                f"views have {views.mask.shape[-1]} tokens, encoder grid {self.grid_size} has "
-                f"{num_patches}"
-            )
+            raise ValueError(f"views have {views.mask.shape[-1]} tokens, encoder grid {self.grid_size} has {num_patches}")
         prefix = self.num_prefix_tokens
         patches = self.patch_embed(x) + self.pos_embed[:, prefix:]
         visible = gather_tokens(patches, views.ids_keep)
@@ -150,11 +147,7 @@ class MaskedViT(VisionTransformer):
         """The registered timm name of this architecture (``vit_base_patch16_224``), or None."""
         height, width = self.patch_embed.img_size
         size = next(
-            (
-                name
-                for name, dims in VIT_SIZES.items()
-                if all(self._arch[key] == value for key, value in dims.items())
-            ),
+            (name for name, dims in VIT_SIZES.items() if all(self._arch[key] == value for key, value in dims.items())),
             None,
         )
         if size is None or height != width:

@@ -5,9 +5,7 @@ from timm.layers import build_sincos2d_pos_embed
 from torch import Tensor
 
 
-def sincos_pos_embed_2d(
-    embed_dim: int, grid_size: tuple[int, int], num_prefix_tokens: int = 0
-) -> Tensor:
+def sincos_pos_embed_2d(embed_dim: int, grid_size: tuple[int, int], num_prefix_tokens: int = 0) -> Tensor:
     """Fixed 2D sin-cos position embedding of an ``H x W`` patch grid (square or not).
 
     Built with timm's ``build_sincos2d_pos_embed``: with ``w_i = 10000 ** (-i / (D / 4))``,

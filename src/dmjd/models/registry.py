@@ -1,12 +1,12 @@
 """Encoder registry and the model builder used by the config / CLI layer."""
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from torch import nn
 
 from dmjd.models.decoder import MaskedPredictionBranch
-from dmjd.models.dmjd import DMJDModel
+from dmjd.models.dmjd import DMJDModel, MaskedEncoder
 from dmjd.models.encoder import VIT_SIZES, MaskedViT
 from dmjd.models.heads import ProjectorKind, VisibleDistillationBranch
 
@@ -64,15 +64,11 @@ def create_encoder(
     if arch not in _ENCODERS:
         raise ValueError(f"unknown encoder {arch!r}; available: {available_encoders()}")
     kwargs = {key: value for key, value in overrides.items() if value is not None}
-    return _ENCODERS[arch](
-        size=size, img_size=img_size, patch_size=patch_size, in_chans=in_chans, **kwargs
-    )
+    return _ENCODERS[arch](size=size, img_size=img_size, patch_size=patch_size, in_chans=in_chans, **kwargs)
 
 
 @register_encoder("vit")
-def create_vit(
-    size: str, img_size: int, patch_size: int, in_chans: int, **overrides: Any
-) -> MaskedViT:
+def create_vit(size: str, img_size: int, patch_size: int, in_chans: int, **overrides: Any) -> MaskedViT:
     """ViT encoder from a ``VIT_SIZES`` preset with optional overrides.
 
     Raises:
@@ -98,7 +94,7 @@ def build_encoder(*, grad_checkpointing: bool = False, **encoder_kwargs: Any) ->
     """
     encoder = create_encoder(**encoder_kwargs)
     if grad_checkpointing:
-        encoder.set_grad_checkpointing(True)
+        cast(MaskedEncoder, encoder).set_grad_checkpointing(True)
     return encoder
 
 
@@ -148,19 +144,16 @@ def build_model(
         mlp_ratios=mlp_ratios,
         grad_checkpointing=grad_checkpointing,
     )
+    spec = cast(MaskedEncoder, encoder)  # every registered encoder follows MaskedEncoder
     mpb = MaskedPredictionBranch(
-        encoder.embed_dim,
+        spec.embed_dim,
         target_dim,
-        encoder.grid_size,
+        spec.grid_size,
         decoder_dim=decoder_dim,
         depth=decoder_depth,
         num_heads=decoder_heads,
         mlp_ratio=decoder_mlp_ratio,
-        num_prefix_tokens=encoder.num_prefix_tokens,
+        num_prefix_tokens=spec.num_prefix_tokens,
     )
-    branch = (
-        VisibleDistillationBranch(encoder.embed_dim, target_dim, vdb_hidden, projector)
-        if vdb
-        else None
-    )
+    branch = VisibleDistillationBranch(spec.embed_dim, target_dim, vdb_hidden, projector) if vdb else None
     return DMJDModel(encoder, mpb, branch)

@@ -66,6 +66,7 @@ def encode_full_sequence(encoder: VisionTransformer, x: Tensor, views: MaskedVie
     prefix = encoder.num_prefix_tokens
     patches = encoder.patch_embed(x)
     per_view = torch.where(views.mask.unsqueeze(-1), mask_token.to(patches.dtype), patches.unsqueeze(1))
+    assert encoder.pos_embed is not None and encoder.cls_token is not None, "needs a ViT with a cls token"
     per_view = per_view.flatten(0, 1) + encoder.pos_embed[:, prefix:]
     cls = (encoder.cls_token + encoder.pos_embed[:, :prefix]).expand(per_view.shape[0], -1, -1)
     tokens = torch.cat([cls.to(per_view.dtype), per_view], dim=1)
@@ -105,6 +106,8 @@ class SimMIMModel(DMJDModel):
     A ``DMJDModel`` (same attributes ``encoder``, ``mpb``, ``vdb``, same output and weight-decay
     contract) whose forward encodes K full sequences per image.
     """
+
+    encoder: VisionTransformer
 
     def __init__(
         self,
