@@ -18,14 +18,15 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from safetensors.torch import save_file
 from torch import nn
 
-from dmjd.io.checkpoint import file_mode
 from dmjd.eval.loading import InputSpec
+from dmjd.io.checkpoint import file_mode
 from dmjd.models.convit import ConViT
+from dmjd.models.encoder import TimmDescribed
 
 GENERIC_VIT = "vit_base_patch16_224"
 CONVIT_CLASS = "dmjd.models.convit.ConViT"
@@ -90,11 +91,11 @@ def timm_architecture(encoder: nn.Module) -> tuple[str, dict[str, Any]]:
     """
     if not hasattr(encoder, "timm_kwargs"):
         raise ValueError(
-            "export writes timm ViT or dmjd ConViT weights and needs a ViT or ConViT encoder, "
-            f"got {type(encoder).__name__}"
+            f"export writes timm ViT or dmjd ConViT weights and needs a ViT or ConViT encoder, got {type(encoder).__name__}"
         )
-    arch = encoder.timm_kwargs()
-    name = encoder.timm_model_name()
+    described = cast(TimmDescribed, encoder)
+    arch = described.timm_kwargs()
+    name = described.timm_model_name()
     if name is None:
         return GENERIC_VIT, {key: arch[key] for key in _ARCH_KEYS}
     return name, ({"in_chans": arch["in_chans"]} if arch["in_chans"] != 3 else {})

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from dmjd.losses import method_loss
+from dmjd.losses import BranchPredictions, method_loss
 from dmjd.masking import DisjointMasking, MaskedViews
 from dmjd.targets import Target
 
-LossFn = Callable[[object, Tensor, MaskedViews], dict[str, Tensor]]
+if TYPE_CHECKING:
+    from dmjd.eval.features import Pool
+
+LossFn = Callable[[BranchPredictions, Tensor, MaskedViews], dict[str, Tensor]]
 HELD_OUT_TERMS = ("loss_mim", "loss_vis")
 
 
@@ -138,7 +142,7 @@ class LabelFreeMonitor:
     """
 
     def __init__(
-        self, images: Tensor, normalize: nn.Module, pool: str = "avg", batch_size: int = 256, source: str = ""
+        self, images: Tensor, normalize: nn.Module, pool: Pool = "avg", batch_size: int = 256, source: str = ""
     ) -> None:
         self.images, self.normalize, self.pool, self.batch_size = images, normalize, pool, batch_size
         self.source = source

@@ -19,6 +19,8 @@ monitor costs milliseconds on a GPU instead of tens of seconds of CPU solver tim
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -34,8 +36,9 @@ class LinearProbeHead(nn.Sequential):
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__(nn.BatchNorm1d(dim, affine=False, eps=1e-6), nn.Linear(dim, num_classes))
-        nn.init.trunc_normal_(self[1].weight, std=0.01)
-        nn.init.zeros_(self[1].bias)
+        linear = cast(nn.Linear, self[1])
+        nn.init.trunc_normal_(linear.weight, std=0.01)
+        nn.init.zeros_(linear.bias)
 
 
 def build_optimizer(head: LinearProbeHead, settings: ProbeSettings) -> torch.optim.Optimizer:

@@ -17,9 +17,9 @@ from torch import nn
 
 from dmjd.config import Config, ConfigError, config_from_dict
 from dmjd.config.loading import apply_override, parse_override
-from dmjd.io.checkpoint import PRETRAINING, CheckpointError, load_checkpoint
 from dmjd.engine.builders import build_dmjd_model, build_target, mean_std
 from dmjd.errors import InputError
+from dmjd.io.checkpoint import PRETRAINING, CheckpointError, load_checkpoint
 from dmjd.models import DMJDModel, create_encoder, encoder_state_dict
 
 
@@ -91,9 +91,7 @@ def _load_strict(module: nn.Module, weights: dict[str, torch.Tensor], path: str 
     """``load_state_dict(strict=True)``, or a CheckpointError that says which keys differ."""
     mismatch = key_mismatch(module, weights)
     if mismatch:
-        raise CheckpointError(
-            f"{path}: the weights do not match the architecture in its config ({_describe(cfg)}): {mismatch}"
-        )
+        raise CheckpointError(f"{path}: the weights do not match the architecture in its config ({_describe(cfg)}): {mismatch}")
     module.load_state_dict(weights, strict=True)
 
 

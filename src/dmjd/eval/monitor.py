@@ -17,6 +17,7 @@ scikit-learn's CPU solver took tens of seconds per evaluation on real encoder fe
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +155,7 @@ class OnlineMonitor:
 
     def pixel_features(self, split: int, side: int = 32) -> tuple[Tensor, Tensor]:
         """Flattened normalised images ``[N, C * s * s]`` (``s = min(side, image side)``) and labels."""
+        batches: Iterable[tuple[Tensor, Tensor]]
         if self.cache is not None:
             images, labels = self.cache[split]
             batches = zip(images.split(self.batch_size), labels.split(self.batch_size))

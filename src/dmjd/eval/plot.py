@@ -21,10 +21,10 @@ import matplotlib
 import matplotlib.figure
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from dmjd.engine.metrics import EVALS_FILE, read_metrics  # noqa: E402
-from dmjd.errors import InputError  # noqa: E402
+from dmjd.engine.metrics import EVALS_FILE, read_metrics
+from dmjd.errors import InputError
 
 LOSS_STYLES = {"loss": "-", "loss_mim": "--", "loss_vis": ":"}
 BASELINE_PREFIX = "pixels_"  # the monitor's raw-pixel baselines, e.g. pixels_knn_top1
@@ -187,9 +187,7 @@ def _draw_finetuning(axes: Sequence[plt.Axes], runs: list[tuple[str, Records, Re
     ax_loss.set(xlabel="epochs", ylabel="cross-entropy", title="Fine-tuning: loss")
 
 
-def curves_figure(
-    run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None
-) -> matplotlib.figure.Figure:
+def curves_figure(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None) -> matplotlib.figure.Figure:
     """The curves figure: a row of pre-training panels (loss vs ETE, loss vs time, accuracy vs
     ETE) when any run pre-trains, a row of fine-tuning panels (top-1, loss vs epochs) when any
     fine-tunes.

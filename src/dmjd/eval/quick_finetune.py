@@ -37,7 +37,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
@@ -162,7 +162,7 @@ def quick_finetune(
     images, labels = train
     device = images.device
     torch.manual_seed(s.seed)
-    dim = getattr(encoder, "num_features", None) or encoder.embed_dim
+    dim = getattr(encoder, "num_features", None) or cast(int, encoder.embed_dim)
     model = PooledClassifier(copy.deepcopy(encoder), dim, int(labels.max()) + 1, pool or default_pool(encoder))
     model = model.to(device).train()
     optimizer = torch.optim.AdamW(_param_groups(model, s.weight_decay, s.layer_decay), lr=0.0, betas=(0.9, 0.999))

@@ -18,18 +18,18 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.collections import LineCollection
+from torch import Tensor, nn
 
-from dmjd.data import DataError, build_dataset  # noqa: E402
+from dmjd.data import DataError, build_dataset
 from dmjd.data.base import Transform
-from dmjd.data.datasets import imagefolder_split  # noqa: E402
-from dmjd.eval.features import dataset_labels  # noqa: E402
-from dmjd.masking import DisjointMasking, MaskedViews  # noqa: E402
-from dmjd.targets import HOGTarget, PixelTarget, Target  # noqa: E402
+from dmjd.data.datasets import imagefolder_split
+from dmjd.eval.features import dataset_labels
+from dmjd.masking import DisjointMasking, MaskedViews
+from dmjd.targets import HOGTarget, PixelTarget, Target
 
 DPI = 110
 PANEL_INCHES = 1.4  # the smallest panel side
@@ -62,7 +62,9 @@ def pick_images(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_views(model: nn.Module, target: Target, normalize: nn.Module, images: Tensor, views: MaskedViews) -> tuple[Tensor, Tensor]:
+def predict_views(
+    model: nn.Module, target: Target, normalize: nn.Module, images: Tensor, views: MaskedViews
+) -> tuple[Tensor, Tensor]:
     """Targets ``[B, L, T]`` and per-view completions ``[B, K, L, T]``.
 
     A completion holds the model's prediction at the view's masked tokens and the target at its
@@ -77,9 +79,7 @@ def predict_views(model: nn.Module, target: Target, normalize: nn.Module, images
     return targets, full
 
 
-def drawn_images(
-    name: str, path: str | None, transform: Transform, n: int, seed: int = 0, download: bool = False
-) -> Tensor:
+def drawn_images(name: str, path: str | None, transform: Transform, n: int, seed: int = 0, download: bool = False) -> Tensor:
     """``pick_images`` of a data set's test split, transformed: ``[min(n, N), C, H, W]``.
 
     An ImageFolder without ``val/`` or ``test/`` folder has no test split; its own images (what a
@@ -119,7 +119,7 @@ def _show(ax: plt.Axes, image: Tensor, title: str) -> None:
     ax.axis("off")
 
 
-def hog_cells(tokens: Tensor, target: Target, grid: tuple[int, int]) -> np.ndarray:
+def hog_cells(tokens: Tensor, target: HOGTarget, grid: tuple[int, int]) -> np.ndarray:
     """HOG tokens ``[L, T]`` -> cell histograms ``[Hc, Wc, nbins]`` (channels averaged, min-shifted)."""
     c = target.patch_size // target.cell_size
     nb = target.nbins
@@ -152,7 +152,8 @@ def draw_hog(ax: plt.Axes, cells: np.ndarray, title: str) -> None:
     hc, wc, _ = cells.shape
     segments, strength = hog_glyphs(cells)
     colors = np.stack([strength] * 3 + [np.ones_like(strength)], -1)
-    ax.add_collection(LineCollection(segments, colors=colors, linewidths=1.2, capstyle="round"))
+    # matplotlib's stub wants a Sequence of segments; an [N, 2, 2] array is documented and works.
+    ax.add_collection(LineCollection(segments, colors=colors, linewidths=1.2, capstyle="round"))  # type: ignore[arg-type]
     ax.set_xlim(0, wc)
     ax.set_ylim(hc, 0)
     ax.set_facecolor("black")
@@ -228,18 +229,22 @@ def save_reconstruction_figure(
         for k in range(K):
             masked = _masked_image(images[b : b + 1], views.mask[b, k : k + 1], target.patch_size, grid)[0]
             _show(axes[b, 1 + k], masked, f"view {k + 1} (masked)")
-            if is_hog:
+            if isinstance(target, HOGTarget):
                 draw_hog(axes[b, 1 + K + k], hog_cells(full[b, k], target, grid), f"view {k + 1} HOG pred")
             else:
                 recon = _pixels(full[b : b + 1, k], images[b : b + 1], target, grid)[0]
                 _show(axes[b, 1 + K + k], recon, f"view {k + 1} recon")
-        if is_hog:
+        if isinstance(target, HOGTarget):
             draw_hog(axes[b, -1], hog_cells(targets[b], target, grid), "HOG target")
     note = (
         "norm-pix predictions un-normalised with the TRUE per-patch mean/std of the image"
         if getattr(target, "norm_pix", False)
-        else ("HOG predicted at masked cells, target at visible cells; one line per cell along its dominant edge "
-              "orientation, brighter = stronger" if is_hog else "raw pixel predictions")
+        else (
+            "HOG predicted at masked cells, target at visible cells; one line per cell along its dominant edge "
+            "orientation, brighter = stronger"
+            if is_hog
+            else "raw pixel predictions"
+        )
     )
     fig.suptitle(textwrap.fill(describe_masking(masking), 110) + f"\n{note}", fontsize=7)
     fig.tight_layout()

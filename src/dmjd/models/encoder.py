@@ -4,7 +4,7 @@ The state dict is exactly timm's ``VisionTransformer(num_classes=0, global_pool=
 pre-trained weights load into ``timm.create_model(...)`` for fine-tuning and linear probing.
 """
 
-from typing import Any
+from typing import Any, Protocol
 
 import timm
 import torch
@@ -24,6 +24,18 @@ VIT_SIZES: dict[str, dict[str, Any]] = {
     "large": {"embed_dim": 1024, "depth": 24, "num_heads": 16, "mlp_ratio": 4.0},
     "huge": {"embed_dim": 1280, "depth": 32, "num_heads": 16, "mlp_ratio": 4.0},
 }
+
+
+class TimmDescribed(Protocol):
+    """An encoder that can describe its architecture to timm (``MaskedViT``)."""
+
+    def timm_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments rebuilding the architecture with timm."""
+        ...
+
+    def timm_model_name(self) -> str | None:
+        """The registered timm name of the architecture, or None."""
+        ...
 
 
 def init_mae_weights(module: nn.Module) -> None:
