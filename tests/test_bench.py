@@ -408,7 +408,7 @@ def test_profile_split_backward_gives_the_joint_gradients(tmp_path):
 
     cfg = throughput_config("cpu-small", "DMJD", 6, "cpu")
     trainer = Pretrainer(cfg, tmp_path, overwrite=True)
-    images, views = synthetic_images(trainer, 6), trainer._masks(0, 6)
+    images, views = synthetic_images(trainer, 6), trainer.step_masks(0, 6)
     trainer.compute_losses(images, views)["loss"].backward()
     joint = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
     trainer.model.zero_grad(set_to_none=True)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from dmjd.config import ConfigError, load_config
 from dmjd.data import DataError
 from dmjd.engine import CheckpointError, save_checkpoint
-from dmjd.engine.trainer import build_dmjd_model, build_target
+from dmjd.engine.builders import build_dmjd_model, build_target
 from dmjd.eval.commands import register_eval_commands
 from dmjd.eval.export import export_encoder
 from dmjd.eval.loading import InputSpec, config_with_overrides, load_dmjd_model, load_encoder, load_timm_encoder

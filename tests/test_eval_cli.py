@@ -13,7 +13,7 @@ from test_eval_checkpoints import cli, json_lines, write_checkpoint
 from dmjd.cli import EXIT_INTERRUPTED, main
 from dmjd.data import Normalize
 from dmjd.engine import CheckpointError, ResourceError
-from dmjd.engine.trainer import resolve_resume
+from dmjd.engine.resume import resolve_resume
 from dmjd.errors import InputError
 from dmjd.eval import quick_finetune as qf
 from dmjd.eval.chance import ChanceLevelWarning, majority_rate, warn_if_at_chance

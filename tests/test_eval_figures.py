@@ -122,7 +122,7 @@ def test_hog_panels_draw_one_glyph_per_cell_at_a_readable_size(tmp_path):
     from dmjd.config import load_config
     from dmjd.data import Normalize
     from dmjd.engine.builders import build_masking
-    from dmjd.engine.trainer import build_dmjd_model, build_target
+    from dmjd.engine.builders import build_dmjd_model, build_target
     from dmjd.eval.visualize import DPI, HOG_CELL_PX, hog_glyphs, save_reconstruction_figure
 
     cells = np.zeros((2, 3, 4))

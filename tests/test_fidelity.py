@@ -216,7 +216,7 @@ def test_pretrain_step_with_the_official_vis_pairing(tmp_path) -> None:
     """``loss.vis_pairing=official`` reaches the trainer's loss through the config."""
     cfg = tiny_config("loss.vis_pairing=official")
     trainer = Pretrainer(cfg, tmp_path)
-    views = trainer._masks(0, 2)
+    views = trainer.step_masks(0, 2)
     assert views.ids_keep_drawn is not None
     images = torch.rand(2, cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size)
     official = trainer.compute_losses(images, views)["loss_vis"]

@@ -16,7 +16,7 @@ import torch
 
 from conftest import tiny_config
 from dmjd.engine import OutputDirError, Pretrainer, TrainingInterrupted
-from dmjd.engine import trainer as trainer_mod
+from dmjd.engine import resources as resources_mod
 from dmjd.engine.metrics import read_metrics
 from dmjd.engine.resources import (
     StepMemory,
@@ -125,7 +125,7 @@ def test_a_resume_after_a_kill_logs_each_step_once(tmp_path):
 
 
 def test_a_step_that_cannot_fit_memory_is_refused_with_a_batch_that_fits(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_mod, "available_memory", lambda device: 64 << 20)  # 64 MiB
+    monkeypatch.setattr(resources_mod, "available_memory", lambda device: 64 << 20)  # 64 MiB
     with pytest.raises(StepMemoryError, match=r"optim.batch_size=4000 needs about .* GiB, available RAM is 0.06 GiB: "
                                               r"it cannot fit; try optim.batch_size=\d+ optim.accum_iter=\d+"):
         Pretrainer(tiny_config(*SHORT, "optim.batch_size=4000", "data.limit=4000"), tmp_path)
@@ -147,7 +147,7 @@ def test_measured_step_memory_predicts_the_saved_activations_of_a_larger_batch(t
     trainer = Pretrainer(tiny_config(*SHORT), tmp_path)
 
     def probe(n):
-        return trainer._losses(torch.rand(n, 1, 32, 32), trainer._masks(0, n))
+        return trainer._losses(torch.rand(n, 1, 32, 32), trainer.step_masks(0, n))
 
     memory = measure_step_memory(trainer.model, probe)
     params = sum(p.numel() * 4 for p in trainer.model.parameters())

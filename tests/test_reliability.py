@@ -19,6 +19,7 @@ from PIL import Image
 from conftest import TINY, tiny_config
 from dmjd.cli import main
 from dmjd.engine import NonFiniteLossError, Pretrainer, ResourceError, load_checkpoint
+from dmjd.engine import faults as faults_mod
 from dmjd.engine import trainer as trainer_mod
 from dmjd.engine.metrics import read_metrics
 
@@ -156,7 +157,7 @@ def test_unwritable_output_dir_is_reported_at_start(tmp_path, capsys):
 
 
 def test_low_disk_space_is_reported_at_start(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_mod.shutil, "disk_usage", lambda _: type("U", (), {"free": 1024})())
+    monkeypatch.setattr(faults_mod.shutil, "disk_usage", lambda _: type("U", (), {"free": 1024})())
     with pytest.raises(ResourceError, match="MiB free"):
         Pretrainer(tiny_config(), tmp_path)
 

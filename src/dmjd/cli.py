@@ -170,7 +170,7 @@ def pretrain_config(config: str | None, overrides: list[str], output_dir: str, r
     if config not in (None, "auto"):  # validated before torch loads: a bad config answers in a moment
         return load_config(config, overrides)
     from dmjd.engine import resume_config
-    from dmjd.engine.trainer import resolve_resume
+    from dmjd.engine.resume import resolve_resume
     from dmjd.recipe import auto_config, recipe_lines, user_keys
 
     checkpoint = resolve_resume(output_dir, resume)

@@ -281,7 +281,7 @@ def auto_config(overrides: list[str], device: str | None = None, flops_per_s: fl
     """
     base = load_config(None, overrides)  # validates the user's keys, resolves data.path
     given = user_keys(overrides)
-    from dmjd.engine.trainer import resolve_device  # local: loads torch
+    from dmjd.engine.runtime import resolve_device  # local: loads torch
 
     dev = resolve_device(device or base.train.device)
     budget = base.train.budget if base.train.budget is not None else DEFAULT_BUDGET

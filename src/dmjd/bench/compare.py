@@ -125,7 +125,7 @@ def label_free_monitor(setup: CompareSetup, device: str | None = None) -> LabelF
     from dmjd.data import Normalize
     from dmjd.data.arrays import load_image_array
     from dmjd.engine.builders import mean_std
-    from dmjd.engine.trainer import resolve_device
+    from dmjd.engine.runtime import resolve_device
 
     cfg = load_config(None, [*setup.testbed.base, *setup.section.variants[0].overrides])
     dev = resolve_device(device or cfg.train.device)

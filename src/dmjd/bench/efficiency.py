@@ -40,7 +40,7 @@ from dmjd.bench.testbeds import SECTION_NAMES, SECTIONS, TESTBEDS, Section, Test
 from dmjd.config import Config, load_config
 from dmjd.engine import NonFiniteLossError, Pretrainer
 from dmjd.engine.metrics import read_metrics
-from dmjd.engine.trainer import resolve_device
+from dmjd.engine.runtime import resolve_device
 from dmjd.eval.monitor import OnlineMonitor
 
 METRICS = {"linprobe_top1": "linear probe", "knn_top1": "kNN"}

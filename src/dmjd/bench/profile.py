@@ -103,10 +103,10 @@ def split_step(trainer: Pretrainer, batches: Iterator[Tensor], micro_step: int, 
     with timer("data"):
         images = next(batches).to(trainer.device, non_blocking=True)
     with timer("masking"):
-        views = trainer._masks(micro_step, images.shape[0])
+        views = trainer.step_masks(micro_step, images.shape[0])
     split_backward(trainer, images, views, timer)
     with timer("optimizer"):
-        trainer._optimizer_step()
+        trainer.optimizer_step()
 
 
 def plain_steps(trainer: Pretrainer, batches: Iterator[Tensor], first_step: int, steps: int) -> float:
@@ -116,9 +116,9 @@ def plain_steps(trainer: Pretrainer, batches: Iterator[Tensor], first_step: int,
     start = time.perf_counter()
     for i in range(first_step, first_step + steps):
         images = next(batches).to(trainer.device, non_blocking=True)
-        views = trainer._masks(i, images.shape[0])
+        views = trainer.step_masks(i, images.shape[0])
         _backward(trainer, trainer.compute_losses(images, views)["loss"])
-        trainer._optimizer_step()
+        trainer.optimizer_step()
     sync()
     return time.perf_counter() - start
 

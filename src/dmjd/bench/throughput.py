@@ -94,15 +94,15 @@ def synthetic_images(trainer: Pretrainer, batch: int) -> Tensor:
 
 def train_step(trainer: Pretrainer, images: Tensor, step: int) -> None:
     """One engine training step on a fixed batch: masks, targets, forward, backward, AdamW."""
-    views = trainer._masks(step, images.shape[0])
+    views = trainer.step_masks(step, images.shape[0])
     loss = trainer.compute_losses(images, views)["loss"]
     (trainer.scaler.scale(loss) if trainer.scaler is not None else loss).backward()
-    trainer._optimizer_step()
+    trainer.optimizer_step()
 
 
 def step_flops(trainer: Pretrainer, images: Tensor) -> int:
     """FLOPs of one forward + backward pass (matmuls, convolutions and attention)."""
-    views = trainer._masks(0, images.shape[0])
+    views = trainer.step_masks(0, images.shape[0])
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
         trainer.model.zero_grad(set_to_none=True)
         trainer.compute_losses(images, views)["loss"].backward()

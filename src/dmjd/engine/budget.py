@@ -21,8 +21,9 @@ checkpoint, and a resumed run follows it exactly.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from dmjd.config import Config
+from dmjd.config import Config, ConfigError
 from dmjd.config.duration import format_duration, parse_duration
 from dmjd.config.schema import BudgetPlan
 from dmjd.errors import InputError
@@ -158,3 +159,40 @@ class TimeBudget:
             update.update(steps_per_s=rate, total_steps=step + steps_in(self.budget_s - seconds, rate), replanned_at=step)
         self.plan = plan.model_copy(update=update)
         return self.plan
+
+
+@dataclass(frozen=True)
+class RunSchedule:
+    """A run's length at its start: its time budget (None without one), optimizer steps, warmup
+    steps and the training seconds after which it stops (None: no time limit)."""
+
+    budget: TimeBudget | None
+    total_steps: int
+    warmup_steps: int
+    time_limit_s: float | None
+
+
+def run_schedule(cfg: Config, steps_per_epoch: int) -> RunSchedule:
+    """The schedule of ``cfg`` at ``steps_per_epoch``: from ``optim.*`` (capped by ``optim.max_steps``),
+    from a budget's saved plan (applied to ``cfg``), or, for a budget still to be planned, open-ended
+    with a provisional warmup that keeps the lr low while the step rate is measured.
+
+    Raises:
+        ConfigError: a saved plan made for another number of steps per epoch.
+    """
+    budget, o = TimeBudget.from_config(cfg, steps_per_epoch), cfg.optim
+    if budget is not None and budget.plan is not None:
+        if budget.plan.steps_per_epoch != steps_per_epoch:
+            raise ConfigError(
+                f"train.budget_plan was made for {budget.plan.steps_per_epoch} steps per epoch, this data and "
+                f"batch give {steps_per_epoch}; set train.budget_plan=null to plan again"
+            )
+        apply_plan(cfg, budget.plan)
+    if budget is not None and budget.plan is None:
+        total_steps, warmup_steps = steps_per_epoch * PROVISIONAL_EPOCHS, budget.provisional_warmup
+    else:
+        total_steps = steps_per_epoch * o.epochs
+        total_steps = min(total_steps, o.max_steps or total_steps)
+        warmup_steps = int(round(o.warmup_epochs * steps_per_epoch))
+    limits = [t for t in (cfg.train.max_time_s, budget_seconds(cfg)) if t is not None]
+    return RunSchedule(budget, total_steps, warmup_steps, min(limits) if limits else None)

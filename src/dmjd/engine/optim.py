@@ -1,4 +1,5 @@
-"""Optimizer set-up: parameter groups, learning-rate rules (Eq. 4) and the warmup + cosine schedule."""
+"""Optimizer set-up: parameter groups, learning-rate rules (Eq. 4), the warmup + cosine schedule, and
+the step (clipping; a non-finite gradient skips it)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from dmjd.config import OptimConfig
@@ -127,3 +128,31 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set the learning rate of every group (scaled by a group's ``lr_scale`` when present)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, model: nn.Module, clip_grad: float | None, scaler: torch.amp.GradScaler | None
+) -> Tensor:
+    """Clip, then step unless the gradient is non-finite; returns the skip flag (0./1.) on the device.
+
+    A fused AdamW gets the flag as ``found_inf`` and skips the update on the device, without a host
+    sync; other optimizers sync once to decide. The gradients are zeroed either way.
+    """
+    params = [p for p in model.parameters() if p.grad is not None]
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if clip_grad is not None:
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    found_inf = (~torch.isfinite(norm)).float()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    elif optimizer.defaults.get("fused"):
+        optimizer.found_inf = found_inf  # type: ignore[attr-defined]
+        optimizer.step()
+    elif not bool(found_inf):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return found_inf

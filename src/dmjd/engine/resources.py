@@ -169,3 +169,20 @@ def cpu_thread_hint(
         "threads; on a shared CPU fewer threads are often faster (try OMP_NUM_THREADS=1); benchmarks/threads.py "
         "measures it"
     )
+
+
+def start_memory_notes(
+    model: nn.Module, forward_probe: Callable[[int], object], device: torch.device, batch_size: int, accum_iter: int
+) -> list[str]:
+    """What a run checks before its first step: one step's memory, measured with ``forward_probe``
+    (the run's RNG untouched), against the device's (``check_step_memory``), and the thread hint.
+
+    Raises:
+        StepMemoryError: the batch cannot fit the device.
+    """
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        memory = measure_step_memory(model, forward_probe)
+    where = "free GPU memory" if device.type == "cuda" else "available RAM"
+    note = check_step_memory(memory, batch_size, accum_iter, available_memory(device), where)
+    hint = cpu_thread_hint(device, torch.get_num_threads())
+    return [line for line in (note, hint) if line]

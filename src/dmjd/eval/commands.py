@@ -214,7 +214,7 @@ def load_source(args: argparse.Namespace, default_sub: str | None = None) -> Sou
 
     from dmjd.io.checkpoint import PRETRAINING, load_checkpoint
     from dmjd.engine.distributed import init_distributed
-    from dmjd.engine.trainer import resolve_device
+    from dmjd.engine.runtime import resolve_device
     from dmjd.eval.features import default_pool
     from dmjd.eval.loading import (
         InputSpec,
@@ -466,7 +466,7 @@ def _run_small_finetune(
     import torch.distributed as dist
 
     from dmjd.data import Normalize
-    from dmjd.engine.trainer import autocast_dtype
+    from dmjd.engine.runtime import autocast_dtype
     from dmjd.eval.features import images_in_memory
     from dmjd.eval.quick_finetune import quick_finetune
 
@@ -580,7 +580,7 @@ def _run_visualize(args: argparse.Namespace) -> int:
     from dmjd.data import Normalize, eval_transform
     from dmjd.engine.builders import build_masking, build_target
     from dmjd.io.checkpoint import PRETRAINING, load_checkpoint
-    from dmjd.engine.trainer import resolve_device
+    from dmjd.engine.runtime import resolve_device
     from dmjd.eval.loading import InputSpec, checkpoint_position, config_with_overrides, dmjd_model_from_state
     from dmjd.eval.visualize import can_draw, drawn_images, save_reconstruction_figure
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from dmjd.data import DataError, build_dataset, folder_layout, stratified_split
-from dmjd.engine.trainer import autocast_dtype
+from dmjd.engine.runtime import autocast_dtype
 
 Pool = Literal["cls", "avg", "avg_fc_norm"]
 _FC_NORM_EPS = 1e-6

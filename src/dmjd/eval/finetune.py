@@ -46,7 +46,8 @@ from dmjd.engine.distributed import DistInfo, all_reduce_mean, barrier, init_dis
 from dmjd.engine.metrics import MetricsLogger, progress_line
 from dmjd.engine.optim import lr_at, set_lr
 from dmjd.engine.run_dir import prepare_output_dir
-from dmjd.engine.trainer import NonFiniteLossError, autocast_dtype, seed_everything
+from dmjd.engine.faults import NonFiniteLossError
+from dmjd.engine.runtime import autocast_dtype, seed_everything
 from dmjd.errors import InputError
 from dmjd.eval.loading import InputSpec
 from dmjd.eval.settings import FinetuneSettings

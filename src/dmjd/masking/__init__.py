@@ -1,4 +1,5 @@
-"""Masking: patterns as token scores, disjoint K-view sampling (Eq. 3), view index helpers."""
+"""Masking: patterns as token scores, disjoint K-view sampling (Eq. 3), view index helpers, and the
+seeded masks of each training step."""
 
 from torch import Tensor
 
@@ -11,6 +12,7 @@ from dmjd.masking.patterns import (
     register_pattern,
     select_lowest,
 )
+from dmjd.masking.steps import StepMasks, step_seed
 from dmjd.masking.views import MaskedViews, gather_tokens
 
 
@@ -27,6 +29,8 @@ def measured_pred_ratio(mask: Tensor) -> Tensor:
 
 
 __all__ = [
+    "StepMasks",
+    "step_seed",
     "PATTERNS",
     "DisjointMasking",
     "MaskedViews",

@@ -1,0 +1,205 @@
+"""What a run says: its start-up lines, its position as users read it, its metrics records and its
+summary (``summary.json``: steps, time, losses, learning rates, the first and last evaluations)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from dmjd.config import Config
+from dmjd.config.duration import format_duration
+from dmjd.engine.budget import TimeBudget, describe_plan
+from dmjd.engine.distributed import DistInfo
+from dmjd.engine.loss_sums import LossSums
+from dmjd.engine.metrics import MetricsLogger, round_floats
+from dmjd.engine.optim import rates_summary
+from dmjd.engine.resume import RunState
+from dmjd.masking import DisjointMasking
+from dmjd.models import DMJDModel
+from dmjd.targets import FrozenNetworkTarget, Target
+
+
+class Run(Protocol):
+    """What the report reads of a run (``dmjd.engine.Pretrainer`` is one)."""
+
+    cfg: Config
+    output_dir: Path
+    device: torch.device
+    dist: DistInfo
+    amp_dtype: torch.dtype | None
+    masking: DisjointMasking
+    model: DMJDModel
+    target: Target
+    optimizer: torch.optim.Optimizer
+    state: RunState
+    budget: TimeBudget | None
+    data_summary: str
+    data_warnings: tuple[str, ...]
+    unique_batch: int
+    peak_lr: float
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    time_up: bool
+    evals: list[dict[str, Any]]
+
+    @property
+    def epochs_known(self) -> int | None: ...
+
+    @property
+    def num_epochs(self) -> int: ...
+
+    def lr_reached(self) -> float: ...
+
+    def position(self) -> dict[str, Any]: ...
+
+
+def where(trainer: Run) -> str:
+    """The run's position as users read it: ``at step 14 (epoch 3/4)``, epochs counted from 1."""
+    epochs = trainer.epochs_known
+    epoch = trainer.state.epoch + 1 if epochs is None else min(trainer.state.epoch + 1, epochs)
+    return f"at step {trainer.state.opt_step} (epoch {epoch}{'' if epochs is None else f'/{epochs}'})"
+
+
+def print_start(trainer: Run, logger: MetricsLogger) -> None:
+    """The start-up lines: model, masking, target, batch and learning rate, schedule (console), then
+    the data and its warnings, and a warning when the warmup outlasts the run (console and log.txt)."""
+    t, c, m = trainer, trainer.cfg, trainer.masking
+    n_params = sum(p.numel() for p in t.model.parameters() if p.requires_grad)
+    print(
+        f"dmjd: {c.model.arch}-{c.model.size} ({n_params / 1e6:.2f}M trainable params) on {t.device}"
+        f" x{t.dist.world_size}, precision {t.amp_dtype or torch.float32}\n"
+        f"dmjd: masking {m!r}\n"
+        f"dmjd: target {c.target.name} (dim {t.target.dim}), VDB {'on' if t.model.vdb is not None else 'off'}\n"
+        f"dmjd: unique batch b_u={t.unique_batch} x K={m.num_views} views; lr rule {c.optim.lr_rule}: "
+        f"effective lr {t.peak_lr:.4g} (blr {c.optim.blr:g}); {t.steps_per_epoch} steps/epoch,"
+        f" {_schedule_words(t)}"
+    )
+    print(f"dmjd: {rates_summary(m, c.optim.lr_rates)}")
+    for warning in m.rate_warnings():
+        print(f"dmjd: WARNING: {warning}")
+    logger.print(f"dmjd: {t.data_summary}")
+    for warning in t.data_warnings:
+        logger.print(f"dmjd: WARNING: {warning}")
+    if t.warmup_steps > t.total_steps:
+        logger.print(
+            f"dmjd: WARNING: optim.warmup_epochs={c.optim.warmup_epochs:g} ({t.warmup_steps} steps) exceeds the run's "
+            f"{t.total_steps} steps: the lr rises for the whole run and reaches {t.lr_reached():.4g}, not the "
+            f"peak {t.peak_lr:.4g}; lower optim.warmup_epochs"
+        )
+
+
+def _schedule_words(trainer: Run) -> str:
+    """The schedule at start: steps and warmup, a budget's plan, or how a budget will be planned."""
+    b = trainer.budget
+    if b is None:
+        return f"{trainer.total_steps} steps, {trainer.warmup_steps} warmup"
+    if b.plan is not None:
+        return f"following its plan: {describe_plan(b.plan)}"
+    return (f"budget {format_duration(b.budget_s)}: the step rate is measured over the first {b.measure_steps} steps, "
+            "then warmup + cosine are planned to end at the budget")  # fmt: skip
+
+
+def train_record(trainer: Run, sums: LossSums, images_per_s: float) -> dict[str, Any]:
+    """A metrics record of the window (or epoch) ``sums`` cover, averaged over processes (one host sync)."""
+    t, means = trainer, sums.means(trainer.dist)
+    record: dict[str, Any] = {**t.position(), "loss": means["loss"], "loss_mim": means["loss_mim"]}
+    if t.model.vdb is not None:
+        record["loss_vis"] = means["loss_vis"]
+    record.update(
+        lr=t.optimizer.param_groups[0]["lr"],
+        pred_ratio=means["pred_ratio"],
+        images_per_s=images_per_s,
+        views_per_s=images_per_s * t.masking.num_views,
+        skipped_steps=means["skipped_steps"],
+        bad_images=t.state.bad_images,
+    )
+    if isinstance(t.target, FrozenNetworkTarget):  # teacher cost, counted apart (paper: in ETE)
+        record.update(t.target.cost_metrics())
+    return record
+
+
+def epoch_record(trainer: Run, sums: LossSums, complete: bool) -> dict[str, Any]:
+    """The record of an epoch (``sums``: all its steps); one cut by the time budget or
+    ``optim.max_steps`` says ``complete: False``."""
+    record = train_record(trainer, sums, 0.0)
+    record.pop("images_per_s"), record.pop("views_per_s")
+    if complete:
+        record.update(epoch=trainer.state.epoch, ete=trainer.masking.num_views * (trainer.state.epoch + 1))
+    else:
+        record["complete"] = False
+    return record
+
+
+def stopped_by(trainer: Run) -> str:
+    """What ended (or ends) the run: ``time budget``, ``budget plan``, ``epochs`` or ``max_steps``."""
+    if trainer.time_up:
+        return "time budget"
+    if trainer.budget is not None:
+        return "budget plan"
+    return "epochs" if trainer.state.epoch >= trainer.num_epochs else "max_steps"
+
+
+def finished_summary(trainer: Run) -> dict[str, Any]:
+    """For a run that has already finished: say so, and return its saved summary (its files are kept)."""
+    if trainer.dist.is_main:
+        t = trainer
+        done = f"{t.total_steps} steps" if stopped_by(t) == "max_steps" else f"{t.num_epochs} epochs"
+        print(f"dmjd: the run in {t.output_dir} has finished its {done}; nothing to train, its files are "
+              "left as they are")  # fmt: skip
+    summary = trainer.output_dir / "summary.json"
+    return json.loads(summary.read_text()) if summary.is_file() else {"kind": "summary", "epochs": trainer.state.epoch}
+
+
+def write_summary(trainer: Run, seconds: float, last: dict[str, Any]) -> dict[str, Any]:
+    """The run's summary after ``seconds`` of training (``last``: the last epoch record), written to
+    ``summary.json`` by the main process."""
+    t = trainer
+    summary = {
+        "kind": "summary",
+        "epochs": t.state.epoch,
+        "steps": t.state.opt_step,
+        "ete": t.position()["ete"],
+        "stopped_by": stopped_by(t),
+        "time_s": round(seconds, 2),
+        "device": str(t.device),
+        "world_size": t.dist.world_size,
+        "device_hours": round(seconds * t.dist.world_size / 3600, 4),
+        "final_loss": last.get("loss"),
+        "final_loss_mim": last.get("loss_mim"),
+        "final_loss_vis": last.get("loss_vis"),
+        "skipped_steps": t.state.nonfinite_total,
+        "bad_images": t.state.bad_images,
+        "lr_peak": t.peak_lr,
+        "lr_reached": t.lr_reached(),
+        **evaluation_summary(t.evals),
+    }
+    if t.budget is not None:
+        summary["budget_s"] = t.budget.budget_s
+        summary["budget_plan"] = t.budget.plan.model_dump() if t.budget.plan is not None else None
+    if isinstance(t.target, FrozenNetworkTarget):
+        summary.update(t.target.cost_metrics())
+    summary = round_floats(summary)
+    if t.dist.is_main:
+        (t.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def evaluation_summary(evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last evaluation's accuracies (``evaluation``), those of the untrained encoder
+    (``evaluation_untrained``, the epoch-0 evaluation) and the ``pixels_*`` baselines it
+    reported (``evaluation_raw_pixels``)."""
+    if not evals:
+        return {}
+    first, last = evals[0], evals[-1]
+    keys = [k for k in last if k.endswith("top1") and not k.startswith("pixels_")]
+    out: dict[str, Any] = {"evaluation": {"epoch": last["epoch"], **{k: last[k] for k in keys}}}
+    if first["step"] == 0:
+        out["evaluation_untrained"] = {k: first[k] for k in keys if k in first}
+        pixels = {k.removeprefix("pixels_"): v for k, v in first.items() if k.startswith("pixels_")}
+        if pixels:
+            out["evaluation_raw_pixels"] = pixels
+    return out
