@@ -13,8 +13,8 @@ from threadpoolctl import threadpool_limits
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-from dmjd.config import Config, load_config
-from dmjd.eval.loading import InputSpec
+from dmjd.config import Config, load_config  # noqa: E402  (after the thread setting above)
+from dmjd.eval.loading import InputSpec  # noqa: E402
 
 TINY = [
     "model.embed_dim=32",

@@ -7,13 +7,12 @@ import types
 import pytest
 import yaml
 
+from conftest import tiny_config
 from dmjd.config import ConfigError
 from dmjd.config.duration import format_duration, parse_duration
 from dmjd.engine import Pretrainer
 from dmjd.engine import trainer as trainer_module
 from dmjd.engine.budget import BudgetTooSmallError, TimeBudget
-
-from conftest import tiny_config
 
 
 def feed(budget: TimeBudget, rates: list[tuple[int, float]], start_s: float = 0.0, first: int = 1):
@@ -72,7 +71,7 @@ def test_a_budget_shorter_than_one_step_is_refused():
 
 
 def test_bad_budget_values_are_config_errors():
-    with pytest.raises(ConfigError, match="train.budget"):
+    with pytest.raises(ConfigError, match=r"train.budget"):
         tiny_config("train.budget=soon")
 
 

@@ -60,7 +60,7 @@ def test_unknown_key_message_lists_allowed_keys():
 
 
 def test_unknown_preset_lists_options(tmp_path):
-    with pytest.raises(ConfigError, match="available: .*demo"):
+    with pytest.raises(ConfigError, match=r"available: .*demo"):
         load_config("no-such-preset")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "missing.yaml"))
@@ -75,7 +75,9 @@ def test_yaml_file_preset_round_trip(tmp_path):
 
 def test_every_cross_key_problem_is_reported_one_line_each():
     with pytest.raises(ConfigError) as info:
-        load_config("demo", ["target.name=hog", "target.cell_size=3", "masking.block_size=3", "loss.mim_weight=0", "model.vdb=false"])
+        load_config(
+            "demo", ["target.name=hog", "target.cell_size=3", "masking.block_size=3", "loss.mim_weight=0", "model.vdb=false"]
+        )
     lines = str(info.value).splitlines()
     assert len(lines) == 3, lines
     assert "target.cell_size=3" in lines[0] and "mim_weight=0" in lines[1] and "block_size=3" in lines[2]

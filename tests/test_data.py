@@ -24,7 +24,7 @@ def test_embedded_sample_splits_and_labels():
     assert (len(train), len(test)) == (4000, 1000)
     assert np.bincount(test.labels).tolist() == [100] * 10
     x, y, skipped = train[0]
-    assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
     assert 0 <= y < 10 and skipped == 0
     rgb, _, _ = embedded_sample("test", eval_transform(32, 3))[0]
     assert rgb.shape == (3, 32, 32) and torch.equal(rgb[0], rgb[1])

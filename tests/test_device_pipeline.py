@@ -14,8 +14,8 @@ from torchvision.transforms.v2 import functional as F
 
 from conftest import tiny_config
 from dmjd.data import DeviceBatches, load_image_array, random_resized_crop_params, resized_crop
-from dmjd.data.resample import pad_batch
 from dmjd.data.pipeline import choose_pipeline
+from dmjd.data.resample import pad_batch
 from dmjd.engine import Pretrainer
 
 
@@ -72,7 +72,9 @@ def test_crop_parameters_per_sample_sizes_match_torchvision_for_each_size():
 @pytest.mark.parametrize("channels", [1, 3])
 def test_padded_batch_of_mixed_sizes_crops_as_each_image_alone(channels):
     gen = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (channels, h, w), dtype=torch.uint8, generator=gen) for h, w in [(20, 31), (45, 17), (8, 8)]]
+    images = [
+        torch.randint(0, 256, (channels, h, w), dtype=torch.uint8, generator=gen) for h, w in [(20, 31), (45, 17), (8, 8)]
+    ]
     padded, sizes = pad_batch(images)
     assert padded.shape == (3, channels, 45, 31) and sizes.tolist() == [[20, 31], [45, 17], [8, 8]]
     boxes = random_resized_crop_params(3, sizes[:, 0], sizes[:, 1], (0.2, 1.0), generator=gen)
@@ -106,14 +108,19 @@ def test_resized_crop_equals_torchvision_for_the_same_boxes(interpolation, chann
         ref.append(F.horizontal_flip(out) if f else out)
     torch.testing.assert_close(ours, torch.stack(ref).clamp(0, 1), atol=2e-6, rtol=0)
     # torchvision's uint8 path rounds between passes: equal within a few grey levels on smooth images
-    ref8 = [F.resized_crop(img, *box.tolist(), [size, size], interpolation=mode, antialias=True) for img, box in zip(images, boxes)]
+    ref8 = [
+        F.resized_crop(img, *box.tolist(), [size, size], interpolation=mode, antialias=True) for img, box in zip(images, boxes)
+    ]
     ref8 = torch.stack([F.horizontal_flip(r) if f else r for r, f in zip(ref8, flip)]).float() / 255
     assert (ours - ref8).abs().max() <= 4 / 255
 
 
 def _loader_crops(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """The loader path's crops (torchvision's uint8 path, as ``pretrain_transform`` runs it) in [0, 1]."""
-    crops = [F.resized_crop(img, *box.tolist(), [size, size], interpolation=v2.InterpolationMode.BICUBIC, antialias=True) for img, box in zip(images, boxes)]
+    crops = [
+        F.resized_crop(img, *box.tolist(), [size, size], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        for img, box in zip(images, boxes)
+    ]
     return F.to_dtype(torch.stack(crops), torch.float32, scale=True)
 
 

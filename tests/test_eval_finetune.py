@@ -5,7 +5,6 @@ import torch
 
 from conftest import FINETUNE_SPEC as SPEC
 from conftest import PLAIN_FINETUNE as PLAIN
-
 from dmjd.engine import CheckpointError, OutputDirError, load_checkpoint
 from dmjd.engine.metrics import read_metrics
 from dmjd.eval.features import labelled_splits
@@ -17,8 +16,6 @@ from dmjd.eval.finetune import (
     finetune_transforms,
 )
 from dmjd.models import create_encoder
-
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

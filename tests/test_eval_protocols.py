@@ -30,7 +30,6 @@ from dmjd.eval.linear_probe import (
 )
 from dmjd.models import create_encoder
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -9,12 +9,11 @@ import sys
 
 import pytest
 import torch
-
-from conftest import FINETUNE_SPEC as SPEC
-from conftest import PLAIN_FINETUNE as PLAIN
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from conftest import FINETUNE_SPEC as SPEC
+from conftest import PLAIN_FINETUNE as PLAIN
 from dmjd.config import load_config
 from dmjd.engine import CheckpointError, load_checkpoint, save_checkpoint
 from dmjd.engine.builders import build_dmjd_model, build_target

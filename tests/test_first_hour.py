@@ -32,7 +32,6 @@ from dmjd.cli import main
 from dmjd.config import ConfigError, load_config
 from dmjd.data.datasets import infer_data_kind
 from dmjd.engine import Pretrainer, load_checkpoint
-from dmjd.io import checkpoint as ckpt_mod
 from dmjd.engine.builders import build_masking
 from dmjd.engine.metrics import read_metrics
 from dmjd.engine.run_dir import prepare_output_dir
@@ -40,6 +39,7 @@ from dmjd.eval.finetune import FinetuneSettings, finetune_transforms
 from dmjd.eval.loading import InputSpec
 from dmjd.eval.plot import curves_figure, time_unit
 from dmjd.eval.visualize import describe_masking
+from dmjd.io import checkpoint as ckpt_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 MONITOR = ["monitor.max_images=200"]
@@ -116,8 +116,10 @@ def test_only_input_errors_become_one_line_messages(monkeypatch, tmp_path):
 
     # settings only the built part can check, and missing teacher weights, are still one line
     teacher = ["target.name=teacher", "target.teacher_source=timm", "model.in_chans=3"]
-    for extra in (["target.teacher_model=not_a_model"],
-                  ["target.teacher_model=vit_tiny_patch16_224", f"target.teacher_pretrained={tmp_path / 'none.pth'}"]):
+    for extra in (
+        ["target.teacher_model=not_a_model"],
+        ["target.teacher_model=vit_tiny_patch16_224", f"target.teacher_pretrained={tmp_path / 'none.pth'}"],
+    ):
         code, _, err = run(["pretrain", "--config", "demo", "--output-dir", tmp_path / "t", *TINY, *teacher, *extra])
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     monkeypatch.setattr("dmjd.eval.commands._run_knn", bug)
@@ -298,7 +300,7 @@ def test_a_failed_start_does_not_block_the_retry_and_auto_resume_says_it_starts_
     code, stdout, err = run([*start, f"data.path={good}", "optim.batch_size=32", "--resume", "auto"])
     assert code == 0, err
     assert f"no checkpoint in {out}, starting fresh" in stdout
-    assert [r["kind"] for r in read_metrics(out / "metrics.jsonl")][0] == "train"  # nothing left of the failed start
+    assert next(r["kind"] for r in read_metrics(out / "metrics.jsonl")) == "train"  # nothing left of the failed start
     mine = tmp_path / "mine"  # a folder dmjd never ran in keeps its files
     mine.mkdir()
     (mine / "config.yaml").write_text("my own notes")

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
+from conftest import tiny_config
 from dmjd.data import Normalize
 from dmjd.engine.builders import build_dmjd_model, build_loss, build_masking, build_target, mean_std
 from dmjd.eval.label_free import heldout_loss, rankme, target_key
 from dmjd.masking import MaskedViews
-from conftest import tiny_config
 
 
 # --------------------------------------------------------------------------------------- RankMe

@@ -121,9 +121,7 @@ def test_dmjd_loss_aligns_targets_with_each_view() -> None:
     torch.testing.assert_close(losses["loss_vis"], vis)
     torch.testing.assert_close(losses["loss"], vis + mim)
     half = dmjd_loss(out, targets, views, vis_beta=0.5)
-    torch.testing.assert_close(
-        half["loss_vis"], _expected_terms(out.pred_masked, out.pred_visible, targets, views, 0.5)[1]
-    )
+    torch.testing.assert_close(half["loss_vis"], _expected_terms(out.pred_masked, out.pred_visible, targets, views, 0.5)[1])
     normed = dmjd_loss(out, targets, views, vis_layernorm=True)
     torch.testing.assert_close(
         normed["loss_vis"], _expected_terms(out.pred_masked, out.pred_visible, targets, views, layernorm=True)[1]
@@ -165,9 +163,7 @@ def test_dmjd_loss_gradients_reach_predictions_only() -> None:
     out, views = _outputs(requires_grad=True), _views()
     dmjd_loss(out, targets, views, mim_weight=0.5)["loss"].backward()
     assert targets.grad is None
-    masked_targets = torch.stack(
-        [targets[b, views.ids_masked[b, k]] for b in range(B) for k in range(K)]
-    ).detach()
+    masked_targets = torch.stack([targets[b, views.ids_masked[b, k]] for b in range(B) for k in range(K)]).detach()
     # d(0.5 * mean((p - t)^2)) / dp = (p - t) / numel
     expected = (out.pred_masked - masked_targets).detach() / out.pred_masked.numel()
     torch.testing.assert_close(out.pred_masked.grad, expected)

@@ -60,8 +60,7 @@ def configs(draw: st.DrawFn) -> dict:
     m = draw(st.floats(0.05, 0.95))
     k = draw(st.integers(1, 5))
     p = draw(st.one_of(st.none(), st.floats(m, 1.0)))
-    return dict(grid_size=(h, w), mask_ratio=m, num_views=k, pred_ratio=p, pattern=pattern,
-                block_size=s)
+    return dict(grid_size=(h, w), mask_ratio=m, num_views=k, pred_ratio=p, pattern=pattern, block_size=s)
 
 
 def new_tokens_per_view(mask: torch.Tensor) -> torch.Tensor:
@@ -75,8 +74,7 @@ def new_tokens_per_view(mask: torch.Tensor) -> torch.Tensor:
 def test_disjoint_masking_properties(cfg: dict, seed: int) -> None:
     h, w = cfg["grid_size"]
     s, k = cfg["block_size"], cfg["num_views"]
-    ref = reference_counts(cfg["grid_size"], cfg["mask_ratio"], k, cfg["pred_ratio"],
-                           cfg["pattern"], s)
+    ref = reference_counts(cfg["grid_size"], cfg["mask_ratio"], k, cfg["pred_ratio"], cfg["pattern"], s)
     if ref is None:
         with pytest.raises(ValueError):
             DisjointMasking(**cfg)
@@ -102,8 +100,7 @@ def test_disjoint_masking_properties(cfg: dict, seed: int) -> None:
     cells = mask.view(6, k, h // s, s, w // s, s)
     assert (cells == cells[:, :, :, :1, :, :1]).all()
     assert torch.equal(mask, masking(6, generator=gen(seed)))
-    assert math.isclose(measured_pred_ratio(mask).item(), masking.num_predicted / (h * w),
-                        rel_tol=1e-6)
+    assert math.isclose(measured_pred_ratio(mask).item(), masking.num_predicted / (h * w), rel_tol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -235,8 +232,7 @@ def test_random_pattern_marginals_are_uniform() -> None:
 
 
 def test_block_pattern_cell_marginals_are_uniform() -> None:
-    masking = DisjointMasking((8, 8), 0.5, num_views=2, pred_ratio=0.75, pattern="block",
-                              block_size=2)
+    masking = DisjointMasking((8, 8), 0.5, num_views=2, pred_ratio=0.75, pattern="block", block_size=2)
     cells = masking(3000, generator=gen(0)).view(3000, 2, 4, 2, 4, 2)[:, :, :, 0, :, 0]
     assert (cells.float().mean(0) - 0.5).abs().max() < 0.05
 
@@ -268,8 +264,7 @@ def test_rectangle_scores_follow_rectangle_order() -> None:
 def test_rectangle_shapes_are_rectangles() -> None:
     # With one rectangle, the tokens scoring below 1 form an axis-aligned rectangle whose
     # area is within the requested range (up to rounding) and aspect within [0.3, 1/0.3].
-    scores = rectangle_scores(200, (16, 16), num_rects=1, min_tokens=10, max_area=40,
-                              generator=gen(0))
+    scores = rectangle_scores(200, (16, 16), num_rects=1, min_tokens=10, max_area=40, generator=gen(0))
     inside = (scores < 1).view(200, 16, 16)
     rows, cols = inside.any(2), inside.any(1)
     height, width = rows.sum(1), cols.sum(1)
@@ -348,11 +343,8 @@ def test_select_lowest_hand_computed() -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(rows=st.integers(1, 5), length=st.integers(1, 30), seed=st.integers(0, 10**6),
-       data=st.data())
-def test_select_lowest_matches_naive(
-    rows: int, length: int, seed: int, data: st.DataObject
-) -> None:
+@given(rows=st.integers(1, 5), length=st.integers(1, 30), seed=st.integers(0, 10**6), data=st.data())
+def test_select_lowest_matches_naive(rows: int, length: int, seed: int, data: st.DataObject) -> None:
     g = gen(seed)
     scores = torch.rand(rows, length, generator=g)
     eligible = torch.rand(rows, length, generator=g) < 0.6
@@ -365,10 +357,8 @@ def test_select_lowest_matches_naive(
 
 
 @settings(max_examples=50, deadline=None)
-@given(b=st.integers(1, 4), k=st.integers(1, 4), length=st.integers(1, 40),
-       seed=st.integers(0, 10**6), data=st.data())
-def test_masked_views_round_trip(b: int, k: int, length: int, seed: int,
-                                 data: st.DataObject) -> None:
+@given(b=st.integers(1, 4), k=st.integers(1, 4), length=st.integers(1, 40), seed=st.integers(0, 10**6), data=st.data())
+def test_masked_views_round_trip(b: int, k: int, length: int, seed: int, data: st.DataObject) -> None:
     n_mask = data.draw(st.integers(0, length))
     noise = torch.rand(b, k, length, generator=gen(seed))
     mask = noise.argsort(-1).argsort(-1) < n_mask  # n_mask random tokens per view
@@ -395,8 +385,7 @@ def test_masked_views_rejects_unequal_counts_and_bad_input() -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(b=st.integers(1, 3), k=st.integers(1, 3), length=st.integers(1, 20),
-       n=st.integers(0, 20), seed=st.integers(0, 10**6))
+@given(b=st.integers(1, 3), k=st.integers(1, 3), length=st.integers(1, 20), n=st.integers(0, 20), seed=st.integers(0, 10**6))
 def test_gather_tokens_matches_naive(b: int, k: int, length: int, n: int, seed: int) -> None:
     g = gen(seed)
     x = torch.randn(b, length, 2, 3, generator=g, requires_grad=True)

@@ -157,7 +157,7 @@ def test_simmim_model_keeps_timm_encoder_keys_and_trains_the_mask_token():
 
 
 def test_simmim_style_needs_a_vit():
-    with pytest.raises(ConfigError, match="style=simmim needs model.arch=vit"):
+    with pytest.raises(ConfigError, match=r"style=simmim needs model.arch=vit"):
         load_config("demo", ["model.style=simmim", "model.arch=convit"])
 
 
@@ -269,7 +269,7 @@ def test_exported_vq_program_tokenizer(tmp_path):
     path = tmp_path / "vq.pt2"
     batch = torch.export.Dim("batch", min=1)
     torch.export.save(torch.export.export(vq, (torch.rand(2, 3, 32, 32),), dynamic_shapes=({0: batch},)), path)
-    with pytest.raises(ValueError, match="set target.vocab_size"):
+    with pytest.raises(ValueError, match=r"set target.vocab_size"):
         TokenizerTarget(patch_size=8, in_chans=3, path=path, arch="program", img_size=32)
     target = TokenizerTarget(patch_size=8, in_chans=3, path=path, arch="program", img_size=32, vocab_size=12)
     images = torch.rand(3, 3, 32, 32)

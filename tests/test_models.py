@@ -20,9 +20,9 @@ from dmjd.models import (
     create_encoder,
     encoder_state_dict,
     register_encoder,
+    registry,
     sincos_pos_embed_2d,
 )
-from dmjd.models import registry
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4}
 
@@ -72,7 +72,7 @@ def test_sincos_non_square_grid_is_row_major() -> None:
 
 
 def test_sincos_rejects_width_not_divisible_by_4() -> None:
-    with pytest.raises(ValueError, match="divisible by 4|% 4"):
+    with pytest.raises(ValueError, match=r"divisible by 4|% 4"):
         sincos_pos_embed_2d(10, (2, 2))
 
 
@@ -107,9 +107,7 @@ def test_size_presets_match_timm_architectures(size: str, patch: int) -> None:
     with torch.device("meta"):  # shapes only, no memory or init cost
         enc = create_encoder("vit", size, img_size=224, patch_size=patch)
         ref = timm.create_model(name, pretrained=False, num_classes=0)
-    assert {k: v.shape for k, v in enc.state_dict().items()} == {
-        k: v.shape for k, v in ref.state_dict().items()
-    }
+    assert {k: v.shape for k, v in enc.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
     assert enc.timm_model_name() == name
 
 
@@ -135,7 +133,7 @@ def test_mae_initialisation() -> None:
 
 
 def test_invalid_patch_size_names_both_sizes() -> None:
-    with pytest.raises(ValueError, match="30.*8"):
+    with pytest.raises(ValueError, match=r"30.*8"):
         MaskedViT(img_size=30, patch_size=8, embed_dim=64, depth=1, num_heads=4)
 
 

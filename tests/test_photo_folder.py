@@ -26,7 +26,7 @@ def test_photo_crops_shape_scale_flips_and_seed():
     red_rise = crops[:, 8, -1, 0].astype(int) - crops[:, 8, 0, 0]
     assert (red_rise > 0).any() and (red_rise < 0).any()  # some crops are mirrored, some not
     # a side of 25-60 % of the shorter side (90 px): the red ramp spans 22-54 px of 120 -> 47-115 levels
-    assert 35 <= np.abs(red_rise).min() and np.abs(red_rise).max() <= 125
+    assert np.abs(red_rise).min() >= 35 and np.abs(red_rise).max() <= 125
     assert (crops[:, -1, :, 1] > crops[:, 0, :, 1]).all()  # green still rises downwards: flips are horizontal
     assert np.array_equal(crops, photo_crops(_photo(), 64, 16, np.random.default_rng(0)))
     assert not np.array_equal(crops, photo_crops(_photo(), 64, 16, np.random.default_rng(1)))

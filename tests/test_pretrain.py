@@ -38,7 +38,9 @@ def test_dmjd_pretraining_loss_goes_down(tmp_path):
 
 
 def test_mae_baseline_is_a_config_of_the_same_code(tmp_path):
-    cfg = tiny_config("masking.num_views=1", "masking.mask_ratio=0.75", "masking.pattern=random", "masking.pred_ratio=null", "model.vdb=false")
+    cfg = tiny_config(
+        "masking.num_views=1", "masking.mask_ratio=0.75", "masking.pattern=random", "masking.pred_ratio=null", "model.vdb=false"
+    )
     Pretrainer(cfg, tmp_path).fit()
     last = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"][-1]
     assert "loss_vis" not in last and last["loss"] == pytest.approx(last["loss_mim"])
@@ -115,7 +117,17 @@ def test_step_hook_evaluates_mid_epoch_outside_training_time(tmp_path, capsys):
 
 def test_cli_pretrain_contract(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["pretrain", "--config", "demo", "--output-dir", str(out), "optim.epochs=1", "data.limit=256", "optim.batch_size=64", "train.progress=false"]
+    args = [
+        "pretrain",
+        "--config",
+        "demo",
+        "--output-dir",
+        str(out),
+        "optim.epochs=1",
+        "data.limit=256",
+        "optim.batch_size=64",
+        "train.progress=false",
+    ]
     assert main(args) == 0
     for name in ("metrics.jsonl", "checkpoint-last.pth", "reconstruction.png", "config.yaml", "summary.json"):
         assert (out / name).stat().st_size > 0, name

@@ -78,7 +78,7 @@ def test_batch_leaves_at_least_8_steps_per_epoch_and_tiny_sets_are_refused():
     assert chosen(choose_recipe(profile(40, 32, 32), 60, "dmjd", CPU))["optim.batch_size"] == 8  # the smallest
     with pytest.raises(ConfigError, match="fewer than a batch"):
         choose_recipe(profile(15, 32, 32), 60, "dmjd", CPU)
-    with pytest.raises(ConfigError, match="recipe.method"):
+    with pytest.raises(ConfigError, match=r"recipe.method"):
         choose_recipe(profile(2000, 32, 32), 60, "simclr", CPU)
 
 

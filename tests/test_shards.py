@@ -19,15 +19,15 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 pytest.importorskip("webdataset")
-import webdataset as wds  # noqa: E402
+import webdataset as wds
 
-from dmjd.cli import main  # noqa: E402
-from dmjd.config import ConfigError  # noqa: E402
-from dmjd.data import DataError  # noqa: E402
+from conftest import TINY, tiny_config
+from dmjd.cli import main
+from dmjd.config import ConfigError
+from dmjd.data import DataError
 from dmjd.data.shards import index_shards
-from dmjd.data.streaming import ShardBatches, ShardSamples, shard_batches  # noqa: E402
-from dmjd.engine import Pretrainer, TrainingInterrupted, load_checkpoint  # noqa: E402
-from conftest import TINY, tiny_config  # noqa: E402
+from dmjd.data.streaming import ShardBatches, ShardSamples, shard_batches
+from dmjd.engine import Pretrainer, TrainingInterrupted, load_checkpoint
 
 CPU = torch.device("cpu")
 STEP = 5  # a sample's id is its gray level / STEP (solid JPEGs decode exactly enough; ids < 52)
@@ -112,7 +112,7 @@ def test_batches_resume_mid_epoch_exactly_despite_bad_data(tmp_path, on_device):
     resumed = [images for images, _bad in batches.epoch(1, start_step=3)]
     assert sum(bad) >= 2  # the member that is not an image (the PNG decodes) and the truncated shard
     assert len(full) == 5 and len(resumed) == 2 and all(x.shape == (8, 3, 8, 8) for x in full)
-    assert all(0 <= x.min() and x.max() <= 1 for x in full)
+    assert all(x.min() >= 0 and x.max() <= 1 for x in full)
     for a, b in zip(full[3:], resumed):
         torch.testing.assert_close(a, b)
     assert not torch.equal(torch.stack(full), torch.stack([x for x, _ in batches.epoch(2)]))
@@ -230,9 +230,9 @@ def test_two_gloo_processes_with_two_workers_read_every_sample_once(tmp_path):
 
 
 def test_config_needs_a_shard_pattern_and_no_limit():
-    with pytest.raises(ConfigError, match="data.path is required"):
+    with pytest.raises(ConfigError, match=r"data.path is required"):
         tiny_config("data.name=webdataset", "data.limit=null")
-    with pytest.raises(ConfigError, match="data.limit does not apply"):
+    with pytest.raises(ConfigError, match=r"data.limit does not apply"):
         tiny_config("data.name=webdataset", "data.path=s-{0..1}.tar")
 
 

@@ -72,9 +72,7 @@ def _mmpretrain_window(size: int) -> np.ndarray:
     return kernel / kernel.sum()
 
 
-def reference_hog(
-    img: np.ndarray, variant: str, patch: int, cell: int, nbins: int, window: int = 0
-) -> np.ndarray:
+def reference_hog(img: np.ndarray, variant: str, patch: int, cell: int, nbins: int, window: int = 0) -> np.ndarray:
     """Per-pixel loop HOG of one image ``[C, H, W]`` -> ``[L, T]`` in dmjd's token layout.
 
     ``maskfeat``: SlowFast HOGLayerC (+ mmpretrain's window when ``window``) and MaskFeat's token
@@ -123,9 +121,7 @@ HOG_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("variant", "chans", "height", "width", "patch", "cell", "window"), HOG_CASES
-)
+@pytest.mark.parametrize(("variant", "chans", "height", "width", "patch", "cell", "window"), HOG_CASES)
 def test_hog_matches_slow_reference(
     variant: str, chans: int, height: int, width: int, patch: int, cell: int, window: int
 ) -> None:
@@ -192,9 +188,7 @@ def test_hog_histograms_are_normalised(variant: str) -> None:
         torch.testing.assert_close(hist.norm(dim=2), torch.ones(2, 3, 4, 4))
     else:
         torch.testing.assert_close(hist.mean(dim=2), torch.zeros(2, 3, 4, 4), atol=1e-5, rtol=0)
-        torch.testing.assert_close(
-            hist.var(dim=2, unbiased=False), torch.ones(2, 3, 4, 4), atol=1e-3, rtol=0
-        )
+        torch.testing.assert_close(hist.var(dim=2, unbiased=False), torch.ones(2, 3, 4, 4), atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("variant", ["dmjd", "maskfeat"])
@@ -235,8 +229,7 @@ def test_hog_rejects_bad_configuration() -> None:
 
 @pytest.mark.parametrize(
     "target",
-    [HOGTarget(8, 3, variant="dmjd"), HOGTarget(8, 3, variant="maskfeat", gaussian_window=8),
-     PixelTarget(8, 3)],
+    [HOGTarget(8, 3, variant="dmjd"), HOGTarget(8, 3, variant="maskfeat", gaussian_window=8), PixelTarget(8, 3)],
     ids=["hog-dmjd", "hog-maskfeat", "pixels"],
 )
 def test_target_is_float32_without_grad_even_under_autocast(target: Target) -> None:
@@ -281,8 +274,12 @@ def test_pixel_target_by_hand() -> None:
     image = torch.arange(16.0).reshape(1, 1, 4, 4) / 16  # rows 0..3, 4..7, 8..11, 12..15
     raw = PixelTarget(2, 1, norm_pix=False)(image)
     assert raw.tolist() == [
-        [[0 / 16, 1 / 16, 4 / 16, 5 / 16], [2 / 16, 3 / 16, 6 / 16, 7 / 16],
-         [8 / 16, 9 / 16, 12 / 16, 13 / 16], [10 / 16, 11 / 16, 14 / 16, 15 / 16]]
+        [
+            [0 / 16, 1 / 16, 4 / 16, 5 / 16],
+            [2 / 16, 3 / 16, 6 / 16, 7 / 16],
+            [8 / 16, 9 / 16, 12 / 16, 13 / 16],
+            [10 / 16, 11 / 16, 14 / 16, 15 / 16],
+        ]
     ]
     # Every patch is (offset + [0, 1, 4, 5]) / 16: mean offset + 2.5, unbiased variance 17 / 3.
     normed = PixelTarget(2, 1)(image)
@@ -317,7 +314,12 @@ def reference_norm_pix(image: np.ndarray, patch: int, mean: tuple, std: tuple) -
     tokens = []
     for py in range(h // patch):
         for px in range(w // patch):
-            values = [normalised[c, py * patch + r, px * patch + q] for r in range(patch) for q in range(patch) for c in range(c_count)]
+            values = [
+                normalised[c, py * patch + r, px * patch + q]
+                for r in range(patch)
+                for q in range(patch)
+                for c in range(c_count)
+            ]
             m = sum(values) / len(values)
             var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
             tokens.append([(v - m) / math.sqrt(var + 1e-6) for v in values])
