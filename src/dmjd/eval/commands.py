@@ -22,11 +22,11 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from dmjd.errors import InputError
 from dmjd.eval.settings import RECIPES, FinetuneSettings, ProbeSettings, SmallFinetuneSettings
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from dmjd.config import Config
+    from dmjd.eval.features import Pool
     from dmjd.eval.loading import InputSpec
 
 
@@ -55,7 +56,7 @@ class Source:
     run_dir: Path
     device: torch.device
     name: dict[str, str]
-    pool: str
+    pool: Pool
     position: dict[str, Any]
     is_main: bool = True
 
@@ -83,7 +84,7 @@ def record_evaluation(result: dict[str, Any], run_dir: Path, position: dict[str,
     """
     from dmjd.engine.metrics import append_eval
 
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     home = Path(result["checkpoint"]).parent if result.get("checkpoint") else None
     runs = [Path(run_dir)]
     if home is not None and (home / "metrics.jsonl").is_file() and home.resolve() != Path(run_dir).resolve():
@@ -212,7 +213,6 @@ def load_source(args: argparse.Namespace, default_sub: str | None = None) -> Sou
     """
     import torch
 
-    from dmjd.io.checkpoint import PRETRAINING, load_checkpoint
     from dmjd.engine.distributed import init_distributed
     from dmjd.engine.runtime import resolve_device
     from dmjd.eval.features import default_pool
@@ -223,6 +223,7 @@ def load_source(args: argparse.Namespace, default_sub: str | None = None) -> Sou
         encoder_from_state,
         load_timm_encoder,
     )
+    from dmjd.io.checkpoint import PRETRAINING, load_checkpoint
 
     out, run_dir = writable_output(args, default_sub)
     device = resolve_device(args.device)
@@ -255,7 +256,7 @@ def labelled_source_splits(src: Source, train_tf: Any, test_tf: Any, max_images:
     splits = labelled_splits(data.name, data.path, train_tf, test_tf, data.download, max_images)
     if src.is_main:
         for split, ds in zip(("train", "test"), splits, strict=True):
-            line = describe_data(data.name, data.path, split, len(ds), num_classes(ds), dataset_classes(ds))
+            line = describe_data(data.name, data.path, split, len(cast(Sized, ds)), num_classes(ds), dataset_classes(ds))
             print(f"dmjd: {line}", flush=True)
     return splits
 
@@ -451,7 +452,7 @@ def check_splits_fit_in_memory(src: Source, splits: tuple[Dataset, Dataset]) -> 
     from dmjd.engine import ResourceError
     from dmjd.engine.resources import available_memory
 
-    need = sum(len(ds) for ds in splits) * src.spec.in_chans * src.spec.img_size**2  # type: ignore[arg-type]
+    need = sum(len(cast(Sized, ds)) for ds in splits) * src.spec.in_chans * src.spec.img_size**2
     free = available_memory(src.device)
     if free is not None and need > free / 2:
         raise ResourceError(f"--recipe small holds the splits in memory: {need / 2**30:.1f} GiB, more than half the "
@@ -499,8 +500,10 @@ def _run_finetune(args: argparse.Namespace) -> int:
         print(f"dmjd: fine-tuning recipe: {recipe} ({why})", flush=True)
     check_recipe_options(recipe, args)
     settings = recipe_settings(recipe, given)
-    run = _run_mae_finetune if recipe == "mae" else _run_small_finetune
-    summary, settings = run(src, args, settings)  # type: ignore[operator]
+    if isinstance(settings, FinetuneSettings):  # recipe "mae" (RECIPES)
+        summary, settings = _run_mae_finetune(src, args, settings)
+    else:
+        summary, settings = _run_small_finetune(src, args, settings)
     result = {**summary, **src.name, "recipe": recipe, "data": src.cfg.data.name, "data_path": src.cfg.data.path,
               "settings": dataclasses.asdict(settings)}  # fmt: skip
     folder = [src.output_dir] if recipe == "mae" and src.output_dir != src.run_dir else []
@@ -579,10 +582,10 @@ def _add_tsne(sub: argparse._SubParsersAction) -> None:
 def _run_visualize(args: argparse.Namespace) -> int:
     from dmjd.data import Normalize, eval_transform
     from dmjd.engine.builders import build_masking, build_target
-    from dmjd.io.checkpoint import PRETRAINING, load_checkpoint
     from dmjd.engine.runtime import resolve_device
     from dmjd.eval.loading import InputSpec, checkpoint_position, config_with_overrides, dmjd_model_from_state
     from dmjd.eval.visualize import can_draw, drawn_images, save_reconstruction_figure
+    from dmjd.io.checkpoint import PRETRAINING, load_checkpoint
 
     out, run_dir = writable_output(args)
     device = resolve_device(args.device)
@@ -650,10 +653,10 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------- export
 @eval_command
 def _run_export(args: argparse.Namespace) -> int:
-    from dmjd.io.checkpoint import PRETRAINING, load_checkpoint
     from dmjd.engine.run_dir import check_writable
     from dmjd.eval.export import export_encoder
     from dmjd.eval.loading import InputSpec, checkpoint_position, encoder_from_state
+    from dmjd.io.checkpoint import PRETRAINING, load_checkpoint
 
     if args.output:
         output = Path(args.output)

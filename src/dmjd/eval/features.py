@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
-from typing import Literal
+from typing import Literal, Protocol, cast
 
 import numpy as np
 import torch
@@ -23,6 +23,16 @@ from dmjd.data import DataError, build_dataset, folder_layout, stratified_split
 from dmjd.engine.runtime import autocast_dtype
 
 Pool = Literal["cls", "avg", "avg_fc_norm"]
+
+
+class FeatureEncoder(Protocol):
+    """An encoder's forward on whole images (timm ViTs, ConViT): ``[B, C, H, W]`` -> tokens ``[B, P + L, D]``."""
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Normed output tokens of full images."""
+        ...
+
+
 _FC_NORM_EPS = 1e-6
 Transform = Callable[[Image.Image], Tensor]
 
@@ -128,10 +138,11 @@ def encoder_tokens(encoder: nn.Module, images: Tensor, pool: Pool) -> Tensor:
         ValueError: ``avg_fc_norm`` for an encoder without ``forward_unfused``.
     """
     if pool != "avg_fc_norm":
-        return encoder.forward_features(images)
-    if not hasattr(encoder, "forward_unfused"):
+        return cast(FeatureEncoder, encoder).forward_features(images)
+    forward_unfused = getattr(encoder, "forward_unfused", None)
+    if forward_unfused is None:
         raise ValueError(f"pool='avg_fc_norm' needs a ConViT encoder, got {type(encoder).__name__}; use 'cls' or 'avg'")
-    return encoder.forward_unfused(images)
+    return forward_unfused(images)
 
 
 def pool_tokens(encoder: nn.Module, tokens: Tensor, pool: Pool) -> Tensor:

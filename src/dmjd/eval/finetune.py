@@ -22,7 +22,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -41,17 +41,18 @@ from tqdm import tqdm
 import dmjd
 from dmjd.data import eval_transform
 from dmjd.data.transforms import ToChannels
-from dmjd.io import checkpoint as ckpt
 from dmjd.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from dmjd.engine.faults import NonFiniteLossError
 from dmjd.engine.metrics import MetricsLogger, progress_line
 from dmjd.engine.optim import lr_at, set_lr
 from dmjd.engine.run_dir import prepare_output_dir
-from dmjd.engine.faults import NonFiniteLossError
 from dmjd.engine.runtime import autocast_dtype, seed_everything
 from dmjd.errors import InputError
 from dmjd.eval.loading import InputSpec
 from dmjd.eval.settings import FinetuneSettings
+from dmjd.io import checkpoint as ckpt
 from dmjd.models.convit import ConViT
+from dmjd.models.encoder import TimmDescribed
 
 
 class ConViTClassifier(nn.Module):
@@ -138,11 +139,10 @@ def classifier_kwargs(encoder: nn.Module, num_classes: int, settings: FinetuneSe
                 "drop_path_rate": settings.drop_path}  # fmt: skip
     if not hasattr(encoder, "timm_kwargs"):
         raise ValueError(
-            "fine-tuning needs a ViT (model.arch=vit) or ConViT (model.arch=convit) encoder, "
-            f"got {type(encoder).__name__}"
+            f"fine-tuning needs a ViT (model.arch=vit) or ConViT (model.arch=convit) encoder, got {type(encoder).__name__}"
         )
     return {
-        **encoder.timm_kwargs(),
+        **cast(TimmDescribed, encoder).timm_kwargs(),
         "num_classes": num_classes,
         "global_pool": settings.global_pool,
         "drop_path_rate": settings.drop_path,
@@ -184,8 +184,9 @@ def build_classifier(kwargs: dict[str, Any], encoder_weights: dict[str, Tensor] 
         model = VisionTransformer(**kwargs)
     if encoder_weights is not None:
         load_encoder_weights(model, encoder_weights)
-    nn.init.trunc_normal_(model.head.weight, std=2e-5)
-    nn.init.zeros_(model.head.bias)
+    head = cast(nn.Linear, model.head)  # num_classes > 0: a Linear head
+    nn.init.trunc_normal_(head.weight, std=2e-5)
+    nn.init.zeros_(head.bias)
     return model
 
 
@@ -214,7 +215,7 @@ def finetune_transforms(spec: InputSpec, settings: FinetuneSettings) -> tuple[tr
     train = create_transform(
         input_size=(spec.in_chans, spec.img_size, spec.img_size),
         is_training=True,
-        color_jitter=None,
+        color_jitter=None,  # type: ignore[arg-type]  # timm's annotation omits None, which it reads as off
         auto_augment=aa,
         interpolation="bicubic",
         re_prob=settings.reprob,
@@ -308,7 +309,7 @@ class Finetuner:
             SoftTargetCrossEntropy() if self.mixup else nn.CrossEntropyLoss(label_smoothing=settings.smoothing)
         )
         self.amp = autocast_dtype("auto", self.device)
-        self.sampler = DistributedSampler(
+        self.sampler: DistributedSampler[int] = DistributedSampler(
             train_set, num_replicas=world, rank=self.dist.rank, shuffle=True, seed=settings.seed, drop_last=True
         )
         self.epoch, self.step, self.best_top1 = 0, 0, 0.0

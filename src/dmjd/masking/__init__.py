@@ -29,11 +29,10 @@ def measured_pred_ratio(mask: Tensor) -> Tensor:
 
 
 __all__ = [
-    "StepMasks",
-    "step_seed",
     "PATTERNS",
     "DisjointMasking",
     "MaskedViews",
+    "StepMasks",
     "block_scores",
     "gather_tokens",
     "measured_pred_ratio",
@@ -41,4 +40,5 @@ __all__ = [
     "rectangle_scores",
     "register_pattern",
     "select_lowest",
+    "step_seed",
 ]
