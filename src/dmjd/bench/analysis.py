@@ -30,9 +30,7 @@ class Curve:
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y) or not self.x:
-            raise ValueError(
-                f"a curve needs as many x as y values and at least one point, got {len(self.x)}/{len(self.y)}"
-            )
+            raise ValueError(f"a curve needs as many x as y values and at least one point, got {len(self.x)}/{len(self.y)}")
         if any(b < a for a, b in zip(self.x, self.x[1:])):
             raise ValueError(f"curve x values must be non-decreasing, got {self.x}")
 
@@ -180,7 +178,7 @@ def aggregate_ratios(values: Sequence[float | None]) -> Stats:
     )  # fmt: skip
 
 
-def mean_curve(curves: Sequence[Curve], grid: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mean_curve(curves: Sequence[Curve], grid: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean, min and max over curves (e.g. seeds) of their interpolated values on ``grid`` ``[G]``."""
     values = np.asarray([[value_at(c, x) for x in grid] for c in curves])
     return values.mean(axis=0), values.min(axis=0), values.max(axis=0)

@@ -43,8 +43,13 @@ def register_bench_command(subparsers: argparse._SubParsersAction) -> None:
         "a --config preset of dmjd pretrain."
     )
     testbeds = [
-        textwrap.fill(f"{t.name} ({t.budget_s:g} s of training per run): {t.description}.", 78, initial_indent="  ",
-                      subsequent_indent="    ", break_on_hyphens=False)  # fmt: skip
+        textwrap.fill(
+            f"{t.name} ({t.budget_s:g} s of training per run): {t.description}.",
+            78,
+            initial_indent="  ",
+            subsequent_indent="    ",
+            break_on_hyphens=False,
+        )
         for t in TESTBEDS.values()
     ]
     p = subparsers.add_parser(

@@ -83,6 +83,7 @@ def compare_setup(
     if finetune_epochs and not profile.labelled:
         raise InputError(f"{data} has no labels (no class sub-folders): fine-tuning needs them; drop --finetune-epochs")
     grid, patch, width = cfg.model.img_size // cfg.model.patch_size, cfg.model.patch_size, cfg.model.embed_dim
+    assert width is not None  # the auto recipe sets model.embed_dim
     per_method = {m: method_choices(m, grid, patch, width) for m in methods}
     method_keys = {c.key for cs in per_method.values() for c in cs}
     common = tuple(c for c in choices if c.key not in method_keys and not c.key.startswith(("train.budget", "monitor.")))
@@ -163,7 +164,7 @@ def run_compare(
                              metrics=METRICS if labelled else LABEL_FREE_METRICS)  # fmt: skip
     results["data_profile"] = asdict(setup.profile)
     results["recipe"] = [{"key": c.key, "value": c.value, "reason": c.reason} for c in setup.choices]
-    if not labelled:
+    if monitor is not None:  # not labelled
         results["evaluation"] = {"images": len(monitor.images), "split": monitor.source, "pool": monitor.pool}
     results["verdict"] = verdict(results)
     write_json(results, out / "results.json")

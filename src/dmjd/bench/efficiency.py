@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -162,8 +162,9 @@ class EndOfRunFinetune:
         from dmjd.eval.quick_finetune import quick_finetune_top1
 
         train, test = cache
-        return quick_finetune_top1(encoder, train, test, self.monitor.normalize, epochs=self.epochs,
-                                   pool=self.monitor.pool, amp_dtype=amp_dtype, seed=seed)  # fmt: skip
+        monitor = cast(OnlineMonitor, self.monitor)  # the monitor that caches labelled splits
+        return quick_finetune_top1(encoder, train, test, monitor.normalize, epochs=self.epochs,
+                                   pool=monitor.pool, amp_dtype=amp_dtype, seed=seed)  # fmt: skip
 
 
 def train_run(
@@ -252,7 +253,7 @@ def plan_runs(
     for item in sections:
         section = SECTIONS[item] if isinstance(item, str) else item
         name = section.name
-        entry = {"title": section.title, "baseline": section.baseline, "section": asdict(section),
+        entry: dict[str, Any] = {"title": section.title, "baseline": section.baseline, "section": asdict(section),
                  "variants": [{"label": v.label, "runs": {}} for v in section.variants]}  # fmt: skip
         for seed in seeds:
             for variant, slot in zip(section.variants, entry["variants"]):
@@ -292,7 +293,7 @@ def baselines(cfg: Config, monitor: Monitor, finetune: EndOfRunFinetune) -> dict
 def run_efficiency(
     testbed: Testbed | str,
     output_dir: str | Path,
-    sections: Sequence[str] | None = None,
+    sections: Sequence[str | Section] | None = None,
     seeds: Sequence[int] | None = None,
     budget_s: float | None = None,
     data_path: str | None = None,
@@ -489,4 +490,3 @@ def analyse_comparison(results: dict[str, Any], name: str) -> dict[str, Any]:
 def analyse(results: dict[str, Any]) -> dict[str, Any]:
     """The analysis of every comparison that has runs."""
     return {name: analyse_comparison(results, name) for name in results["comparisons"]}
-

@@ -14,7 +14,7 @@ import platform
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -78,7 +78,7 @@ def machine_info(device: torch.device) -> dict[str, object]:
 
 def now_utc() -> str:
     """The current date and time in UTC, ISO 8601 to the second."""
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
 def release_device_memory() -> None:

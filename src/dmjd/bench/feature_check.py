@@ -21,15 +21,20 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmjd.engine import CheckpointError
+from dmjd.eval.features import FeatureEncoder
 from dmjd.eval.loading import load_encoder
 from dmjd.eval.monitor import OnlineMonitor
 from dmjd.targets.hog import HOGTarget
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 Split = tuple[Tensor, Tensor]
 
@@ -75,7 +80,8 @@ def output_tokens(encoder: nn.Module, monitor: OnlineMonitor, split: int) -> Spl
     images, labels = monitor.cache[split]  # type: ignore[index]
     normalize = monitor.normalize.to(images.device)
     encoder.eval()
-    tokens = [encoder.forward_features(normalize(x.float() / 255)).float() for x in images.split(monitor.batch_size)]
+    forward = cast(FeatureEncoder, encoder).forward_features
+    tokens = [forward(normalize(x.float() / 255)).float() for x in images.split(monitor.batch_size)]
     return torch.cat(tokens), labels
 
 
@@ -94,7 +100,8 @@ def feature_scores(
     if encoder is None:
         return rows
     train, test = (output_tokens(encoder, monitor, s) for s in (0, 1))
-    prefix, grid = encoder.num_prefix_tokens, tuple(encoder.patch_embed.grid_size)
+    vit = cast("VisionTransformer", encoder)
+    prefix, grid = vit.num_prefix_tokens, tuple(vit.patch_embed.grid_size)
     if prefix:
         rows.append(score("encoder: class token", (train[0][:, 0], train[1]), (test[0][:, 0], test[1])))
     cells = 1

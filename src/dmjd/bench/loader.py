@@ -49,7 +49,7 @@ def make_jpegs(folder: Path, n: int, size: tuple[int, int] = (500, 375), classes
     width, height = size
     for i in range(n):
         coarse = rng.uniform(0, 255, (height // 25 + 1, width // 25 + 1, 3)).astype(np.uint8)
-        field = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), np.float32)
+        field = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), np.float32)
         pixels = np.clip(field + rng.normal(0, 12, field.shape), 0, 255).astype(np.uint8)
         out = folder / f"class{i % classes}"
         out.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ import types
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ from dmjd.engine.builders import build_dmjd_model, build_masking, build_target, 
 from dmjd.engine.optim import peak_lr
 from dmjd.losses import dmjd_loss
 from dmjd.masking import PATTERNS, DisjointMasking, MaskedViews
-from dmjd.models import DMJDModel
+from dmjd.models import DMJDModel, MaskedPredictionBranch
 from dmjd.models.convert import official_encoder_weights
 
 GRID = 14  # the official code's 14 x 14 token grid (224 px, patch 16)
@@ -131,11 +131,12 @@ def dmjd_twin(official_model: nn.Module) -> DMJDModel:
     weights = {f"encoder.{k}": v for k, v in official_encoder_weights(state).items()}
     model.load_state_dict({**weights, **branch_weights(state)})
     with torch.no_grad():
-        model.mpb.pos_embed.copy_(official_model.decoder_pos_embed)
+        # dmjd-convit-b builds a MaskedPredictionBranch; the official decoder_pos_embed is a Parameter.
+        cast(MaskedPredictionBranch, model.mpb).pos_embed.copy_(cast(Tensor, official_model.decoder_pos_embed))
     return model
 
 
-def replay_official_draws(seed: int, batch: int, units: int, keep: int, device: torch.device) -> tuple[Tensor, ...]:
+def replay_official_draws(seed: int, batch: int, units: int, keep: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """The official masking's random draws after ``torch.manual_seed(seed)``, in its order: the noise
     ``[B, units]``, the permutation of view 1's kept units, that of its removed units."""
     torch.manual_seed(seed)
@@ -232,6 +233,7 @@ def compare(dmjd_dir: str | Path, batch: int, seed: int, device: str, mask_type:
         with replayed_pattern(scores, block) as pattern:
             masking = DisjointMasking((GRID, GRID), mask_ratio, 2, 1.0, pattern, block)
             dmjd_mask, drawn = masking.sample(batch, device=dev, with_order=True)
+            assert drawn is not None  # with_order=True
         views = MaskedViews.from_mask(dmjd_mask, masking.num_masked, drawn)
         target = build_target(load_config("dmjd-convit-b", [])).to(dev)(crops.float() / 255)
         out = ours(x, views)
@@ -287,8 +289,7 @@ def format_table(result: dict[str, Any]) -> str:
         "",
         f"Official loss terms: {', '.join(f'{k} {v:.6f}' for k, v in result['official_values'].items())}; dmjd: "
         + "; ".join(
-            f"vis_pairing={p}: " + ", ".join(f"{k} {v:.6f}" for k, v in t.items())
-            for p, t in result["dmjd_values"].items()
+            f"vis_pairing={p}: " + ", ".join(f"{k} {v:.6f}" for k, v in t.items()) for p, t in result["dmjd_values"].items()
         )
         + f". Visible tokens the official pairing gives another token's target: "
         f"{100 * result['visible_tokens_paired_with_another_target']:.1f} %.",

@@ -31,9 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dmjd.bench.environment import (
-    device_name, git_commit, machine_info, now_utc, publish, release_device_memory, thread_limit,
-)
+from dmjd.bench.environment import device_name, git_commit, machine_info, now_utc, publish, release_device_memory, thread_limit
 from dmjd.bench.throughput import compile_overrides, measure
 from dmjd.config import Config, load_config
 
@@ -164,7 +162,13 @@ def dmjd_config(setting: str, batch: int, device: str, precision: str, compile_m
 
 
 def compare(
-    mae_dir: str | Path, setting: str, batch: int, steps: int, warmup: int, rounds: int, device: str,
+    mae_dir: str | Path,
+    setting: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    rounds: int,
+    device: str,
     fast_mode: str | None,
 ) -> dict[str, Any]:
     """Alternating timings of the official step and dmjd's MAE mode (fp16 like MAE), plus dmjd's
@@ -223,12 +227,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mae-dir", required=True, help="a checkout of facebookresearch/mae")
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="vit-b16" if gpu else "vit-ti4-32")
     parser.add_argument("--device", default="cuda" if gpu else "cpu")
-    parser.add_argument("--batch", type=int, default=None, help="images per step (default 256 for vit-b16, 512 for vit-ti4-32; 64 on CPU)")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="images per step (default 256 for vit-b16, 512 for vit-ti4-32; 64 on CPU)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default 30 GPU, 10 CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 GPU, 3 CPU)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of each code")
-    parser.add_argument("--fast-mode", default=None, choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
-                        help="also time dmjd's bf16 + torch.compile path in this mode (GPU)")
+    parser.add_argument(
+        "--fast-mode",
+        default=None,
+        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+        help="also time dmjd's bf16 + torch.compile path in this mode (GPU)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     parser.add_argument("--output", default=None, help="write OUTPUT.json and OUTPUT.md")
     args = parser.parse_args(argv)

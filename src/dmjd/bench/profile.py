@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -28,7 +28,7 @@ from dmjd.data import endless
 from dmjd.engine import Pretrainer
 from dmjd.losses import dmjd_loss
 from dmjd.masking import MaskedViews
-from dmjd.models.dmjd import DMJDOutput
+from dmjd.models.dmjd import DMJDOutput, MaskedEncoder
 
 PARTS = ("data", "masking", "targets", "encoder", "decoder", "vdb", "optimizer")
 
@@ -74,7 +74,7 @@ def split_backward(trainer: Pretrainer, images: Tensor, views: MaskedViews, time
     with timer("targets"), _autocast(trainer):
         targets = trainer.target(images)
     with timer("encoder"), _autocast(trainer):
-        latent = model.encoder.forward_masked(trainer.normalize(images), views)
+        latent = cast(MaskedEncoder, model.encoder).forward_masked(trainer.normalize(images), views)
     detached = latent.detach().requires_grad_()
     with timer("decoder"):
         with _autocast(trainer):

@@ -10,11 +10,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from dmjd.bench.analysis import Curve, aggregate, mean_curve  # noqa: E402
-from dmjd.bench.testbeds import SECTIONS, Claim, Section, Variant, saved_testbed  # noqa: E402
+from dmjd.bench.analysis import Curve, aggregate, mean_curve
+from dmjd.bench.testbeds import SECTIONS, Claim, Section, Variant, saved_testbed
 
 METRIC_NAMES = {"linprobe_top1": "linear probe", "knn_top1": "kNN"}
 PRIMARY = "linprobe_top1"

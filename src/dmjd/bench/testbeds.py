@@ -12,6 +12,7 @@ spell out every key they change, so they never depend on another variant's setti
 from __future__ import annotations
 
 import argparse
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +75,7 @@ def saved_testbed(results: dict[str, Any]) -> dict[str, Any]:
 
 def chain(*labels: str) -> tuple[tuple[str, str], ...]:
     """Consecutive ``(worse, better)`` pairs of a ranking given from worst to best."""
-    return tuple(zip(labels, labels[1:]))
+    return tuple(itertools.pairwise(labels))
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,6 @@ def _target_variant(label: str, target: tuple[str, ...]) -> Variant:
     return Variant(label, _TWO_VIEWS + target + ("model.vdb=true", "model.projector=nonlinear") + _LR_RULE)
 
 
-
 def _with_and_without_dm(name: str, title: str, paper: str, label: str, method: tuple[str, ...]) -> Section:
     """A method against the same method with disjoint masking (the paper's Table III pattern)."""
     return Section(
@@ -186,9 +186,13 @@ SECTIONS: dict[str, Section] = {
             "MAE",
             (MAE, PLUS_DM, MAE_BLOCK, PLUS_DM_BLOCK, PLUS_JD, DMJD),
             expected_pairs=(
-                ("MAE", "+DM"), ("MAE-block", "+DM-block"), ("MAE", "+JD"), ("+DM-block", "DMJD"), ("+JD", "DMJD"),
+                ("MAE", "+DM"),
+                ("MAE-block", "+DM-block"),
+                ("MAE", "+JD"),
+                ("+DM-block", "DMJD"),
+                ("+JD", "DMJD"),
                 ("MAE", "DMJD"),
-            ),  # fmt: skip
+            ),
             claims=(
                 Claim("speedup", "+DM", 1.8, 3.7, "Tables II-III"),
                 Claim("speedup", "+DM-block", 3.2, 3.2, "Table II (block 0.6)"),
@@ -320,6 +324,7 @@ def _training(device: str, precision: str, batch_size: int, log_interval: int, b
         f"train.log_interval={log_interval}",
     )  # fmt: skip
 
+
 TESTBEDS: dict[str, Testbed] = {
     p.name: p
     for p in (
@@ -328,10 +333,16 @@ TESTBEDS: dict[str, Testbed] = {
             description="seconds, any machine: checks that every section runs end to end, on a 1-block ViT and 16 "
             "px images of the embedded sample; the tests use it, and its accuracies mean nothing",
             base=(
-                "model.img_size=16", "model.patch_size=4", "model.in_chans=1", "target.cell_size=2",
-                *_small_vit(32, 1, 2), "data.name=embedded", "data.limit=128", "data.num_workers=0",
+                "model.img_size=16",
+                "model.patch_size=4",
+                "model.in_chans=1",
+                "target.cell_size=2",
+                *_small_vit(32, 1, 2),
+                "data.name=embedded",
+                "data.limit=128",
+                "data.num_workers=0",
                 *_training("cpu", "fp32", 32, 2),
-            ),  # fmt: skip
+            ),
             budget_s=1.5,
             calibrate_s=0.25,
             eval_points=2,
@@ -353,9 +364,12 @@ TESTBEDS: dict[str, Testbed] = {
                 "not the paper's ImageNet-scale numbers"
             ),
             base=(
-                *_GEOMETRY, *_small_vit(64, 4, 4), "data.name=fashion_mnist", "data.pipeline=device",
+                *_GEOMETRY,
+                *_small_vit(64, 4, 4),
+                "data.name=fashion_mnist",
+                "data.pipeline=device",
                 *_training("cpu", "fp32", 128, 20, blr=4e-3),  # blr: docs/results/cpu-2026-11-28-night/NOTES.md
-            ),  # fmt: skip
+            ),
             budget_s=500.0,
             calibrate_s=30.0,
             eval_points=8,
@@ -375,9 +389,13 @@ TESTBEDS: dict[str, Testbed] = {
                 "step carries enough images to outweigh its kernel launches"
             ),
             base=(
-                "model.size=tiny", *_GEOMETRY, *_decoder(128, 4, 4), "data.name=fashion_mnist", "data.pipeline=device",
+                "model.size=tiny",
+                *_GEOMETRY,
+                *_decoder(128, 4, 4),
+                "data.name=fashion_mnist",
+                "data.pipeline=device",
                 *_training("cuda", "bf16", 4096, 5, blr=1.5e-4),
-            ),  # fmt: skip
+            ),
             budget_s=11.0,
             calibrate_s=4.0,
             eval_points=3,

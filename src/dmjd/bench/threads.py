@@ -84,4 +84,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     }  # fmt: skip
     publish(result, format_table(summary), args.output)
     return 0
-

@@ -29,9 +29,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from dmjd.bench.environment import (
-    device_name, git_commit, machine_info, now_utc, publish, release_device_memory, thread_limit,
-)
+from dmjd.bench.environment import device_name, git_commit, machine_info, now_utc, publish, release_device_memory, thread_limit
 from dmjd.bench.testbeds import DMJD, MAE, PLUS_DM, PLUS_JD, TESTBEDS
 from dmjd.config import Config, load_config
 from dmjd.data import endless
@@ -166,8 +164,14 @@ def measure(cfg: Config, steps: int, warmup: int, count_flops: bool = True, data
 
 
 def run_throughput(
-    setting: str, device: str, batch: int, steps: int, warmup: int, modes: Sequence[str] = ("eager",),
-    data: str = "synthetic", configs: Sequence[str] | None = None,
+    setting: str,
+    device: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    modes: Sequence[str] = ("eager",),
+    data: str = "synthetic",
+    configs: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Measure each configuration of a setting in each mode; adds achieved TFLOP/s and MFU on a GPU
     with a known peak (FLOPs counted once per configuration on the eager model)."""  # fmt: skip
@@ -195,7 +199,10 @@ def run_throughput(
             cfg = throughput_config(setting, label, batch, device, mode)
             r = measure(cfg, steps, warmup, count_flops=flops is None and mode == "eager", data=data)
             if flops is None:
-                flops = r["flops_per_step"] or measure(throughput_config(setting, label, batch, device), 1, 0, data=data)["flops_per_step"]
+                flops = (
+                    r["flops_per_step"]
+                    or measure(throughput_config(setting, label, batch, device), 1, 0, data=data)["flops_per_step"]
+                )
             r["flops_per_step"] = flops
             r["tflops_per_s"] = flops / (r["step_ms"] / 1000) / 1e12
             r["mfu"] = r["tflops_per_s"] * 1e12 / peak[1] if peak else None
@@ -242,11 +249,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 30 GPU, 10 CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 GPU, 3 CPU)")
     parser.add_argument(
-        "--modes", type=lambda v: v.split(","), default=["eager"],
+        "--modes",
+        type=lambda v: v.split(","),
+        default=["eager"],
         help=f"comma-separated execution modes out of {', '.join(MODES)} (default eager)",
     )
-    parser.add_argument("--data", choices=["synthetic", "device"], default="synthetic",
-                        help="synthetic images on the device, or the device-resident data path")
+    parser.add_argument(
+        "--data",
+        choices=["synthetic", "device"],
+        default="synthetic",
+        help="synthetic images on the device, or the device-resident data path",
+    )
     parser.add_argument("--configs", type=lambda v: v.split(","), default=None, help="subset of the setting's configurations")
     parser.add_argument(
         "--threads", type=int, default=None,
