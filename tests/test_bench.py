@@ -4,6 +4,7 @@ reading, the FLOP counter, and a smoke run of the whole efficiency benchmark."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 from pathlib import Path
@@ -19,8 +20,8 @@ from dmjd.bench.analysis import Curve, aggregate, common_end, first_reach, speed
 from dmjd.bench.efficiency import PeriodicEvaluator, analyse_comparison, eval_interval, plan_runs, run_efficiency
 from dmjd.bench.report import reading
 from dmjd.bench.testbeds import SECTIONS, TESTBEDS
-from dmjd.config.duration import parse_duration
 from dmjd.bench.throughput import peak_bf16_flops, step_flops, synthetic_images, throughput_config
+from dmjd.config.duration import parse_duration
 from dmjd.engine import Pretrainer
 
 
@@ -296,13 +297,11 @@ def smoke_dir(tmp_path_factory) -> Path:
 
 def test_smoke_benchmark_writes_results_report_and_figures(smoke_dir):
     results = json.loads((smoke_dir / "results.json").read_text())
-    assert set(results["runs"]) == {
-        f"main-{s}-seed0" for s in ("mae", "dm", "mae-block", "dm-block", "jd", "dmjd")
-    }
+    assert set(results["runs"]) == {f"main-{s}-seed0" for s in ("mae", "dm", "mae-block", "dm-block", "jd", "dmjd")}
     for run in results["runs"].values():
         points = run["points"]
         assert points[0]["time"] == 0.0 and points[0]["ete"] == 0.0 and len(points) >= 2
-        assert all(b["time"] >= a["time"] and b["ete"] >= a["ete"] for a, b in zip(points, points[1:]))
+        assert all(b["time"] >= a["time"] and b["ete"] >= a["ete"] for a, b in itertools.pairwise(points))
         assert all(0.0 <= p[m] <= 1.0 for p in points for m in ("knn_top1", "linprobe_top1"))
         assert run["steps"] >= 1 and run["summary"]["steps"] >= 1 and run["error"] is None  # not a load-bound count
         plan = run["budget_plan"]  # planned from its own measured rate, checked after its warmup

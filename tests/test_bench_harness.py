@@ -68,7 +68,6 @@ def test_quick_finetune_learns_a_separable_task_and_leaves_the_encoder_alone(tmp
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-
 def test_quick_finetune_warns_when_it_learns_nothing(tmp_path):
     """With no training (blr 0) its answers are no better than the test split's majority class (90 %)."""
     from dmjd.data import Normalize
@@ -80,6 +79,7 @@ def test_quick_finetune_warns_when_it_learns_nothing(tmp_path):
         acc = quick_finetune_top1(encoder, _separable_split(64, 0), (images, labels), Normalize((0.5,), (0.5,)),
                                   epochs=1, blr=0.0, pool="avg")  # fmt: skip
     assert acc <= 0.9
+
 
 STAND_IN_MODELS_MAE = '''
 import numpy as np
@@ -108,7 +108,7 @@ class MaskedAutoencoderViT(nn.Module):
         return pred.pow(2).mean(), pred, None
 '''
 
-STAND_IN_MISC = '''
+STAND_IN_MISC = """
 import torch
 
 
@@ -121,7 +121,7 @@ class NativeScalerWithGradNormCount:
         if update_grad:
             self._scaler.step(optimizer)
             self._scaler.update()
-'''
+"""
 
 
 def test_official_step_runs_against_a_checkout_with_the_official_layout(tmp_path):
@@ -138,7 +138,7 @@ def test_official_step_runs_against_a_checkout_with_the_official_layout(tmp_path
 def test_official_step_names_a_folder_that_is_not_a_checkout(tmp_path):
     from dmjd.bench.official_mae import import_official_mae
 
-    with pytest.raises(FileNotFoundError, match="models_mae.py"):
+    with pytest.raises(FileNotFoundError, match=r"models_mae.py"):
         import_official_mae(tmp_path)
 
 

@@ -17,8 +17,8 @@ from torch import Tensor
 from conftest import tiny_config
 from dmjd.config import load_config
 from dmjd.engine import Pretrainer
-from dmjd.io.checkpoint import CheckpointError
 from dmjd.engine.builders import build_dmjd_model, build_target
+from dmjd.io.checkpoint import CheckpointError
 from dmjd.masking import DisjointMasking, MaskedViews
 from dmjd.models import DMJDModel, build_model, create_encoder, encoder_state_dict
 from dmjd.models.convert import infer_convit_arch, load_official_convit, official_encoder_weights

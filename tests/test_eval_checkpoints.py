@@ -72,7 +72,7 @@ def test_load_encoder_and_whole_model(run):
 
 
 def test_checkpoint_errors(tmp_path, run):
-    folder, model, cfg = run
+    _folder, model, cfg = run
     with pytest.raises(CheckpointError, match="does not exist"):
         load_encoder(tmp_path / "missing.pth")
     save_checkpoint({"model": model.state_dict()}, tmp_path / "no_config.pth")

@@ -8,7 +8,6 @@ import warnings
 import pytest
 import torch
 from PIL import Image
-from test_eval_checkpoints import cli, json_lines, write_checkpoint
 
 from dmjd.cli import EXIT_INTERRUPTED, main
 from dmjd.data import Normalize
@@ -19,6 +18,7 @@ from dmjd.eval import quick_finetune as qf
 from dmjd.eval.chance import ChanceLevelWarning, majority_rate, warn_if_at_chance
 from dmjd.eval.settings import SmallFinetuneSettings, choose_recipe, recipe_settings
 from dmjd.models import create_encoder
+from test_eval_checkpoints import cli, json_lines, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -145,7 +145,7 @@ def test_small_recipe_command_records_its_result(run, tmp_path, capsys):
 def test_small_recipe_refuses_splits_that_do_not_fit_in_memory(run, tmp_path, monkeypatch):
     """64 + 64 images of 1 x 32 x 32 bytes (128 KiB) with 200 KiB free: more than half of it."""
     monkeypatch.setattr("dmjd.engine.resources.available_memory", lambda device: 200 * 1024)
-    with pytest.raises(ResourceError, match="0.0 GiB, more than half the 0.0 GiB free on cpu; use --max-images"):
+    with pytest.raises(ResourceError, match=r"0.0 GiB, more than half the 0.0 GiB free on cpu; use --max-images"):
         cli(["finetune", "--checkpoint", str(run), "--output-dir", str(tmp_path), "--max-images", "64"])
 
 

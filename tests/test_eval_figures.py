@@ -11,7 +11,6 @@ from dmjd.eval.knn import knn_top1
 from dmjd.eval.plot import run_summary, save_curves_figure
 from dmjd.eval.tsne import save_tsne_figure, select_classes, tsne_embedding
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -31,7 +30,7 @@ def test_select_classes_keeps_the_first_classes_and_caps_each():
     assert np.all(np.bincount(picked) == 5) and np.all(np.diff(idx) > 0)
     assert np.array_equal(idx, select_classes(labels, 20, 5, seed=1))
     assert len(select_classes(labels, 3, per_class=100)) == 21
-    with pytest.raises(ValueError, match="1..20"):
+    with pytest.raises(ValueError, match=r"1..20"):
         select_classes(labels, num_classes=21)
 
 
@@ -79,7 +78,7 @@ def test_curves_of_several_runs(tmp_path):
 
 
 def test_curves_errors(tmp_path):
-    with pytest.raises(ValueError, match="no metrics.jsonl"):
+    with pytest.raises(ValueError, match=r"no metrics.jsonl"):
         save_curves_figure([tmp_path], tmp_path / "c.png")
     _write_run(tmp_path / "run")
     with pytest.raises(ValueError, match="labels"):
@@ -95,9 +94,14 @@ def test_pick_images_is_a_seeded_sample_that_takes_the_classes_in_turn():
     for idx in picks.values():
         assert sorted(labels[idx].tolist()) == [0, 1, 2, 3]  # the first N test images were all class 0
     assert len({tuple(idx) for idx in picks.values()}) == 3 and np.array_equal(picks[0], pick_images(labels, 4, 0))
-    assert np.bincount(labels[pick_images(labels, 10, 5)], minlength=4).tolist() in ([3, 3, 2, 2], [3, 2, 3, 2],
-                                                                                     [3, 2, 2, 3], [2, 3, 3, 2],
-                                                                                     [2, 3, 2, 3], [2, 2, 3, 3])
+    assert np.bincount(labels[pick_images(labels, 10, 5)], minlength=4).tolist() in (
+        [3, 3, 2, 2],
+        [3, 2, 3, 2],
+        [3, 2, 2, 3],
+        [2, 3, 3, 2],
+        [2, 3, 2, 3],
+        [2, 2, 3, 3],
+    )
     unlabelled = pick_images(np.full(30, -1), 6, 1)
     assert len(set(unlabelled.tolist())) == 6 and not np.array_equal(unlabelled, np.arange(6))
     assert sorted(pick_images(labels[:3], 8).tolist()) == [0, 1, 2]
@@ -121,8 +125,7 @@ def test_drawn_images_sample_the_classes_of_a_sorted_folder(tmp_path):
 def test_hog_panels_draw_one_glyph_per_cell_at_a_readable_size(tmp_path):
     from dmjd.config import load_config
     from dmjd.data import Normalize
-    from dmjd.engine.builders import build_masking
-    from dmjd.engine.builders import build_dmjd_model, build_target
+    from dmjd.engine.builders import build_dmjd_model, build_masking, build_target
     from dmjd.eval.visualize import DPI, HOG_CELL_PX, hog_glyphs, save_reconstruction_figure
 
     cells = np.zeros((2, 3, 4))
@@ -146,7 +149,7 @@ def test_hog_panels_draw_one_glyph_per_cell_at_a_readable_size(tmp_path):
                                       torch.rand(1, 1, 32, 32), tmp_path / "hog.png")  # fmt: skip
     cols, cells_per_side = 1 + 2 + 2 + 1, 16  # image, 2 views, 2 predictions, target; 32 px / 2-px cells
     assert_drawn_png(path, (cols * cells_per_side * HOG_CELL_PX, cells_per_side * HOG_CELL_PX))
-    assert DPI * 1.4 < cells_per_side * HOG_CELL_PX  # the former 1.4-inch panels gave a cell under 10 px
+    assert cells_per_side * HOG_CELL_PX > DPI * 1.4  # the former 1.4-inch panels gave a cell under 10 px
 
 
 # ---------------------------------------------------------------------------------- plot

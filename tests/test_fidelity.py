@@ -16,9 +16,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
 from torch import Tensor
 
+from conftest import tiny_config
 from dmjd.config import available_presets, load_config
 from dmjd.engine import Pretrainer
 from dmjd.engine.builders import build_dmjd_model, build_loss, build_masking, build_target
@@ -64,7 +64,9 @@ def _official_view1(row: list[float], mask_ratio: float, pred_ratio: float) -> t
 def _expand_cells(units: set[int], cells_per_side: int) -> set[int]:
     """Cells of a ``c x c`` cell grid -> their 2 x 2 tokens on the ``2c x 2c`` token grid."""
     side = 2 * cells_per_side
-    return {(2 * (u // cells_per_side) + a) * side + 2 * (u % cells_per_side) + b for u in units for a in (0, 1) for b in (0, 1)}
+    return {
+        (2 * (u // cells_per_side) + a) * side + 2 * (u % cells_per_side) + b for u in units for a in (0, 1) for b in (0, 1)
+    }
 
 
 def _scores_reproducing(noise: Tensor, perm_visible: list[int], perm_masked: list[int], mask_ratio: float) -> Tensor:
@@ -96,7 +98,9 @@ def _official_draw(grid, mask_ratio, block, batch=3, seed=0):
     perm_visible = torch.randperm(keep, generator=gen).tolist()
     perm_masked = torch.randperm(units - keep, generator=gen).tolist()
     cell_scores = _scores_reproducing(noise, perm_visible, perm_masked, mask_ratio)
-    token_scores = cell_scores.view(-1, cells_side, 1, cells_side, 1).expand(-1, -1, block, -1, block).reshape(-1, grid[0] * grid[1])
+    token_scores = (
+        cell_scores.view(-1, cells_side, 1, cells_side, 1).expand(-1, -1, block, -1, block).reshape(-1, grid[0] * grid[1])
+    )
     return noise, perm_visible, perm_masked, token_scores
 
 
@@ -152,7 +156,13 @@ def official_visible_order(
                 views.append(list(units))
                 continue
             side = 2 * cells_side
-            views.append([(2 * (u // cells_side) + a) * side + 2 * (u % cells_side) + b for a, b in ((0, 0), (0, 1), (1, 0), (1, 1)) for u in units])
+            views.append(
+                [
+                    (2 * (u // cells_side) + a) * side + 2 * (u % cells_side) + b
+                    for a, b in ((0, 0), (0, 1), (1, 0), (1, 1))
+                    for u in units
+                ]
+            )
         out.append(tuple(views))
     return out
 
@@ -172,7 +182,9 @@ def test_official_vis_pairing_equals_the_official_forward_loss(monkeypatch, mask
     gen = torch.Generator().manual_seed(1)
     per_token_pred = torch.randn(batch, 196, dim, generator=gen)  # a prediction for every token of every image
     targets = torch.randn(batch, 196, dim, generator=gen)
-    out = SimpleNamespace(pred_masked=gather_tokens(per_token_pred, views.ids_masked), pred_visible=gather_tokens(per_token_pred, views.ids_keep))
+    out = SimpleNamespace(
+        pred_masked=gather_tokens(per_token_pred, views.ids_masked), pred_visible=gather_tokens(per_token_pred, views.ids_keep)
+    )
 
     orders = official_visible_order(noise.tolist(), perm_visible, perm_masked, mask_ratio, None if block == 1 else 7)
     pred_rows, target_rows = [], []
@@ -197,7 +209,9 @@ def test_an_exact_predictor_scores_zero_only_under_the_token_pairing() -> None:
     mask, drawn = masking.sample(4, torch.Generator().manual_seed(0), with_order=True)
     views = MaskedViews.from_mask(mask, masking.num_masked, drawn)
     targets = torch.randn(4, 196, 108, generator=torch.Generator().manual_seed(1))
-    out = SimpleNamespace(pred_masked=gather_tokens(targets, views.ids_masked), pred_visible=gather_tokens(targets, views.ids_keep))
+    out = SimpleNamespace(
+        pred_masked=gather_tokens(targets, views.ids_masked), pred_visible=gather_tokens(targets, views.ids_keep)
+    )
     assert dmjd_loss(out, targets, views, vis_pairing="token")["loss_vis"] == 0
     assert dmjd_loss(out, targets, views, vis_pairing="official")["loss_vis"] > 0.1
     with pytest.raises(ValueError, match="draw order"):
@@ -242,7 +256,7 @@ def test_official_dmjd_bench_replays_the_official_draws_as_scores(units: int, ma
 def test_official_dmjd_bench_names_a_folder_that_is_not_a_checkout(tmp_path) -> None:
     from dmjd.bench.official_dmjd import import_official_dmjd
 
-    with pytest.raises(FileNotFoundError, match="models_dmjd.py"):
+    with pytest.raises(FileNotFoundError, match=r"models_dmjd.py"):
         import_official_dmjd(tmp_path)
 
 
@@ -292,7 +306,9 @@ def test_every_preset_has_a_hand_computed_lr() -> None:
 def test_preset_lr_on_8_gpus(preset: str) -> None:
     cfg = load_config(preset)
     o = cfg.optim
-    assert peak_lr(o, build_masking(cfg), o.batch_size * o.accum_iter * GPUS) == pytest.approx(PRESET_LR_8_GPUS[preset], rel=1e-12)
+    assert peak_lr(o, build_masking(cfg), o.batch_size * o.accum_iter * GPUS) == pytest.approx(
+        PRESET_LR_8_GPUS[preset], rel=1e-12
+    )
 
 
 # preset: (gradient clipping, crop scale, ETE = K x epochs), each with its source in the preset file.
@@ -353,7 +369,9 @@ def test_masking_errors_count_tokens() -> None:
 
 
 def test_start_up_prints_nominal_and_realised_rates_and_the_warning(tmp_path, capsys) -> None:
-    cfg = tiny_config("masking.mask_ratio=0.6", "masking.pattern=block", "masking.block_size=2", "optim.epochs=1", "data.limit=64")
+    cfg = tiny_config(
+        "masking.mask_ratio=0.6", "masking.pattern=block", "masking.block_size=2", "optim.epochs=1", "data.limit=64"
+    )
     Pretrainer(cfg, tmp_path, overwrite=True).fit()
     out = capsys.readouterr().out
     assert "m_corr 0.6 (realised 0.75), m_pred 1 (realised 1); the lr rule uses the nominal rates" in out
@@ -428,7 +446,9 @@ def test_convmae_baseline_has_convmae_b_mlp_ratios() -> None:
     cfg = load_config("convmae-convit-b")
     assert cfg.model.mlp_ratios == (4.0, 4.0, 4.0)
     model = build_dmjd_model(cfg, build_target(cfg).dim)
-    assert [b.mlp.fc1.out_channels // b.mlp.fc1.in_channels for b in (*model.encoder.blocks1, *model.encoder.blocks2)] == [4] * 4
+    assert [b.mlp.fc1.out_channels // b.mlp.fc1.in_channels for b in (*model.encoder.blocks1, *model.encoder.blocks2)] == [
+        4
+    ] * 4
     convmae = _count({"arch": "convit", "size": "base", "mlp_ratios": (4.0, 4.0, 4.0)})
     dmjd = _count({"arch": "convit", "size": "base"})
     assert (convmae, dmjd) == (88_932_736, 92_345_728)

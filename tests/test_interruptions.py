@@ -24,8 +24,8 @@ from dmjd.engine.resources import (
     available_memory,
     check_step_memory,
     cpu_thread_hint,
-    other_cpu_load,
     measure_step_memory,
+    other_cpu_load,
     saved_tensor_bytes,
 )
 from dmjd.engine.run_dir import LOCK_FILE, prepare_output_dir
@@ -93,7 +93,9 @@ def _stop_after_first_epoch(trainer):
 def test_an_interrupted_epoch_logs_the_loss_of_all_its_steps_and_says_where_it_stopped(tmp_path):
     cfg = tiny_config("optim.epochs=2", "data.limit=256")
     Pretrainer(cfg, tmp_path / "full").fit()
-    with pytest.raises(TrainingInterrupted, match=r"SIGTERM received: saved .*checkpoint-last.pth at step 5 \(epoch 2/2\); continue"):
+    with pytest.raises(
+        TrainingInterrupted, match=r"SIGTERM received: saved .*checkpoint-last.pth at step 5 \(epoch 2/2\); continue"
+    ):
         Pretrainer(cfg, tmp_path / "cut").fit(on_epoch_end=_stop_after_first_epoch)
     Pretrainer(cfg, tmp_path / "cut", resume="auto").fit()
     epochs = [
@@ -126,8 +128,11 @@ def test_a_resume_after_a_kill_logs_each_step_once(tmp_path):
 
 def test_a_step_that_cannot_fit_memory_is_refused_with_a_batch_that_fits(tmp_path, monkeypatch):
     monkeypatch.setattr(resources_mod, "available_memory", lambda device: 64 << 20)  # 64 MiB
-    with pytest.raises(StepMemoryError, match=r"optim.batch_size=4000 needs about .* GiB, available RAM is 0.06 GiB: "
-                                              r"it cannot fit; try optim.batch_size=\d+ optim.accum_iter=\d+"):
+    with pytest.raises(
+        StepMemoryError,
+        match=r"optim.batch_size=4000 needs about .* GiB, available RAM is 0.06 GiB: "
+        r"it cannot fit; try optim.batch_size=\d+ optim.accum_iter=\d+",
+    ):
         Pretrainer(tiny_config(*SHORT, "optim.batch_size=4000", "data.limit=4000"), tmp_path)
 
 

@@ -80,7 +80,9 @@ def test_sigterm_saves_and_resume_auto_finishes(tmp_path):
 
 def test_sigkill_mid_training_then_resume(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([*CLI, "--output-dir", str(out), *TINY, "optim.epochs=4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*CLI, "--output-dir", str(out), *TINY, "optim.epochs=4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     _wait_for(out / "checkpoint-last.pth")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
