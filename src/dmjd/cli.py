@@ -10,9 +10,9 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel
 
@@ -86,10 +86,10 @@ def sample_images(cfg: Config, n: int) -> torch.Tensor:
     if cfg.data.name == "webdataset":
         from dmjd.data.shards import first_images
 
-        return first_images(cfg.data.path, n, eval_transform(cfg.model.img_size, cfg.model.in_chans))
+        return first_images(cfg.data.path or "", n, eval_transform(cfg.model.img_size, cfg.model.in_chans))
     split = "test" if cfg.data.name in ("embedded", "fashion_mnist", "cifar10", "cifar100", "stl10") else "train"
     ds = build_dataset(cfg.data.name, split, eval_transform(cfg.model.img_size, cfg.model.in_chans), cfg.data.path)
-    return torch.stack([ds[i][0] for i in range(min(n, len(ds)))])
+    return torch.stack([ds[i][0] for i in range(min(n, len(cast(Sized, ds))))])
 
 
 def monitor_hook(cfg: Config, trainer: Pretrainer) -> Callable[[Pretrainer], dict | None] | None:

@@ -47,8 +47,7 @@ def read_preset(preset: str | Path) -> dict[str, Any]:
         if not file.is_file():
             hint = f"; for the file {preset}, write ./{preset}" if Path(preset).is_file() else ""
             raise ConfigError(
-                f"unknown preset {preset!r}; available: {', '.join(available_presets())} "
-                f"(or give a path to a .yaml file){hint}"
+                f"unknown preset {preset!r}; available: {', '.join(available_presets())} (or give a path to a .yaml file){hint}"
             )
         text = file.read_text()
     data = yaml.safe_load(text) or {}

@@ -43,7 +43,8 @@ class ModelConfig(_Section):
     depth: int | None = Field(None, ge=1, description="override the size preset's depth")
     num_heads: int | None = Field(None, ge=1, description="override the size preset's heads")
     mlp_ratios: tuple[float, float, float] | None = Field(
-        None, description="ConViT: MLP ratios of stages 1-3; null = the size preset's (base/large: the "
+        None,
+        description="ConViT: MLP ratios of stages 1-3; null = the size preset's (base/large: the "
         "official DMJD 8, 8, 4; ConvMAE-B: 4, 4, 4)",
     )
     decoder_dim: int = Field(512, ge=8)
@@ -61,9 +62,7 @@ class MaskingConfig(_Section):
 
     mask_ratio: float = Field(0.75, gt=0.0, lt=1.0, description="corruption rate m_corr per view")
     num_views: int = Field(1, ge=1, description="K masked views per image")
-    pred_ratio: float | None = Field(
-        None, gt=0.0, le=1.0, description="prediction rate m_pred; null = min(1, K * m_corr)"
-    )
+    pred_ratio: float | None = Field(None, gt=0.0, le=1.0, description="prediction rate m_pred; null = min(1, K * m_corr)")
     pattern: Literal["random", "block", "rectangle"] = "random"
     block_size: int = Field(2, ge=1, description="cell side in tokens for pattern=block")
 
@@ -99,16 +98,15 @@ class TargetConfig(_Section):
     cell_size: int = Field(8, ge=1)
     nbins: int = Field(9, ge=2)
     gaussian_window: int = Field(
-        0, ge=0, description="HOG maskfeat variant: Gaussian window side, 0 = off (SlowFast's MaskFeat); "
-        "16 = mmpretrain's HOGGenerator"
+        0,
+        ge=0,
+        description="HOG maskfeat variant: Gaussian window side, 0 = off (SlowFast's MaskFeat); 16 = mmpretrain's HOGGenerator",
     )
     tokenizer_path: str | None = Field(None, description="tokens: tokenizer file (see docs/methods.md)")
     tokenizer_arch: Literal["dalle", "program"] = Field(
         "dalle", description="tokens: DALL-E encoder state dict, or a torch.export (.pt2) / TorchScript program"
     )
-    tokenizer_img_size: int | None = Field(
-        None, ge=8, description="tokens: tokenizer input side; null = model.img_size"
-    )
+    tokenizer_img_size: int | None = Field(None, ge=8, description="tokens: tokenizer input side; null = model.img_size")
     vocab_size: int | None = Field(None, ge=2, description="tokens: codebook size; null = read from the tokenizer")
     teacher_source: Literal["open_clip", "timm"] = "open_clip"
     teacher_model: str | None = Field(None, description="teacher: open_clip or timm model name")
@@ -155,9 +153,7 @@ class OptimConfig(_Section):
     warmup_epochs: float = Field(20.0, ge=0.0)
     blr: float = Field(1.5e-4, gt=0.0, description="base learning rate eta_base")
     lr: float | None = Field(None, gt=0.0, description="absolute learning rate; overrides blr")
-    lr_rule: Literal["dmjd", "linear"] = Field(
-        "dmjd", description="dmjd: Eq. 4 b_u*m_pred/m_corr/256; linear: b*K/256"
-    )
+    lr_rule: Literal["dmjd", "linear"] = Field("dmjd", description="dmjd: Eq. 4 b_u*m_pred/m_corr/256; linear: b*K/256")
     lr_rates: Literal["nominal", "realised"] = Field(
         "nominal",
         description="m_corr, m_pred in Eq. 4: the configured ones (official code) or the realised token "
@@ -178,9 +174,7 @@ class OptimConfig(_Section):
 class DataConfig(_Section):
     """Pre-training data set and augmentation (RandomResizedCrop + flip, the paper's recipe)."""
 
-    name: Literal["embedded", "imagefolder", "cifar10", "cifar100", "stl10", "fashion_mnist", "webdataset"] = (
-        "embedded"
-    )
+    name: Literal["embedded", "imagefolder", "cifar10", "cifar100", "stl10", "fashion_mnist", "webdataset"] = "embedded"
     path: str | None = None
     download: bool = False
     crop_scale: tuple[float, float] = (0.2, 1.0)

@@ -16,6 +16,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -71,7 +72,8 @@ def decoded_nbytes(source: Dataset, size: int, in_chans: int, limit: int | None 
     if isinstance(source, ArrayImages):
         per_image = source.images[0].nbytes
     elif isinstance(source, TorchvisionImages):
-        per_image = getattr(source.base, "data")[0].nbytes
+        raw: Any = source.base  # a torchvision data set: its images are .data
+        per_image = raw.data[0].nbytes
     else:
         per_image = in_chans * size * size
     return int(per_image) * min(n, limit or n)
@@ -95,9 +97,9 @@ def to_image_array(source: Dataset, size: int, in_chans: int, limit: int | None 
     if isinstance(source, ArrayImages):
         images, labels = source.images, source.labels
     elif isinstance(source, TorchvisionImages):
-        raw = source.base
-        images = np.asarray(getattr(raw, "data"))
-        labels = np.asarray(getattr(raw, "targets", None) or getattr(raw, "labels"))
+        raw: Any = source.base
+        images = np.asarray(raw.data)
+        labels = np.asarray(getattr(raw, "targets", None) or raw.labels)
         if images.ndim == 4 and images.shape[1] == 3:  # STL-10 is stored [N, 3, H, W]
             images = images.transpose(0, 2, 3, 1)
     else:  # pragma: no cover - build_dataset returns one of the above
@@ -130,14 +132,14 @@ def _folder_key(files: ImageFiles, size: int, in_chans: int, limit: int | None) 
 def _decode(path: Path, size: int, in_chans: int) -> np.ndarray | None:
     """One image as uint8 ``[C, size, size]``: short side to ``size`` (bicubic), centre crop."""
     try:
-        with Image.open(path) as img:
-            img = to_mode(img, in_chans)
-            w, h = img.size
+        with Image.open(path) as file:
+            image = to_mode(file, in_chans)
+            w, h = image.size
             s = size / min(w, h)
             nw, nh = max(size, round(w * s)), max(size, round(h * s))
-            img = img.resize((nw, nh), Image.BICUBIC)
+            image = image.resize((nw, nh), Image.Resampling.BICUBIC)
             left, top = (nw - size) // 2, (nh - size) // 2
-            arr = np.asarray(img.crop((left, top, left + size, top + size)))
+            arr = np.asarray(image.crop((left, top, left + size, top + size)))
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         LOG.warning("skipping unreadable image %s: %s", path, err)
         return None
@@ -158,7 +160,7 @@ def _cached_folder(files: ImageFiles, size: int, in_chans: int, limit: int | Non
     keep = [i for i, a in enumerate(decoded) if a is not None]
     if not keep:
         raise DataError(f"no image under {files.root} could be decoded")
-    images = np.stack([decoded[i] for i in keep])
+    images = np.stack([a for a in decoded if a is not None])
     labels = np.array([samples[i][1] for i in keep], dtype=np.int64)
     out = ImageArray(images, labels, len(samples) - len(keep))
     cache.parent.mkdir(parents=True, exist_ok=True)

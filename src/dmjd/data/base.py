@@ -11,6 +11,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -20,7 +21,7 @@ from dmjd.errors import InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
-Transform = Callable[[Image.Image], torch.Tensor]
+Transform = Callable[[Image.Image], Any]  # a tensor for training; PIL images for open_source and write_shards
 
 
 class DataError(InputError):
@@ -54,7 +55,7 @@ class StandInImages(Dataset, ABC):
         """The class of item ``index`` (-1: unlabelled)."""
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        n = len(self)  # type: ignore[arg-type]
+        n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} images")
         for offset in range(n):
@@ -71,7 +72,7 @@ def dataset_classes(dataset: Dataset) -> tuple[str, ...]:
         if inner is None:
             return ()
         dataset = inner
-    return tuple(dataset.classes)  # type: ignore[attr-defined]
+    return tuple(dataset.classes)
 
 
 def describe_data(
@@ -82,5 +83,3 @@ def describe_data(
     names = f" ({', '.join(class_names[:4])}{', ...' if len(class_names) > 4 else ''})" if class_names else ""
     labels = f"{num_classes} classes{names}" if num_classes else "no labels"
     return f"data {name} from {where}, {split} split: {count:,} images, {labels}"
-
-

@@ -113,9 +113,7 @@ def torchvision_dataset(name: str, split: str, transform: Transform, path: str |
             stl_split = {"train": "train", "test": "test", "pretrain": "train+unlabeled"}[split]
             base = tvd.STL10(root, split=stl_split, download=download)
     except RuntimeError as err:
-        raise DataError(
-            f"{name} not found under {root} ({err}); set data.path to its folder or data.download=true"
-        ) from None
+        raise DataError(f"{name} not found under {root} ({err}); set data.path to its folder or data.download=true") from None
     return TorchvisionImages(base, transform)
 
 
@@ -235,9 +233,7 @@ def imagefolder_split(path: str | Path, split: str) -> Path:
     )
 
 
-def build_dataset(
-    name: str, split: str, transform: Transform, path: str | None = None, download: bool = False
-) -> Dataset:
+def build_dataset(name: str, split: str, transform: Transform, path: str | None = None, download: bool = False) -> Dataset:
     """Build a data set by name: embedded, imagefolder, cifar10, cifar100, stl10, fashion_mnist, or
     webdataset (local shards read by index, for evaluation and ``dmjd shard``; pre-training streams
     them through ``dmjd.data.shards.shard_batches``).
@@ -264,5 +260,3 @@ def build_dataset(
     if len(ds) == 0:  # type: ignore[arg-type]
         raise DataError(f"data set {name!r} ({split}) is empty")
     return ds
-
-

@@ -84,7 +84,7 @@ def photo_crops(
     top, left = np.floor(u[1] * (height - side + 1)).astype(int), np.floor(u[2] * (width - side + 1)).astype(int)
     out = np.empty((count, size, size, 3), dtype=np.uint8)
     for i, (t, x, s) in enumerate(zip(top.tolist(), left.tolist(), side.tolist())):
-        out[i] = rgb.resize((size, size), Image.Resampling.BICUBIC, box=(x, t, x + s, t + s))
+        out[i] = np.asarray(rgb.resize((size, size), Image.Resampling.BICUBIC, box=(x, t, x + s, t + s)))
     flip = u[3] < 0.5
     out[flip] = out[flip, :, ::-1]
     return out
@@ -126,8 +126,10 @@ def write_photo_folder(
     if seed < 0:
         raise InputError(f"the seed must be >= 0, got {seed}")
     everything = np.arange(crops_per_photo)
-    splits = {"all": everything} if val_fraction is None else dict(
-        zip(("train", "val"), stratified_split(np.zeros_like(everything), val_fraction, seed))
+    splits = (
+        {"all": everything}
+        if val_fraction is None
+        else dict(zip(("train", "val"), stratified_split(np.zeros_like(everything), val_fraction, seed)))
     )
     counts: dict[str, dict[str, int]] = {}
     for name, photo in photos.items():  # a photo's crops depend on the seed and its name, not on the others

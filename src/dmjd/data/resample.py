@@ -52,10 +52,9 @@ def random_resized_crop_params(
     """
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
-    f64 = dict(dtype=torch.float64, device=device)
-    img_h = torch.as_tensor(height, **f64).reshape(-1)
-    img_w = torch.as_tensor(width, **f64).reshape(-1)
-    u = torch.rand(4, n, MAX_TRIES, generator=generator, **f64)
+    img_h = torch.as_tensor(height, dtype=torch.float64, device=device).reshape(-1)
+    img_w = torch.as_tensor(width, dtype=torch.float64, device=device).reshape(-1)
+    u = torch.rand(4, n, MAX_TRIES, generator=generator, dtype=torch.float64, device=device)
     area = (img_h * img_w).view(-1, 1) * (scale[0] + (scale[1] - scale[0]) * u[0])
     lo, hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(lo + (hi - lo) * u[1])

@@ -75,7 +75,6 @@ def seed_transforms(seed: int) -> None:
     torch.default_generator.manual_seed(seed)
 
 
-
 class SeededSamples(Dataset):
     """Makes each item's random augmentation a pure function of (seed, epoch, index).
 
@@ -101,8 +100,6 @@ class SeededSamples(Dataset):
         return self.base[index]
 
 
-
 def augment_seed(seed: int, epoch: int, step: int) -> int:
     """The seed of one global batch's augmentation (independent of processes and resumption)."""
     return (seed * 6_364_136_223_846_793_005 + epoch * 1_442_695_040_888_963_407 + step * 40_503 + 7) % (2**63 - 1)
-

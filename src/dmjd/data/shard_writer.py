@@ -80,11 +80,9 @@ def write_shards(
     return manifest
 
 
-
 def keep_image(image: Image.Image) -> Image.Image:
     """The identity transform: a data set built with it yields PIL images (for ``write_shards``)."""
     return image
-
 
 
 def _encoded(dataset: Dataset, index: int, image: Image.Image, max_side: int | None, quality: int) -> bytes:
@@ -96,17 +94,17 @@ def _encoded(dataset: Dataset, index: int, image: Image.Image, max_side: int | N
     return _jpeg(image, max_side, quality)
 
 
-
 def _jpeg(image: Image.Image, max_side: int | None, quality: int) -> bytes:
     """JPEG bytes of ``image`` (RGB or L), shrunk so its longer side is at most ``max_side``."""
     image = image if image.mode in ("RGB", "L") else image.convert("RGB")
     if max_side is not None and max(image.size) > max_side:
         scale = max_side / max(image.size)
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
+        image = image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC
+        )
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
-
 
 
 def _sha256(path: Path) -> str:
@@ -115,4 +113,3 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-

@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import numpy as np
@@ -46,15 +46,12 @@ from dmjd.data.sampler import augment_seed, seed_transforms
 from dmjd.data.shards import BadCounter, ShardIndex, decode_image, index_shards, sample_parts, tar_samples
 from dmjd.data.transforms import pretrain_transform
 
-
 Piece = Tensor | list[Tensor]  # images of a worker chunk: stacked [n, C, H, W], or one tensor each
-
 
 
 def _seed(*parts: int) -> int:
     digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
-
 
 
 class ShardSamples(IterableDataset):
@@ -129,13 +126,12 @@ class ShardSamples(IterableDataset):
         return torch.stack(images) if images else torch.empty(0)
 
 
-
 def _shuffled(samples: Iterator[dict[str, Any]], size: int, seed: int) -> Iterator[dict[str, Any]]:
     """A seeded shuffle buffer of ``size`` samples (0 or 1: unchanged order)."""
     if size <= 1:
         yield from samples
         return
-    rng, buffer = random.Random(seed), []
+    rng, buffer = random.Random(seed), list[dict[str, Any]]()
     for sample in samples:
         if len(buffer) < size:
             buffer.append(sample)
@@ -145,7 +141,6 @@ def _shuffled(samples: Iterator[dict[str, Any]], size: int, seed: int) -> Iterat
         yield sample
     rng.shuffle(buffer)
     yield from buffer
-
 
 
 class ShardBatches:
@@ -178,7 +173,7 @@ class ShardBatches:
         batch = pieces[0] if len(pieces) == 1 else torch.cat(pieces)  # type: ignore[arg-type]
         return batch.to(self.device, non_blocking=True)  # type: ignore[union-attr]
 
-    def _passes(self, epoch: int) -> Iterator[tuple[Tensor | list[Tensor], int]]:
+    def _passes(self, epoch: int) -> Generator[tuple[Tensor | list[Tensor], int], None, None]:
         """The process's chunks of ``epoch``: one pass over its shards, then more passes if short."""
         self.samples.epoch = epoch
         for pass_ in itertools.count():
@@ -210,7 +205,6 @@ class ShardBatches:
         chunks.close()
 
 
-
 def _take(pieces: list[Piece], n: int) -> tuple[list[Piece], list[Piece]]:
     """The first ``n`` images of ``pieces`` (as pieces, the last one split if need be), and the rest."""
     taken: list[Piece] = []
@@ -222,7 +216,6 @@ def _take(pieces: list[Piece], n: int) -> tuple[list[Piece], list[Piece]]:
         taken.append(piece)
         n -= len(piece)
     return taken, pieces
-
 
 
 class DeviceDecodedBatches(ShardBatches):
@@ -288,7 +281,6 @@ class DeviceDecodedBatches(ShardBatches):
         return resized_crop(padded, boxes, self.size, self.interpolation, flips, self.quantize)
 
 
-
 def shard_batches(
     pattern: str,
     batch_size: int,
@@ -314,7 +306,16 @@ def shard_batches(
     if decode_on_device:
         samples = ShardSamples(index.urls, None, seed, rank, world_size, chunk)
         batches: ShardBatches = DeviceDecodedBatches(
-            samples, index, batch_size, num_workers, device, img_size, in_chans, crop_scale, hflip, interpolation,
+            samples,
+            index,
+            batch_size,
+            num_workers,
+            device,
+            img_size,
+            in_chans,
+            crop_scale,
+            hflip,
+            interpolation,
             quantize,
         )
     else:
@@ -322,4 +323,3 @@ def shard_batches(
         samples = ShardSamples(index.urls, transform, seed, rank, world_size, chunk)
         batches = ShardBatches(samples, index, batch_size, num_workers, device)
     return batches, index
-

@@ -94,6 +94,9 @@ def _clamp01(x: Tensor) -> Tensor:
 class Normalize(nn.Module):
     """(x - mean) / std on the device, for images of shape [B, C, H, W] in [0, 1]."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)

@@ -1,8 +1,8 @@
 """Training engine: a run's parts and training data from its config, optimizer and LR rules, time
 budgets, metrics, distributed set-up, resuming, fault handling, the run folder, and the trainer."""
 
-from dmjd.engine.optim import effective_lr, lr_at, param_groups
 from dmjd.engine.faults import NonFiniteLossError, ResourceError, TrainingInterrupted
+from dmjd.engine.optim import effective_lr, lr_at, param_groups
 from dmjd.engine.resume import resume_config
 from dmjd.engine.run_dir import OutputDirError
 from dmjd.engine.trainer import Pretrainer, pretrain

@@ -6,6 +6,7 @@ leave the last checkpoint intact (``--resume auto`` continues).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 from collections.abc import Iterator
@@ -51,10 +52,8 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         for sig in self.SIGNALS:
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread
                 self._previous[sig] = signal.signal(sig, self._request_stop)
-            except ValueError:  # not the main thread
-                pass
         return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:

@@ -23,8 +23,8 @@ class MetricsLogger:
     def __init__(self, output_dir: str | Path, tensorboard: bool = True) -> None:
         self.path = Path(output_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", buffering=1)
-        self._text = open(self.path.parent / "log.txt", "a", buffering=1)
+        self._file = open(self.path, "a", buffering=1)  # noqa: SIM115 - open for the run, closed by close()
+        self._text = open(self.path.parent / "log.txt", "a", buffering=1)  # noqa: SIM115
         self._tb = None
         if tensorboard:
             try:

@@ -4,8 +4,8 @@ the step (clipping; a non-finite gradient skips it)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -92,7 +92,8 @@ def param_groups(
     in ``no_decay`` (position embeddings, cls and mask tokens), get no weight decay.
     """
     no_decay = no_decay or set()
-    decay, plain = [], []
+    decay: list[nn.Parameter] = []
+    plain: list[nn.Parameter] = []
     for name, p in named_params:
         if not p.requires_grad:
             continue
@@ -112,7 +113,8 @@ def pretrain_param_groups(model: nn.Module, weight_decay: float, decay_tokens: b
     decayed; ``False`` also exempts ``model.no_weight_decay()`` (cls/mask tokens, position
     embeddings), timm's and BEiT's convention.
     """
-    no_decay = set() if decay_tokens else set(model.no_weight_decay())
+    exempt = cast("Callable[[], Iterable[str]]", model.no_weight_decay)  # timm-style models define it
+    no_decay = set() if decay_tokens else set(exempt())
     return param_groups(model.named_parameters(), weight_decay, no_decay)
 
 
@@ -144,7 +146,7 @@ def optimizer_step(
     if clip_grad is not None:
         norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
     else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     found_inf = (~torch.isfinite(norm)).float()
     if scaler is not None:
         scaler.step(optimizer)

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -69,7 +70,7 @@ def measure_step_memory(model: nn.Module, forward_probe: Callable[[int], object]
     no backward), for ``PROBE_IMAGES`` and twice as many, which separates what each image adds from
     what does not grow with the batch; gradients and the AdamW moments are three copies of the
     trainable parameters."""
-    small, large = (saved_tensor_bytes(lambda n=n: forward_probe(n)) for n in (PROBE_IMAGES, 2 * PROBE_IMAGES))
+    small, large = (saved_tensor_bytes(partial(forward_probe, n)) for n in (PROBE_IMAGES, 2 * PROBE_IMAGES))
     per_image = max(large - small, 0) // PROBE_IMAGES
     params = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     return StepMemory(state=3 * params + max(small - PROBE_IMAGES * per_image, 0), per_image=per_image)
@@ -90,9 +91,7 @@ def available_memory(device: torch.device, meminfo: str | Path = "/proc/meminfo"
     return None
 
 
-def check_step_memory(
-    memory: StepMemory, batch_size: int, accum_iter: int, available: int | None, where: str
-) -> str | None:
+def check_step_memory(memory: StepMemory, batch_size: int, accum_iter: int, available: int | None, where: str) -> str | None:
     """Refuse a step that clearly cannot fit ``available`` bytes, warn when it is close.
 
     Args:
@@ -148,9 +147,7 @@ def other_cpu_load(interval: float = 0.25, stat: str | Path = "/proc/stat") -> f
     return max(0.0, (busy1 - busy0) - (own1 - own0)) / per_core
 
 
-def cpu_thread_hint(
-    device: torch.device, threads: int, cores: int | None = None, load: float | None = None
-) -> str | None:
+def cpu_thread_hint(device: torch.device, threads: int, cores: int | None = None, load: float | None = None) -> str | None:
     """A hint when other processes keep the CPU busy: training threads then compete with them.
 
     Measured with ``benchmarks/threads.py`` on a 2-core VM (docs/results.md): idle, 2 threads trained

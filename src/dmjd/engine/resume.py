@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ def rng_state() -> dict[str, Any]:
     """Global RNG states, for the checkpoint."""
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": _numpy_state_to_plain(np.random.get_state()),
+        "numpy": _numpy_state_to_plain(cast(tuple, np.random.get_state())),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

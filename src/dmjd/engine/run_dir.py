@@ -18,9 +18,9 @@ import time
 import weakref
 from pathlib import Path
 
-from dmjd.io import checkpoint as ckpt
 from dmjd.engine.metrics import EVALS_FILE, read_metrics
 from dmjd.errors import InputError
+from dmjd.io import checkpoint as ckpt
 
 RUN_FILES = (
     "metrics.jsonl", "config.yaml", "summary.json", "log.txt", "tensorboard", "reconstruction.png", "curves.png",

@@ -33,7 +33,6 @@ class Run(Protocol):
     masking: DisjointMasking
     model: DMJDModel
     target: Target
-    optimizer: torch.optim.Optimizer
     state: RunState
     budget: TimeBudget | None
     data_summary: str
@@ -45,6 +44,9 @@ class Run(Protocol):
     warmup_steps: int
     time_up: bool
     evals: list[dict[str, Any]]
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer: ...
 
     @property
     def epochs_known(self) -> int | None: ...

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +46,7 @@ from dmjd.engine.runtime import autocast, autocast_dtype, resolve_device, seed_e
 from dmjd.engine.training_data import training_data
 from dmjd.io import checkpoint as ckpt
 from dmjd.masking import MaskedViews, StepMasks, measured_pred_ratio
+from dmjd.models.dmjd import MaskedEncoder
 from dmjd.targets import FrozenNetworkTarget
 
 EpochHook = Callable[["Pretrainer"], "dict[str, Any] | None"]
@@ -71,8 +72,8 @@ class Pretrainer:
         resume_path = resolve_resume(self.output_dir, resume)
         if str(resume) == "auto" and resume_path is None and self.dist.is_main:
             print(f"dmjd: no checkpoint in {self.output_dir}, starting fresh")
-        loaded = load_pretraining_checkpoint(resume_path) if resume_path else None
-        if loaded is not None:
+        loaded = load_pretraining_checkpoint(resume_path) if resume_path is not None else None
+        if loaded is not None and resume_path is not None:
             cfg = with_saved_plan(cfg, loaded["config"])
             check_resumable(loaded, cfg, resume_path, self.dist.world_size)
         self._lock = prepare_output_dir(self.output_dir, resume_path is not None, overwrite, self.dist.is_main, lock=True)
@@ -126,7 +127,7 @@ class Pretrainer:
         self.loss_fn = build_loss(cfg)
         self.model = build_dmjd_model(cfg, self.target.dim).to(dev)
         if cfg.model.grad_checkpointing:
-            self.model.encoder.set_grad_checkpointing(True)
+            cast(MaskedEncoder, self.model.encoder).set_grad_checkpointing(True)
         self.normalize = Normalize(*mean_std(cfg)).to(dev)
         self.amp_dtype = autocast_dtype(cfg.train.precision, dev)
         self.scaler = torch.amp.GradScaler(dev.type) if self.amp_dtype == torch.float16 else None
@@ -143,13 +144,11 @@ class Pretrainer:
         self.unique_batch = o.batch_size * o.accum_iter * self.dist.world_size
         self.peak_lr = peak_lr(o, self.masking, self.unique_batch)
         groups = pretrain_param_groups(self.model, o.weight_decay, o.decay_tokens)
-        self.optimizer = build_adamw(groups, self.peak_lr, tuple(o.betas), o.fused, dev)
+        self.optimizer = build_adamw(groups, self.peak_lr, o.betas, o.fused, dev)
         self.ddp: nn.Module = self.model
         if self.dist.enabled:
             self.ddp = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
-        self._step_losses = (
-            torch.compile(self._losses, mode=cfg.train.compile_mode) if cfg.train.compile else self._losses
-        )
+        self._step_losses = torch.compile(self._losses, mode=cfg.train.compile_mode) if cfg.train.compile else self._losses
         self.step_masks = StepMasks(self.masking, cfg.train.seed, dev, self.dist.rank, self.dist.world_size,
                                     with_order=cfg.loss.vis_pairing == "official")  # fmt: skip
         if self.dist.is_main:
@@ -299,7 +298,7 @@ class Pretrainer:
                 break
             views = self.step_masks(st.epoch * micro_per_epoch + st.epoch_step, images.shape[0])
             boundary = (st.epoch_step + 1) % o.accum_iter == 0
-            sync = nullcontext() if boundary or not self.dist.enabled else self.ddp.no_sync()
+            sync = nullcontext() if boundary or not self.dist.enabled else cast(DistributedDataParallel, self.ddp).no_sync()
             with sync, explain_oom(o.batch_size, o.accum_iter):
                 losses = self.compute_losses(images, views)
                 loss = losses["loss"] / o.accum_iter

@@ -108,7 +108,7 @@ def _training_data(cfg: Config, device: torch.device, rank: int, world_size: int
             arr = to_image_array(source, size, m.in_chans, d.limit)
             batches = DeviceBatches(
                 torch.from_numpy(arr.images).to(device), m.img_size, cfg.optim.batch_size, cfg.train.seed,
-                tuple(d.crop_scale), hflip=d.hflip, in_chans=m.in_chans, interpolation=d.interpolation, rank=rank,
+                d.crop_scale, hflip=d.hflip, in_chans=m.in_chans, interpolation=d.interpolation, rank=rank,
                 world_size=world_size, quantize=d.quantize_crops,
             )  # fmt: skip
             shape = "x".join(str(v) for v in arr.images.shape)
@@ -117,7 +117,7 @@ def _training_data(cfg: Config, device: torch.device, rank: int, world_size: int
             data = describe_data(d.name, d.path, split, len(arr.images), labelled) + left_out
             return TrainingData(batches, f"{data}; device pipeline, {why}: uint8 [{shape}] on {device}, augmented there",
                                 arr.unreadable)  # fmt: skip
-    transform = pretrain_transform(m.img_size, m.in_chans, tuple(d.crop_scale), d.hflip, d.interpolation)
+    transform = pretrain_transform(m.img_size, m.in_chans, d.crop_scale, d.hflip, d.interpolation)
     base = build_dataset(d.name, split, transform, d.path, d.download)
     if d.limit is not None and d.limit < len(base):  # type: ignore[arg-type]
         base = Subset(base, range(d.limit))
@@ -140,7 +140,7 @@ def _shard_data(cfg: Config, device: torch.device, rank: int, world_size: int) -
     on_device = d.pipeline == "device"
     batches, index = shard_batches(
         d.path or "", cfg.optim.batch_size, cfg.train.seed, rank, world_size, d.num_workers, device, m.img_size,
-        m.in_chans, tuple(d.crop_scale), d.hflip, d.interpolation, on_device, d.quantize_crops,
+        m.in_chans, d.crop_scale, d.hflip, d.interpolation, on_device, d.quantize_crops,
     )  # fmt: skip
     data = describe_data(d.name, d.path, "train", sum(index.counts), len(index.classes), index.classes)
     where = "decoded and augmented on the device" if on_device else "decoded and augmented by PIL in the workers"

@@ -108,8 +108,10 @@ def method_loss(
         raise ValueError(f"mim_loss must be one of {sorted(MIM_LOSSES)}, got {mim_loss!r}")
     if mim_weight < 0 or vis_weight < 0:
         raise ValueError(f"loss weights must be >= 0, got mim {mim_weight}, vis {vis_weight}")
-    vis_fn = token_prediction_loss if mim_loss == "ce" else partial(
-        visible_distillation_loss, beta=vis_beta, normalize=vis_layernorm
+    vis_fn = (
+        token_prediction_loss
+        if mim_loss == "ce"
+        else partial(visible_distillation_loss, beta=vis_beta, normalize=vis_layernorm)
     )
     terms: dict[str, Tensor] = {}
     if mim_weight > 0:
@@ -124,4 +126,3 @@ def method_loss(
     weighted = [weights[name] * value for name, value in terms.items()]
     total = sum(weighted[1:], weighted[0])
     return {"loss": total, **terms}
-

@@ -15,9 +15,7 @@ VisPairing = Literal["token", "official"]
 _TARGET_NORM_EPS = 1e-6
 
 
-def visible_distillation_loss(
-    pred: Tensor, target: Tensor, beta: float = 2.0, normalize: bool = False
-) -> Tensor:
+def visible_distillation_loss(pred: Tensor, target: Tensor, beta: float = 2.0, normalize: bool = False) -> Tensor:
     """Smooth L1 between visible-token predictions and their targets (``L_vis``, Eq. 5).
 
     With ``D = pred - norm(target)`` the per-element loss is ``0.5 * D^2 / beta`` where
