@@ -16,7 +16,7 @@ the same images on any number of processes.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Literal, Protocol
 
 import torch
@@ -118,7 +118,7 @@ class LoaderBatches:
             yield images.to(self.device, non_blocking=True), int(skipped.sum())
 
 
-def endless(batches: Batches, epoch: int = 0) -> Iterator[Tensor]:
+def endless(batches: Batches, epoch: int = 0) -> Generator[Tensor, None, None]:
     """The image batches of ``batches``, epoch after epoch from ``epoch``, without end (benchmarks)."""
     while True:
         for images, _bad in batches.epoch(epoch):
