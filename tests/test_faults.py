@@ -100,7 +100,6 @@ def test_out_of_memory_becomes_advice_keeping_the_global_batch(batch, accum, adv
     assert "\n" not in message and err.value.__suppress_context__
 
 
-@pytest.mark.xfail(reason="explain_oom halves an odd batch with floor division: 5 -> 2 x accum 2 is 4, not 5", strict=True)
 def test_the_advice_for_an_odd_batch_keeps_its_global_batch():
     with pytest.raises(ResourceError) as err, explain_oom(5, 1):
         raise torch.OutOfMemoryError("CUDA out of memory")

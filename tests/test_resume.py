@@ -127,10 +127,6 @@ def test_weights_that_do_not_fit_the_model_are_a_checkpoint_error_naming_the_mis
     assert "size mismatch for 0.weight" in message
 
 
-@pytest.mark.xfail(
-    reason="restore_run embeds PyTorch's multi-line load_state_dict error; an InputError is one line (docs/architecture.md)",
-    strict=True,
-)
 def test_the_mismatch_error_is_one_line(tmp_path):
     assert "\n" not in str(_mismatch_error(tmp_path))
 

@@ -172,7 +172,7 @@ def choose_recipe(
         Choice("model.img_size", side, f"typical image {profile.typical_size[0]}x{profile.typical_size[1]} px"),
         Choice("model.patch_size", patch, f"a {grid}x{grid} token grid"),
         Choice("model.in_chans", chans, "grey images" if chans == 1 else "colour images"),
-        Choice("model.size", "tiny", "the size preset is replaced by the width and depth below"),
+        Choice("model.size", "tiny", "a starting point only: the width and depth below replace it"),
         Choice("model.embed_dim", size.width, _size_reason(size, rung, epochs)),
         Choice("model.depth", size.depth, rung),
         Choice("model.num_heads", size.heads, rung),

@@ -91,14 +91,15 @@ class NonFiniteSteps:
 
 @contextmanager
 def explain_oom(batch_size: int, accum_iter: int) -> Iterator[None]:
-    """Turn a CUDA out-of-memory error into advice: the batch/accumulation that keeps the global batch."""
+    """Turn a CUDA out-of-memory error into advice: the batch/accumulation that keeps the global batch
+    (the batch divided by its smallest factor, the accumulation multiplied by it)."""
     try:
         yield
     except torch.OutOfMemoryError as err:
-        smaller = max(batch_size // 2, 1)
+        split = next((s for s in range(2, batch_size + 1) if batch_size % s == 0), 1)
         raise ResourceError(
             f"out of GPU memory at optim.batch_size={batch_size} ({str(err).splitlines()[0]}). Try "
-            f"optim.batch_size={smaller} optim.accum_iter={accum_iter * batch_size // smaller} (same global "
+            f"optim.batch_size={batch_size // split} optim.accum_iter={accum_iter * split} (same global "
             "batch, same learning rate), or model.grad_checkpointing=true"
         ) from None
 

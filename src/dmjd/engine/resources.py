@@ -150,7 +150,7 @@ def other_cpu_load(interval: float = 0.25, stat: str | Path = "/proc/stat") -> f
 def cpu_thread_hint(device: torch.device, threads: int, cores: int | None = None, load: float | None = None) -> str | None:
     """A hint when other processes keep the CPU busy: training threads then compete with them.
 
-    Measured with ``benchmarks/threads.py`` on a 2-core VM (docs/results.md): idle, 2 threads trained
+    Measured with ``benchmarks/threads.py`` on a 2-core VM (docs/results/cpu-2026-12-01-threads/): idle, 2 threads trained
     1.71x faster than 1, so the default stays; on the same cores shared with other work, 1 thread ran
     2-7x faster than 2 in a user's trial. The hint appears when other processes use at least half the
     cores (``other_cpu_load``) and the run has more than one intra-op thread.

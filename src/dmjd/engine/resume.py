@@ -129,7 +129,9 @@ def restore_run(
     try:
         model.load_state_dict(saved["model"])
     except RuntimeError as err:
-        raise ckpt.CheckpointError(f"checkpoint does not match the configured model: {err}") from None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        more = f"; and {len(lines) - 4} more" if len(lines) > 4 else ""
+        raise ckpt.CheckpointError(f"checkpoint does not match the configured model: {'; '.join(lines[:4])}{more}") from None
     optimizer.load_state_dict(saved["optimizer"])
     if scaler is not None and saved.get("scaler"):
         scaler.load_state_dict(saved["scaler"])

@@ -25,7 +25,7 @@ epochs (21 steps) as the benchmark did, gave 35.1 % on a DMJD encoder pre-traine
 images: kNN 71.6 %, linear probe 78.8 %): blr 1.6e-2 75.2 %, 3.2e-2 75.8 %, 20 epochs 79.6 %; without
 the crop 78.8 %, and also without label smoothing 80.0 % (the defaults). The untrained encoder with the
 defaults: 76.6 %. An earlier sweep on the embedded sample had set blr 4e-3 and crop 0.8-1 from an
-untrained encoder; on the H200 that setting gave 31-45 % after pre-training (docs/results.md).
+untrained encoder; on the H200 that setting gave 31-45 % after pre-training (docs/results/h200-2026-11-28/NOTES.md).
 
 Everything runs on the images' device with a seeded generator, so the result is reproducible.
 """
