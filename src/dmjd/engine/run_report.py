@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from tqdm import tqdm
 
 from dmjd.config import Config
 from dmjd.config.duration import format_duration
 from dmjd.engine.budget import TimeBudget, describe_plan
 from dmjd.engine.distributed import DistInfo
 from dmjd.engine.loss_sums import LossSums
-from dmjd.engine.metrics import MetricsLogger, round_floats
+from dmjd.engine.metrics import MetricsLogger, progress_line, read_metrics, round_floats
 from dmjd.engine.optim import rates_summary
 from dmjd.engine.resume import RunState
 from dmjd.masking import DisjointMasking
@@ -66,9 +67,10 @@ def where(trainer: Run) -> str:
     return f"at step {trainer.state.opt_step} (epoch {epoch}{'' if epochs is None else f'/{epochs}'})"
 
 
-def print_start(trainer: Run, logger: MetricsLogger) -> None:
+def print_start(trainer: Run, logger: MetricsLogger, notes: list[str]) -> None:
     """The start-up lines: model, masking, target, batch and learning rate, schedule (console), then
-    the data and its warnings, and a warning when the warmup outlasts the run (console and log.txt)."""
+    the data and its warnings, a warning when the warmup outlasts the run, and ``notes`` (memory,
+    threads, resume: console and log.txt)."""
     t, c, m = trainer, trainer.cfg, trainer.masking
     n_params = sum(p.numel() for p in t.model.parameters() if p.requires_grad)
     print(
@@ -92,6 +94,8 @@ def print_start(trainer: Run, logger: MetricsLogger) -> None:
             f"{t.total_steps} steps: the lr rises for the whole run and reaches {t.lr_reached():.4g}, not the "
             f"peak {t.peak_lr:.4g}; lower optim.warmup_epochs"
         )
+    for line in notes:
+        logger.print(line)
 
 
 def _schedule_words(trainer: Run) -> str:
@@ -103,6 +107,13 @@ def _schedule_words(trainer: Run) -> str:
         return f"following its plan: {describe_plan(b.plan)}"
     return (f"budget {format_duration(b.budget_s)}: the step rate is measured over the first {b.measure_steps} steps, "
             "then warmup + cosine are planned to end at the budget")  # fmt: skip
+
+
+def progress_bar(trainer: Run, total: int) -> tqdm:
+    """The epoch's progress bar of ``total`` micro-steps (main process, ``train.progress``)."""
+    st = trainer.state
+    disable = not (trainer.cfg.train.progress and trainer.dist.is_main)
+    return tqdm(total=total, initial=st.epoch_step, desc=f"epoch {st.epoch}", leave=False, disable=disable, dynamic_ncols=True)
 
 
 def train_record(trainer: Run, sums: LossSums, images_per_s: float) -> dict[str, Any]:
@@ -133,6 +144,24 @@ def epoch_record(trainer: Run, sums: LossSums, complete: bool) -> dict[str, Any]
         record.update(epoch=trainer.state.epoch, ete=trainer.masking.num_views * (trainer.state.epoch + 1))
     else:
         record["complete"] = False
+    return record
+
+
+def epoch_line(trainer: Run, record: dict[str, Any], before: RunState) -> str:
+    """The console line of the epoch that ``record`` closes, with its images/s and bad images since
+    ``before`` (the run's state when the epoch started)."""
+    t = trainer
+    seconds = max(t.state.elapsed - before.elapsed, 1e-9)
+    images_per_s = (t.state.opt_step - before.opt_step) * t.unique_batch / seconds
+    bad = t.state.bad_images - before.bad_images
+    return progress_line({**record, "kind": "epoch"}, t.epochs_known, images_per_s=images_per_s, bad_images=bad)
+
+
+def eval_record(trainer: Run, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The ``kind: "eval"`` record of an evaluation hook's ``metrics`` at the run's position."""
+    record = {"kind": "eval", **trainer.position(), "time": round(trainer.state.elapsed, 3), **metrics}
+    if trainer.state.epoch_step:
+        record["mid_epoch"] = True  # a step hook's, or the end of a run cut mid-epoch
     return record
 
 
@@ -188,6 +217,12 @@ def write_summary(trainer: Run, seconds: float, last: dict[str, Any]) -> dict[st
     if t.dist.is_main:
         (t.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def saved_evals(output_dir: Path) -> list[dict[str, Any]]:
+    """The ``kind: "eval"`` records of a resumed run's ``metrics.jsonl`` (none without the file)."""
+    metrics_file = output_dir / "metrics.jsonl"
+    return [r for r in read_metrics(metrics_file) if r.get("kind") == "eval"] if metrics_file.is_file() else []
 
 
 def evaluation_summary(evals: list[dict[str, Any]]) -> dict[str, Any]:

@@ -19,17 +19,16 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from dmjd.config import Config, ConfigError, config_to_yaml
 from dmjd.data import Normalize
 from dmjd.engine import run_report
-from dmjd.engine.budget import PROVISIONAL_EPOCHS, apply_plan, describe_plan, run_schedule
+from dmjd.engine.budget import PROVISIONAL_EPOCHS, TimeBudget, apply_plan, describe_plan, run_schedule
 from dmjd.engine.builders import build_dmjd_model, build_loss, build_masking, build_target, mean_std
 from dmjd.engine.distributed import DistInfo, barrier, init_distributed
 from dmjd.engine.faults import NonFiniteSteps, StopSignals, TrainingInterrupted, check_disk_space, explain_oom
 from dmjd.engine.loss_sums import LossSums
-from dmjd.engine.metrics import MetricsLogger, cut_run_logs, progress_line, read_metrics
+from dmjd.engine.metrics import MetricsLogger, cut_run_logs, progress_line
 from dmjd.engine.optim import build_adamw, lr_at, optimizer_step, peak_lr, pretrain_param_groups, set_lr
 from dmjd.engine.resources import start_memory_notes
 from dmjd.engine.resume import (
@@ -97,9 +96,7 @@ class Pretrainer:
         self.stop = StopSignals()
         self.time_up = False
         self._run_start = 0.0  # perf_counter() at which the run's training time began (moved by evaluations)
-        metrics_file = self.output_dir / "metrics.jsonl"
-        old_records = read_metrics(metrics_file) if loaded is not None and metrics_file.is_file() else []
-        self.evals: list[dict[str, Any]] = [r for r in old_records if r.get("kind") == "eval"]
+        self.evals = run_report.saved_evals(self.output_dir) if loaded is not None else []
 
     @property
     def finished(self) -> bool:
@@ -190,13 +187,10 @@ class Pretrainer:
         if self.finished:
             self.release()
             return run_report.finished_summary(self)
-        main = self.dist.is_main
-        self.logger = MetricsLogger(self.output_dir, self.cfg.train.tensorboard) if main else None
+        self.logger = MetricsLogger(self.output_dir, self.cfg.train.tensorboard) if self.dist.is_main else None
         if self.logger is not None:
             (self.output_dir / "config.yaml").write_text(config_to_yaml(self.cfg))
-            run_report.print_start(self, self.logger)
-            for line in self._start_notes:
-                self.logger.print(line)
+            run_report.print_start(self, self.logger, self._start_notes)
         self._run_start = time.perf_counter() - self.state.elapsed
         last: dict[str, Any] = {}
         try:
@@ -205,18 +199,14 @@ class Pretrainer:
                     self._evaluate(on_epoch_end)  # epoch 0: the untrained encoder
                     barrier(self.dist)
                 while not self.finished and not self.time_up:
-                    elapsed_before, steps_before, bad_before = self.state.elapsed, self.state.opt_step, self.state.bad_images
+                    before = RunState(**vars(self.state))
                     last = self._train_epoch(on_step_end)
                     if self._epoch_complete():
                         self.state.epoch += 1
                         self.state.epoch_step = 0
                     self.state.elapsed = time.perf_counter() - self._run_start
                     if self.logger is not None:
-                        seconds = max(self.state.elapsed - elapsed_before, 1e-9)
-                        images_per_s = (self.state.opt_step - steps_before) * self.unique_batch / seconds
-                        bad = self.state.bad_images - bad_before
-                        record = {**last, "kind": "epoch"}
-                        self.logger.print(progress_line(record, self.epochs_known, images_per_s=images_per_s, bad_images=bad))
+                        self.logger.print(run_report.epoch_line(self, last, before))
                     self._save_epoch_checkpoints()  # after the epoch's line: a resume keeps it in log.txt
                     if on_epoch_end is not None:
                         self._evaluate(on_epoch_end)
@@ -238,9 +228,7 @@ class Pretrainer:
         hook_start = time.perf_counter()
         metrics = hook(self) if self.dist.is_main else None
         if metrics and self.logger is not None:
-            record = {"kind": "eval", **self.position(), "time": round(self.state.elapsed, 3), **metrics}
-            if self.state.epoch_step:
-                record["mid_epoch"] = True  # a step hook's, or the end of a run cut mid-epoch
+            record = run_report.eval_record(self, metrics)
             self.logger.log(record)
             self.logger.print(progress_line(record, self.epochs_known))
             self.evals.append(record)
@@ -289,10 +277,7 @@ class Pretrainer:
         self._resumed_sums = None
         nonfinite = NonFiniteSteps(self.device, cfg.train.max_nonfinite_steps)
         window_start, window_images = time.perf_counter(), 0
-        bar = tqdm(
-            total=usable_micro, initial=st.epoch_step, desc=f"epoch {st.epoch}", leave=False,
-            disable=not (cfg.train.progress and self.dist.is_main), dynamic_ncols=True,
-        )  # fmt: skip
+        bar = run_report.progress_bar(self, usable_micro)
         for images, bad in self.batches.epoch(st.epoch, st.epoch_step):
             if st.epoch_step >= usable_micro:
                 break
@@ -356,8 +341,7 @@ class Pretrainer:
     def _observe_budget(self) -> None:
         """Show the time budget this step; when it makes or changes the plan, follow it: schedule,
         config (and config.yaml) and a log line."""
-        assert self.budget is not None
-        plan = self.budget.observe(self.state.opt_step, time.perf_counter() - self._run_start)
+        plan = cast(TimeBudget, self.budget).observe(self.state.opt_step, time.perf_counter() - self._run_start)
         if plan is None:
             return
         apply_plan(self.cfg, plan)
@@ -368,22 +352,19 @@ class Pretrainer:
                 self.logger.print(f"dmjd: {describe_plan(plan)}")
 
     def _epoch_complete(self) -> bool:
-        """Whether the current epoch ran to its end: not cut by the time budget, nor by ``optim.max_steps``
-        before its last step."""
+        """Whether the epoch ran to its end: not cut by the time budget, nor by ``optim.max_steps`` before it."""
         usable_micro = self.steps_per_epoch * self.cfg.optim.accum_iter
         return not self.time_up and (self.state.opt_step < self.total_steps or self.state.epoch_step >= usable_micro)
 
     def _lr(self) -> float:
-        o = self.cfg.optim
-        return lr_at(self.state.opt_step, self.total_steps, self.warmup_steps, self.peak_lr, o.min_lr)
+        return lr_at(self.state.opt_step, self.total_steps, self.warmup_steps, self.peak_lr, self.cfg.optim.min_lr)
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly (``dmjd.engine.resume.training_checkpoint``)."""
-        log_state: dict[str, Any] = {}  # the epoch's running sums mid-epoch, and log.txt's size (cut back to it)
-        if self._epoch_sums is not None and self.state.epoch_step:
-            log_state["epoch_sums"] = self._epoch_sums.plain()
-        if self.logger is not None:
+        sums = self._epoch_sums if self.state.epoch_step else None  # the epoch's running sums, mid-epoch
+        log_state: dict[str, Any] = {"epoch_sums": sums.plain()} if sums is not None else {}
+        if self.logger is not None:  # log.txt's size, which a resume cuts it back to
             log_state["log_bytes"] = self.logger.text_bytes()
         return training_checkpoint(
             self.model, self.optimizer, self.scaler, self.state, log_state, self.cfg, self.dist.world_size
