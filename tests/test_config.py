@@ -82,3 +82,43 @@ def test_every_cross_key_problem_is_reported_one_line_each():
     assert len(lines) == 3, lines
     assert "target.cell_size=3" in lines[0] and "mim_weight=0" in lines[1] and "block_size=3" in lines[2]
     assert all(line.startswith("config: ") for line in lines)
+
+
+@pytest.mark.parametrize("override", ["bad.key=1", "optim.epoch=3", "train.budget_plan.total_stepz=3", "optimx"])
+def test_override_keys_are_refused_as_load_config_refuses_them(override):
+    """``check_override_keys`` (run before a resumed run's checkpoint is read) words an unknown key
+    or a malformed override exactly as a full validation does."""
+    from dmjd.config.loading import check_override_keys
+
+    with pytest.raises(ConfigError) as full:
+        load_config(None, [override])
+    with pytest.raises(ConfigError) as early:
+        check_override_keys([override])
+    assert str(early.value) in str(full.value).splitlines()
+
+
+def test_override_keys_check_no_values_and_accept_any_key_of_a_mapping():
+    from dmjd.config.loading import check_override_keys
+
+    check_override_keys(["optim.epochs=-1", "train.budget_plan.total_steps=5", "recipe.reasons.model.size=why"])
+    with pytest.raises(ConfigError, match=r"cannot set optim\.epochs\.x: optim\.epochs is not a section"):
+        check_override_keys(["optim.epochs.x=3"])
+
+
+def test_a_bad_key_is_refused_before_torch_loads_with_and_without_resume(tmp_path):
+    """``dmjd pretrain`` checks keys before it imports the engine, also with ``--resume auto``
+    (whose overrides apply to a saved config); that torch stays unloaded is what makes it quick."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from dmjd.cli import main\n"
+        "for extra in ([], ['--resume', 'auto']):\n"
+        f"    code = main(['pretrain', '--output-dir', {str(tmp_path)!r}, *extra, 'optim.epoch=3'])\n"
+        "    assert code == 2, code\n"
+        "print('TORCH', 'torch' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().endswith("TORCH False")
+    assert run.stderr.count("unknown key 'optim.epoch'") == 2

@@ -166,9 +166,14 @@ def pretrain_config(config: str | None, overrides: list[str], output_dir: str, r
         ConfigError: ``--resume auto`` with no checkpoint to resume and nothing to start a run from.
     """
     from dmjd.config import ConfigError, load_config
+    from dmjd.config.loading import check_override_keys
 
     if config not in (None, "auto"):  # validated before torch loads: a bad config answers in a moment
         return load_config(config, overrides)
+    if resume is None:
+        load_config(None, overrides)  # a fresh run's keys and values, also checked before torch loads
+    else:
+        check_override_keys(overrides)  # a resumed run's overrides apply to its saved config
     from dmjd.engine import resume_config
     from dmjd.engine.resume import resolve_resume
     from dmjd.recipe import auto_config, recipe_lines, user_keys

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -60,9 +60,10 @@ def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
     """The keys allowed at a dotted path of the schema (for error messages)."""
     for part in path:
         field = model.model_fields.get(part)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        section = _section_of(field.annotation) if field is not None else None
+        if section is None:
             return []
-        model = field.annotation
+        model = section
     return list(model.model_fields)
 
 
@@ -76,6 +77,34 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     except yaml.YAMLError as err:
         raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
     return key.strip().split("."), value
+
+
+def check_override_keys(overrides: list[str]) -> None:
+    """Refuse malformed overrides and unknown keys, without validating values: what any config,
+    a resumed run's saved one included, refuses (so it can run before a checkpoint is read).
+
+    Raises:
+        ConfigError: the first malformed override or unknown key, worded as ``load_config`` words it.
+    """
+    for item in overrides:
+        path, _ = parse_override(item)
+        model: type[BaseModel] = Config
+        for depth, part in enumerate(path):
+            field = model.model_fields.get(part)
+            if field is None:
+                allowed = ", ".join(model.model_fields)
+                raise ConfigError(f"unknown key {'.'.join(path[: depth + 1])!r}; allowed keys here: {allowed}")
+            section = _section_of(field.annotation)
+            if section is None:
+                if depth < len(path) - 1 and get_origin(field.annotation) is not dict:  # a mapping takes any key
+                    raise ConfigError(f"cannot set {'.'.join(path)}: {'.'.join(path[: depth + 1])} is not a section")
+                break
+            model = section
+
+
+def _section_of(annotation: Any) -> type[BaseModel] | None:
+    """The schema section a field holds (also an optional one, ``Section | None``), or None for a value."""
+    return next((t for t in (annotation, *get_args(annotation)) if isinstance(t, type) and issubclass(t, BaseModel)), None)
 
 
 def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
