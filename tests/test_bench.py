@@ -399,7 +399,18 @@ def test_merge_adds_the_seeds_of_another_output(smoke_dir, tmp_path, capsys):
 def test_sections_are_checked_before_training(tmp_path):
     with pytest.raises(ValueError, match="unknown benchmark section"):
         run_efficiency("smoke", tmp_path, sections=["main", "speed"])
-    assert set(SECTIONS) == {"main", "core", "pred_ratio", "targets", "decoder", "simmim", "maskfeat", "convit", "vis_pairing"}
+    assert set(SECTIONS) == {
+        "main",
+        "core",
+        "dm",
+        "pred_ratio",
+        "targets",
+        "decoder",
+        "simmim",
+        "maskfeat",
+        "convit",
+        "vis_pairing",
+    }
 
 
 def test_profile_split_backward_gives_the_joint_gradients(tmp_path):
