@@ -403,6 +403,7 @@ def test_sections_are_checked_before_training(tmp_path):
         "main",
         "core",
         "dm",
+        "dm_block",
         "pred_ratio",
         "targets",
         "decoder",
