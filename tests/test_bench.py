@@ -404,6 +404,7 @@ def test_sections_are_checked_before_training(tmp_path):
         "core",
         "dm",
         "dm_block",
+        "jd",
         "pred_ratio",
         "targets",
         "decoder",

@@ -228,6 +228,14 @@ SECTIONS: dict[str, Section] = {
             claims=(Claim("speedup", "+DM-block", 3.2, 3.2, "Table II (block 0.6)"),),
         ),
         Section(
+            "jd",
+            "Joint distillation alone: MAE against MAE + JD",
+            "Fig. 6c-d: the visible distillation branch with HOG targets adds linear-probe accuracy over MAE.",
+            "MAE",
+            (MAE, PLUS_JD),
+            expected_pairs=(("MAE", "+JD"),),
+        ),
+        Section(
             "pred_ratio",
             "Prediction rate at a fixed corruption rate of 0.75",
             "Fig. 6a: with m_corr fixed, a higher prediction rate trains faster, saturating near 0.95.",
