@@ -174,8 +174,7 @@ def pretrain_config(config: str | None, overrides: list[str], output_dir: str, r
         load_config(None, overrides)  # a fresh run's keys and values, also checked before torch loads
     else:
         check_override_keys(overrides)  # a resumed run's overrides apply to its saved config
-    from dmjd.engine import resume_config
-    from dmjd.engine.resume import resolve_resume
+    from dmjd.engine.resume import resolve_resume, resume_config
     from dmjd.recipe import auto_config, recipe_lines, user_keys
 
     checkpoint = resolve_resume(output_dir, resume)
