@@ -166,9 +166,9 @@ def test_imagefolder_split_names_resolve_to_the_tree_folders(tmp_path):
 def test_imagefolder_without_held_out_folder_is_train_data_only(tmp_path):
     from dmjd.data.datasets import imagefolder_split
 
-    for i in range(2):
-        (tmp_path / "flat" / "cat").mkdir(parents=True, exist_ok=True)
-        Image.new("L", (8, 8)).save(tmp_path / "flat" / "cat" / f"{i}.png")
+    for i in range(2):  # a flat folder: no labels to hold a test split out by (a class folder has one)
+        (tmp_path / "flat").mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8)).save(tmp_path / "flat" / f"{i}.png")
     assert imagefolder_split(tmp_path / "flat", "train") == tmp_path / "flat"
     for split in ("test", "val"):
         with pytest.raises(DataError, match=r"no test split|no val split") as err:

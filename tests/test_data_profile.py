@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dmjd.data import DataError, embedded_sample, eval_transform, folder_layout, profile_data, stratified_split
+from dmjd.data import DataError, build_dataset, embedded_sample, eval_transform, folder_layout, profile_data, stratified_split
 from dmjd.errors import InputError
 from dmjd.eval.features import dataset_labels, labelled_splits
 
@@ -121,9 +121,20 @@ def test_labelled_splits_of_a_class_folder_without_train_val(tmp_path):
     train, test = labelled_splits("imagefolder", str(tmp_path), tf, tf, seed=1)
     assert np.bincount(dataset_labels(test)).tolist() == [2, 1, 1]
     assert np.bincount(dataset_labels(train)).tolist() == [8, 4, 1]
-    assert not set(train.indices) & set(test.indices) and train.dataset.root == test.dataset.root
-    again, other = (labelled_splits("imagefolder", str(tmp_path), tf, tf, seed=s)[1] for s in (1, 2))
-    assert again.indices == test.indices and other.indices != test.indices
+    assert not {p for p, _ in train.samples} & {p for p, _ in test.samples} and train.root == test.root
+    assert (train.held_out, test.held_out) == (4, 13)
+    # one split for every seed of the subsets: the split pre-training keeps the training part of
+    assert labelled_splits("imagefolder", str(tmp_path), tf, tf, seed=2)[1].samples == test.samples
+    assert build_dataset("imagefolder", "test", tf, str(tmp_path)).samples == test.samples
+    assert len(build_dataset("imagefolder", "all", tf, str(tmp_path))) == 17
     assert test[0][0].shape == (1, 8, 8)
-    half = labelled_splits("imagefolder", str(tmp_path), tf, tf, test_fraction=0.5)[1]
-    assert np.bincount(dataset_labels(half)).tolist() == [5, 2, 1]
+
+
+def test_an_unreadable_file_is_left_out_of_its_split_not_replaced(tmp_path):
+    for c in ("a", "b"):
+        _write(tmp_path / c, [((8, 8), "L")] * 5)
+    (tmp_path / "a" / "0.png").write_bytes(b"not a png")
+    tf = eval_transform(8, 1)
+    train, test = labelled_splits("imagefolder", str(tmp_path), tf, tf)
+    assert len(train) + len(test) == 9 and tmp_path / "a" / "0.png" not in {p for p, _ in train.samples + test.samples}
+    assert all(train[i][2] == 0 for i in range(len(train)))  # no stand-in image

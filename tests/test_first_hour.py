@@ -30,11 +30,14 @@ from safetensors.torch import save_file
 from conftest import TINY, tiny_config
 from dmjd.cli import main
 from dmjd.config import ConfigError, load_config
+from dmjd.data import eval_transform
 from dmjd.data.datasets import infer_data_kind
 from dmjd.engine import Pretrainer, load_checkpoint
 from dmjd.engine.builders import build_masking
 from dmjd.engine.metrics import read_metrics
 from dmjd.engine.run_dir import prepare_output_dir
+from dmjd.engine.training_data import training_data
+from dmjd.eval.features import labelled_splits
 from dmjd.eval.finetune import FinetuneSettings, finetune_transforms
 from dmjd.eval.loading import InputSpec
 from dmjd.eval.plot import curves_figure, time_unit
@@ -201,6 +204,38 @@ def test_data_path_with_the_demo_preset_is_used_and_named_at_start(tmp_path, dem
     # a path that holds nothing readable is refused, naming it
     code, _, err = run(["pretrain", "--config", "demo", "--output-dir", tmp_path / "x", f"data.path={tmp_path / 'nope'}"])
     assert code == 2 and "data.path=" in err and "does not exist" in err
+
+
+def test_pretraining_holds_out_the_probes_test_split_and_counts_agree_across_commands(tmp_path):
+    """A labelled folder without val/: pretrain decodes only the training part of the split knn uses,
+    an unreadable file is left out (not replaced) in both, and both say the same counts."""
+    folder = tmp_path / "labelled"
+    for c, sub in enumerate(("dark", "light", "mid")):  # image i of class c is flat grey level 5 * (15c + i)
+        (folder / sub).mkdir(parents=True)
+        for i in range(15):
+            Image.new("L", (24, 24), 5 * (15 * c + i)).save(folder / sub / f"{i:03d}.png")
+    (folder / "mid" / "007.png").write_bytes(b"\x89PNG broken")
+    level = {p: 5 * (15 * c + int(p.stem)) for c, sub in enumerate(("dark", "light", "mid")) for p in (folder / sub).iterdir()}
+    keys = [*TINY, "optim.epochs=1", f"data.path={folder}", "optim.batch_size=16", "data.pipeline=device"]
+    code, stdout, err = run(["pretrain", "--config", "demo", "--output-dir", tmp_path / "run", *keys])
+    assert code == 0, err
+    knn_code, knn_out, knn_err = run(["knn", "--checkpoint", tmp_path / "run" / "checkpoint-last.pth", "--output-dir",
+                                      tmp_path / "knn", "--k", "3"])  # fmt: skip
+    assert knn_code == 0, knn_err
+    tf = eval_transform(8, 1)
+    train, test = labelled_splits("imagefolder", str(folder), tf, tf)
+    knn_train, knn_test = ({level[p] for p, _ in ds.samples} for ds in (train, test))  # type: ignore[attr-defined]
+    pretrained = set(training_data(tiny_config(*keys), torch.device("cpu")).batches.images[:, 0, 0, 0].tolist())  # type: ignore[attr-defined]
+    assert pretrained == knn_train and not knn_train & knn_test
+    assert len(knn_train | knn_test) == 44 and level[folder / "mid" / "007.png"] not in knn_train | knn_test
+    assert f"train split: {len(knn_train)} images, 3 classes" in stdout
+    assert "the 9 files of its test split are held out for the probes" in stdout  # 3 of each class's 15
+    assert f"train split: {len(knn_train)} images, 3 classes" in knn_out
+    assert f"test split: {len(knn_test)} images, 3 classes" in knn_out
+    assert json_lines(knn_out)[-1]["train_images"] == len(knn_train)
+    # data.split_holdout=false pre-trains on every readable image
+    everything = training_data(tiny_config(*keys, "data.split_holdout=false"), torch.device("cpu")).batches
+    assert set(everything.images[:, 0, 0, 0].tolist()) == knn_train | knn_test  # type: ignore[attr-defined]
 
 
 def test_data_kind_is_inferred_from_what_the_folder_holds(tmp_path):

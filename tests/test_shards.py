@@ -143,19 +143,21 @@ def test_cli_shard_writes_manifest_that_matches(tmp_path, capsys):
         (src / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((40, 30, 3), 20 * i, np.uint8)).save(src / f"class{i % 2}" / f"{i}.png")
     (src / "class0" / "broken.png").write_bytes(b"not a png")  # left out of the shards
-    assert main(["shard", str(src), str(tmp_path / "out"), "--shard-size", "3", "--max-side", "20"]) == 0
+    for split in ("val", "train"):  # a class folder without val/: the one seeded split of every command
+        assert main(["shard", str(src), str(tmp_path / "out"), "--shard-size", "3", "--max-side", "20", "--split", split]) == 0
+    assert "wrote 2 images (6 files of its train split left out)" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["samples"] == 7 and manifest["classes"] == ["class0", "class1"]
-    assert [s["count"] for s in manifest["shards"]] == [3, 3, 1]
+    assert [s["count"] for s in manifest["shards"] if s["name"].startswith("train")] == [3, 2]
     with tarfile.open(tmp_path / "out" / "train-000000.tar") as tar:
         member = next(m for m in tar if m.name.endswith(".jpg"))
         assert max(Image.open(tar.extractfile(member)).size) == 20
-    index = index_shards(str(tmp_path / "out" / "train-{000000..000002}.tar"))
-    assert index.counts == (3, 3, 1) and index.classes == ("class0", "class1")
+    index = index_shards(str(tmp_path / "out" / "train-{000000..000001}.tar"))
+    assert index.counts == (3, 2) and index.classes == ("class0", "class1")
     labels = sorted(int(s["cls"]) for s in wds.WebDataset(index.urls, shardshuffle=False))
-    assert labels == [0, 0, 0, 0, 1, 1, 1]
-    piped = index_shards(f"pipe:cat {tmp_path / 'out' / 'train-{000000..000002}.tar'}")  # counts from the manifest
-    assert piped.counts == (3, 3, 1) and len(seen_ids(ShardSamples(piped.urls, sample_id), workers=0)[0]) == 7
+    assert labels == [0, 0, 0, 1, 1]  # 6.png and 3.png are the seeded split's val images
+    piped = index_shards(f"pipe:cat {tmp_path / 'out' / 'train-{000000..000001}.tar'}")  # counts from the manifest
+    assert piped.counts == (3, 2) and len(seen_ids(ShardSamples(piped.urls, sample_id), workers=0)[0]) == 5
     assert main(["shard", str(src), str(tmp_path / "out"), "--shard-size", "3"]) == 2  # not over old shards
     assert "already holds" in capsys.readouterr().err
 

@@ -254,7 +254,9 @@ def _run_shard(args: argparse.Namespace) -> int:
     pattern = Path(args.dst) / f"{args.split}-{{000000..{last:06d}}}.tar"
     use = (f"train with data.name=webdataset data.path='{pattern}'" if args.split == "train" else
            "evaluations of runs on the train shards beside them read them as the test split")  # fmt: skip
-    print(f"dmjd: wrote {manifest['splits'][args.split]:,} images in {last + 1} shards to {args.dst}; {use}")
+    held = getattr(dataset, "held_out", 0)  # a class folder without val/: the other part of its split
+    aside = f" ({held:,} files of its {'test' if args.split == 'train' else 'train'} split left out)" if held else ""
+    print(f"dmjd: wrote {manifest['splits'][args.split]:,} images{aside} in {last + 1} shards to {args.dst}; {use}")
     return 0
 
 

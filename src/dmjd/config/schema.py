@@ -180,6 +180,12 @@ class DataConfig(_Section):
     crop_scale: tuple[float, float] = (0.2, 1.0)
     hflip: bool = True
     limit: int | None = Field(None, ge=1, description="use only the first N images")
+    split_holdout: bool = Field(
+        True,
+        description="an image folder of class sub-folders without val/ or test/: pre-train on the training part "
+        "of the seeded stratified split whose test part the probes (monitor, compare, knn, linprobe, finetune) "
+        "use; false = pre-train on every image",
+    )
     num_workers: int = Field(4, ge=0)
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None

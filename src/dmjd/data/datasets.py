@@ -7,9 +7,12 @@ Items follow ``dmjd.data.base``: ``(image, label, skipped)``.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import logging
+import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
@@ -21,12 +24,15 @@ from torchvision import datasets as tvd
 
 from dmjd.data.base import IMAGE_EXTENSIONS, DataError, StandInImages, Transform, cache_dir
 from dmjd.data.shards import ShardImages, split_shards
+from dmjd.data.split import stratified_split
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 DATASET_NAMES = ("embedded", "imagefolder", "cifar10", "cifar100", "stl10", "fashion_mnist", "webdataset")
+# The held-out split of a labelled image folder without val/ or test/: a share of each class, by seed.
+HOLDOUT_FRACTION, HOLDOUT_SEED = 0.2, 0
 
 LOG = logging.getLogger(__name__)
 
@@ -121,8 +127,12 @@ class ImageFiles(StandInImages):
     """A folder of images: class sub-folders give labels (ImageFolder), a flat folder gives -1.
 
     Unreadable, truncated, empty or non-image files are replaced by the next readable file, with one
-    logged warning (one line) per file, and flagged ``skipped=1`` so the trainer can count them.
+    logged warning (one line) per file, and flagged ``skipped=1`` so the trainer can count them;
+    ``readable()`` leaves them out instead (evaluations). ``held_out`` counts the folder's files in
+    the other part of its held-out split (``select``), 0 for a whole folder.
     """
+
+    held_out: int = 0
 
     def __init__(self, root: str | Path, transform: Transform) -> None:
         self.root, self.transform = Path(root), transform
@@ -147,6 +157,22 @@ class ImageFiles(StandInImages):
     def __repr__(self) -> str:
         return f"ImageFiles({str(self.root)!r})"
 
+    def select(self, ids: np.ndarray, held_out: int = 0) -> ImageFiles:
+        """The same folder restricted to the files ``ids`` (its classes kept), ``held_out`` files aside."""
+        part = copy.copy(self)
+        part.samples, part.held_out, part._warned = [self.samples[i] for i in ids], held_out, set()
+        return part
+
+    def readable(self) -> ImageFiles:
+        """The files that decode, each unreadable one logged (one line) and left out.
+
+        Reads every file once (threads; JPEGs decoded at reduced scale), so that an evaluation's
+        splits count images, not files, and hold no stand-in for a broken file.
+        """
+        with ThreadPoolExecutor(min(32, os.cpu_count() or 1)) as pool:
+            ok = list(pool.map(_decodes, (path for path, _ in self.samples)))
+        return self if all(ok) else self.select(np.flatnonzero(ok), self.held_out)
+
     def _open(self, index: int) -> Image.Image | None:
         path = self.samples[index][0]
         try:
@@ -161,6 +187,18 @@ class ImageFiles(StandInImages):
 
     def _label(self, index: int) -> int:
         return self.samples[index][1]
+
+
+def _decodes(path: Path) -> bool:
+    """Whether an image file decodes to the end (JPEGs at 1/8 scale, which still reads every byte)."""
+    try:
+        with Image.open(path) as img:
+            img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
+            img.load()
+        return True
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        LOG.warning("skipping unreadable image %s: %s", path, err)
+        return False
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -210,7 +248,8 @@ def imagefolder_split(path: str | Path, split: str) -> Path:
     A tree is a root with ``train/`` and ``val/`` or ``test/`` folders (``path`` may also name its
     ``train`` folder, what pre-training configs often point at): ``train`` is ``ROOT/train``, and
     ``test`` or ``val`` is ``ROOT/val`` or ``ROOT/test``, whichever exists (``val`` first); any other
-    split is ``ROOT/<split>``. A root without such folders is the data itself, for ``train`` only.
+    split is ``ROOT/<split>``. A root without such folders is the data itself, for ``train`` only
+    (``image_folder`` splits it when it has class sub-folders).
 
     Raises:
         DataError: the split has no folder (a held-out split of a root without ``val/`` or ``test/``).
@@ -223,14 +262,40 @@ def imagefolder_split(path: str | Path, split: str) -> Path:
     found = next((root / name for name in names if (root / name).is_dir()), None)
     if found is not None:
         return found
-    is_tree = any((root / name).is_dir() for name in ("train", *HELD_OUT_FOLDERS))
-    if split == "train" and not is_tree:
+    if split == "train" and not _is_tree(root):
         return root
     where = " or ".join(f"{root}/{name}" for name in names)
     raise DataError(
         f"data.name=imagefolder has no {split} split: no folder {where}; give data.path a root with train/ and "
         "val/ (or test/) class folders"
     )
+
+
+def image_folder(path: str | Path, split: str, transform: Transform) -> ImageFiles:
+    """One split of an image folder, the same for pre-training, the API and every evaluation.
+
+    A tree's splits are its folders (``imagefolder_split``). A folder of class sub-folders without
+    ``val/`` or ``test/`` is split class by class (``stratified_split`` of ``HOLDOUT_FRACTION``, seeded
+    by ``HOLDOUT_SEED``): ``train`` is one part, ``test`` or ``val`` the other, so that pre-training
+    does not see the probes' test images; ``all`` is the whole folder (``data.split_holdout=false``).
+    A flat folder has no labels to split by: ``train`` and ``all`` are all of it.
+
+    Raises:
+        DataError: the folder is missing or empty, or has no such split.
+    """
+    if split == "all" or _is_tree(Path(path)):
+        return ImageFiles(imagefolder_split(path, "train" if split == "all" else split), transform)
+    files = ImageFiles(imagefolder_split(path, "train"), transform)  # the folder itself
+    if not files.classes or split not in ("train", *HELD_OUT_FOLDERS):
+        return ImageFiles(imagefolder_split(path, split), transform)  # all of a flat folder, or no such split
+    train, test = stratified_split(np.array([c for _, c in files.samples]), HOLDOUT_FRACTION, HOLDOUT_SEED)
+    return files.select(train, len(test)) if split == "train" else files.select(test, len(train))
+
+
+def _is_tree(root: Path) -> bool:
+    """Whether ``root`` is a split tree or its ``train/`` folder (``imagefolder_split``)."""
+    beside = root.name == "train" and any((root.parent / name).is_dir() for name in HELD_OUT_FOLDERS)
+    return beside or any((root / name).is_dir() for name in ("train", *HELD_OUT_FOLDERS))
 
 
 def build_dataset(name: str, split: str, transform: Transform, path: str | None = None, download: bool = False) -> Dataset:
@@ -246,7 +311,7 @@ def build_dataset(name: str, split: str, transform: Transform, path: str | None 
     elif name == "imagefolder":
         if not path:
             raise DataError("data.name=imagefolder needs data.path (a folder of images or class folders)")
-        ds = ImageFiles(imagefolder_split(path, split), transform)
+        ds = image_folder(path, split, transform)
     elif name == "fashion_mnist":
         ds = fashion_mnist(split, transform, path, download)
     elif name in ("cifar10", "cifar100", "stl10"):

@@ -227,6 +227,7 @@ def resume_config(checkpoint: str | Path, overrides: list[str] | None = None) ->
     """The config of a saved run, with dotted ``key=value`` overrides on top (e.g. another
     device; ``Pretrainer`` refuses overrides that change the run, see ``check_resumable``)."""
     data = load_pretraining_checkpoint(checkpoint)["config"]
+    data.setdefault("data", {}).setdefault("split_holdout", False)  # saved before the key: it trained on all
     for item in overrides or []:
         path, value = parse_override(item)
         apply_override(data, path, value)

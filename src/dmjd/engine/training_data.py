@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from dmjd.config import Config
 from dmjd.data.arrays import decoded_nbytes, open_source, to_image_array
@@ -97,7 +97,7 @@ def _training_data(cfg: Config, device: torch.device, rank: int, world_size: int
     d, m = cfg.data, cfg.model
     if d.name == "webdataset":
         return _shard_data(cfg, device, rank, world_size)
-    split = "pretrain" if d.name == "stl10" else "train"
+    split = "pretrain" if d.name == "stl10" else "train" if d.split_holdout else "all"
     why = "data.pipeline=loader"
     if d.pipeline != "loader":
         size = d.cache_size or m.img_size * 8 // 7
@@ -113,8 +113,8 @@ def _training_data(cfg: Config, device: torch.device, rank: int, world_size: int
             )  # fmt: skip
             shape = "x".join(str(v) for v in arr.images.shape)
             labelled = np.unique(arr.labels[arr.labels >= 0]).size
-            left_out = f", {arr.unreadable} unreadable files left out" if arr.unreadable else ""
-            data = describe_data(d.name, d.path, split, len(arr.images), labelled) + left_out
+            left_out = f", {arr.unreadable} unreadable file{'s' * (arr.unreadable > 1)} left out" if arr.unreadable else ""
+            data = describe_data(d.name, d.path, split, len(arr.images), labelled) + left_out + held_out(source)
             return TrainingData(batches, f"{data}; device pipeline, {why}: uint8 [{shape}] on {device}, augmented there",
                                 arr.unreadable)  # fmt: skip
     transform = pretrain_transform(m.img_size, m.in_chans, d.crop_scale, d.hflip, d.interpolation)
@@ -128,9 +128,17 @@ def _training_data(cfg: Config, device: torch.device, rank: int, world_size: int
         pin_memory=device.type == "cuda", persistent_workers=d.num_workers > 0,
         prefetch_factor=4 if d.num_workers > 0 else None,
     )  # fmt: skip
-    data = describe_data(d.name, d.path, split, len(base), len(classes), classes)  # type: ignore[arg-type]
+    data = describe_data(d.name, d.path, split, len(base), len(classes), classes) + held_out(base)  # type: ignore[arg-type]
     return TrainingData(LoaderBatches(loader, sampler, device),
                         f"{data}; loader pipeline, {why}: {d.num_workers} DataLoader workers")  # fmt: skip
+
+
+def held_out(source: Dataset) -> str:
+    """The start-up line's note on an image folder's test files kept out of pre-training (``data.split_holdout``)."""
+    files = source.dataset if isinstance(source, Subset) else source
+    n = getattr(files, "held_out", 0)
+    return (f"; the {n:,} files of its test split are held out for the probes (data.split_holdout=false trains "
+            "on all)") if n else ""  # fmt: skip
 
 
 def _shard_data(cfg: Config, device: torch.device, rank: int, world_size: int) -> TrainingData:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from dmjd.data import DataError, build_dataset, folder_layout, stratified_split
+from dmjd.data import DataError, ImageFiles, build_dataset
 from dmjd.engine.runtime import autocast_dtype
 
 Pool = Literal["cls", "avg", "avg_fc_norm"]
@@ -54,32 +54,34 @@ def labelled_splits(
     download: bool = False,
     max_images: int | None = None,
     seed: int = 0,
-    test_fraction: float = 0.2,
 ) -> tuple[Dataset, Dataset]:
     """The labelled ``train`` and ``test`` splits of a data set (see ``dmjd.data.build_dataset``).
 
-    An image folder whose sub-folders are the classes (no ``train/`` + ``val/`` tree) is split class
-    by class: ``dmjd.data.stratified_split`` holds out ``test_fraction`` of each class, seeded by ``seed``.
+    An image folder of class sub-folders without ``val/`` or ``test/`` is split class by class, the
+    same seeded split that pre-training keeps its training part of (``dmjd.data.datasets.image_folder``).
+    An image folder's unreadable files are left out of its splits (``ImageFiles.readable``), after
+    ``max_images`` sampled them.
 
     Args:
         max_images: keep a seeded random subset of at most this many images per split.
-        test_fraction: the share of each class held out, for an image folder of class sub-folders.
+        seed: the seed of that subset.
 
     Raises:
         DataError: the data set is missing or has no labelled splits.
-        InputError: ``test_fraction`` outside (0, 1).
     """
-    if name == "imagefolder" and path and folder_layout(path) == "classes":
-        train, test = (build_dataset(name, "train", t, path) for t in (train_transform, test_transform))
-        train_ids, test_ids = stratified_split(dataset_labels(train), test_fraction, seed)
-        train, test = Subset(train, train_ids.tolist()), Subset(test, test_ids.tolist())
-    else:
-        train = build_dataset(name, "train", train_transform, path, download)
-        test = build_dataset(name, "test", test_transform, path, download)
-    for split, ds in (("train", train), ("test", test)):
+    splits = [build_dataset(name, s, t, path, download) for s, t in (("train", train_transform), ("test", test_transform))]
+    for split, ds in zip(("train", "test"), splits, strict=True):
         if dataset_labels(ds).min() < 0:
             raise DataError(f"data set {name!r} ({split}) has unlabelled images; evaluations need class labels")
-    return subsample(train, max_images, seed), subsample(test, max_images, seed)
+    train, test = (_readable(subsample(ds, max_images, seed)) for ds in splits)
+    return train, test
+
+
+def _readable(dataset: Dataset) -> Dataset:
+    """An image folder (or a subset of one) without its unreadable files; any other data set as it is."""
+    if isinstance(dataset, Subset) and isinstance(dataset.dataset, ImageFiles):
+        return dataset.dataset.select(np.asarray(dataset.indices)).readable()
+    return dataset.readable() if isinstance(dataset, ImageFiles) else dataset
 
 
 def num_classes(*datasets: Dataset) -> int:

@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 from dmjd.data import DataError, build_dataset
 from dmjd.data.base import Transform
-from dmjd.data.datasets import imagefolder_split
 from dmjd.eval.features import dataset_labels
 from dmjd.masking import DisjointMasking, MaskedViews
 from dmjd.targets import HOGTarget, PixelTarget, Target
@@ -82,19 +81,17 @@ def predict_views(
 def drawn_images(name: str, path: str | None, transform: Transform, n: int, seed: int = 0, download: bool = False) -> Tensor:
     """``pick_images`` of a data set's test split, transformed: ``[min(n, N), C, H, W]``.
 
-    An ImageFolder without ``val/`` or ``test/`` folder has no test split; its own images (what a
-    run pre-trained on) are drawn instead.
+    A flat ImageFolder has no test split; its own images (what a run pre-trained on) are drawn instead.
 
     Raises:
         DataError: as ``dmjd.data.build_dataset``.
     """
-    split = "test"
-    if name == "imagefolder":
-        try:
-            imagefolder_split(path or "", "test")
-        except DataError:
-            split = "train"
-    ds = build_dataset(name, split, transform, path, download)
+    try:
+        ds = build_dataset(name, "test", transform, path, download)
+    except DataError:
+        if name != "imagefolder":
+            raise
+        ds = build_dataset(name, "train", transform, path, download)
     return torch.stack([ds[int(i)][0] for i in pick_images(dataset_labels(ds), n, seed)])
 
 
