@@ -399,7 +399,7 @@ def test_exported_convit_is_callable_like_a_timm_model(tmp_path) -> None:
     from dmjd.eval.loading import InputSpec
 
     encoder = small_convit(in_chans=1)
-    exported = export_encoder(encoder, tmp_path / "encoder.safetensors", InputSpec(32, 1, (0.5,), (0.25,)))
+    exported = export_encoder(encoder, tmp_path / "export", InputSpec(32, 1, (0.5,), (0.25,)))
     scope: dict = {}
     exec(exported.snippet, scope)  # the printed line: rebuild, load strictly, eval mode
     model, x = scope["model"], torch.randn(2, 1, 32, 32)

@@ -111,12 +111,16 @@ def test_data_overrides_only(run):
 # ------------------------------------------------------------------------------------- export
 def test_export_custom_size_loads_strictly_in_timm_with_the_same_features(tmp_path, run):
     encoder, cfg = load_encoder(run[0] / "checkpoint-last.pth")
-    exported = export_encoder(encoder, tmp_path / "enc.safetensors", InputSpec.from_config(cfg))
+    exported = export_encoder(encoder, tmp_path / "enc", InputSpec.from_config(cfg), pool="token")
     model = eval(exported.snippet, {"timm": timm})  # the exact line printed for the user
+    assert exported.snippet == f'timm.create_model("local-dir:{tmp_path / "enc"}", pretrained=True)'
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model.eval().forward_features(x), encoder.forward_features(x))
     assert timm.data.resolve_data_config({}, model=model)["input_size"] == (1, 32, 32)
+    config = json.loads((tmp_path / "enc" / "config.json").read_text())
+    assert config["architecture"] == "vit_base_patch16_224" and config["num_classes"] == 0
+    assert config["global_pool"] == "token" and config["model_args"]["embed_dim"] == 32
     # strict keys: one stray tensor in the file makes the same call fail
     weights = load_file(exported.file)
     save_file({**weights, "decoder_embed.weight": torch.zeros(2)}, exported.file)
@@ -124,17 +128,26 @@ def test_export_custom_size_loads_strictly_in_timm_with_the_same_features(tmp_pa
         eval(exported.snippet, {"timm": timm})
 
 
-def test_export_registered_architecture_by_name(tmp_path):
+@pytest.mark.parametrize(("img_size", "in_chans"), [(224, 3), (32, 1)])
+def test_export_names_the_registered_architecture_and_pools_as_dmjd(tmp_path, img_size, in_chans):
+    """A ViT-Ti at any image size is exported as vit_tiny_patch16_224, and the timm model's output
+    is dmjd's own feature of the same pooling (issue 34: it was vit_base_... with overrides)."""
+    from dmjd.data import Normalize
+    from dmjd.eval.features import extract_features
+
     torch.manual_seed(0)
-    encoder = create_encoder("vit", "tiny", img_size=224, patch_size=16, in_chans=3).eval()
-    exported = export_encoder(encoder, tmp_path / "t.safetensors", InputSpec(224, 3, (0.5,) * 3, (0.5,) * 3))
-    assert exported.model_name == "vit_tiny_patch16_224" and exported.kwargs == {}
-    model = eval(exported.snippet, {"timm": timm}).eval()
-    x = torch.randn(1, 3, 224, 224)
+    encoder = create_encoder("vit", "tiny", img_size=img_size, patch_size=16, in_chans=in_chans).eval()
+    spec = InputSpec(img_size, in_chans, (0.5,) * in_chans, (0.5,) * in_chans)
+    exported = export_encoder(encoder, tmp_path / "t", spec)
+    assert exported.model_name == "vit_tiny_patch16_224"
+    assert exported.kwargs == ({} if img_size == 224 else {"img_size": 32, "in_chans": 1})
+    model = timm.create_model(f"local-dir:{tmp_path / 't'}", pretrained=True).eval()
+    images = torch.rand(3, in_chans, img_size, img_size)
+    dataset = torch.utils.data.TensorDataset(images, torch.zeros(3, dtype=torch.long))
+    normalize = Normalize(spec.mean, spec.std)
+    ours, _ = extract_features(encoder, dataset, 3, "cpu", "avg", normalize)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), encoder(x))
-    with pytest.raises(ValueError, match="safetensors"):
-        export_encoder(encoder, tmp_path / "t.pth", InputSpec(224, 3, (0.5,) * 3, (0.5,) * 3))
+        torch.testing.assert_close(model(normalize(images)), ours, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ monitor
@@ -203,16 +216,20 @@ def test_feature_commands_with_data_overrides(run, tmp_path, capsys):
     assert lines[2]["classes"] == 2 and (tmp_path / "out" / "tsne.png").stat().st_size > 0
 
 
-def test_export_command_prints_a_loadable_call(run, tmp_path, capsys):
-    target = tmp_path / "exported" / "encoder.safetensors"
-    cli(["export", "--checkpoint", str(run[0] / "checkpoint-last.pth"), "--output", str(target)])
+def test_export_command_writes_a_hub_folder(run, tmp_path, capsys):
+    target = tmp_path / "exported"
+    cli(["export", "--checkpoint", str(run[0]), "--output-dir", str(target), "--license", "cc-by-4.0"])
     lines = capsys.readouterr().out.strip().splitlines()
     calls = [line for line in lines if line.startswith("timm.create_model(")]
-    assert len(calls) == 1 and json.loads(lines[-1])["file"] == str(target.resolve())
+    assert len(calls) == 1 and json.loads(lines[-1])["file"] == str(target.resolve() / "model.safetensors")
+    assert json.loads(lines[-1])["global_pool"] == "avg"
     model = eval(calls[0], {"timm": timm})
     x = torch.randn(1, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model.eval().forward_features(x), run[1].encoder.forward_features(x))
+    card = (target / "README.md").read_text()
+    assert card.startswith("---\nlicense: cc-by-4.0\n") and "dmjd export --checkpoint" in card and "ETE" in card
+    assert json.loads((target / "config.json").read_text())["pretrained_cfg"]["license"] == "cc-by-4.0"
 
 
 def test_visualize_and_plot_commands(run, tmp_path, capsys):

@@ -478,7 +478,7 @@ def test_figure_titles_are_words_metrics_rounded_files_readable(demo_run, tmp_pa
         assert "K=2 disjoint views" in titles[-1] and "DisjointMasking(" not in titles[-1]
         assert run(["knn", "--checkpoint", ckpt, "--output-dir", out, "--max-images", "100"])[0] == 0
         assert run(["export", "--checkpoint", ckpt, "--output-dir", out])[0] == 0
-        for name in ("knn.json", "export.json", "encoder.safetensors", "visualize.png"):
+        for name in ("knn.json", "export.json", "model.safetensors", "config.json", "README.md", "visualize.png"):
             assert (out / name).stat().st_mode & 0o777 == 0o644, name
         ckpt_mod.save_checkpoint({"model": {}}, tmp_path / "c.pth")
         assert (tmp_path / "c.pth").stat().st_mode & 0o777 == 0o644

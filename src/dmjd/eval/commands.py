@@ -654,35 +654,68 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 @eval_command
 def _run_export(args: argparse.Namespace) -> int:
     from dmjd.engine.run_dir import check_writable
-    from dmjd.eval.export import export_encoder
+    from dmjd.eval.export import export_encoder, model_card, write_model_card
     from dmjd.eval.loading import InputSpec, checkpoint_position, encoder_from_state
-    from dmjd.io.checkpoint import PRETRAINING, load_checkpoint
+    from dmjd.io.checkpoint import PRETRAINING, load_checkpoint, resolve_checkpoint
 
-    if args.output:
-        output = Path(args.output)
-        if output.suffix != ".safetensors":
-            raise InputError(f"export writes a .safetensors file, got --output {output}")
-    else:
-        output = Path(args.output_dir or Path(args.checkpoint).parent) / "encoder.safetensors"
-    folder = check_writable(output.parent)
-    state = load_checkpoint(args.checkpoint, expected=PRETRAINING)
-    encoder, cfg = encoder_from_state(state, args.checkpoint)
-    exported = export_encoder(encoder, output, InputSpec.from_config(cfg))
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    folder = check_writable(Path(args.output_dir) if args.output_dir else checkpoint.parent / "export")
+    state = load_checkpoint(checkpoint, expected=PRETRAINING)
+    encoder, cfg = encoder_from_state(state, checkpoint)
+    position = checkpoint_position(state, cfg)
+    spec = InputSpec.from_config(cfg)
+    exported = export_encoder(encoder, folder, spec, args.pool, args.license)
+    write_model_card(exported, model_card(exported, *_card_inputs(checkpoint, cfg, position, folder), args.license))
     print(exported.snippet)
-    result = {"kind": "export", "file": str(exported.file), **exported.describe(), "checkpoint": str(args.checkpoint)}
+    result = {"kind": "export", "folder": str(exported.folder), "file": str(exported.file), **exported.describe(),
+              "checkpoint": str(checkpoint)}  # fmt: skip
     emit(result, folder, "export")
-    record_evaluation(result, folder, checkpoint_position(state, cfg), [folder / "export.json", exported.file])
+    record_evaluation(result, folder, position, [folder / "export.json", *exported.files])
     return 0
+
+
+def _card_inputs(
+    checkpoint: Path, cfg: Config, position: dict[str, Any], folder: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+    """What the model card of an export says: the run (data, method, recipe, ETE, device-hours),
+    the evaluations of this checkpoint in its run's ``evals.jsonl`` and the commands."""
+    from dmjd.engine.metrics import read_metrics
+
+    run_dir = checkpoint.parent
+    summary_file = run_dir / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    evals_file = run_dir / "evals.jsonl"
+    evals = [r for r in (read_metrics(evals_file) if evals_file.is_file() else [])
+             if r.get("epoch") == position["epoch"] and r.get("kind") in ("knn", "linprobe", "finetune")]  # fmt: skip
+    m, k, t = cfg.masking, cfg.masking.num_views, cfg.target
+    method = (f"{'DMJD' if k > 1 or cfg.model.vdb else 'MAE-style'} masked image modeling: {k} view(s), {m.pattern} "
+              f"masking {m.mask_ratio:g}, {t.name} target, visible distillation branch {'on' if cfg.model.vdb else 'off'}")  # fmt: skip
+    mo, o = cfg.model, cfg.optim
+    recipe = [f"model: {mo.arch} {mo.img_size} px, patch {mo.patch_size}, {mo.in_chans} channels",
+              f"optim: batch {o.batch_size}, blr {o.blr:g}, weight decay {o.weight_decay:g}",
+              f"train.budget: {cfg.train.budget}", f"full config: {run_dir / 'config.yaml'}"]  # fmt: skip
+    run = {"data": f"{cfg.data.name} ({cfg.data.path or 'its default location'})", "method": method, "recipe": recipe,
+           "ete": position["ete"], "device_hours": summary.get("device_hours", "unknown"),
+           "device": summary.get("device", "unknown"), "init": getattr(cfg.model, "init", None)}  # fmt: skip
+    commands = [f"dmjd pretrain --config {run_dir / 'config.yaml'} --output-dir {run_dir}",
+                f"dmjd export --checkpoint {checkpoint} --output-dir {folder}"]  # fmt: skip
+    return run, evals, commands
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export", help="encoder -> safetensors loadable by timm.create_model (ViT) or dmjd's ConViT (prints the call)"
+        "export",
+        help="encoder -> a hub folder (config.json, model.safetensors, README.md model card) that "
+        "timm.create_model('local-dir:FOLDER', pretrained=True) loads (ConViT: dmjd's loader; prints the call)",
     )
-    p.add_argument("--checkpoint", required=True, help="dmjd pre-training checkpoint")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--output-dir", default=None, help="folder for encoder.safetensors (default: the checkpoint's)")
-    where.add_argument("--output", default=None, help="or the FILE.safetensors itself")
+    p.add_argument("--checkpoint", required=True, help="dmjd pre-training checkpoint or run folder")
+    p.add_argument("--output-dir", default=None, help="the folder to write (default: <checkpoint folder>/export)")
+    p.add_argument("--pool", choices=("avg", "token"), default="avg",
+                   help="ViT: the feature model(x) gives, timm's global_pool: avg = mean of the patch tokens, as "
+                   "dmjd finetune uses; token = the class token, as knn / linprobe use by default (default: %(default)s)")  # fmt: skip
+    p.add_argument("--license", default="other",
+                   help="licence of the weights for the model card and config (e.g. apache-2.0, cc-by-4.0; "
+                   "default: %(default)s)")  # fmt: skip
     p.set_defaults(func=_run_export)
 
 

@@ -21,6 +21,7 @@ from dmjd.engine.builders import build_dmjd_model, build_target, mean_std
 from dmjd.errors import InputError
 from dmjd.io.checkpoint import PRETRAINING, CheckpointError, load_checkpoint
 from dmjd.models import DMJDModel, create_encoder, encoder_state_dict
+from dmjd.models.sources import weight_mismatch
 
 
 @dataclass(frozen=True)
@@ -74,22 +75,9 @@ def _describe(cfg: Config) -> str:
     )
 
 
-def key_mismatch(module: nn.Module, weights: dict[str, torch.Tensor]) -> str | None:
-    """A one-line summary of how ``weights`` differ from ``module``'s state dict, None if they fit."""
-    own = module.state_dict()
-    problems = {
-        "missing": sorted(own.keys() - weights.keys()),
-        "unexpected": sorted(weights.keys() - own.keys()),
-        "of another shape": sorted(k for k in own.keys() & weights.keys() if own[k].shape != weights[k].shape),
-    }
-    parts = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
-             for what, keys in problems.items() if keys]  # fmt: skip
-    return "; ".join(parts) or None
-
-
 def _load_strict(module: nn.Module, weights: dict[str, torch.Tensor], path: str | Path, cfg: Config) -> None:
     """``load_state_dict(strict=True)``, or a CheckpointError that says which keys differ."""
-    mismatch = key_mismatch(module, weights)
+    mismatch = weight_mismatch(module, weights)
     if mismatch:
         raise CheckpointError(f"{path}: the weights do not match the architecture in its config ({_describe(cfg)}): {mismatch}")
     module.load_state_dict(weights, strict=True)

@@ -92,6 +92,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             not a PyTorch checkpoint (empty, text, image, safetensors...), truncated or corrupt,
             a pickle that needs code to load, or no dict with a ``model`` entry.
     """
+    state = load_torch_file(path, map_location, expected)
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} holds PyTorch data but not a dmjd checkpoint (no 'model' entry); expected {expected}")
+    return state
+
+
+def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu", expected: str = EXPECTED) -> Any:
+    """Whatever a ``torch.save`` file holds, loaded with ``weights_only=True`` (never code).
+
+    Raises:
+        CheckpointError: as ``load_checkpoint``, except that any content is accepted.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; expected {expected}")
@@ -109,8 +121,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     except (RuntimeError, EOFError, OSError, KeyError, IndexError, ValueError, zipfile.BadZipFile) as err:
         reason = str(err).strip().split(". ")[0][:160] or type(err).__name__
         raise CheckpointError(f"{path} is unreadable or truncated ({reason}); expected {expected}") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path} holds PyTorch data but not a dmjd checkpoint (no 'model' entry); expected {expected}")
     return state
 
 

@@ -4,6 +4,7 @@ The state dict is exactly timm's ``VisionTransformer(num_classes=0, global_pool=
 pre-trained weights load into ``timm.create_model(...)`` for fine-tuning and linear probing.
 """
 
+import re
 from typing import Any, Protocol
 
 import timm
@@ -156,13 +157,22 @@ class MaskedViT(VisionTransformer):
         return {**self._arch, "num_classes": 0, "global_pool": "token"}
 
     def timm_model_name(self) -> str | None:
-        """The registered timm name of this architecture (``vit_base_patch16_224``), or None."""
-        height, width = self.patch_embed.img_size
-        size = next(
-            (name for name, dims in VIT_SIZES.items() if all(self._arch[key] == value for key, value in dims.items())),
-            None,
-        )
-        if size is None or height != width:
-            return None
-        name = f"vit_{size}_patch{self._arch['patch_size']}_{height}"
-        return name if timm.is_model(name) else None
+        """The registered timm model of this width, depth, heads and patch (``vit_tiny_patch16_224``),
+        or None; the image size and channels are arguments of that model."""
+        size = vit_size_name(self._arch)
+        return None if size is None else registered_vit(size, self._arch["patch_size"])
+
+
+def vit_size_name(arch: dict[str, Any]) -> str | None:
+    """The ``VIT_SIZES`` name whose width, depth, heads and MLP ratio ``arch`` has (Ti/S/B/L/H), or None."""
+    return next((name for name, dims in VIT_SIZES.items() if all(arch[key] == value for key, value in dims.items())), None)
+
+
+def registered_vit(size: str, patch_size: int) -> str | None:
+    """timm's ViT of a ``VIT_SIZES`` size at this patch: ``vit_{size}_patch{p}_224`` when registered,
+    else the first registered ``vit_{size}_patch{p}_<side>``, else None."""
+    name = f"vit_{size}_patch{patch_size}_224"
+    if timm.is_model(name):
+        return name
+    pattern = re.compile(rf"vit_{size}_patch{patch_size}_\d+")
+    return next((n for n in sorted(timm.list_models(f"vit_{size}_patch{patch_size}_*")) if pattern.fullmatch(n)), None)
