@@ -32,7 +32,7 @@ def test_dmjd_pretraining_loss_goes_down(tmp_path):
     for key in ("epoch", "step", "loss", "loss_mim", "loss_vis", "lr", "pred_ratio", "ete", "images_per_s", "views_per_s"):
         assert key in train[-1]
     assert train[-1]["pred_ratio"] == pytest.approx(1.0)
-    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2, 3, 4]  # 1-based, as log.txt
     ckpt = load_checkpoint(tmp_path / "checkpoint-last.pth")
     assert ckpt["epoch"] == 4 and ckpt["config"]["masking"]["num_views"] == 2
 
@@ -78,14 +78,14 @@ def test_max_steps_ends_the_schedule_mid_epoch(tmp_path, capsys):
     cfg = tiny_config("optim.epochs=2", "optim.max_steps=11", "optim.warmup_epochs=0.25", "train.log_interval=1")
     seen = []
     summary = Pretrainer(cfg, tmp_path).fit(on_epoch_end=lambda t: seen.append((t.state.epoch, t.finished)))
-    assert (summary["steps"], summary["epochs"], summary["stopped_by"]) == (11, 1, "max_steps")
+    assert (summary["steps"], summary["epochs"], summary["stopped_by"]) == (11, 1.375, "max_steps")  # 11 / 8
     assert summary["ete"] == pytest.approx(2 * 11 / 8)  # K = 2 views
     assert seen == [(0, False), (1, False), (1, True)]  # before training, after epoch 1, at the end
     train = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
     assert [r["step"] for r in train][-1] == 11 and train[-1]["lr"] < 0.05 * summary["lr_peak"]
     assert "epoch 2/2 stopped at step 11" in capsys.readouterr().out  # not "done": the epoch was cut
     again = Pretrainer(cfg, tmp_path, resume="auto").fit()
-    assert again["steps"] == 11 and "has finished its 11 steps" in capsys.readouterr().out
+    assert again["steps"] == 11 and "has finished its 1.375 epochs (11 steps, stopped by max_steps)" in capsys.readouterr().out
 
 
 def test_step_hook_evaluates_mid_epoch_outside_training_time(tmp_path, capsys):
@@ -105,7 +105,7 @@ def test_step_hook_evaluates_mid_epoch_outside_training_time(tmp_path, capsys):
     wall = time.perf_counter() - start
     records = read_metrics(tmp_path / "metrics.jsonl")
     evals = [r for r in records if r["kind"] == "eval"]
-    assert [(r["step"], r["epoch"]) for r in evals] == [(5, 0), (10, 1), (15, 1)]
+    assert [(r["step"], r["epoch"]) for r in evals] == [(5, 1), (10, 2), (15, 2)]  # the 1-based epoch each is in
     assert evals[0]["ete"] == pytest.approx(2 * 5 / 8)  # K = 2 views
     assert all(r["mid_epoch"] for r in evals) and "dmjd: eval at step 5 of epoch 1/2 (ETE 1.25)" in capsys.readouterr().out
     assert wall - summary["time_s"] >= 3.0

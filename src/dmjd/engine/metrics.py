@@ -85,7 +85,8 @@ def progress_line(
     and an eval record with ``mid_epoch: true`` at which step of which epoch it was made.
 
     Args:
-        epochs: the run's epochs, shown as ``epoch e/epochs`` (``e`` counted from 1); None: not known yet.
+        epochs: the run's epochs, shown as ``epoch e/epochs``; None: not known yet. A record's ``epoch`` is
+            the 1-based epoch it belongs to (an eval's: the epoch it follows or is in; 0 before training).
         images_per_s: throughput (default: the record's ``images_per_s``).
         bad_images: unreadable images met in the epoch, shown when given.
     """
@@ -93,13 +94,13 @@ def progress_line(
     of = f"/{epochs}" if epochs is not None else ""  # None: not known yet (a budget being planned)
     if kind == "eval":
         scores = [f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k not in ("ete", "time")]
-        where = f"at step {record.get('step', 0)} of epoch {epoch + 1}" if record.get("mid_epoch") else f"after epoch {epoch}"
+        where = f"at step {record.get('step', 0)} of epoch {epoch}" if record.get("mid_epoch") else f"after epoch {epoch}"
         return f"dmjd: eval {where}{of}" + (f" (ETE {ete:.2f})" if ete is not None else "") + ": " + ", ".join(scores)
     if kind == "epoch":
         state = " done" if record.get("complete", True) else f" stopped at step {record.get('step', 0)}"
     else:
         state = f" step {record.get('step', 0)}"
-    where = f"epoch {epoch + 1}{of}" + state
+    where = f"epoch {epoch}{of}" + state
     terms = [f"{key.removeprefix('loss_')} {record[key]:.4f}" for key in ("loss_mim", "loss_vis") if key in record]
     parts = [where, f"loss {record['loss']:.4f}" + (f" ({', '.join(terms)})" if terms else "")]
     if "lr" in record:

@@ -113,7 +113,9 @@ def progress_bar(trainer: Run, total: int) -> tqdm:
     """The epoch's progress bar of ``total`` micro-steps (main process, ``train.progress``)."""
     st = trainer.state
     disable = not (trainer.cfg.train.progress and trainer.dist.is_main)
-    return tqdm(total=total, initial=st.epoch_step, desc=f"epoch {st.epoch}", leave=False, disable=disable, dynamic_ncols=True)
+    epochs = "" if trainer.epochs_known is None else f"/{trainer.epochs_known}"
+    return tqdm(total=total, initial=st.epoch_step, desc=f"epoch {st.epoch + 1}{epochs}", leave=False, disable=disable,
+                dynamic_ncols=True)  # fmt: skip
 
 
 def train_record(trainer: Run, sums: LossSums, images_per_s: float) -> dict[str, Any]:
@@ -140,9 +142,7 @@ def epoch_record(trainer: Run, sums: LossSums, complete: bool) -> dict[str, Any]
     ``optim.max_steps`` says ``complete: False``."""
     record = train_record(trainer, sums, 0.0)
     record.pop("images_per_s"), record.pop("views_per_s")
-    if complete:
-        record.update(epoch=trainer.state.epoch, ete=trainer.masking.num_views * (trainer.state.epoch + 1))
-    else:
+    if not complete:
         record["complete"] = False
     return record
 
@@ -178,11 +178,17 @@ def finished_summary(trainer: Run) -> dict[str, Any]:
     """For a run that has already finished: say so, and return its saved summary (its files are kept)."""
     if trainer.dist.is_main:
         t = trainer
-        done = f"{t.total_steps} steps" if stopped_by(t) == "max_steps" else f"{t.num_epochs} epochs"
-        print(f"dmjd: the run in {t.output_dir} has finished its {done}; nothing to train, its files are "
-              "left as they are")  # fmt: skip
+        print(f"dmjd: the run in {t.output_dir} has finished its {epochs_trained(t):g} epochs ({t.state.opt_step:,} "
+              f"steps, stopped by {stopped_by(t)}); nothing to train, its files are left as they are")  # fmt: skip
     summary = trainer.output_dir / "summary.json"
-    return json.loads(summary.read_text()) if summary.is_file() else {"kind": "summary", "epochs": trainer.state.epoch}
+    return json.loads(summary.read_text()) if summary.is_file() else {"kind": "summary", "epochs": epochs_trained(trainer)}
+
+
+def epochs_trained(trainer: Run) -> float:
+    """Epochs the run has trained, a fraction when its last one was cut (summary.json's ``epochs``):
+    6.25 is six epochs and a quarter of the seventh, whose log line says ``epoch 7/12 stopped``."""
+    st, usable = trainer.state, trainer.steps_per_epoch * trainer.cfg.optim.accum_iter
+    return round(st.epoch + st.epoch_step / usable, 3)
 
 
 def write_summary(trainer: Run, seconds: float, last: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +197,7 @@ def write_summary(trainer: Run, seconds: float, last: dict[str, Any]) -> dict[st
     t = trainer
     summary = {
         "kind": "summary",
-        "epochs": t.state.epoch,
+        "epochs": epochs_trained(t),
         "steps": t.state.opt_step,
         "ete": t.position()["ete"],
         "stopped_by": stopped_by(t),

@@ -241,10 +241,11 @@ class Pretrainer:
         return lr_at(min(self.warmup_steps, self.total_steps - 1), self.total_steps, self.warmup_steps, self.peak_lr, o.min_lr)
 
     def position(self) -> dict[str, Any]:
-        """Epoch, optimizer step and effective training epochs done (K x fractional epochs)."""
+        """The 1-based epoch the run is in or has just finished (0 before training), the optimizer
+        step, and the effective training epochs done (K x fractional epochs)."""
         st, usable = self.state, self.steps_per_epoch * self.cfg.optim.accum_iter
         ete = self.masking.num_views * (st.epoch + st.epoch_step / usable)
-        return {"epoch": st.epoch, "step": st.opt_step, "ete": round(ete, 6)}
+        return {"epoch": st.epoch + (st.epoch_step > 0), "step": st.opt_step, "ete": round(ete, 6)}
 
     def compute_losses(self, images: Tensor, views: MaskedViews) -> dict[str, Tensor]:
         """Targets once per image, the model on K views, the loss terms (Eq. 6).

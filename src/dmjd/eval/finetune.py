@@ -357,7 +357,7 @@ class Finetuner:
         self.model.train()
         window, epoch_sum = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
         for i, (images, labels, *_) in enumerate(
-            tqdm(loader, desc=f"finetune epoch {epoch}", leave=False, disable=not self.progress)
+            tqdm(loader, desc=f"finetune epoch {epoch + 1}/{s.epochs}", leave=False, disable=not self.progress)
         ):
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             targets: Tensor = labels
@@ -384,7 +384,7 @@ class Finetuner:
                         "then resume from the last checkpoint"
                     )
                 if logger is not None:
-                    logger.log({"kind": "train", "epoch": epoch, "step": self.step, "loss": mean,
+                    logger.log({"kind": "train", "epoch": epoch + 1, "step": self.step, "loss": mean,
                                 "lr": self._lr(), "time": round(time.perf_counter() - run_start, 3)})  # fmt: skip
                 window.zero_()
         return (all_reduce_mean(epoch_sum, self.dist) / self.steps_per_epoch).item()
@@ -423,7 +423,7 @@ class Finetuner:
             result = self.evaluate() if self.epoch >= s.epochs else {}
             while self.epoch < s.epochs:
                 loss = self.train_epoch(logger, start)
-                epoch_record = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "loss": loss, "lr": self._lr()}
+                epoch_record = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step, "loss": loss, "lr": self._lr()}
                 self.epoch += 1
                 result = self.evaluate()
                 self.best_top1 = max(self.best_top1, result["top1"])
