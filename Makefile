@@ -33,7 +33,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
 
 # Lint and type checks, configured in pyproject.toml ([tool.ruff], [tool.mypy]; mypy checks src/dmjd).
-LINT_PATHS ?= src tests benchmarks tools
+LINT_PATHS ?= src tests benchmarks tools examples
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)

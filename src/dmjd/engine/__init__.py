@@ -2,7 +2,7 @@
 budgets, metrics, distributed set-up, resuming, fault handling, the run folder, and the trainer."""
 
 from dmjd.engine.faults import NonFiniteLossError, ResourceError, TrainingInterrupted
-from dmjd.engine.optim import effective_lr, lr_at, param_groups
+from dmjd.engine.optim import build_optimizer, effective_lr, lr_at, param_groups
 from dmjd.engine.resume import resume_config
 from dmjd.engine.run_dir import OutputDirError
 from dmjd.engine.trainer import Pretrainer, pretrain
@@ -17,6 +17,7 @@ __all__ = [
     "ResourceError",
     "TrainingData",
     "TrainingInterrupted",
+    "build_optimizer",
     "effective_lr",
     "latest_checkpoint",
     "load_checkpoint",

@@ -126,6 +126,26 @@ def build_adamw(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=use_fused)
 
 
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.05,
+    betas: tuple[float, float] = (0.9, 0.95),
+    decay_tokens: bool = True,
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
+    """The pre-training optimizer of ``dmjd pretrain`` for any model: AdamW over
+    ``pretrain_param_groups`` (the ``optim`` section's defaults), on the device of the model's weights.
+
+    Args:
+        lr: the peak learning rate, e.g. ``effective_lr(blr, b_u, K, m_corr, m_pred)`` (Eq. 4).
+        weight_decay, betas, decay_tokens, fused: ``optim.weight_decay``, ``optim.betas``,
+            ``optim.decay_tokens``, ``optim.fused`` (None: fused where the device has it).
+    """
+    device = next(model.parameters()).device
+    return build_adamw(pretrain_param_groups(model, weight_decay, decay_tokens), lr, betas, fused, device)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set the learning rate of every group (scaled by a group's ``lr_scale`` when present)."""
     for group in optimizer.param_groups:

@@ -29,7 +29,7 @@ from dmjd.engine.distributed import DistInfo, barrier, init_distributed
 from dmjd.engine.faults import NonFiniteSteps, StopSignals, TrainingInterrupted, check_disk_space, explain_oom
 from dmjd.engine.loss_sums import LossSums
 from dmjd.engine.metrics import MetricsLogger, cut_run_logs, progress_line
-from dmjd.engine.optim import build_adamw, lr_at, optimizer_step, peak_lr, pretrain_param_groups, set_lr
+from dmjd.engine.optim import build_optimizer, lr_at, optimizer_step, peak_lr, set_lr
 from dmjd.engine.resources import start_memory_notes
 from dmjd.engine.resume import (
     RunState,
@@ -140,8 +140,7 @@ class Pretrainer:
         self.time_limit_s = schedule.time_limit_s
         self.unique_batch = o.batch_size * o.accum_iter * self.dist.world_size
         self.peak_lr = peak_lr(o, self.masking, self.unique_batch)
-        groups = pretrain_param_groups(self.model, o.weight_decay, o.decay_tokens)
-        self.optimizer = build_adamw(groups, self.peak_lr, o.betas, o.fused, dev)
+        self.optimizer = build_optimizer(self.model, self.peak_lr, o.weight_decay, o.betas, o.decay_tokens, o.fused)
         self.ddp: nn.Module = self.model
         if self.dist.enabled:
             self.ddp = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)

@@ -4,6 +4,7 @@
 from functools import partial
 from typing import Protocol
 
+import torch
 from torch import Tensor
 
 from dmjd.losses.distillation import VisPairing, pair_visible_predictions, visible_distillation_loss
@@ -62,6 +63,13 @@ def dmjd_loss(
         ValueError: on a negative weight or when no term is active.
     """
     return method_loss(out, targets, views, "mse", mim_weight, vis_weight, vis_beta, vis_layernorm, vis_pairing)
+
+
+def loss_values(losses: dict[str, Tensor]) -> dict[str, float]:
+    """The loss terms as plain floats for logging: detached, with one host synchronisation
+    (``float(losses["loss"])`` would warn that the tensor requires grad)."""
+    values = torch.stack([value.detach().float() for value in losses.values()]).tolist()
+    return dict(zip(losses, values, strict=True))
 
 
 def method_loss(
