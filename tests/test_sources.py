@@ -10,10 +10,12 @@ import json
 import pytest
 import timm
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from timm.models import save_for_hf
 from timm.models.vision_transformer import Block
 
+from dmjd.errors import InputError
 from dmjd.eval.export import export_encoder
 from dmjd.eval.loading import InputSpec
 from dmjd.io.checkpoint import CheckpointError
@@ -207,3 +209,36 @@ def test_official_convmae_namespace_args_are_allowed(tmp_path):
     state = torch.load(tmp_path / "mae.pth")
     torch.save({**state, "args": argparse.Namespace(model="mae_vit_tiny")}, tmp_path / "with_args.pth")
     assert load_source(tmp_path / "with_args.pth").arch.depth == 2
+
+
+# ---------------------------------------------------------------- evaluations of any source
+def colour_folder(root):
+    for split in ("train", "val"):
+        for c, color in (("red", (200, 20, 20)), ("blue", (20, 20, 200))):
+            (root / split / c).mkdir(parents=True)
+            for i in range(6):
+                Image.new("RGB", (20, 20), color=tuple(v + 3 * i for v in color)).save(root / split / c / f"{i}.png")
+    return [f"data.path={root}", "data.num_workers=0"]
+
+
+def test_evaluations_read_published_sources(tmp_path, capsys):
+    from test_eval_checkpoints import cli, json_lines
+
+    hf_vit_mae(tmp_path)
+    save_file(timm_vit().state_dict(), str(tmp_path / "timm.safetensors"))
+    data, out = colour_folder(tmp_path / "tree"), ["--output-dir", str(tmp_path / "out")]
+    for source in (tmp_path / "hf", tmp_path / "timm.safetensors"):
+        cli(["knn", "--checkpoint", str(source), *out, *data])
+    cli(["linprobe", "--checkpoint", str(tmp_path / "hf"), "--fast", *out, *data])
+    cli(["visualize", "--checkpoint", str(tmp_path / "hf"), "--num-images", "2", *out, *data])
+    lines = json_lines(capsys.readouterr().out)
+    assert [r["kind"] for r in lines] == ["knn", "knn", "linprobe", "visualize"]
+    assert lines[0]["checkpoint"] == str(tmp_path / "hf") and lines[0]["train_images"] == 12
+    assert lines[2]["linprobe_top1"] == 1.0  # red vs blue
+    assert (tmp_path / "out" / "visualize.png").stat().st_size > 0
+    with pytest.raises(CheckpointError, match="no decoder dmjd can use"):
+        cli(["visualize", "--checkpoint", str(tmp_path / "timm.safetensors"), *out, *data])
+    with pytest.raises(InputError, match="give --output-dir"):
+        cli(["knn", "--checkpoint", str(tmp_path / "hf"), *data])
+    with pytest.raises(InputError, match="names no data set"):
+        cli(["knn", "--checkpoint", str(tmp_path / "hf"), *out])

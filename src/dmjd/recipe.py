@@ -28,6 +28,7 @@ from dmjd.config import Config, ConfigError, load_config
 from dmjd.config.duration import format_duration, parse_duration
 from dmjd.config.loading import parse_override
 from dmjd.data.profile import DataProfile, profile_data
+from dmjd.models.sources import SourceArch, load_source
 
 METHODS = ("dmjd", "mae")
 DEFAULT_BUDGET = "20m"
@@ -39,6 +40,12 @@ IMAGE_SIDES = (32, 64, 96, 128, 224)
 # batch 128, 2 threads): 0.289 (DMJD, 328 images/s) and 0.287 (MAE) of a 512^3 fp32 matmul's rate.
 # CUDA: a guess, not measured (no GPU was lent): small models reach a small fraction of bf16 peak.
 STEP_EFFICIENCY = {"cpu": 0.29, "cuda": 0.15}
+# Continued pre-training from model.init (docs/recipes.md, "Continued pre-training", says what was measured).
+CONTINUED_BLR = 3e-4
+CONTINUED_BLR_REASON = (
+    "continued pre-training from model.init: a base lr below a fresh start's, not to wash out what it learned"
+)
+CONTINUED_WARMUP = 0.05
 
 
 @dataclass(frozen=True)
@@ -147,13 +154,24 @@ def device_flops(device: str, seconds: float = 0.05, repeats: int = 6) -> float:
 
 
 def choose_recipe(
-    profile: DataProfile, budget_s: float, method: str, flops_per_s: float, device_type: str = "cpu"
+    profile: DataProfile,
+    budget_s: float,
+    method: str,
+    flops_per_s: float,
+    device_type: str = "cpu",
+    start: SourceArch | None = None,
 ) -> list[Choice]:
     """The recipe's choices for this data, budget, method and device speed (sustained FLOP/s of a step).
+
+    With ``start`` (the architecture ``model.init`` names) the encoder and its patch come from it
+    (``dmjd.engine.start_weights.config_for_source``): no size is chosen, the image side is rounded
+    to its patch, and the learning rate and warmup are those of continued training.
 
     Raises:
         ConfigError: an unknown method, or a data set smaller than the smallest batch.
     """
+    if start is not None:
+        return _continued_recipe(profile, method, device_type, start)
     if method not in METHODS:
         raise ConfigError(f"recipe.method={method!r}; choose from {', '.join(METHODS)}")
     n = profile.num_images
@@ -196,6 +214,28 @@ def choose_recipe(
         choices.append(Choice("monitor.interval", every, f"labelled data: kNN + linear probe every {every} epochs "
                               "(about 5 evaluations), against the untrained encoder and raw pixels"))  # fmt: skip
     return choices + method_choices(method, grid, patch, size.width)
+
+
+def _continued_recipe(profile: DataProfile, method: str, device_type: str, start: SourceArch) -> list[Choice]:
+    """``choose_recipe`` when pre-training continues from ``start``: its architecture, a lower base lr,
+    a short warmup."""
+    patch = start.patch_size
+    side = max(4 * patch, -(-image_side(profile) // patch) * patch)
+    grid = side // patch
+    choices = [
+        Choice("model.img_size", side, f"typical image {profile.typical_size[0]}x{profile.typical_size[1]} px, "
+               f"a multiple of the starting encoder's patch {patch}"),
+        Choice("model.patch_size", patch, f"the starting encoder's (model.init): a {grid}x{grid} token grid"),
+        Choice("model.in_chans", profile.channels, "grey images" if profile.channels == 1 else "colour images"),
+        Choice("optim.batch_size", _batch(profile.num_images, device_type), f"{profile.num_images:,} images: at least 8 steps per epoch"),
+        Choice("optim.blr", CONTINUED_BLR, CONTINUED_BLR_REASON),
+        Choice("optim.lr_rule", "dmjd", "Eq. 4 (equals the linear rule for K = 1)"),
+        Choice("train.budget_warmup", CONTINUED_WARMUP, "a short warmup: the encoder is trained already"),
+        Choice("data.name", profile.name, "what the folder holds"),
+    ]  # fmt: skip
+    if profile.path is not None:
+        choices.append(Choice("data.path", profile.path, "the data set's folder"))
+    return choices + method_choices(method, grid, patch, start.embed_dim)
 
 
 def _size_reason(size: VitSize, rung: str, epochs: float) -> str:
@@ -289,7 +329,8 @@ def auto_config(overrides: list[str], device: str | None = None, flops_per_s: fl
         flops_per_s = device_flops(str(dev)) * STEP_EFFICIENCY.get(dev.type, 0.15)
     profile = profile_data(base.data.name, base.data.path)
     method = base.recipe.method or "dmjd"
-    choices = choose_recipe(profile, parse_duration(budget), method, flops_per_s, dev.type)
+    start = load_source(base.model.init).arch if base.model.init else None
+    choices = choose_recipe(profile, parse_duration(budget), method, flops_per_s, dev.type, start)
     if "train.budget" not in given:
         choices.append(Choice("train.budget", budget, "no train.budget given: the default budget"))
     kept = [c for c in choices if c.key not in given]

@@ -30,6 +30,12 @@ class ModelConfig(_Section):
     """Encoder backbone and the two branches (masked prediction, visible distillation)."""
 
     arch: Literal["vit", "convit"] = "vit"
+    init: str | None = Field(
+        None,
+        description="start from these weights: an official MAE / ConvMAE / DMJD checkpoint, timm ViT weights "
+        "(.safetensors, .pth, .bin), timm:MODEL_NAME, a Hugging Face ViTMAE folder, a dmjd checkpoint, run folder "
+        "or export; the architecture comes from it (docs/evaluation.md)",
+    )
     style: Literal["mae", "simmim"] = Field(
         "mae",
         description="mae: encoder sees visible tokens, decoder_* branch predicts; simmim: encoder "
@@ -342,6 +348,8 @@ class Config(_Section):
             problems.append("target.name=teacher needs target.teacher_model (e.g. ViT-B-16 for open_clip)")
         if m.mlp_ratios is not None and m.arch != "convit":
             problems.append(f"model.mlp_ratios (per-stage MLP ratios) needs model.arch=convit, got {m.arch}")
+        if m.init is not None and m.style != "mae":
+            problems.append(f"model.init starts an mae-style encoder, got model.style={m.style}")
         if m.style == "simmim" and m.arch != "vit":
             problems.append(f"model.style=simmim needs model.arch=vit, got {m.arch}")
         if not (m.vdb and self.loss.vis_weight > 0) and self.loss.mim_weight == 0:

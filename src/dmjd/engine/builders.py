@@ -84,9 +84,9 @@ def build_dmjd_model(cfg: Config, target_dim: int) -> DMJDModel:
     """
     m = cfg.model
     if m.style == "simmim":
-        unused = {"style", "decoder_dim", "decoder_depth", "decoder_heads", "decoder_mlp_ratio"}
+        unused = {"style", "init", "decoder_dim", "decoder_depth", "decoder_heads", "decoder_mlp_ratio"}
         return build_simmim_model(**m.model_dump(exclude=unused), target_dim=target_dim)
-    return build_model(**m.model_dump(exclude={"style"}), target_dim=target_dim)
+    return build_model(**m.model_dump(exclude={"style", "init"}), target_dim=target_dim)
 
 
 def mean_std(cfg: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -42,6 +42,7 @@ from dmjd.engine.resume import (
 )
 from dmjd.engine.run_dir import prepare_output_dir
 from dmjd.engine.runtime import autocast, autocast_dtype, resolve_device, seed_everything
+from dmjd.engine.start_weights import config_for_source, load_start_weights, read_start, small_data_note
 from dmjd.engine.training_data import training_data
 from dmjd.io import checkpoint as ckpt
 from dmjd.masking import MaskedViews, StepMasks, measured_pred_ratio
@@ -75,6 +76,9 @@ class Pretrainer:
         if loaded is not None and resume_path is not None:
             cfg = with_saved_plan(cfg, loaded["config"])
             check_resumable(loaded, cfg, resume_path, self.dist.world_size)
+        start = read_start(cfg) if loaded is None else None  # read before anything is written
+        if start is not None:
+            cfg = config_for_source(cfg, start)
         self._lock = prepare_output_dir(self.output_dir, resume_path is not None, overwrite, self.dist.is_main, lock=True)
         barrier(self.dist)
         self.state = RunState()
@@ -84,6 +88,13 @@ class Pretrainer:
         self._resumed_sums: dict[str, Any] | None = None
         self._start_notes: list[str] = []  # lines for the console and log.txt once the run's log is open
         self._build()
+        if start is not None:
+            lines = load_start_weights(self.model, start, cfg)
+            self._start_notes += lines if self.dist.is_main else []
+        elif loaded is None and self.dist.is_main:
+            note = small_data_note(cfg, self.steps_per_epoch * self.unique_batch)
+            self._start_notes += [note] if note else []
+        del start  # the source's tensors: the model holds its own copy
         self._check_memory()
         if loaded is not None and resume_path is not None:
             restored = restore_run(loaded, self.model, self.optimizer, self.scaler, cfg.optim.accum_iter)

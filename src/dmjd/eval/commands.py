@@ -41,6 +41,13 @@ if TYPE_CHECKING:
     from dmjd.eval.loading import InputSpec
 
 
+CHECKPOINT_HELP = (
+    "dmjd pre-training checkpoint or run folder; or published weights (with --output-dir and data.path=...): an "
+    "official MAE / ConvMAE / DMJD checkpoint, timm ViT weights or timm:MODEL_NAME, a Hugging Face ViTMAE folder, "
+    "a dmjd export"
+)
+
+
 @dataclass
 class Source:
     """An encoder to evaluate, its input, the data to evaluate on and where results go.
@@ -116,6 +123,10 @@ def writable_output(args: argparse.Namespace, default_sub: str | None = None) ->
         return check_writable(folder), folder
     if not getattr(args, "checkpoint", None):
         raise InputError("--timm-model needs --output-dir (where its results go)")
+    from dmjd.models.sources import is_dmjd_run
+
+    if not is_dmjd_run(args.checkpoint):
+        raise InputError(f"--checkpoint {args.checkpoint} is not a dmjd run: give --output-dir (where its results go)")
     run_dir = Path(args.checkpoint).parent
     folder = run_dir / default_sub if default_sub else run_dir
     check_writable(run_dir)
@@ -137,10 +148,10 @@ def _add_checkpoint(
 ) -> None:
     if timm_ok:
         group = p.add_mutually_exclusive_group(required=True)
-        group.add_argument("--checkpoint", help="dmjd pre-training checkpoint (checkpoint-last.pth)")
+        group.add_argument("--checkpoint", help=CHECKPOINT_HELP)
         group.add_argument("--timm-model", help="or a timm model name with its pre-trained weights, to compare")
     else:
-        p.add_argument("--checkpoint", required=True, help="dmjd pre-training checkpoint (checkpoint-last.pth)")
+        p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--output-dir", default=None, help=output_help)
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument(
@@ -221,9 +232,11 @@ def load_source(args: argparse.Namespace, default_sub: str | None = None) -> Sou
         checkpoint_position,
         config_with_overrides,
         encoder_from_state,
+        load_published_encoder,
         load_timm_encoder,
     )
     from dmjd.io.checkpoint import PRETRAINING, load_checkpoint
+    from dmjd.models.sources import is_dmjd_run
 
     out, run_dir = writable_output(args, default_sub)
     device = resolve_device(args.device)
@@ -234,12 +247,20 @@ def load_source(args: argparse.Namespace, default_sub: str | None = None) -> Sou
         encoder = load_timm_encoder(args.timm_model, pretrained=True, device=device)
         cfg = config_with_overrides({}, args.overrides)
         spec, name, position = InputSpec.from_timm(encoder), {"timm_model": args.timm_model}, {}
-    else:
+    elif is_dmjd_run(args.checkpoint):
         state = load_checkpoint(args.checkpoint, expected=PRETRAINING)
         encoder, cfg = encoder_from_state(state, args.checkpoint, device)
         position = checkpoint_position(state, cfg)
         cfg = config_with_overrides(cfg.model_dump(mode="json"), args.overrides)
         spec, name = InputSpec.from_config(cfg), {"checkpoint": str(args.checkpoint)}
+    else:
+        encoder, spec, loaded = load_published_encoder(args.checkpoint, device)
+        if loaded.config is None and not any(item.startswith("data.") for item in args.overrides):
+            raise InputError(f"{args.checkpoint} names no data set to evaluate on: give data.path=FOLDER (or data.name=...)")
+        cfg = config_with_overrides(loaded.config or {}, args.overrides)
+        name, position = {"checkpoint": str(args.checkpoint)}, {}
+        if info.is_main:
+            print(f"dmjd: {loaded.kind} {args.checkpoint}: {loaded.arch.describe()}", flush=True)
     pool = getattr(args, "pool", None) or default_pool(encoder)
     fits = {"cls": getattr(encoder, "cls_token", None) is not None, "avg_fc_norm": hasattr(encoder, "forward_unfused")}
     if not fits.get(pool, True):
@@ -329,8 +350,9 @@ def eval_command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     @functools.wraps(run)
     def command(args: argparse.Namespace) -> int:
         from dmjd.io.checkpoint import resolve_checkpoint
+        from dmjd.models.sources import is_dmjd_run
 
-        if getattr(args, "checkpoint", None):
+        if getattr(args, "checkpoint", None) and is_dmjd_run(args.checkpoint):
             args.checkpoint = str(resolve_checkpoint(args.checkpoint))
         with chance_warnings_as_lines():
             return run(args)
@@ -583,16 +605,27 @@ def _run_visualize(args: argparse.Namespace) -> int:
     from dmjd.data import Normalize, eval_transform
     from dmjd.engine.builders import build_masking, build_target
     from dmjd.engine.runtime import resolve_device
-    from dmjd.eval.loading import InputSpec, checkpoint_position, config_with_overrides, dmjd_model_from_state
+    from dmjd.eval.loading import (
+        InputSpec,
+        checkpoint_position,
+        config_with_overrides,
+        dmjd_model_from_state,
+        published_mae_model,
+    )
     from dmjd.eval.visualize import can_draw, drawn_images, save_reconstruction_figure
     from dmjd.io.checkpoint import PRETRAINING, load_checkpoint
+    from dmjd.models.sources import is_dmjd_run
 
     out, run_dir = writable_output(args)
     device = resolve_device(args.device)
-    state = load_checkpoint(args.checkpoint, expected=PRETRAINING)
-    model, cfg = dmjd_model_from_state(state, args.checkpoint, device)
-    position = checkpoint_position(state, cfg)
-    cfg = config_with_overrides(cfg.model_dump(mode="json"), args.overrides)
+    if is_dmjd_run(args.checkpoint):
+        state = load_checkpoint(args.checkpoint, expected=PRETRAINING)
+        model, cfg = dmjd_model_from_state(state, args.checkpoint, device)
+        position = checkpoint_position(state, cfg)
+        cfg = config_with_overrides(cfg.model_dump(mode="json"), args.overrides)
+    else:
+        model, cfg = published_mae_model(args.checkpoint, args.overrides, device)
+        position = {}
     spec, target = InputSpec.from_config(cfg), build_target(cfg).to(device)
     if not can_draw(target):
         raise InputError(f"{args.checkpoint} regresses {cfg.target.name} targets, which have no picture; "

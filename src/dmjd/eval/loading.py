@@ -18,10 +18,11 @@ from torch import nn
 from dmjd.config import Config, ConfigError, config_from_dict
 from dmjd.config.loading import apply_override, parse_override
 from dmjd.engine.builders import build_dmjd_model, build_target, mean_std
+from dmjd.engine.start_weights import config_for_source, load_start_weights
 from dmjd.errors import InputError
 from dmjd.io.checkpoint import PRETRAINING, CheckpointError, load_checkpoint
 from dmjd.models import DMJDModel, create_encoder, encoder_state_dict
-from dmjd.models.sources import weight_mismatch
+from dmjd.models.sources import LoadedSource, load_source, source_encoder, weight_mismatch
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,45 @@ def dmjd_model_from_state(
     cfg = checkpoint_config(state, checkpoint)
     model = build_dmjd_model(cfg, build_target(cfg).dim)
     _load_strict(model, state["model"], checkpoint, cfg)
+    return model.to(device).eval(), cfg
+
+
+def load_published_encoder(source: str, device: str | torch.device = "cpu") -> tuple[nn.Module, InputSpec, LoadedSource]:
+    """The encoder of any source ``load_source`` reads (published weights, a dmjd export...), in eval
+    mode at its own image size, with the input it was trained with.
+
+    Raises:
+        CheckpointError: a source that cannot be read (one line naming it and why).
+    """
+    loaded = load_source(source)
+    a = loaded.arch
+    return source_encoder(loaded).to(device), InputSpec(a.img_size, a.in_chans, a.mean, a.std), loaded
+
+
+def published_mae_model(
+    source: str, overrides: list[str] | None, device: str | torch.device = "cpu"
+) -> tuple[DMJDModel, Config]:
+    """An MAE model (encoder + decoder, no visible branch) holding published weights with a decoder,
+    in eval mode, and its config: random masking 0.75, one view, norm-pix targets in the source's
+    normalisation, the data of the ``data.*`` overrides.
+
+    Raises:
+        CheckpointError: a source without a decoder, or whose decoder predicts another width than pixels.
+    """
+    loaded = load_source(source)
+    a = loaded.arch
+    if loaded.decoder is None or a.decoder is None:
+        why = next((note for note in loaded.notes if "decoder" in note), "it has none")
+        raise CheckpointError(f"{source} has no decoder dmjd can use ({why}): visualize draws what a decoder reconstructs")
+    base = {"model": {"img_size": a.img_size, "in_chans": a.in_chans, "vdb": False, "init": str(source)},
+            "masking": {"mask_ratio": 0.75, "num_views": 1, "pattern": "random"},
+            "target": {"name": "pixels", "norm_pix": True}, "data": {"mean": list(a.mean), "std": list(a.std)}}  # fmt: skip
+    cfg = config_for_source(config_with_overrides(base, overrides), loaded)
+    model = build_dmjd_model(cfg, build_target(cfg).dim)
+    if a.decoder.target_dim != build_target(cfg).dim:
+        raise CheckpointError(f"{source}: its decoder predicts {a.decoder.target_dim} values per patch, not the "
+                              f"{build_target(cfg).dim} pixels of a {a.patch_size}-px patch")  # fmt: skip
+    load_start_weights(model, loaded, cfg)
     return model.to(device).eval(), cfg
 
 

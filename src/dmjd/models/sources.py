@@ -115,7 +115,7 @@ class SourceArch:
                 f"({self.img_size} px, {self.in_chans} channels)")  # fmt: skip
         if self.decoder is not None:
             d = self.decoder
-            text += f" with a decoder {d.dim} wide, {d.depth} blocks"
+            text += f" with a decoder {d.dim} wide, {d.depth} block{'s' if d.depth != 1 else ''}"
         return text
 
 
@@ -162,6 +162,20 @@ def load_source(source: str | Path, timm_overlay: Mapping[str, Any] | None = Non
     if isinstance(state, dict) and isinstance(state.get("config"), dict) and isinstance(state.get("model"), Mapping):
         return _from_dmjd(text, state)
     return _from_state(text, _state_dict_of(state, path), "checkpoint")
+
+
+def is_dmjd_run(source: str | Path) -> bool:
+    """Whether ``source`` names a dmjd run folder or pre-training checkpoint (``checkpoint-*.pth``; a
+    missing path too, so that its error names what dmjd's commands expect first), which evaluations
+    read with the run's config and position; anything else is read by ``load_source``."""
+    path = Path(source)
+    if str(source).startswith(TIMM_PREFIX):
+        return False
+    if not path.exists():
+        return True
+    if path.is_dir():
+        return not (path / "config.json").is_file()
+    return path.suffix == ".pth" and path.name.startswith("checkpoint")
 
 
 def _create_timm(name: str, overlay: Mapping[str, Any] | None) -> nn.Module:
@@ -280,7 +294,7 @@ def _from_state(source: str, weights: dict[str, Tensor], kind: str) -> LoadedSou
         notes.append(decoder_note)
     arch = _vit_arch_from_weights(encoder, None)
     if decoder is not None:
-        arch = replace(arch, decoder=_decoder_arch(decoder, arch.num_heads))
+        arch = replace(arch, decoder=_decoder_arch(decoder, max(1, int(decoder["decoder_embed.weight"].shape[0]) // 32)))
     return LoadedSource(source, f"ViT {kind}", arch, encoder, decoder, notes)
 
 
