@@ -12,6 +12,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,11 +177,43 @@ def test_evaluation_commands_check_their_output_place_before_working(demo_run, t
     ckpt = demo_run[0] / "checkpoint-last.pth"
     for command in ("knn", "linprobe", "tsne", "visualize", "finetune", "export"):
         code, _, err = run([command, "--checkpoint", ckpt, "--output-dir", blocker / "out"])
-        assert code == 2 and "cannot write to output dir" in err and str(blocker) in err, (command, err)
+        assert code == 2 and f"{blocker} is a file, not a folder" in err, (command, err)
     code, _, err = run(["plot", demo_run[0], "--output-dir", blocker / "out"])
-    assert code == 2 and "cannot write to output dir" in err
+    assert code == 2 and f"{blocker} is a file, not a folder" in err
     code, _, err = run(["export", "--checkpoint", ckpt, "--output", blocker / "x.safetensors"])
-    assert code == 2 and "cannot write to output dir" in err
+    assert code == 2 and f"{blocker} is a file, not a folder" in err
+
+
+@pytest.mark.parametrize("case", ["file", "read-only", "no space"])
+def test_an_unwritable_output_dir_is_one_line_before_anything_is_printed_or_computed(case, tmp_path, monkeypatch):
+    """A file in the way, a read-only folder and a full disk, for pretrain (auto recipe) and compare.
+    Read-only is simulated by ``os.access`` (root, who runs CI, ignores chmod) and a full disk by
+    ``shutil.disk_usage``: the check reads the folder's (or its nearest parent's) state, writing nothing."""
+    import dmjd.outputs
+
+    def no_work(*_args, **_kwargs):
+        raise AssertionError("work started before the output place was checked")
+
+    monkeypatch.setattr("dmjd.recipe.auto_config", no_work)
+    monkeypatch.setattr("dmjd.bench.compare.run_compare", no_work)
+    out = tmp_path / "runs" / "new"
+    if case == "file":
+        (tmp_path / "runs").write_text("a file where the run folder's parent should be")
+        expected = f"{tmp_path / 'runs'} is a file, not a folder; remove it or choose another --output-dir"
+    elif case == "read-only":
+        real = os.access
+        monkeypatch.setattr(dmjd.outputs.os, "access", lambda p, mode: False if Path(p) == tmp_path else real(p, mode))
+        monkeypatch.setattr(dmjd.outputs, "_read_only_mount", lambda _p: True)
+        expected = f"{tmp_path} cannot be written (a read-only file system); choose another --output-dir"
+    else:
+        monkeypatch.setattr(dmjd.outputs.shutil, "disk_usage", lambda _p: shutil._ntuple_diskusage(10**12, 10**12, 2**20))
+        expected = f"no space left on the device of {tmp_path} (1.0 MiB free)"
+    photos = write_images(tmp_path / "photos", 20, classes=("a", "b"))
+    for argv in (["pretrain", "--output-dir", out, f"data.path={photos}", "train.budget=1m"],
+                 ["compare", photos, "--budget", "1m", "--output-dir", out]):  # fmt: skip
+        code, stdout, err = run(argv)
+        assert (code, stdout) == (2, "") and err.count("\n") == 1 and expected in err, (argv, err)
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------------- 4. data.path is used

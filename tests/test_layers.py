@@ -9,7 +9,7 @@ import dmjd
 SRC = Path(dmjd.__file__).parent
 # Bottom first; a package may import from its own layer's packages only where no circle results.
 LAYERS = (
-    ("dmjd", "dmjd.errors"),
+    ("dmjd", "dmjd.errors", "dmjd.outputs"),
     ("dmjd.masking", "dmjd.io", "dmjd.data", "dmjd.targets"),
     ("dmjd.config",),
     ("dmjd.models", "dmjd.losses"),

@@ -155,11 +155,13 @@ def test_unwritable_output_dir_is_reported_at_start(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["pretrain", "--config", "demo", "--output-dir", str(blocker / "run")]) == 2
-    assert "cannot write to output dir" in capsys.readouterr().err
+    assert f"{blocker} is a file, not a folder" in capsys.readouterr().err
 
 
 def test_low_disk_space_is_reported_at_start(tmp_path, monkeypatch):
-    monkeypatch.setattr(faults_mod.shutil, "disk_usage", lambda _: type("U", (), {"free": 1024})())
+    monkeypatch.setattr(
+        faults_mod.shutil, "disk_usage", lambda _: type("U", (), {"free": 32 * 2**20})()
+    )  # above dmjd.outputs.MIN_FREE_BYTES
     with pytest.raises(ResourceError, match="MiB free"):
         Pretrainer(tiny_config(), tmp_path)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import socket
 
 import pytest
@@ -106,7 +107,8 @@ def test_check_writable_creates_the_folder_and_leaves_no_probe(tmp_path):
 
 def test_an_unwritable_folder_is_named_with_the_reason(tmp_path):
     _write(tmp_path, "file")
-    with pytest.raises(OutputDirError, match=rf"^cannot write to output dir {tmp_path / 'file' / 'run'}: Not a directory$"):
+    expected = f"output dir {tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is a file, not a folder; remove it or choose"
+    with pytest.raises(OutputDirError, match=f"^{re.escape(expected)}"):
         check_writable(tmp_path / "file" / "run")
 
 

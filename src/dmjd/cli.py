@@ -292,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="dmjd: %(levelname)s: %(message)s")
     try:
+        check_output_places(args)
         return int(args.func(args) or 0)
     except InputError as err:  # caught before the engine is imported: a bad config needs no torch
         print(f"dmjd: error: {err}", file=sys.stderr)
@@ -301,6 +302,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Exception as err:
         return _engine_exit_code(err)
+
+
+def check_output_places(args: argparse.Namespace) -> None:
+    """A command's ``--output-dir`` (and ``--output`` file's folder) can take its files: checked before
+    the command prints or computes anything (``dmjd.outputs.check_output_place``, torch-free).
+
+    Raises:
+        OutputDirError: a file is in the way, the folder is read-only, or its disk is full.
+    """
+    from dmjd.outputs import check_output_place
+
+    if getattr(args, "output_dir", None):
+        check_output_place(args.output_dir)
+    if getattr(args, "output", None):
+        check_output_place(Path(args.output).parent, "--output")
 
 
 def _engine_exit_code(err: Exception) -> int:

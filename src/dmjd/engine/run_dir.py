@@ -19,8 +19,8 @@ import weakref
 from pathlib import Path
 
 from dmjd.engine.metrics import EVALS_FILE, read_metrics
-from dmjd.errors import InputError
 from dmjd.io import checkpoint as ckpt
+from dmjd.outputs import OutputDirError, output_place_problem
 
 RUN_FILES = (
     "metrics.jsonl", "config.yaml", "summary.json", "log.txt", "tensorboard", "reconstruction.png", "curves.png",
@@ -30,11 +30,6 @@ RUN_FILES = (
 
 LOCK_FILE = ".dmjd.lock"
 UNREADABLE_GRACE_S = 5.0  # an unreadable lock younger than this is being written, not stale
-
-
-class OutputDirError(InputError):
-    """The output folder already holds a run (and neither resume nor overwrite was asked), is locked
-    by a running one, or cannot be written."""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -137,15 +132,19 @@ def holds_run(folder: str | Path) -> bool:
 
 
 def check_writable(folder: str | Path) -> Path:
-    """Create ``folder`` if needed and write a probe file into it.
+    """Create ``folder`` if needed and write a probe file into it (``dmjd.outputs.output_place_problem``
+    first, for a clear reason).
 
     Raises:
         OutputDirError: the folder cannot be created or written, naming it and the reason.
     """
     folder = Path(folder)
+    problem = output_place_problem(folder, "output dir")
+    if problem is not None:
+        raise OutputDirError(problem)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
+        probe = folder / f".write-test-{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as err:
