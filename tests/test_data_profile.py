@@ -30,8 +30,12 @@ def test_class_folders_of_grey_images(tmp_path):
     for c in ("cat", "dog"):
         _write(tmp_path / c, [((28, 28), "L"), ((28, 28), "I;16"), ((28, 28), "LA")])
     p = profile_data(None, tmp_path)
-    assert (p.layout, p.num_images, p.labelled, p.num_classes, p.channels) == ("classes", 6, True, 2, 1)
+    assert (p.layout, p.num_images, p.labelled, p.num_classes, p.channels) == ("classes", 4, True, 2, 1)
     assert p.typical_size == (28, 28) and not p.has_val
+    tf = eval_transform(8, 1)  # the recipe sizes the run for the images pre-training reads, not the probes' test ones
+    assert (p.num_images, p.held_out) == tuple(
+        len(build_dataset("imagefolder", s, tf, str(tmp_path))) for s in ("train", "test")
+    )
 
 
 @pytest.mark.parametrize("given", ["root", "train"])

@@ -228,7 +228,8 @@ def recipe_lines(results: dict[str, Any]) -> list[str]:
     """The data and the recipe every method shared, with the reasons."""
     p = results["data_profile"]
     labels = f"{p['num_classes']} classes" if p["labelled"] else "no labels"
-    lines = [f"- Data: {p['name']} at {p['path'] or 'its default location'}: {p['num_images']:,} images, typically "
+    aside = f" (and {p['held_out']:,} held out for the probes' test split)" if p.get("held_out") else ""
+    lines = [f"- Data: {p['name']} at {p['path'] or 'its default location'}: {p['num_images']:,} images{aside}, typically "
              f"{p['typical_size'][0]}x{p['typical_size'][1]} px, {p['channels']} channel(s), {labels}"]  # fmt: skip
     lines += ["- The recipe every method shares (`dmjd.recipe`, sized for DMJD):"]
     lines += [f"  - `{r['key']}={r['value']}`: {r['reason']}" for r in results["recipe"]]

@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dmjd.data.base import IMAGE_EXTENSIONS, DataError
-from dmjd.data.datasets import HELD_OUT_FOLDERS, imagefolder_split, infer_data_kind
+from dmjd.data.datasets import HELD_OUT_FOLDERS, HOLDOUT_FRACTION, HOLDOUT_SEED, imagefolder_split, infer_data_kind
+from dmjd.data.split import stratified_split
 
 Layout = Literal["flat", "classes", "train_val"]
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
@@ -30,7 +31,8 @@ class DataProfile:
     Attributes:
         name: the data set (``data.name``: ``imagefolder`` or a named set).
         path: where it is read from (None: the named set's default location).
-        num_images: images of the training split (STL-10: train + unlabeled, what pre-training reads).
+        num_images: images of the training split (STL-10: train + unlabeled, what pre-training reads; a
+            folder of class sub-folders without ``val/``: the training part of its seeded split).
         typical_size: median ``(height, width)`` of the sampled images.
         min_side: the smallest shorter side among the sampled images.
         max_side: the largest longer side among the sampled images.
@@ -41,6 +43,8 @@ class DataProfile:
         layout: ``flat`` (images only), ``classes`` (class sub-folders) or ``train_val`` (``train/``
             holding the training images, a named set's splits).
         sampled: headers read to measure sizes and channels (0 for the named sets).
+        held_out: files of a class folder without ``val/`` that its seeded split holds out for the
+            probes (``dmjd.data.datasets.image_folder``), not counted in ``num_images``.
     """
 
     name: str
@@ -55,6 +59,7 @@ class DataProfile:
     has_val: bool
     layout: Layout
     sampled: int
+    held_out: int = 0
 
 
 def _named(name: str, num_images: int, side: int, channels: int, num_classes: int) -> DataProfile:
@@ -144,9 +149,14 @@ def _profile_folder(root: Path, sample_size: int, seed: int) -> DataProfile:
     layout = folder_layout(root)
     train = imagefolder_split(root, "train")
     classes = _class_folders(train)
-    files = [p for c in classes for p in _list_images(c)] if classes else _list_images(train)
+    per_class = [_list_images(c) for c in classes]
+    files = [p for listed in per_class for p in listed] if classes else _list_images(train)
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {train}")
+    held_out = 0
+    if layout == "classes":  # pre-training keeps the training part of the probes' split
+        labels = np.repeat(np.arange(len(classes)), [len(listed) for listed in per_class])
+        held_out = len(stratified_split(labels, HOLDOUT_FRACTION, HOLDOUT_SEED)[1])
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(files), size=min(sample_size, len(files)), replace=False)
     headers = [h for h in map(_header, (files[i] for i in picks)) if h is not None]
@@ -157,8 +167,8 @@ def _profile_folder(root: Path, sample_size: int, seed: int) -> DataProfile:
     grey = all(mode in GREY_MODES for _, _, mode in headers)
     has_val = layout == "train_val" and any((train.parent / v).is_dir() for v in HELD_OUT_FOLDERS)
     return DataProfile(
-        name="imagefolder", path=str(root), num_images=len(files), typical_size=(height, width),
+        name="imagefolder", path=str(root), num_images=len(files) - held_out, typical_size=(height, width),
         min_side=int(sizes.min(axis=1).min()), max_side=int(sizes.max()), channels=1 if grey else 3,
         labelled=bool(classes), num_classes=len(classes), has_val=has_val,
-        layout=layout, sampled=len(headers),
+        layout=layout, sampled=len(headers), held_out=held_out,
     )  # fmt: skip
