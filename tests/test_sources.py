@@ -242,3 +242,18 @@ def test_evaluations_read_published_sources(tmp_path, capsys):
         cli(["knn", "--checkpoint", str(tmp_path / "hf"), *data])
     with pytest.raises(InputError, match="names no data set"):
         cli(["knn", "--checkpoint", str(tmp_path / "hf"), *out])
+
+
+def test_official_convit_checkpoint(tmp_path):
+    from dmjd.models.convit import CONVIT_SIZES, ConViT
+
+    torch.manual_seed(0)
+    tiny = CONVIT_SIZES["tiny"]
+    convit = ConViT(img_size=32, patch_size=8, in_chans=3, embed_dims=tiny["embed_dims"], depths=tiny["depths"],
+                    num_heads=tiny["num_heads"], mlp_ratios=tiny["mlp_ratios"]).eval()  # fmt: skip
+    state = {**convit.state_dict(), "decoder_embed.weight": torch.zeros(4, 192), "mask_token": torch.zeros(1, 1, 4)}
+    torch.save({"model": state, "args": argparse.Namespace(model="convmae_convvit_tiny")}, tmp_path / "convmae.pth")
+    source = load_source(tmp_path / "convmae.pth")
+    assert source.arch.arch == "convit" and source.arch.convit_size == "tiny" and source.decoder is None
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(tokens(source_encoder(source), x), tokens(convit, x), rtol=1e-4, atol=1e-4)
