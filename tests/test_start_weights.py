@@ -80,3 +80,12 @@ def test_the_auto_recipe_takes_the_architecture_from_model_init(tmp_path):
     assert cfg.model.img_size == 32 and cfg.model.patch_size == 8 and cfg.train.budget_warmup < 0.1
     trainer = Pretrainer(cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 1})}), tmp_path / "run")
     assert trainer.cfg.model.embed_dim == 192
+
+
+def test_closing_lines_compare_with_the_starting_encoder():
+    from dmjd.cli import achievement_lines, meaning_lines
+
+    summary = {"evaluation": {"knn_top1": 0.8, "epoch": 2}, "evaluation_untrained": {"knn_top1": 0.7}}
+    assert "starting encoder 0.7000" in achievement_lines(summary, "photos", init="mae.pth")[0]
+    assert "from 70.0 % (at the start) to 80.0 %" in meaning_lines(summary, "photos", init="mae.pth")[0]
+    assert "untrained encoder 0.7000" in achievement_lines(summary, "photos")[0]

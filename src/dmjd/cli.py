@@ -113,9 +113,10 @@ def monitor_hook(cfg: Config, trainer: Pretrainer) -> Callable[[Pretrainer], dic
     return hook
 
 
-def achievement_lines(summary: dict[str, Any], data_name: str) -> list[str]:
+def achievement_lines(summary: dict[str, Any], data_name: str, init: str | None = None) -> list[str]:
     """What a monitored run achieved: each accuracy of the trained encoder next to the untrained
-    encoder's and the raw pixels' (from ``Pretrainer``'s summary)."""
+    encoder's (the starting encoder's, with ``model.init``) and the raw pixels' (from ``Pretrainer``'s summary)."""
+    before = "starting encoder" if init else "untrained encoder"
     trained = summary.get("evaluation", {})
     untrained, pixels = summary.get("evaluation_untrained", {}), summary.get("evaluation_raw_pixels", {})
     lines = []
@@ -123,15 +124,16 @@ def achievement_lines(summary: dict[str, Any], data_name: str) -> list[str]:
         if key == "epoch":
             continue
         parts = [f"trained encoder {value:.4f} (epoch {trained['epoch']})"]
-        parts += [f"untrained encoder {untrained[key]:.4f}"] if key in untrained else []
+        parts += [f"{before} {untrained[key]:.4f}"] if key in untrained else []
         parts += [f"raw pixels {pixels[key]:.4f}"] if key in pixels else []
         lines.append(f"dmjd: {key} on the {data_name} test split: " + " | ".join(parts))
     return lines
 
 
-def meaning_lines(summary: dict[str, Any], data: str) -> list[str]:
-    """What a monitored run's numbers mean, in words (trained against untrained against raw pixels), and
-    what to run next."""
+def meaning_lines(summary: dict[str, Any], data: str, init: str | None = None) -> list[str]:
+    """What a monitored run's numbers mean, in words (trained against untrained, or the ``model.init``
+    start, against raw pixels), and what to run next."""
+    before = "at the start" if init else "untrained"
     trained, untrained = summary.get("evaluation", {}), summary.get("evaluation_untrained", {})
     key = next((k for k in ("knn_top1", "linprobe_top1") if k in trained and k in untrained), None)
     if key is None:
@@ -140,9 +142,9 @@ def meaning_lines(summary: dict[str, Any], data: str) -> list[str]:
     value, start = 100 * trained[key], 100 * untrained[key]
     pixels = summary.get("evaluation_raw_pixels", {}).get(key)
     gain = value - start
-    words = (f"pre-training raised the encoder's {name} top-1 from {start:.1f} % (untrained) to {value:.1f} % "
+    words = (f"pre-training raised the encoder's {name} top-1 from {start:.1f} % ({before}) to {value:.1f} % "
              f"({gain:+.1f} points)" if gain > 0 else
-             f"pre-training did not raise the encoder's {name} top-1 ({start:.1f} % untrained, {value:.1f} % now)")  # fmt: skip
+             f"pre-training did not raise the encoder's {name} top-1 ({start:.1f} % {before}, {value:.1f} % now)")  # fmt: skip
     if pixels is not None:
         beat = value > 100 * pixels
         words += (f", above raw pixels' {100 * pixels:.1f} %" if beat else
@@ -209,7 +211,8 @@ def _run_pretrain(args: argparse.Namespace) -> int:
             )
             summary["figure"] = str(figure)
         summary["curves"] = str(save_curves_figure([out], out / "curves.png"))
-        for line in achievement_lines(summary, cfg.data.name) + meaning_lines(summary, cfg.data.name):
+        init = trainer.cfg.model.init
+        for line in achievement_lines(summary, cfg.data.name, init) + meaning_lines(summary, cfg.data.name, init):
             print(line)
     if trainer.dist.is_main:
         print(json.dumps(summary))
