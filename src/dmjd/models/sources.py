@@ -180,8 +180,7 @@ def is_dmjd_run(source: str | Path) -> bool:
 
 def _create_timm(name: str, overlay: Mapping[str, Any] | None) -> nn.Module:
     """timm's model with its pre-trained weights, without classifier."""
-    model_name = name.split("local-dir:")[-1]
-    if not name.startswith("local-dir:") and not timm.is_model(model_name):
+    if not name.startswith("local-dir:") and not timm.is_model(name):
         raise CheckpointError(f"{TIMM_PREFIX}{name}: timm has no such model; list them with timm.list_models('vit_*')")
     try:
         return timm.create_model(
@@ -198,12 +197,6 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
             return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118  (safe_open has no __iter__)
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}); expected {EXPECTED}") from None
-
-
-def safetensors_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata of a safetensors file ({} when it has none)."""
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
 
 
 def _state_dict_of(state: Any, path: Path) -> dict[str, Tensor]:
@@ -282,6 +275,8 @@ def _from_state(source: str, weights: dict[str, Tensor], kind: str) -> LoadedSou
         arch = _convit_arch(infer_convit_arch(encoder), source)
         return LoadedSource(source, f"ConViT {kind}", arch, encoder,
                             notes=["its decoder is not converted (ConvMAE's decoder differs from dmjd's)"])  # fmt: skip
+    if any(key.startswith("vit.embeddings.") for key in weights):
+        raise CheckpointError(f"{source} holds Hugging Face ViTMAE weights: give the folder holding it and its config.json")
     if "patch_embed.proj.weight" not in weights or "blocks.0.attn.qkv.weight" not in weights:
         sample = ", ".join(sorted(weights)[:3])
         raise CheckpointError(f"{source} holds no ViT or ConViT encoder (keys {sample}, ...): another architecture; "
