@@ -699,6 +699,10 @@ def _run_export(args: argparse.Namespace) -> int:
     spec = InputSpec.from_config(cfg)
     exported = export_encoder(encoder, folder, spec, args.pool, args.license)
     write_model_card(exported, model_card(exported, *_card_inputs(checkpoint, cfg, position, folder), args.license))
+    if exported.arch == "vit":
+        extra = ", ".join(f"{k}={v}" for k, v in exported.kwargs.items())
+        print(f"dmjd: wrote {exported.folder}: timm model {exported.model_name}{f' ({extra})' if extra else ''}, "
+              f"global_pool={exported.pool}, num_classes=0; model card README.md")  # fmt: skip
     print(exported.snippet)
     result = {"kind": "export", "folder": str(exported.folder), "file": str(exported.file), **exported.describe(),
               "checkpoint": str(checkpoint)}  # fmt: skip

@@ -39,6 +39,10 @@ CONVIT_CLASS = "dmjd.models.convit.ConViT"
 WEIGHTS = "model.safetensors"
 CARD = "README.md"
 ExportPool = Literal["avg", "token"]
+POOL_WORDS = {
+    "avg": "the mean of the normed patch tokens (`global_pool: avg`), as `dmjd finetune` pools",
+    "token": "the class token (`global_pool: token`), as `dmjd knn` and `linprobe` pool by default",
+}
 _SIZE_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio")
 
 
@@ -158,7 +162,7 @@ def export_encoder(
         weights = {key: value.detach().cpu().contiguous() for key, value in encoder.state_dict().items()}
         metadata = {"format": "pt", "arch": "convit", "arch_kwargs": json.dumps(kwargs), "input_spec": json.dumps(asdict(spec))}
         save_file(weights, str(folder / WEIGHTS), metadata=metadata)
-        exported = ExportedEncoder(folder, CONVIT_CLASS, kwargs, "avg_fc_norm", "convit")
+        exported = ExportedEncoder(folder, CONVIT_CLASS, kwargs, "avg", "convit")
     else:
         name, kwargs = timm_architecture(encoder)
         model = timm.create_model(name, pretrained=False, num_classes=0, global_pool=pool, fc_norm=False, **kwargs)
@@ -209,9 +213,11 @@ def model_card(
         f"- **Data:** {run.get('data', 'unknown')}",
         f"- **Effective training epochs (ETE):** {run.get('ete', 'unknown')}",
         f"- **Device-hours:** {run.get('device_hours', 'unknown')} on {run.get('device', 'unknown')}",
-        f"- **Features:** `model(x)` gives the `{exported.pool}`-pooled feature (`global_pool` in config.json), "
-        "the one dmjd's evaluations below used.", "",
-        "## Load", "", "```python", "import timm" if exported.arch == "vit" else "", loading, "```", "",
+        f"- **Features:** `model(x)` gives {POOL_WORDS[exported.pool]}.", "",
+        "## Load", "", "```python", "import timm" if exported.arch == "vit" else "", f"model = {loading}"
+        if exported.arch == "vit" else loading, "```", "",
+        *(["Once the folder is uploaded (`huggingface_hub.upload_folder`), `hf-hub:USER/NAME` loads it the same way.", ""]
+          if exported.arch == "vit" else []),
         "## Recipe", "", *[f"- `{line}`" for line in run.get("recipe", [])], "",
         "## Evaluation results", "",
         *(["| evaluation | protocol | top-1 % | pool | data |", "|---|---|---|---|---|", *results] if results
