@@ -1,5 +1,5 @@
 """``python -m dmjd`` runs the command-line interface."""
 
-from dmjd.cli import main
+from dmjd.cli import console
 
-raise SystemExit(main())
+raise SystemExit(console())

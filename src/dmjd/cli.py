@@ -1,7 +1,8 @@
 """The ``dmjd`` command line: thin subcommands over the Python API.
 
 Building the parser imports no torch (the subcommands load what they need when they run), so
-``dmjd --help`` and every subcommand's ``--help`` answer at once.
+``dmjd --help`` and every subcommand's ``--help`` answer at once. Importing this module imports
+nothing heavy either: ``main`` takes over Ctrl-C before the first slow import.
 """
 
 from __future__ import annotations
@@ -9,20 +10,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence, Sized
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
-from pydantic import BaseModel
-
 import dmjd
-from dmjd.config import Config
 from dmjd.errors import InputError
 
 if TYPE_CHECKING:
     import torch
+    from pydantic import BaseModel
 
+    from dmjd.config import Config
     from dmjd.engine import Pretrainer
 
 EXIT_BAD_INPUT = 2
@@ -32,6 +35,10 @@ EXIT_INTERRUPTED = 130
 
 def describe_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
     """One help line per config key: dotted name, default and description."""
+    from pydantic import BaseModel
+
+    from dmjd.config import Config
+
     model = model or Config
     lines = []
     for name, field in model.model_fields.items():
@@ -289,9 +296,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dmjd`` console script; returns the process exit code.
 
     Problems with what the user gave (``InputError``), teacher or tokenizer weights that cannot be
-    found, and resources that do not fit are one line on stderr (exit 2); Ctrl-C in any command is
-    one line (exit 130); any other exception is a bug and keeps its traceback.
+    found, and resources that do not fit are one line on stderr (exit 2); Ctrl-C at any moment of a
+    command, from its first import to its last byte written, is one line (exit 130), and a second
+    Ctrl-C while it stops changes nothing; any other exception is a bug and keeps its traceback.
+    The SIGINT handler in place before the call is restored after it.
     """
+    interrupt = _InterruptOnce()
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        return _run(argv)
+    except BaseException as err:
+        # Whatever the interrupt became on its way up (a RuntimeError from a class being created, a
+        # loader's error) is the interrupt.
+        if not (interrupt.fired or isinstance(err, KeyboardInterrupt)):
+            raise
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("\ndmjd: interrupted", file=sys.stderr)  # on its own line, after the terminal's ^C
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+
+
+def console() -> int:
+    """The ``dmjd`` console script (and ``python -m dmjd``): ``main`` with Ctrl-C ignored once it
+    returns, so that the interpreter's shutdown (loader workers, process groups) is never cut short
+    by a traceback; the command is done by then."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return main()
+
+
+class _InterruptOnce:
+    """A SIGINT handler that raises KeyboardInterrupt once, in the process that installed it: later
+    signals are ignored while the command stops, and DataLoader workers forked from it ignore Ctrl-C
+    (the terminal sends it to them too), leaving it to the main process."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.fired = False
+
+    def __call__(self, _signum: int, _frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if os.getpid() == self.pid:
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="dmjd: %(levelname)s: %(message)s")
     try:
@@ -300,9 +350,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as err:  # caught before the engine is imported: a bad config needs no torch
         print(f"dmjd: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:  # Ctrl-C outside a training loop (an evaluation, a data download)
-        print("\ndmjd: interrupted", file=sys.stderr)  # on its own line, after the terminal's ^C
-        return EXIT_INTERRUPTED
     except Exception as err:
         return _engine_exit_code(err)
 
@@ -332,6 +379,7 @@ def _engine_exit_code(err: Exception) -> int:
         print(f"dmjd: error: {err}", file=sys.stderr)
         return EXIT_NONFINITE if isinstance(err, NonFiniteLossError) else EXIT_BAD_INPUT
     if isinstance(err, TrainingInterrupted):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run has stopped: one line, whatever follows
         print(f"\ndmjd: {err}", file=sys.stderr)  # on its own line, after the terminal's ^C
         return EXIT_INTERRUPTED
     raise err

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from dmjd.data.base import DataError, dataset_classes
 from dmjd.data.datasets import ImageFiles
 from dmjd.data.shards import MANIFEST, import_webdataset, read_manifest, tar_index
+from dmjd.io.atomic import atomic_write
 
 
 def write_shards(
@@ -76,7 +77,7 @@ def write_shards(
         "classes": classes or old.get("classes", []),
         "shards": others + shards,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 

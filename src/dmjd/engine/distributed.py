@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -37,7 +38,8 @@ def init_distributed(device_type: str) -> DistInfo:
     """Join the process group when launched by torchrun (or srun under SLURM), else run alone.
 
     Uses NCCL on GPUs and gloo on CPUs; ``MASTER_ADDR``/``MASTER_PORT`` come from the launcher
-    (torchrun sets them; under SLURM set them in the batch script as MAE's docs do).
+    (torchrun sets them; under SLURM set them in the batch script as MAE's docs do). Joining
+    registers ``leave_process_group`` to run at exit.
     """
     world = _env_int("WORLD_SIZE", "SLURM_NTASKS") or 1
     if world <= 1:
@@ -49,6 +51,7 @@ def init_distributed(device_type: str) -> DistInfo:
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        atexit.register(leave_process_group)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
 
 
@@ -67,7 +70,12 @@ def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
-def cleanup(info: DistInfo) -> None:
-    """Leave the process group."""
-    if info.enabled and dist.is_initialized():
+def leave_process_group() -> None:
+    """Destroy the default process group, if any, while the interpreter is still whole (safe twice).
+
+    Left to interpreter finalisation, gloo's worker threads can still hold finished work whose
+    tensors need the GIL to be freed, and a rank that did all its work dies of SIGABRT
+    (``terminate called without an active exception``); torchrun then kills the other ranks.
+    """
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -18,6 +18,7 @@ from dmjd.engine.loss_sums import LossSums
 from dmjd.engine.metrics import MetricsLogger, progress_line, read_metrics, round_floats
 from dmjd.engine.optim import rates_summary
 from dmjd.engine.resume import RunState
+from dmjd.io.atomic import atomic_write
 from dmjd.masking import DisjointMasking
 from dmjd.models import DMJDModel
 from dmjd.targets import FrozenNetworkTarget, Target
@@ -221,7 +222,7 @@ def write_summary(trainer: Run, seconds: float, last: dict[str, Any]) -> dict[st
         summary.update(t.target.cost_metrics())
     summary = round_floats(summary)
     if t.dist.is_main:
-        (t.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write(t.output_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

@@ -72,10 +72,11 @@ def emit(result: dict[str, Any], folder: Path, name: str) -> dict[str, Any]:
     """Write ``result`` (floats to 6 significant digits) to ``folder/<name>.json``, print it as one
     JSON line and return it."""
     from dmjd.engine.metrics import round_floats
+    from dmjd.io.atomic import atomic_write
 
     result = round_floats(result)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write(folder / f"{name}.json", json.dumps(result, indent=2) + "\n")
     print(json.dumps(result), flush=True)
     return result
 

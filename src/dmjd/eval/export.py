@@ -30,7 +30,7 @@ from timm.models import save_for_hf
 from torch import nn
 
 from dmjd.eval.loading import InputSpec
-from dmjd.io.checkpoint import file_mode
+from dmjd.io.atomic import file_mode
 from dmjd.models.convit import ConViT
 from dmjd.models.encoder import TimmDescribed, vit_size_name
 

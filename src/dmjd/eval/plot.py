@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 
 from dmjd.engine.metrics import EVALS_FILE, read_metrics
 from dmjd.errors import InputError
+from dmjd.io.atomic import atomic_writer
 
 LOSS_STYLES = {"loss": "-", "loss_mim": "--", "loss_vis": ":"}
 BASELINE_PREFIX = "pixels_"  # the monitor's raw-pixel baselines, e.g. pixels_knn_top1
@@ -234,9 +235,14 @@ def save_curves_figure(run_dirs: Sequence[str | Path], path: str | Path, labels:
     Raises:
         InputError: as ``curves_figure``.
     """
-    fig = curves_figure(run_dirs, labels)
+    return save_figure(curves_figure(run_dirs, labels), path, dpi=120, bbox_inches="tight")
+
+
+def save_figure(fig: matplotlib.figure.Figure, path: str | Path, **savefig: Any) -> Path:
+    """Write ``fig`` to ``path`` atomically (its format from the suffix) and close it; ``savefig``
+    goes to ``Figure.savefig`` (dpi, ...)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with atomic_writer(path) as f:
+        fig.savefig(f, format=path.suffix.lstrip(".") or "png", **savefig)
     plt.close(fig)
     return path

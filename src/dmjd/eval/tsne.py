@@ -13,6 +13,8 @@ import numpy as np
 from sklearn.manifold import TSNE
 from torch import Tensor
 
+from dmjd.eval.plot import save_figure
+
 MAX_CLASSES = 20  # distinct colours of the tab20 colour map
 
 
@@ -58,8 +60,4 @@ def save_tsne_figure(
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=130)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from dmjd.data import DataError, build_dataset
 from dmjd.data.base import Transform
 from dmjd.eval.features import dataset_labels
+from dmjd.eval.plot import save_figure
 from dmjd.masking import DisjointMasking, MaskedViews
 from dmjd.targets import HOGTarget, PixelTarget, Target
 
@@ -245,8 +246,4 @@ def save_reconstruction_figure(
     )
     fig.suptitle(textwrap.fill(describe_masking(masking), 110) + f"\n{note}", fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=DPI)

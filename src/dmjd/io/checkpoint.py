@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 import torch
 
 from dmjd.errors import InputError
+from dmjd.io.atomic import atomic_writer
 
 LAST = "checkpoint-last.pth"
 EXPECTED = "a dmjd checkpoint (a .pth file written by dmjd pretrain or finetune)"
@@ -26,37 +25,11 @@ class CheckpointError(InputError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically: temp file in the same folder, fsync, rename.
-
-    A process killed mid-save leaves the previous file at ``path`` intact. The file gets the
-    mode of any new file (``file_mode``), not the temp file's 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def file_mode() -> int:
-    """The mode a new file gets from the process umask (0644 under the usual umask 022)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    """Write ``state`` to ``path`` atomically (``dmjd.io.atomic``): a process killed mid-save leaves
+    the previous file at ``path`` intact."""
+    with atomic_writer(path) as f:
+        torch.save(state, f)
+    return Path(path)
 
 
 def foreign_kind(path: Path) -> str | None:
