@@ -90,12 +90,13 @@ def sample_images(cfg: Config, n: int) -> torch.Tensor:
 
     from dmjd.data import build_dataset, eval_transform
 
+    transform = eval_transform(cfg.model.img_size, cfg.model.in_chans, background=cfg.data.background)
     if cfg.data.name == "webdataset":
         from dmjd.data.shards import first_images
 
-        return first_images(cfg.data.path or "", n, eval_transform(cfg.model.img_size, cfg.model.in_chans))
+        return first_images(cfg.data.path or "", n, transform)
     split = "test" if cfg.data.name in ("embedded", "fashion_mnist", "cifar10", "cifar100", "stl10") else "train"
-    ds = build_dataset(cfg.data.name, split, eval_transform(cfg.model.img_size, cfg.model.in_chans), cfg.data.path)
+    ds = build_dataset(cfg.data.name, split, transform, cfg.data.path)
     return torch.stack([ds[i][0] for i in range(min(n, len(cast(Sized, ds))))])
 
 

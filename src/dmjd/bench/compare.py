@@ -131,7 +131,9 @@ def label_free_monitor(setup: CompareSetup, device: str | None = None) -> LabelF
     cfg = load_config(None, [*setup.testbed.base, *setup.section.variants[0].overrides])
     dev = resolve_device(device or cfg.train.device)
     split = "test" if setup.profile.has_val else "train"
-    array = load_image_array(cfg.data.name, split, cfg.data.path, cfg.model.img_size, cfg.model.in_chans)
+    array = load_image_array(
+        cfg.data.name, split, cfg.data.path, cfg.model.img_size, cfg.model.in_chans, background=cfg.data.background
+    )
     images = torch.from_numpy(array.images)
     keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:EVAL_IMAGES].sort().values
     mean, std = mean_std(cfg)

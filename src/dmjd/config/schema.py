@@ -207,6 +207,11 @@ class DataConfig(_Section):
         None, ge=8, description="device pipeline: side an ImageFolder is decoded to once; null = model.img_size * 8 / 7"
     )
     interpolation: Literal["bicubic", "bilinear"] = Field("bicubic", description="RandomResizedCrop resampling")
+    background: Literal["white", "gray", "black"] = Field(
+        "white",
+        description="uniform colour transparent pixels (alpha, transparent palettes) are composited on before "
+        "anything else, in training and every evaluation; white, as cut-outs and clip-art are drawn and shown",
+    )
     quantize_crops: bool = Field(
         True,
         description="device pipelines: round the resized crops to 8-bit levels before the targets and the "

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from dmjd.data.base import DataError, cache_dir
 from dmjd.data.datasets import ArrayImages, ImageFiles, TorchvisionImages, build_dataset
-from dmjd.data.transforms import to_mode
+from dmjd.data.decode import to_mode
 
 LOG = logging.getLogger(__name__)
 
@@ -79,7 +79,9 @@ def decoded_nbytes(source: Dataset, size: int, in_chans: int, limit: int | None 
     return int(per_image) * min(n, limit or n)
 
 
-def to_image_array(source: Dataset, size: int, in_chans: int, limit: int | None = None) -> ImageArray:
+def to_image_array(
+    source: Dataset, size: int, in_chans: int, limit: int | None = None, background: str = "white"
+) -> ImageArray:
     """A data set from ``open_source`` as a uint8 array with ``in_chans`` channels (1-channel data is
     kept at 1 and expanded on the device when ``in_chans`` is 3).
 
@@ -88,12 +90,13 @@ def to_image_array(source: Dataset, size: int, in_chans: int, limit: int | None 
         size: decoding resolution of ImageFolder images (ignored for array data sets).
         in_chans: 1 or 3.
         limit: keep only the first ``limit`` images (``data.limit``).
+        background: what transparent pixels of ImageFolder images become (``to_mode``).
 
     Raises:
         DataError: no image of a folder can be decoded, or the data set has no array form.
     """
     if isinstance(source, ImageFiles):
-        return _cached_folder(source, size, in_chans, limit)
+        return _cached_folder(source, size, in_chans, limit, background)
     if isinstance(source, ArrayImages):
         images, labels = source.images, source.labels
     elif isinstance(source, TorchvisionImages):
@@ -113,27 +116,35 @@ def to_image_array(source: Dataset, size: int, in_chans: int, limit: int | None 
 
 
 def load_image_array(
-    name: str, split: str, path: str | None, size: int, in_chans: int, download: bool = False, limit: int | None = None
+    name: str,
+    split: str,
+    path: str | None,
+    size: int,
+    in_chans: int,
+    download: bool = False,
+    limit: int | None = None,
+    background: str = "white",
 ) -> ImageArray:
-    """``to_image_array(open_source(name, split, path, download), size, in_chans, limit)``."""
-    return to_image_array(open_source(name, split, path, download), size, in_chans, limit)
+    """``to_image_array(open_source(name, split, path, download), size, in_chans, limit, background)``."""
+    return to_image_array(open_source(name, split, path, download), size, in_chans, limit, background)
 
 
-def _folder_key(files: ImageFiles, size: int, in_chans: int, limit: int | None) -> str:
+def _folder_key(files: ImageFiles, size: int, in_chans: int, limit: int | None, background: str) -> str:
     """Cache key: every file's relative path, size and mtime, plus the decoding settings."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps({"size": size, "in_chans": in_chans, "limit": limit, "v": 1}).encode())
+    settings = {"size": size, "in_chans": in_chans, "limit": limit, "background": background, "v": 2}  # v2: to_mode
+    h.update(json.dumps(settings).encode())
     for p, label in files.samples:
         st = p.stat()
         h.update(f"{p.relative_to(files.root)}|{st.st_size}|{st.st_mtime_ns}|{label}\n".encode())
     return h.hexdigest()
 
 
-def _decode(path: Path, size: int, in_chans: int) -> np.ndarray | None:
-    """One image as uint8 ``[C, size, size]``: short side to ``size`` (bicubic), centre crop."""
+def _decode(path: Path, size: int, in_chans: int, background: str) -> np.ndarray | None:
+    """One image as uint8 ``[C, size, size]`` (``to_mode``): short side to ``size`` (bicubic), centre crop."""
     try:
         with Image.open(path) as file:
-            image = to_mode(file, in_chans)
+            image = to_mode(file, in_chans, background)
             w, h = image.size
             s = size / min(w, h)
             nw, nh = max(size, round(w * s)), max(size, round(h * s))
@@ -146,17 +157,17 @@ def _decode(path: Path, size: int, in_chans: int) -> np.ndarray | None:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _cached_folder(files: ImageFiles, size: int, in_chans: int, limit: int | None) -> ImageArray:
+def _cached_folder(files: ImageFiles, size: int, in_chans: int, limit: int | None, background: str) -> ImageArray:
     """Decode (once) or load the cached array of a folder of images."""
     samples = files.samples[:limit] if limit is not None else files.samples
-    key = _folder_key(files, size, in_chans, limit)
+    key = _folder_key(files, size, in_chans, limit, background)
     cache = cache_dir() / "decoded" / f"{key}.npz"
     if cache.is_file():
         with np.load(cache) as z:
             return ImageArray(z["images"], z["labels"], int(z["unreadable"]))
     workers = min(32, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        decoded = list(pool.map(lambda s: _decode(s[0], size, in_chans), samples))
+        decoded = list(pool.map(lambda s: _decode(s[0], size, in_chans, background), samples))
     keep = [i for i, a in enumerate(decoded) if a is not None]
     if not keep:
         raise DataError(f"no image under {files.root} could be decoded")

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from dmjd.data.base import DataError, dataset_classes
 from dmjd.data.datasets import ImageFiles
+from dmjd.data.decode import to_mode
 from dmjd.data.shards import MANIFEST, import_webdataset, read_manifest, tar_index
 from dmjd.io.atomic import atomic_write
 
@@ -24,6 +25,7 @@ def write_shards(
     max_side: int | None = None,
     prefix: str = "train",
     quality: int = 90,
+    background: str = "white",
 ) -> dict[str, Any]:
     """Write ``dataset``'s images as WebDataset shards ``dst/<prefix>-000000.tar``, ... and
     ``dst/manifest.json`` (samples per prefix, classes, and per shard its name, count and sha256).
@@ -36,9 +38,11 @@ def write_shards(
             ``build_dataset(name, split, keep_image)``; label -1 writes no ``cls``.
         shard_size: samples per shard (the last one may hold fewer).
         max_side: re-encode images whose longer side exceeds this, shrunk to it (None: keep sizes).
-            Every image is written as JPEG; a JPEG file of an ``ImageFiles`` folder that needs no
-            shrinking is copied byte for byte (no second compression, and no encoding time).
+            Every image is written as JPEG, upright and opaque (``to_mode``); a JPEG file of an
+            ``ImageFiles`` folder that needs no shrinking and no EXIF rotation is copied byte for byte
+            (no second compression, and no encoding time).
         quality: JPEG quality.
+        background: what transparent pixels become (``to_mode``).
 
     Returns:
         The manifest.
@@ -63,7 +67,7 @@ def write_shards(
             if flags and flags[0]:  # an unreadable file (ImageFiles stands another image in for it)
                 continue
             written += 1
-            sample = {"__key__": f"{i:09d}", "jpg": _encoded(dataset, i, image, max_side, quality)}
+            sample = {"__key__": f"{i:09d}", "jpg": _encoded(dataset, i, image, max_side, quality, background)}
             if int(label) >= 0:
                 sample["cls"] = str(int(label)).encode()
             sink.write(sample)
@@ -86,18 +90,20 @@ def keep_image(image: Image.Image) -> Image.Image:
     return image
 
 
-def _encoded(dataset: Dataset, index: int, image: Image.Image, max_side: int | None, quality: int) -> bytes:
-    """The original file's bytes when it is an RGB or gray JPEG that needs no shrinking, else a new JPEG."""
+def _encoded(dataset: Dataset, index: int, image: Image.Image, max_side: int | None, quality: int, background: str) -> bytes:
+    """The original file's bytes when it is an upright RGB or gray JPEG that needs no shrinking, else a
+    new JPEG of the image decoded by ``to_mode`` (gray images stay gray)."""
     path = dataset.samples[index][0] if isinstance(dataset, ImageFiles) else None
     fits = max_side is None or max(image.size) <= max_side
-    if path is not None and path.suffix.lower() in (".jpg", ".jpeg") and fits and image.mode in ("RGB", "L"):
+    upright = image.getexif().get(0x0112, 1) == 1
+    if path is not None and path.suffix.lower() in (".jpg", ".jpeg") and fits and upright and image.mode in ("RGB", "L"):
         return path.read_bytes()
-    return _jpeg(image, max_side, quality)
+    gray = image.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L")
+    return _jpeg(to_mode(image, 1 if gray else 3, background), max_side, quality)
 
 
 def _jpeg(image: Image.Image, max_side: int | None, quality: int) -> bytes:
     """JPEG bytes of ``image`` (RGB or L), shrunk so its longer side is at most ``max_side``."""
-    image = image if image.mode in ("RGB", "L") else image.convert("RGB")
     if max_side is not None and max(image.size) > max_side:
         scale = max_side / max(image.size)
         image = image.resize(

@@ -41,6 +41,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dmjd.data.base import DataError, Transform
+from dmjd.data.decode import to_mode
 from dmjd.data.resample import Interpolation, pad_batch, random_resized_crop_params, resized_crop
 from dmjd.data.sampler import augment_seed, seed_transforms
 from dmjd.data.shards import BadCounter, ShardIndex, decode_image, index_shards, sample_parts, tar_samples
@@ -267,7 +268,7 @@ class DeviceDecodedBatches(ShardBatches):
             image = decode_image(data.numpy().tobytes(), {}, BadCounter())
         if image is None:
             return None
-        array = torch.from_numpy(np.asarray(image.convert("L" if self.in_chans == 1 else "RGB")).copy())
+        array = torch.from_numpy(np.asarray(to_mode(image, self.in_chans)).copy())
         return (array[None] if array.dim() == 2 else array.permute(2, 0, 1)).to(self.device)
 
     def _batch(self, pieces: list[Piece], epoch: int, step: int) -> Tensor:

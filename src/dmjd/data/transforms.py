@@ -7,11 +7,12 @@ raw image while the encoder sees the normalised one.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms import v2
+
+from dmjd.data.decode import to_mode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,31 +25,17 @@ def default_mean_std(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...
     return (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else (GRAY_MEAN, GRAY_STD)
 
 
-def to_mode(image: Image.Image, in_chans: int) -> Image.Image:
-    """Convert any PIL mode (L, RGBA, CMYK, P, I;16, ...) to 'L' or 'RGB'."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: rescale to 8 bit by the image's own range.
-        arr = torch.from_numpy(np.asarray(image, dtype=np.float32))
-        hi = float(arr.max()) if arr.numel() else 1.0
-        scale = 255.0 / (65535.0 if hi > 255 else max(hi, 1.0))
-        image = Image.fromarray((arr * scale).clamp(0, 255).to(torch.uint8).numpy(), mode="L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    target = "L" if in_chans == 1 else "RGB"
-    return image if image.mode == target else image.convert(target)
-
-
 class ToChannels:
-    """Picklable transform converting a PIL image to `in_chans` channels."""
+    """Picklable transform: a PIL image decoded by ``to_mode`` to `in_chans` channels on `background`."""
 
-    def __init__(self, in_chans: int) -> None:
-        self.in_chans = in_chans
+    def __init__(self, in_chans: int, background: str = "white") -> None:
+        self.in_chans, self.background = in_chans, background
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        return to_mode(image, self.in_chans) if isinstance(image, Image.Image) else image
+        return to_mode(image, self.in_chans, self.background) if isinstance(image, Image.Image) else image
 
     def __repr__(self) -> str:
-        return f"ToChannels(in_chans={self.in_chans})"
+        return f"ToChannels(in_chans={self.in_chans}, background={self.background!r})"
 
 
 def pretrain_transform(
@@ -57,11 +44,13 @@ def pretrain_transform(
     crop_scale: tuple[float, float] = (0.2, 1.0),
     hflip: bool = True,
     interpolation: str = "bicubic",
+    background: str = "white",
 ) -> v2.Compose:
-    """RandomResizedCrop (bicubic or bilinear, antialiased) + horizontal flip -> float[C, H, W] in [0, 1]."""
+    """RandomResizedCrop (bicubic or bilinear, antialiased) + horizontal flip -> float[C, H, W] in [0, 1]
+    (decoded by ``to_mode`` on ``background``)."""
     mode = v2.InterpolationMode(interpolation)
     steps: list = [
-        ToChannels(in_chans),
+        ToChannels(in_chans, background),
         v2.PILToTensor(),
         v2.RandomResizedCrop(img_size, scale=crop_scale, interpolation=mode, antialias=True),
     ]
@@ -71,12 +60,13 @@ def pretrain_transform(
     return v2.Compose(steps)
 
 
-def eval_transform(img_size: int, in_chans: int, crop_pct: float = 1.0) -> v2.Compose:
-    """Resize the short side to img_size/crop_pct and center-crop img_size -> float in [0, 1]."""
+def eval_transform(img_size: int, in_chans: int, crop_pct: float = 1.0, background: str = "white") -> v2.Compose:
+    """Resize the short side to img_size/crop_pct and center-crop img_size -> float in [0, 1] (decoded by
+    ``to_mode`` on ``background``)."""
     resize = int(round(img_size / crop_pct))
     return v2.Compose(
         [
-            ToChannels(in_chans),
+            ToChannels(in_chans, background),
             v2.PILToTensor(),
             v2.Resize(resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
             v2.CenterCrop(img_size),

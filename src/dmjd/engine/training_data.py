@@ -105,7 +105,7 @@ def _training_data(cfg: Config, device: torch.device, rank: int, world_size: int
         nbytes = decoded_nbytes(source, size, m.in_chans, d.limit)
         pipeline, why = choose_pipeline(d.pipeline, nbytes, device_budget_bytes(device, d.device_memory_gb))
         if pipeline == "device":
-            arr = to_image_array(source, size, m.in_chans, d.limit)
+            arr = to_image_array(source, size, m.in_chans, d.limit, d.background)
             batches = DeviceBatches(
                 torch.from_numpy(arr.images).to(device), m.img_size, cfg.optim.batch_size, cfg.train.seed,
                 d.crop_scale, hflip=d.hflip, in_chans=m.in_chans, interpolation=d.interpolation, rank=rank,
@@ -117,7 +117,7 @@ def _training_data(cfg: Config, device: torch.device, rank: int, world_size: int
             data = describe_data(d.name, d.path, split, len(arr.images), labelled) + left_out + held_out(source)
             return TrainingData(batches, f"{data}; device pipeline, {why}: uint8 [{shape}] on {device}, augmented there",
                                 arr.unreadable)  # fmt: skip
-    transform = pretrain_transform(m.img_size, m.in_chans, d.crop_scale, d.hflip, d.interpolation)
+    transform = pretrain_transform(m.img_size, m.in_chans, d.crop_scale, d.hflip, d.interpolation, d.background)
     base = build_dataset(d.name, split, transform, d.path, d.download)
     if d.limit is not None and d.limit < len(base):  # type: ignore[arg-type]
         base = Subset(base, range(d.limit))

@@ -287,7 +287,7 @@ def source_splits(src: Source, args: argparse.Namespace) -> tuple[Dataset, Datas
     """The labelled train and test splits of the source's data set, centre-cropped for its encoder."""
     from dmjd.data import eval_transform
 
-    transform = eval_transform(src.spec.img_size, src.spec.in_chans)
+    transform = eval_transform(src.spec.img_size, src.spec.in_chans, background=src.cfg.data.background)
     return labelled_source_splits(src, transform, transform, args.max_images)
 
 
@@ -454,7 +454,7 @@ def _run_mae_finetune(
     from dmjd.eval.features import dataset_labels, num_classes
     from dmjd.eval.finetune import Finetuner, finetune_transforms
 
-    train_tf, val_tf = finetune_transforms(src.spec, settings)
+    train_tf, val_tf = finetune_transforms(src.spec, settings, src.cfg.data.background)
     train, val = labelled_source_splits(src, train_tf, val_tf, args.max_images)
     trainer = Finetuner(
         src.encoder, train, val, num_classes(train, val), settings, src.output_dir, src.device,
@@ -632,7 +632,7 @@ def _run_visualize(args: argparse.Namespace) -> int:
         raise InputError(f"{args.checkpoint} regresses {cfg.target.name} targets, which have no picture; "
                          "visualize draws pixel and HOG targets")  # fmt: skip
     d = cfg.data
-    transform = eval_transform(spec.img_size, spec.in_chans)
+    transform = eval_transform(spec.img_size, spec.in_chans, background=d.background)
     images = drawn_images(d.name, d.path, transform, args.num_images, args.seed, d.download).to(device)
     figure = save_reconstruction_figure(
         model, target, build_masking(cfg), Normalize(spec.mean, spec.std).to(device),

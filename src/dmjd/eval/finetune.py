@@ -207,10 +207,12 @@ def keep_a_posterize_bit(transform: transforms.Compose) -> None:
                 op.aug_fn = _posterize_keeping_a_bit
 
 
-def finetune_transforms(spec: InputSpec, settings: FinetuneSettings) -> tuple[transforms.Compose, v2.Compose]:
+def finetune_transforms(
+    spec: InputSpec, settings: FinetuneSettings, background: str = "white"
+) -> tuple[transforms.Compose, v2.Compose]:
     """Train (random-resized crop, flip, RandAugment, normalise, random erasing) and validation
-    (resize + centre crop, normalise) transforms; both output normalised ``[C, H, W]`` tensors.
-    Posterize keeps at least one bit (``keep_a_posterize_bit``)."""
+    (resize + centre crop, normalise) transforms of images decoded on ``background`` (``to_mode``);
+    both output normalised ``[C, H, W]`` tensors. Posterize keeps at least one bit (``keep_a_posterize_bit``)."""
     aa = None if settings.rand_augment.lower() == "none" else settings.rand_augment
     train = create_transform(
         input_size=(spec.in_chans, spec.img_size, spec.img_size),
@@ -225,8 +227,8 @@ def finetune_transforms(spec: InputSpec, settings: FinetuneSettings) -> tuple[tr
         std=spec.std,
     )
     keep_a_posterize_bit(train)
-    val = v2.Compose([eval_transform(spec.img_size, spec.in_chans), v2.Normalize(spec.mean, spec.std)])
-    return transforms.Compose([ToChannels(spec.in_chans), train]), val
+    val = v2.Compose([eval_transform(spec.img_size, spec.in_chans, background=background), v2.Normalize(spec.mean, spec.std)])
+    return transforms.Compose([ToChannels(spec.in_chans, background), train]), val
 
 
 class Finetuner:

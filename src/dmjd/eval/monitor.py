@@ -66,6 +66,7 @@ class OnlineMonitor:
         num_workers: data-loader processes (building the cache, or every evaluation without it).
         cache_mib: cache both splits' images as uint8 on ``device`` when they fit in this many MiB
             (0 = never cache).
+        background: what transparent pixels become (``data.background``).
 
     Raises:
         DataError: the data set or its labelled splits are missing.
@@ -89,8 +90,9 @@ class OnlineMonitor:
         download: bool = False,
         num_workers: int = 0,
         cache_mib: int = 512,
+        background: str = "white",
     ) -> None:
-        transform = eval_transform(img_size, in_chans)
+        transform = eval_transform(img_size, in_chans, background=background)
         self.train_set, self.test_set = labelled_splits(
             data_name, data_path, transform, transform, download=download, max_images=max_images
         )
@@ -126,6 +128,7 @@ class OnlineMonitor:
             download=cfg.data.download,
             num_workers=min(cfg.data.num_workers, available_cores()),
             cache_mib=cache_mib,
+            background=cfg.data.background,
         )
 
     def __call__(self, encoder: nn.Module) -> dict[str, float]:
