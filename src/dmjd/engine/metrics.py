@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,13 @@ def round_floats(value: Any, digits: int = 6) -> Any:
     if isinstance(value, (list, tuple)):
         return [round_floats(v, digits) for v in value]
     return value
+
+
+def bars_shown(progress: bool) -> bool:
+    """Whether progress bars draw: ``progress`` is asked for and stdout and stderr (where tqdm draws) are
+    both terminals. Written to a file or a pipe, every redraw would be one more line of the log (``make
+    demo > log`` held thousands), so runs print a plain line per logged interval there instead."""
+    return progress and sys.stdout.isatty() and sys.stderr.isatty()
 
 
 def progress_line(

@@ -15,7 +15,7 @@ from dmjd.config.duration import format_duration
 from dmjd.engine.budget import TimeBudget, describe_plan
 from dmjd.engine.distributed import DistInfo
 from dmjd.engine.loss_sums import LossSums
-from dmjd.engine.metrics import MetricsLogger, progress_line, read_metrics, round_floats
+from dmjd.engine.metrics import MetricsLogger, bars_shown, progress_line, read_metrics, round_floats
 from dmjd.engine.optim import rates_summary
 from dmjd.engine.resume import RunState
 from dmjd.io.atomic import atomic_write
@@ -113,7 +113,7 @@ def _schedule_words(trainer: Run) -> str:
 def progress_bar(trainer: Run, total: int) -> tqdm:
     """The epoch's progress bar of ``total`` micro-steps (main process, ``train.progress``)."""
     st = trainer.state
-    disable = not (trainer.cfg.train.progress and trainer.dist.is_main)
+    disable = not (bars_shown(trainer.cfg.train.progress) and trainer.dist.is_main)
     epochs = "" if trainer.epochs_known is None else f"/{trainer.epochs_known}"
     return tqdm(total=total, initial=st.epoch_step, desc=f"epoch {st.epoch + 1}{epochs}", leave=False, disable=disable,
                 dynamic_ncols=True)  # fmt: skip

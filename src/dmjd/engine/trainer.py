@@ -28,7 +28,7 @@ from dmjd.engine.builders import build_dmjd_model, build_loss, build_masking, bu
 from dmjd.engine.distributed import DistInfo, barrier, init_distributed
 from dmjd.engine.faults import NonFiniteSteps, StopSignals, TrainingInterrupted, check_disk_space, explain_oom
 from dmjd.engine.loss_sums import LossSums
-from dmjd.engine.metrics import MetricsLogger, cut_run_logs, progress_line
+from dmjd.engine.metrics import MetricsLogger, bars_shown, cut_run_logs, progress_line
 from dmjd.engine.optim import build_optimizer, lr_at, optimizer_step, peak_lr, set_lr
 from dmjd.engine.resources import start_memory_notes
 from dmjd.engine.resume import (
@@ -321,7 +321,7 @@ class Pretrainer:
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                 if self.logger is not None:
                     self.logger.log({"kind": "train", **record, "time": round(time.perf_counter() - self._run_start, 3)})
-                    if not cfg.train.progress:
+                    if not bars_shown(cfg.train.progress):
                         self.logger.print(progress_line(record, self.epochs_known))
                 st.nonfinite_total += int(record["skipped_steps"])
                 sums = LossSums(self.device)

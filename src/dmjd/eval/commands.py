@@ -54,6 +54,8 @@ class Source:
 
     ``output_dir`` receives the command's files, ``run_dir`` the ``evals.jsonl`` record, and
     ``position`` (epoch, step, ETE of the checkpoint) places the result on the run's curves.
+    ``num_workers`` is the data loaders' worker count: ``data.num_workers``, at most one per core
+    this process may use (more only contend, and PyTorch warns).
     """
 
     encoder: nn.Module
@@ -66,6 +68,7 @@ class Source:
     pool: Pool
     position: dict[str, Any]
     is_main: bool = True
+    num_workers: int = 0
 
 
 def emit(result: dict[str, Any], folder: Path, name: str) -> dict[str, Any]:
@@ -236,6 +239,7 @@ def load_source(args: argparse.Namespace, default_sub: str | None = None) -> Sou
         load_published_encoder,
         load_timm_encoder,
     )
+    from dmjd.eval.monitor import available_cores
     from dmjd.io.checkpoint import PRETRAINING, load_checkpoint
     from dmjd.models.sources import is_dmjd_run
 
@@ -266,7 +270,8 @@ def load_source(args: argparse.Namespace, default_sub: str | None = None) -> Sou
     fits = {"cls": getattr(encoder, "cls_token", None) is not None, "avg_fc_norm": hasattr(encoder, "forward_unfused")}
     if not fits.get(pool, True):
         raise InputError(f"--pool {pool} does not fit this encoder ({type(encoder).__name__}); use --pool avg")
-    return Source(encoder, spec, cfg, out, run_dir, device, name, pool, position, info.is_main)
+    workers = min(cfg.data.num_workers, available_cores())
+    return Source(encoder, spec, cfg, out, run_dir, device, name, pool, position, info.is_main, workers)
 
 
 def labelled_source_splits(src: Source, train_tf: Any, test_tf: Any, max_images: int | None) -> tuple[Dataset, Dataset]:
@@ -298,7 +303,7 @@ def dataset_features(src: Source, dataset: Dataset, args: argparse.Namespace) ->
 
     normalize = Normalize(src.spec.mean, src.spec.std)
     return extract_features(src.encoder, dataset, args.feature_batch_size, src.device, src.pool, normalize,
-                            src.cfg.data.num_workers)  # fmt: skip
+                            src.num_workers)  # fmt: skip
 
 
 def source_features(src: Source, args: argparse.Namespace) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -458,7 +463,7 @@ def _run_mae_finetune(
     train, val = labelled_source_splits(src, train_tf, val_tf, args.max_images)
     trainer = Finetuner(
         src.encoder, train, val, num_classes(train, val), settings, src.output_dir, src.device,
-        num_workers=src.cfg.data.num_workers, resume=args.resume, overwrite=args.overwrite,
+        num_workers=src.num_workers, resume=args.resume, overwrite=args.overwrite,
     )  # fmt: skip
     summary = trainer.fit()
     check_chance(src, summary["finetune_top1"], dataset_labels(val), "fine-tuning (MAE recipe)",
@@ -498,7 +503,7 @@ def _run_small_finetune(
         raise InputError("--recipe small runs in one process; start it without torchrun (or use --recipe mae)")
     splits = source_splits(src, args)
     check_splits_fit_in_memory(src, splits)
-    train, test = (images_in_memory(ds, src.device, num_workers=src.cfg.data.num_workers) for ds in splits)
+    train, test = (images_in_memory(ds, src.device, num_workers=src.num_workers) for ds in splits)
     normalize = Normalize(src.spec.mean, src.spec.std).to(src.device)
     out = quick_finetune(src.encoder, train, test, normalize, settings, pool="avg",
                          amp_dtype=autocast_dtype("auto", src.device), budget_s=args.budget)  # fmt: skip

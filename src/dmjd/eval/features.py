@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from dmjd.data import DataError, ImageFiles, build_dataset
+from dmjd.engine.metrics import bars_shown
 from dmjd.engine.runtime import autocast_dtype
 
 Pool = Literal["cls", "avg", "avg_fc_norm"]
@@ -224,7 +225,7 @@ def extract_features(
     n = len(dataset)  # type: ignore[arg-type]
     local = Subset(dataset, shard_indices(n, rank, world)) if world > 1 else dataset
     loader = DataLoader(local, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
-    batches = tqdm(loader, desc="features", leave=False, disable=not progress or rank != 0)
+    batches = tqdm(loader, desc="features", leave=False, disable=not bars_shown(progress) or rank != 0)
     features, label_t = encode_batches(encoder, batches, device, pool, normalize)
     if world > 1:
         features = interleave_shards(_all_gather(features), n)

@@ -43,7 +43,7 @@ from dmjd.data import eval_transform
 from dmjd.data.transforms import ToChannels
 from dmjd.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from dmjd.engine.faults import NonFiniteLossError
-from dmjd.engine.metrics import MetricsLogger, progress_line
+from dmjd.engine.metrics import MetricsLogger, bars_shown, progress_line
 from dmjd.engine.optim import lr_at, set_lr
 from dmjd.engine.run_dir import prepare_output_dir
 from dmjd.engine.runtime import autocast_dtype, seed_everything
@@ -359,7 +359,7 @@ class Finetuner:
         self.model.train()
         window, epoch_sum = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
         for i, (images, labels, *_) in enumerate(
-            tqdm(loader, desc=f"finetune epoch {epoch + 1}/{s.epochs}", leave=False, disable=not self.progress)
+            tqdm(loader, desc=f"finetune epoch {epoch + 1}/{s.epochs}", leave=False, disable=not bars_shown(self.progress))
         ):
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             targets: Tensor = labels
