@@ -321,9 +321,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def console() -> int:
     """The ``dmjd`` console script (and ``python -m dmjd``): ``main`` with Ctrl-C ignored once it
     returns, so that the interpreter's shutdown (loader workers, process groups) is never cut short
-    by a traceback; the command is done by then."""
+    by a traceback; the command is done by then. A process of a distributed run ends through
+    ``dmjd.engine.distributed.end_process``, which leaves out the interpreter's finalisation."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return main()
+    code = main()
+    distributed = sys.modules.get("dmjd.engine.distributed")  # loaded only by commands that can join one
+    if distributed is not None and distributed.joined():
+        distributed.end_process(code)
+    return code
 
 
 class _InterruptOnce:
