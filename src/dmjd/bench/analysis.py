@@ -9,8 +9,9 @@ paper's Tables II/III quantity) and the mean and spread of any of these over see
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import t as t_dist
@@ -182,3 +183,46 @@ def mean_curve(curves: Sequence[Curve], grid: Sequence[float] | np.ndarray) -> t
     """Mean, min and max over curves (e.g. seeds) of their interpolated values on ``grid`` ``[G]``."""
     values = np.asarray([[value_at(c, x) for x in grid] for c in curves])
     return values.mean(axis=0), values.min(axis=0), values.max(axis=0)
+
+
+def paired_difference(worse: Mapping[str, float | None], better: Mapping[str, float | None], scale: float = 1.0) -> Stats:
+    """Mean and 95 % CI of ``scale * (better - worse)`` over the seeds both have (seed-paired)."""
+    return aggregate([scale * (b - w) for s, w in worse.items() if w is not None and (b := better.get(s)) is not None])
+
+
+# ------------------------------------------------------------------------------ saved results
+def seed_curves(results: dict[str, Any], keys: dict[str, str], x: str, metric: str) -> dict[str, Curve]:
+    """Per seed, the curve of ``metric`` against ``x`` of the runs named in ``keys`` (seed -> run key)
+    in a benchmark's results."""
+    out = {}
+    for seed, key in keys.items():
+        run = results["runs"].get(key)
+        if run is not None:
+            curve_points = [p for p in run["points"] if p.get(metric) is not None]
+            if curve_points:
+                out[seed] = Curve.from_points(curve_points, x, metric)
+    return out
+
+
+def runs_info(results: dict[str, Any], variants: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per variant of a comparison: epochs, ETE, times, views, prediction rate, peak lr, errors and the
+    end-of-run fine-tuning accuracy of its runs, over seeds."""
+    info = {}
+    for v in variants:
+        rs = [results["runs"][k] for k in v["runs"].values() if k in results["runs"]]
+        info[v["label"]] = {
+            "epochs": asdict(aggregate([r["summary"].get("epochs") for r in rs])),
+            "scheduled_epochs": asdict(aggregate([r["epochs"] for r in rs])),
+            "ete": asdict(aggregate([r["points"][-1]["ete"] for r in rs])),
+            "time_s": asdict(aggregate([r["summary"].get("time_s") for r in rs])),
+            "eval_s": asdict(aggregate([sum(p.get("eval_s", 0.0) for p in r["points"]) for r in rs])),
+            "num_views": rs[0]["num_views"] if rs else None,
+            "pred_ratio": rs[0]["pred_ratio"] if rs else None,
+            "peak_lr": rs[0]["peak_lr"] if rs else None,
+            "errors": [r["error"] for r in rs if r.get("error")],
+            "finetune": asdict(aggregate([r.get("finetune_top1") for r in rs])),
+            "finetune_by_seed": {
+                s: results["runs"][k].get("finetune_top1") for s, k in v["runs"].items() if k in results["runs"]
+            },
+        }
+    return info

@@ -44,7 +44,7 @@ def register_bench_command(subparsers: argparse._SubParsersAction) -> None:
     )
     testbeds = [
         textwrap.fill(
-            f"{t.name} ({t.budget_s:g} s of training per run): {t.description}.",
+            f"{t.name} ({f'{t.ete:g} ETE' if t.ete else f'{t.budget_s:g} s of training'} per run): {t.description}.",
             78,
             initial_indent="  ",
             subsequent_indent="    ",
@@ -67,6 +67,12 @@ def register_bench_command(subparsers: argparse._SubParsersAction) -> None:
                    help="data.path of every run, e.g. a folder with Fashion-MNIST *-ubyte.gz")  # fmt: skip
     p.add_argument("--device", default=None, help="train.device of every run (default: the testbed's)")
     p.add_argument("--budget-s", type=float, default=None, help="training seconds per run (default: the testbed's)")
+    p.add_argument("--ete", default=None, metavar="E",
+                   help="instead of a time budget, train every run for exactly E effective epochs (ETE = K x epochs) "
+                   "and compare at equal ETE; figures independent of the machine's load. The same command into the "
+                   "same --output-dir continues an unfinished benchmark (finished runs kept, the unfinished one "
+                   "resumed)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier benchmark in --output-dir and start afresh")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite report.md and figures from OUTPUT_DIR/results.json without training")  # fmt: skip
     p.add_argument("--merge", nargs="+", metavar="DIR", default=None,
@@ -140,12 +146,28 @@ def _saved_results(folders: list[Path]) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in paths]
 
 
+def _ete(text: str | None, budget_s: float | None) -> float | None:
+    """``--ete``'s value: a positive number of effective epochs, never with ``--budget-s``."""
+    if text is None:
+        return None
+    try:
+        ete = float(text)
+    except ValueError:
+        raise InputError(f"--ete takes a number of effective training epochs, got {text!r}") from None
+    if not ete > 0 or ete == float("inf"):
+        raise InputError(f"--ete must be a positive number of effective training epochs, got {text}")
+    if budget_s is not None:
+        raise InputError("--ete and --budget-s are two ways to end a run; give one of them")
+    return ete
+
+
 def run_bench_command(args: argparse.Namespace) -> int:
     """Run the benchmark (or re-render its report) and print where the report is."""
     from dmjd.bench.efficiency import analyse, run_efficiency, write_json
-    from dmjd.bench.report import write_report
+    from dmjd.bench.ete_report import write_benchmark_report as write_report
 
     out = Path(args.output_dir)
+    ete = _ete(args.ete, args.budget_s)
     if args.merge:
         from dmjd.bench.merge import merge_results
 
@@ -171,6 +193,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
             data_path=args.data_path,
             device=args.device,
             command=shlex.join(sys.argv),
+            ete=ete,
+            overwrite=args.overwrite,
         )
         report = out / "report.md"
     print(json.dumps({"report": str(report), "results": str(out / "results.json")}))

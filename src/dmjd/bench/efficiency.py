@@ -21,27 +21,33 @@ Protocol (issue 4, paper Tables II-VI and Fig. 6):
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import torch
-from torch import nn
-
-from dmjd.bench.analysis import Curve, aggregate, aggregate_ratios, common_end, speedup, value_at
+from dmjd.bench.analysis import aggregate, aggregate_ratios, common_end, runs_info, seed_curves, speedup, value_at
 from dmjd.bench.environment import git_commit, machine_info, now_utc, release_device_memory, thread_limit
+from dmjd.bench.equal_ete import analyse_equal_ete
+from dmjd.bench.evaluators import (
+    EndOfRunFinetune,
+    EteEvaluator,
+    Monitor,
+    PeriodicEvaluator,
+    ete_grid,
+)
 from dmjd.bench.testbeds import SECTION_NAMES, SECTIONS, TESTBEDS, Section, Testbed, Variant
 from dmjd.config import Config, load_config
 from dmjd.engine import NonFiniteLossError, Pretrainer
 from dmjd.engine.metrics import read_metrics
 from dmjd.engine.runtime import resolve_device
+from dmjd.errors import InputError
 from dmjd.eval.monitor import OnlineMonitor
+from dmjd.io import checkpoint as ckpt
 
 METRICS = {"linprobe_top1": "linear probe", "knn_top1": "kNN"}
 BUDGET_TOLERANCE = 0.05  # benchmark runs re-plan on a 5 % drift of their rate (pretrain's default: 20 %)
@@ -52,74 +58,41 @@ SCHEDULE_RULE = (
     "run warms up the process first; evaluation before training, every ceil(planned steps / {eval_points}) optimizer "
     "steps (mid-epoch if need be) and at the end"
 )
-
-Monitor = Callable[[nn.Module], dict[str, float]]
-
-
-def eval_interval(steps: int, points: int) -> int:
-    """Optimizer steps between evaluations so that a run of ``steps`` has about ``points`` of them."""
-    return max(1, math.ceil(steps / max(points, 1)))
-
-
-class PeriodicEvaluator:
-    """The trainer's hooks for the benchmark's evaluations: before training, every ``every_steps``
-    optimizer steps (mid-epoch if need be; None: at every epoch end instead) and when the run ends,
-    at most once per step.
-
-    Spacing them in steps gives a run of under two epochs (DMJD on a CPU) as many points on its
-    curve as a longer one, so that its time to an accuracy is not read off a single evaluation.
-
-    Args:
-        monitor: ``monitor(encoder) -> {"knn_top1": ..., "linprobe_top1": ...}``.
-        every_steps: optimizer steps between evaluations, or None for every epoch.
-        points: instead of ``every_steps``, about this many evaluations over a budgeted run: the
-            interval is set from its plan once it exists.
-    """
-
-    def __init__(self, monitor: Monitor, every_steps: int | None = None, points: int | None = None) -> None:
-        self.monitor, self.every_steps, self.points = monitor, every_steps, points
-        self._last_step: int | None = None
-
-    def evaluate(self, encoder: nn.Module) -> dict[str, float]:
-        """The monitor's accuracies plus ``eval_s``, the seconds the evaluation took."""
-        start = time.perf_counter()
-        result = dict(self.monitor(encoder))
-        result["eval_s"] = time.perf_counter() - start
-        return result
-
-    def _at(self, trainer: Pretrainer, due: bool) -> dict[str, float] | None:
-        step = trainer.state.opt_step
-        if not due or step == self._last_step:
-            return None
-        self._last_step = step
-        return self.evaluate(trainer.model.encoder)
-
-    def on_epoch_end(self, trainer: Pretrainer) -> dict[str, float] | None:
-        """Before training, at the end of the run and, without ``every_steps``, after every epoch."""
-        due = trainer.state.opt_step == 0 or self.every_steps is None or trainer.time_up or trainer.finished
-        return self._at(trainer, due)
-
-    def on_step_end(self, trainer: Pretrainer) -> dict[str, float] | None:
-        """Every ``every_steps`` optimizer steps; the last step is left to ``on_epoch_end``, which
-        follows it, so that the final evaluation carries the epoch count of a finished epoch."""
-        plan = trainer.budget.plan if trainer.budget is not None else None
-        if self.points is not None and self.every_steps is None and plan is not None:
-            self.every_steps = eval_interval(plan.total_steps, self.points)
-        every = self.every_steps
-        return self._at(trainer, every is not None and trainer.state.opt_step % every == 0 and not trainer.finished)
+ETE_RULE = (
+    "every run trains exactly {ete:g} effective training epochs (optim.epochs = ETE / K): warmup ({warmup:g} of its "
+    "epochs) + cosine ending at {ete:g} ETE; evaluation before training, at the first step reaching ETE {grid}, and at "
+    "the end. No figure depends on time, so a run gives the same figures on a busy or an idle machine"
+)
 
 
 def run_overrides(
-    testbed: Testbed, variant: Variant, seed: int, budget_s: float, data_path: str | None, device: str | None
+    testbed: Testbed, variant: Variant, seed: int, budget_s: float | None, data_path: str | None, device: str | None
 ) -> list[str]:
-    """The config overrides of one run: testbed base < variant < seed, budget, data path, device."""
-    overrides = [*testbed.base, *variant.overrides, f"train.seed={seed}", f"train.budget={budget_s:g}",
-                 f"train.budget_warmup={testbed.warmup_fraction:g}", f"train.budget_tolerance={BUDGET_TOLERANCE:g}"]  # fmt: skip
+    """The config overrides of one run: testbed base < variant < seed, budget (None: a fixed-ETE run,
+    whose epochs ``ete_overrides`` adds), data path, device."""
+    overrides = [*testbed.base, *variant.overrides, f"train.seed={seed}"]
+    if budget_s is not None:
+        overrides += [f"train.budget={budget_s:g}", f"train.budget_warmup={testbed.warmup_fraction:g}",
+                      f"train.budget_tolerance={BUDGET_TOLERANCE:g}"]  # fmt: skip
     if data_path:
         overrides.append(f"data.path={data_path}")
     if device:
         overrides.append(f"train.device={device}")
     return overrides
+
+
+def ete_overrides(cfg: Config, ete: float, warmup_fraction: float, label: str) -> list[str]:
+    """The epochs of a run that trains exactly ``ete`` effective epochs (ETE = K x epochs), with
+    ``warmup_fraction`` of them warmup and the cosine ending at ``ete``.
+
+    Raises:
+        InputError: ``ete`` is not a whole number of epochs of this configuration's K views.
+    """
+    views = cfg.masking.num_views
+    epochs = ete / views
+    if abs(epochs - round(epochs)) > 1e-9 or round(epochs) < 1:
+        raise InputError(f"--ete {ete:g} is not a whole number of epochs for {label} (K = {views} views per image)")
+    return [f"optim.epochs={round(epochs)}", "optim.max_steps=null", f"optim.warmup_epochs={warmup_fraction * epochs:g}"]
 
 
 def config_identity(cfg: Config, with_seed: bool = True) -> str:
@@ -148,35 +121,26 @@ def warm_up_process(cfg: Config, seconds: float, workdir: Path) -> None:
         release_device_memory()
 
 
-class EndOfRunFinetune:
-    """Fine-tunes a run's final encoder on the monitor's cached labelled splits
-    (``dmjd.eval.quick_finetune``) and returns the test top-1; None when the splits are not cached."""
-
-    def __init__(self, monitor: Monitor, epochs: int) -> None:
-        self.monitor, self.epochs = monitor, epochs
-
-    def __call__(self, encoder: nn.Module, amp_dtype: torch.dtype | None, seed: int) -> float | None:
-        cache = getattr(self.monitor, "cache", None)
-        if not self.epochs or cache is None:
-            return None
-        from dmjd.eval.quick_finetune import quick_finetune_top1
-
-        train, test = cache
-        monitor = cast(OnlineMonitor, self.monitor)  # the monitor that caches labelled splits
-        return quick_finetune_top1(encoder, train, test, monitor.normalize, epochs=self.epochs,
-                                   pool=monitor.pool, amp_dtype=amp_dtype, seed=seed)  # fmt: skip
-
-
 def train_run(
-    cfg: Config, run_dir: Path, evaluator: PeriodicEvaluator, finetune: EndOfRunFinetune | None = None
+    cfg: Config,
+    run_dir: Path,
+    evaluator: PeriodicEvaluator,
+    finetune: EndOfRunFinetune | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Pre-train one configuration with evaluations; returns its summary, evaluation points and budget
     plan, and the end-of-run fine-tuning accuracy when ``finetune`` is given.
 
-    The folder keeps ``metrics.jsonl``, ``config.yaml`` and ``summary.json``; checkpoints are
-    deleted. A run stopped by non-finite losses is reported with its error and the points it made.
+    With ``resume``, a run whose folder holds ``checkpoint-last.pth`` continues from it exactly (the
+    engine's resume: its evaluations so far stay in ``metrics.jsonl``) and the checkpoints are kept
+    for the caller to delete once the result is saved; otherwise the run starts afresh and its
+    checkpoints are deleted at its end. The folder keeps ``metrics.jsonl``, ``config.yaml`` and
+    ``summary.json``. A run stopped by non-finite losses is reported with its error and the points it made.
     """
-    trainer = Pretrainer(cfg, run_dir, overwrite=True)
+    if resume and (run_dir / ckpt.LAST).is_file():
+        trainer = Pretrainer(cfg, run_dir, resume=run_dir / ckpt.LAST)
+    else:
+        trainer = Pretrainer(cfg, run_dir, overwrite=True)
     error = None
     try:
         summary = trainer.fit(on_epoch_end=evaluator.on_epoch_end, on_step_end=evaluator.on_step_end)
@@ -184,8 +148,8 @@ def train_run(
         error = str(err)
         summary = {"epochs": trainer.state.epoch, "steps": trainer.state.opt_step, "stopped_by": "non-finite loss"}
     finally:
-        for checkpoint in run_dir.glob("*.pth"):
-            checkpoint.unlink()
+        if not resume:
+            delete_checkpoints(run_dir)
     evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "eval"]
     points = [{k: v for k, v in r.items() if k not in ("kind", "step", "mid_epoch")} for r in evals]  # 1st: untrained
     record = {
@@ -214,6 +178,12 @@ def train_run(
     return record
 
 
+def delete_checkpoints(run_dir: Path) -> None:
+    """Delete a benchmark run's checkpoints (its result is saved; they would only fill the disk)."""
+    for checkpoint in run_dir.glob("*.pth"):
+        checkpoint.unlink()
+
+
 @dataclass
 class PlannedRun:
     """One training run of the benchmark, shared by every comparison that needs its config."""
@@ -229,9 +199,10 @@ def plan_runs(
     testbed: Testbed,
     sections: Sequence[str | Section],
     seeds: Sequence[int],
-    budget_s: float,
+    budget_s: float | None,
     data_path: str | None,
     device: str | None,
+    ete: float | None = None,
 ) -> tuple[list[PlannedRun], dict[str, dict[str, Any]]]:
     """The distinct runs of the requested comparisons, and each comparison's map to them.
 
@@ -241,6 +212,7 @@ def plan_runs(
 
     Args:
         sections: names in ``SECTIONS``, or ``Section`` objects (``dmjd compare``'s, made for the data).
+        budget_s: training seconds per run, or None with ``ete``: every run trains ``ete`` effective epochs.
 
     Returns:
         ``(runs, comparisons)`` where ``comparisons[section]["variants"]`` lists
@@ -258,6 +230,8 @@ def plan_runs(
         for seed in seeds:
             for variant, slot in zip(section.variants, entry["variants"]):
                 overrides = run_overrides(testbed, variant, seed, budget_s, data_path, device)
+                if ete is not None:
+                    overrides += ete_overrides(load_config(None, overrides), ete, testbed.warmup_fraction, variant.label)
                 cfg = load_config(None, overrides)
                 identity = config_identity(cfg)
                 if identity not in by_identity:
@@ -301,8 +275,14 @@ def run_efficiency(
     command: str = "",
     monitor: Monitor | None = None,
     metrics: dict[str, str] | None = None,
+    ete: float | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark and write ``results.json``, ``report.md`` and the convergence figures.
+
+    The same call into the same folder continues it: finished runs are kept, an unfinished one
+    resumes from its last checkpoint (the engine's exact resume), and a folder holding a benchmark of
+    other settings is refused, so that a study longer than one sitting completes over several.
 
     Args:
         testbed: a ``Testbed`` or the name of one in ``TESTBEDS``.
@@ -311,21 +291,27 @@ def run_efficiency(
         sections: comparisons to run, from ``main, pred_ratio, targets, decoder, profile``
             (default: the testbed's).
         seeds: default: the testbed's.
-        budget_s: training seconds per run (default: the testbed's).
+        budget_s: training seconds per run (default: the testbed's, unless it is a fixed-ETE one); not with ``ete``.
         data_path: ``data.path`` of every run (e.g. a folder with Fashion-MNIST's ``*-ubyte.gz``).
         device: ``train.device`` of every run (default: the testbed's).
         command: the command line, for the report.
         monitor: evaluator replacing the default ``OnlineMonitor`` (tests; ``dmjd compare``'s label-free one).
         metrics: the monitor's measures to analyse, ``{key: name}`` (default: ``METRICS``, the probes').
+        ete: instead of a time budget, every run trains exactly this many effective epochs (its
+            warmup + cosine span them) and is evaluated at ``ete_grid(ete)``: figures that do not
+            depend on the machine's load (default: the testbed's ``ete``, unless ``budget_s`` is given).
+        overwrite: delete an earlier benchmark in ``output_dir`` and start afresh.
 
     Returns:
         The results dict written to ``results.json`` (with its ``analysis``).
 
     Raises:
         ValueError: unknown testbed or section.
+        InputError: ``ete`` with ``budget_s``, an ``ete`` that is not a whole number of epochs, or a
+            folder holding something else (one line each; nothing is written).
     """
+    from dmjd.bench.ete_report import write_benchmark_report
     from dmjd.bench.profile import profile_configs
-    from dmjd.bench.report import write_report
 
     started = time.perf_counter()
     testbed = TESTBEDS[testbed] if isinstance(testbed, str) else testbed
@@ -333,39 +319,44 @@ def run_efficiency(
     unknown = [s for s in sections if isinstance(s, str) and s not in SECTION_NAMES]
     if unknown:
         raise ValueError(f"unknown benchmark section(s) {', '.join(unknown)}; choose from {', '.join(SECTION_NAMES)}")
+    if ete is not None and (budget_s is not None or "profile" in sections):
+        raise InputError("--ete ends every run after a number of effective epochs: give no time budget and no profile section")
     seeds = tuple(seeds if seeds is not None else testbed.seeds)
-    budget = float(budget_s or testbed.budget_s)
+    if testbed.data and not data_path:
+        raise InputError(f"testbed {testbed.name} needs --data-path: {testbed.data}")
+    ete = ete if ete is not None or budget_s is not None else testbed.ete
+    budget = None if ete is not None else float(budget_s or testbed.budget_s)
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    runs, comparisons = plan_runs(testbed, [s for s in sections if s != "profile"], seeds, budget, data_path, device)
+    runs, comparisons = plan_runs(testbed, [s for s in sections if s != "profile"], seeds, budget, data_path, device, ete)
+    settings = _settings(testbed, sections, seeds, budget, ete, data_path, device)
+    saved = previous_results(out, settings, overwrite)
     profiled = {
         v.label: load_config(None, run_overrides(testbed, v, seeds[0], budget, data_path, device))
         for v in (SECTIONS["main"].variants[0], SECTIONS["main"].variants[-1])  # MAE and DMJD
     } if "profile" in sections else {}  # fmt: skip
     first = runs[0].cfg if runs else next(iter(profiled.values()), None)
+    out.mkdir(parents=True, exist_ok=True)
     with thread_limit(testbed.threads):
         results: dict[str, Any] = {
-            "benchmark": "dmjd efficiency",
+            "benchmark": BENCHMARK,
             "command": command,
-            "date": now_utc(),
+            "date": saved.get("date", now_utc()),
             "commit": git_commit(),
+            "sittings": [*saved.get("sittings", []), {"date": now_utc(), "commit": git_commit(), "command": command}],
             "machine": machine_info(resolve_device(first.train.device if first is not None else "auto")),
             "testbed": asdict(testbed),
+            "settings": settings,
             "sections": [s if isinstance(s, str) else s.name for s in sections],
             "metrics": metrics or METRICS,
             "seeds": list(seeds),
             "budget_s": budget,
+            "ete": ete,
             "data_path": data_path,
-            "schedule_rule": SCHEDULE_RULE.format(
-                calibrate_s=testbed.calibrate_s,
-                warmup=testbed.warmup_fraction,
-                budget_s=budget,
-                tolerance=BUDGET_TOLERANCE,
-                eval_points=testbed.eval_points,
-            ),
+            "schedule_rule": _schedule_rule(testbed, budget, ete),
             "comparisons": comparisons,
-            "runs": {},
+            "runs": {k: v for k, v in saved.get("runs", {}).items() if k in {r.key for r in runs}},
         }
+        write_json(results, out / "results.json")  # marks the folder as this benchmark's from the start
         if runs:
             monitor = monitor or build_monitor(runs[0].cfg, testbed.eval_images, testbed.pool)
             finetune = EndOfRunFinetune(monitor, testbed.finetune_epochs)
@@ -375,32 +366,92 @@ def run_efficiency(
                 "pool": getattr(monitor, "pool", None),
                 "finetune_epochs": testbed.finetune_epochs,
             }
-            results["baselines"] = baselines(runs[0].cfg, monitor, finetune)
-            _train_all(runs, testbed, budget, monitor, finetune, out, results)
+            results["baselines"] = saved.get("baselines") or baselines(runs[0].cfg, monitor, finetune)
+            _train_all(runs, testbed, budget, ete, monitor, finetune, out, results)
         if "profile" in sections:
             work = out / "profile-work"
             results["profile"] = profile_configs(profiled, work, testbed.profile_steps, testbed.profile_warmup)
-    results["wall_s"] = time.perf_counter() - started
+    results["wall_s"] = saved.get("wall_s", 0.0) + time.perf_counter() - started
     results["analysis"] = analyse(results)
     write_json(results, out / "results.json")
     if set(METRICS) <= set(results["metrics"]):  # the probes' report; a label-free caller writes its own
-        write_report(results, out)
+        write_benchmark_report(results, out)
     return results
 
 
+BENCHMARK = "dmjd efficiency"
+
+
+def _settings(
+    testbed: Testbed, sections: Sequence[str | Section], seeds: Sequence[int], budget: float | None,
+    ete: float | None, data_path: str | None, device: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """What a benchmark folder's runs depend on, as JSON data: a continued benchmark must match it."""
+    named = [s if isinstance(s, str) else asdict(s) for s in sections]
+    data = {"testbed": asdict(testbed), "sections": named, "seeds": list(seeds), "budget_s": budget, "ete": ete,
+            "data_path": data_path, "device": device}  # fmt: skip
+    return cast(dict[str, Any], json.loads(json.dumps(data, default=str)))
+
+
+def previous_results(out: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, Any]:
+    """The results an earlier sitting of the same benchmark saved in ``out`` ({} for a new folder),
+    after checking that it is the same benchmark; with ``overwrite`` the earlier benchmark is deleted.
+
+    Raises:
+        InputError: ``out`` holds other files, or a benchmark of other settings (nothing is touched).
+    """
+    path = out / "results.json"
+    if overwrite and path.is_file():
+        shutil.rmtree(out / "runs", ignore_errors=True)
+        path.unlink()
+    if not path.is_file():
+        if out.is_dir() and any(out.iterdir()):
+            raise InputError(f"{out} is not empty and holds no benchmark (results.json); choose another --output-dir")
+        return {}
+    saved = cast(dict[str, Any], json.loads(path.read_text()))
+    if saved.get("benchmark") != BENCHMARK or "settings" not in saved:
+        raise InputError(f"{out} holds results of another command or an older dmjd; choose another --output-dir "
+                         "(or --overwrite)")  # fmt: skip
+    changed = [key for key in settings if saved["settings"].get(key) != settings[key]]
+    if changed:
+        raise InputError(f"{out} holds a benchmark with other {', '.join(changed)}; run its own command to continue "
+                         "it, or choose another --output-dir (--overwrite starts afresh)")  # fmt: skip
+    return saved
+
+
+def _schedule_rule(testbed: Testbed, budget: float | None, ete: float | None) -> str:
+    """The report's sentence on how long each run trains and when it is evaluated."""
+    if ete is not None:
+        return ETE_RULE.format(ete=ete, warmup=testbed.warmup_fraction, grid=", ".join(f"{x:g}" for x in ete_grid(ete)))
+    return SCHEDULE_RULE.format(calibrate_s=testbed.calibrate_s, warmup=testbed.warmup_fraction, budget_s=budget,
+                                tolerance=BUDGET_TOLERANCE, eval_points=testbed.eval_points)  # fmt: skip
+
+
 def _train_all(
-    runs: list[PlannedRun], testbed: Testbed, budget: float, monitor: Monitor, finetune: EndOfRunFinetune,
-    out: Path, results: dict[str, Any],
+    runs: list[PlannedRun], testbed: Testbed, budget: float | None, ete: float | None, monitor: Monitor,
+    finetune: EndOfRunFinetune, out: Path, results: dict[str, Any],
 ) -> None:  # fmt: skip
-    """Warm the process up, then train every run on its budget; save the results after each."""
-    if runs:
-        warm_up_process(runs[0].cfg, testbed.calibrate_s, out / "warm-up")
+    """Train every run not finished in an earlier sitting (an unfinished one resumes from its last
+    checkpoint); save the results after each, then delete its checkpoints. A budgeted benchmark first
+    warms the process up, so that one-off costs do not fall on its first timed run."""
+    todo = [run for run in runs if run.key not in results["runs"]]
+    if todo and ete is None:
+        warm_up_process(todo[0].cfg, testbed.calibrate_s, out / "warm-up")
     for i, run in enumerate(runs, 1):
-        print(f"bench: [{i}/{len(runs)}] {run.label} seed {run.seed}: {budget:g} s budget, about "
-              f"{testbed.eval_points} evaluations", flush=True)  # fmt: skip
-        record = train_run(run.cfg, out / "runs" / run.key, PeriodicEvaluator(monitor, points=testbed.eval_points), finetune)
-        results["runs"][run.key] = {"label": run.label, "seed": run.seed, "overrides": run.overrides, **record}
-        write_json(results, out / "results.json")
+        if run.key not in results["runs"]:
+            run_dir = out / "runs" / run.key
+            length = f"{ete:g} ETE, evaluated at ETE {', '.join(f'{x:g}' for x in ete_grid(ete))}" if ete is not None \
+                else f"{budget:g} s budget, about {testbed.eval_points} evaluations"  # fmt: skip
+            again = ", resuming its checkpoint" if (run_dir / ckpt.LAST).is_file() else ""
+            print(f"bench: [{i}/{len(runs)}] {run.label} seed {run.seed}: {length}{again}", flush=True)
+            evaluator = EteEvaluator(monitor, ete_grid(ete)) if ete is not None \
+                else PeriodicEvaluator(monitor, points=testbed.eval_points)  # fmt: skip
+            record = train_run(run.cfg, run_dir, evaluator, finetune, resume=True)
+            results["runs"][run.key] = {"label": run.label, "seed": run.seed, "overrides": run.overrides, **record}
+            write_json(results, out / "results.json")
+            delete_checkpoints(run_dir)
+        else:
+            print(f"bench: [{i}/{len(runs)}] {run.label} seed {run.seed}: finished in an earlier sitting, kept", flush=True)
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:
@@ -411,18 +462,6 @@ def write_json(data: dict[str, Any], path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------- analysis
-def _curves(results: dict[str, Any], keys: dict[str, str], x: str, metric: str) -> dict[str, Curve]:
-    """Per seed, the curve of ``metric`` against ``x`` of the runs named in ``keys`` (seed -> run)."""
-    out = {}
-    for seed, key in keys.items():
-        run = results["runs"].get(key)
-        if run is not None:
-            curve_points = [p for p in run["points"] if p.get(metric) is not None]
-            if curve_points:
-                out[seed] = Curve.from_points(curve_points, x, metric)
-    return out
-
-
 def analyse_comparison(results: dict[str, Any], name: str) -> dict[str, Any]:
     """Accuracy at equal time and ETE, and speed-ups over the baseline, per variant and metric.
 
@@ -438,16 +477,16 @@ def analyse_comparison(results: dict[str, Any], name: str) -> dict[str, Any]:
     variants = comparison["variants"]
     baseline = next(v for v in variants if v["label"] == comparison["baseline"])
     names = list(results.get("metrics", METRICS))
-    all_ete = [c for v in variants for c in _curves(results, v["runs"], "ete", names[0]).values()]
+    all_ete = [c for v in variants for c in seed_curves(results, v["runs"], "ete", names[0]).values()]
     equal_ete = common_end(all_ete) if all_ete else 0.0
     metrics: dict[str, dict[str, Any]] = {}
     for metric in names:
-        base_time = _curves(results, baseline["runs"], "time", metric)
-        base_ete = _curves(results, baseline["runs"], "ete", metric)
+        base_time = seed_curves(results, baseline["runs"], "time", metric)
+        base_ete = seed_curves(results, baseline["runs"], "ete", metric)
         table = {}
         for v in variants:
-            time_curves = _curves(results, v["runs"], "time", metric)
-            ete_curves = _curves(results, v["runs"], "ete", metric)
+            time_curves = seed_curves(results, v["runs"], "time", metric)
+            ete_curves = seed_curves(results, v["runs"], "ete", metric)
             seeds = [s for s in time_curves if s in base_time]
             speeds = {s: speedup(base_time[s], time_curves[s]) for s in seeds}
             ete_speeds = {s: speedup(base_ete[s], ete_curves[s]) for s in seeds}
@@ -466,27 +505,11 @@ def analyse_comparison(results: dict[str, Any], name: str) -> dict[str, Any]:
                 "seeds": len(seeds),
             }
         metrics[metric] = table
-    runs_info = {}
-    for v in variants:
-        rs = [results["runs"][k] for k in v["runs"].values() if k in results["runs"]]
-        runs_info[v["label"]] = {
-            "epochs": asdict(aggregate([r["summary"].get("epochs") for r in rs])),
-            "scheduled_epochs": asdict(aggregate([r["epochs"] for r in rs])),
-            "ete": asdict(aggregate([r["points"][-1]["ete"] for r in rs])),
-            "time_s": asdict(aggregate([r["summary"].get("time_s") for r in rs])),
-            "eval_s": asdict(aggregate([sum(p.get("eval_s", 0.0) for p in r["points"]) for r in rs])),
-            "num_views": rs[0]["num_views"] if rs else None,
-            "pred_ratio": rs[0]["pred_ratio"] if rs else None,
-            "peak_lr": rs[0]["peak_lr"] if rs else None,
-            "errors": [r["error"] for r in rs if r.get("error")],
-            "finetune": asdict(aggregate([r.get("finetune_top1") for r in rs])),
-            "finetune_by_seed": {
-                s: results["runs"][k].get("finetune_top1") for s, k in v["runs"].items() if k in results["runs"]
-            },
-        }
-    return {"equal_time_s": budget, "equal_ete": equal_ete, "metrics": metrics, "runs": runs_info}
+    return {"equal_time_s": budget, "equal_ete": equal_ete, "metrics": metrics, "runs": runs_info(results, variants)}
 
 
 def analyse(results: dict[str, Any]) -> dict[str, Any]:
-    """The analysis of every comparison that has runs."""
-    return {name: analyse_comparison(results, name) for name in results["comparisons"]}
+    """The analysis of every comparison that has runs: at equal wall time for a budgeted benchmark,
+    at equal ETE for a fixed-ETE one (``dmjd.bench.equal_ete``)."""
+    read = analyse_equal_ete if results.get("ete") else analyse_comparison
+    return {name: read(results, name) for name in results["comparisons"]}

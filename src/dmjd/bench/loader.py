@@ -71,7 +71,7 @@ def path_overrides(path: str, folder: Path, pattern: str, workers: int, batch: i
     else:
         data = ["data.name=webdataset", f"data.path={pattern}",
                 f"data.pipeline={'device' if path == 'shards-device' else 'loader'}"]  # fmt: skip
-    return [*data, "data.limit=null", f"data.num_workers={workers}", f"optim.batch_size={batch}",
+    return [*data, "data.limit=null", "data.split_holdout=false", f"data.num_workers={workers}", f"optim.batch_size={batch}",
             f"model.img_size={img_size}", "model.patch_size=16", "model.in_chans=3", "masking.pattern=random",
             "masking.block_size=1"]  # fmt: skip
 
@@ -116,7 +116,7 @@ def run_loader_benchmark(
     dev = torch.device(device)
     with tempfile.TemporaryDirectory() as tmp:
         folder = src or make_jpegs(Path(tmp) / "images" / "train", n_images)
-        manifest = write_shards(build_dataset("imagefolder", "train", keep_image, str(folder)), Path(tmp) / "shards",
+        manifest = write_shards(build_dataset("imagefolder", "all", keep_image, str(folder)), Path(tmp) / "shards",
                                 shard_size)  # fmt: skip
         pattern = f"{tmp}/shards/train-{{000000..{len(manifest['shards']) - 1:06d}}}.tar"
         sizes = [p.stat().st_size for p in Path(folder).rglob("*.jp*g")]

@@ -338,21 +338,24 @@ def _claim_line(claim: Claim, base: str, lin: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------- report
-def write_report(results: dict[str, Any], output_dir: str | Path) -> Path:
-    """Write ``report.md`` and the convergence PNGs of every comparison into ``output_dir``."""
-    out = Path(output_dir)
+def header_lines(results: dict[str, Any]) -> list[str]:
+    """The report's opening: command, machine, date and commit, testbed, schedule rule, evaluation
+    protocol and the settings every run shares."""
     testbed = saved_testbed(results)
     m = results["machine"]
     ev = results.get("evaluation", {})
+    length = f"{results['ete']:g} ETE per run" if results.get("ete") else f"training budget {results['budget_s']:g} s per run"
+    sittings = results.get("sittings", [])
     lines = [
         "# dmjd efficiency benchmark",
         "",
         f"- Command: `{results['command'] or '(called from Python)'}`",
         f"- Machine: {m['device']}; CPU {m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} torch threads); "
         f"Python {m['python']}, torch {m['torch']}, dmjd {m['dmjd']}",
-        f"- Date (UTC): {results['date']}; commit: `{results['commit']}`",
+        f"- Date (UTC): {results['date']}; commit: `{results['commit']}`"
+        + (f"; {len(sittings)} sittings, the last at {sittings[-1]['date']}" if len(sittings) > 1 else ""),
         f"- Testbed `{testbed['name']}`: {testbed['description']}; seeds {', '.join(map(str, results['seeds']))}; "
-        f"training budget {results['budget_s']:g} s per run; whole benchmark {results.get('wall_s', 0) / 60:.1f} min",
+        f"{length}; whole benchmark {results.get('wall_s', 0) / 60:.1f} min",
         f"- Schedule rule: {results['schedule_rule']}",
     ]
     if ev:  # a benchmark of the step profile alone evaluates nothing
@@ -364,14 +367,24 @@ def write_report(results: dict[str, Any], output_dir: str | Path) -> Path:
             f"{ev.get('finetune_epochs') or 0} epochs of the small-data recipe (dmjd.eval.quick_finetune) on the "
             "same train split"
         )
-    lines += [f"- Common settings (every run): `{' '.join(testbed['base'])}`", ""]
+    return [*lines, f"- Common settings (every run): `{' '.join(testbed['base'])}`", ""]
+
+
+def section_intro(results: dict[str, Any], name: str) -> list[str]:
+    """A comparison's heading, the paper's claim, each variant's settings and the baselines."""
+    section = section_of(results, name)
+    lines = [f"## {section.title}", "", f"Paper: {section.paper}", "", "Variant settings (on top of the common ones):", ""]
+    lines += [f"- {v.label}: `{' '.join(v.overrides)}`" for v in section.variants]
+    return [*lines, "", "Baselines:", "", *baseline_lines(results, name), ""]
+
+
+def write_report(results: dict[str, Any], output_dir: str | Path) -> Path:
+    """Write ``report.md`` and the convergence PNGs of every comparison into ``output_dir``."""
+    out = Path(output_dir)
+    lines = header_lines(results)
     for name in results["comparisons"]:
         section = section_of(results, name)
-        lines += [f"## {section.title}", "", f"Paper: {section.paper}", ""]
-        lines += ["Variant settings (on top of the common ones):", ""]
-        lines += [f"- {v.label}: `{' '.join(v.overrides)}`" for v in section.variants]
-        lines += ["", "Baselines:", "", *baseline_lines(results, name)]
-        lines += ["", *comparison_table(results, name), ""]
+        lines += [*section_intro(results, name), *comparison_table(results, name), ""]
         for x in ("time", "ete"):
             png = plot_comparison(results, name, x, out / f"{name}_{x}.png")
             lines.append(f"![{section.title} against {AXES[x]}]({png.name})")

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dmjd.bench.efficiency import PeriodicEvaluator, build_monitor, train_run
+from dmjd.bench.efficiency import build_monitor, train_run
 from dmjd.bench.environment import thread_limit
+from dmjd.bench.evaluators import PeriodicEvaluator
 from dmjd.bench.testbeds import SECTIONS, TESTBEDS, add_testbed_argument
 from dmjd.config import load_config
 

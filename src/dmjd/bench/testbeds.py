@@ -104,6 +104,10 @@ class Testbed:
             probe) or ``cls``; None = the encoder's default.
         finetune_epochs: end-of-run fine-tuning epochs of every run's final encoder on the
             probe's labelled train split (``dmjd.eval.quick_finetune``); 0 = none.
+        ete: a fixed-ETE testbed: every run trains this many effective epochs unless ``--ete`` or
+            ``--budget-s`` says otherwise (None: runs train ``budget_s`` seconds).
+        data: what ``--data-path`` must name, for a testbed whose data is not a packaged or
+            installed data set ("" when none is needed).
     """
 
     name: str
@@ -121,6 +125,8 @@ class Testbed:
     sections: tuple[str, ...] = field(default=("main", "profile"))
     pool: str | None = None
     finetune_epochs: int = 0
+    ete: float | None = None
+    data: str = ""
 
 
 # Masking and target building blocks of the compared configurations (paper Sec. III).
@@ -321,6 +327,8 @@ SECTION_NAMES = (*SECTIONS, "profile")
 # The model every testbed trains: a ViT on 32 x 32 Fashion-MNIST (8 x 8 grid of 4 px patches),
 # HOG on 2 px cells (2 x 2 cells x 9 bins per patch).
 _GEOMETRY = ("model.img_size=32", "model.patch_size=4", "model.in_chans=1", "target.cell_size=2")
+# The same 8 x 8 grid on 64 px RGB images (8 px patches, HOG on 4 px cells).
+_GEOMETRY_64_RGB = ("model.img_size=64", "model.patch_size=8", "model.in_chans=3", "target.cell_size=4")
 
 
 def _decoder(width: int, depth: int, heads: int) -> tuple[str, ...]:
@@ -346,6 +354,32 @@ def _training(device: str, precision: str, batch_size: int, log_interval: int, b
         "train.progress=false", "train.tensorboard=false", "train.checkpoint_interval=100000",
         f"train.log_interval={log_interval}",
     )  # fmt: skip
+
+
+def _study(name: str, data_words: str, data_base: tuple[str, ...], eval_images: int | None, **extra: Any) -> Testbed:
+    """A fixed-ETE study testbed on 2 CPU cores (issue 30): the six configurations of Table II and
+    Fig. 6 (main section) at 100 ETE per run over 3 seeds, on the cpu testbed's 4-block ViT (width 64)
+    and ``data_base``'s data; 10 epochs of fine-tuning at the end."""
+    return Testbed(
+        name=name,
+        description=(
+            "2 CPU cores, hours, resumable: the main section's six configurations at equal ETE, 100 ETE per run, "
+            f"3 seeds, on the cpu testbed's 4-block ViT (width 64) and {data_words}; 10 epochs of fine-tuning at "
+            "the end. Its figures do not depend on the machine's load"
+        ),
+        base=(*data_base, *_small_vit(64, 4, 4), "data.pipeline=device", *_training("cpu", "fp32", 128, 50, blr=4e-3)),
+        budget_s=300.0,
+        calibrate_s=30.0,
+        eval_points=8,
+        eval_images=eval_images,
+        seeds=(0, 1, 2),
+        threads=2,
+        sections=("main",),
+        pool="avg",
+        finetune_epochs=10,
+        ete=100.0,
+        **extra,
+    )
 
 
 TESTBEDS: dict[str, Testbed] = {
@@ -429,6 +463,20 @@ TESTBEDS: dict[str, Testbed] = {
             sections=("main", "profile"),
             pool="avg",
             finetune_epochs=5,
+        ),
+        _study(
+            "fmnist-ete",
+            "the first 4,000 Fashion-MNIST training images at 32 px; probes on 2,000 + 2,000 images",
+            (*_GEOMETRY, "data.name=fashion_mnist", "data.limit=4000"),
+            eval_images=2000,
+        ),
+        _study(
+            "clipart-ete",
+            "8 px patches on the 11-category clip-art folder at 64 px RGB (1,280 training images; probes on all of "
+            "train/ and val/)",
+            _GEOMETRY_64_RGB,
+            eval_images=None,
+            data="the folder written by tools/make_clipart_folder.py (Debian's openclipart-png at 64 px)",
         ),
     )
 }
