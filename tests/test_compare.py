@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dmjd.bench.compare import compare_setup, run_compare
+from dmjd.bench.compare import _paired_words, compare_setup, direction, rankme_drop, run_compare
+from dmjd.bench.environment import cpu_model
+from dmjd.bench.report import machine_line, ratio
 from dmjd.cli import main
 
 CPU = 1e10
@@ -65,6 +67,8 @@ def test_compare_on_a_labelled_folder_writes_a_report_with_its_verdict(labelled,
     assert report.startswith("# dmjd compare") and f"**Verdict:** {results['verdict']}" in report
     assert "MAE's final kNN" in results["verdict"] and "fine-tuning" in results["verdict"]
     assert "model.img_size=32" in report and (out / "compare_time.png").read_bytes()[:4] == b"\x89PNG"
+    assert "re-plans once at the end of the warmup when its rate drifted by more than 5 % (" in report
+    assert report.count(cpu_model()) == 1  # the machine line names the CPU once
     saved = json.loads((out / "results.json").read_text())
     assert saved["verdict"] == results["verdict"] and saved["data_profile"]["num_classes"] == 3
 
@@ -83,6 +87,47 @@ def test_compare_on_an_unlabelled_folder_uses_label_free_measures(flat, tmp_path
     report = (out / "report.md").read_text()
     assert "No probe was possible" in report and "RankMe at equal time" in results["verdict"]
     assert "knn" not in results["verdict"].lower()
+    assert "| loss on the training images at the end |" in report and "held-out" not in report  # no val/ here
+    assert report.count(cpu_model()) == 1
+
+
+@pytest.mark.parametrize(
+    ("mean", "low", "high", "words"),
+    [
+        (-3.6, -8.3, 1.0, "lower, not resolved"),
+        (1.1, -0.4, 2.6, "higher, not resolved"),
+        (2.0, 0.5, 3.5, "higher (resolved)"),
+        (-2.0, -3.0, -0.2, "lower (resolved)"),
+        (0.0, -1.0, 1.0, "level, not resolved"),
+    ],
+)
+def test_verdict_words_follow_the_sign_and_the_confidence_interval(mean, low, high, words):
+    assert direction(mean, low, high) == words
+
+
+def test_a_paired_difference_reads_its_sign_and_ci_in_the_verdict():
+    table = {"MAE": {"at_time_by_seed": {"0": 17.0, "1": 16.0, "2": 18.0}},
+             "DMJD": {"at_time_by_seed": {"0": 10.0, "1": 17.0, "2": 13.0}}}  # fmt: skip
+    words = _paired_words(table, "MAE", "DMJD", "DMJD - MAE RankMe at equal time", 1)
+    assert words.startswith("DMJD - MAE RankMe at equal time -3.7 [") and words.endswith("]: lower, not resolved")
+
+
+def test_a_rankme_that_training_lowered_is_said_in_a_sentence():
+    def entry(start, end):
+        return {"start": {"mean": start, "std": None}, "at_time": {"mean": end, "std": None}}
+
+    fell = rankme_drop({"MAE": entry(17.3, 9.9), "DMJD": entry(17.3, 6.3)})
+    assert fell.startswith("Training lowered RankMe below the untrained encoder's (MAE 17.3 -> 9.9; DMJD 17.3 -> 6.3)")
+    assert rankme_drop({"MAE": entry(17.3, 9.9), "DMJD": entry(17.3, 18.0)}).count("->") == 1
+    assert rankme_drop({"MAE": entry(9.0, 12.0)}) == ""
+
+
+def test_machine_line_names_the_cpu_once_and_an_undefined_speedup_says_why():
+    cpu = {"device": "CPU: AMD EPYC", "cpu": "AMD EPYC", "cpu_count": 2, "torch_threads": 2}
+    assert machine_line(cpu) == "CPU AMD EPYC (2 cores, 2 torch threads)"
+    assert machine_line({**cpu, "device": "NVIDIA H100"}) == "NVIDIA H100; CPU AMD EPYC (2 cores, 2 torch threads)"
+    assert ratio({"mean": None, "total": 3}, reached=3) == "undefined (reached before any training)"
+    assert ratio({"mean": None, "total": 3}, reached=0) == "not reached (0/3)"
 
 
 @pytest.mark.parametrize(

@@ -221,8 +221,13 @@ def _paired_words(table: dict[str, Any], base: str, label: str, what: str, scale
     if stats.ci_low is None or stats.ci_high is None:
         return f"{what} {scale * stats.mean:+.1f}{unit} (one seed)"
     lo, hi = stats.ci_low, stats.ci_high
-    state = "level (not resolved)" if lo <= 0 <= hi else ("higher" if lo > 0 else "lower")
-    return f"{what} {scale * stats.mean:+.1f}{unit} [{scale * lo:+.1f}, {scale * hi:+.1f}]: {state}"
+    return f"{what} {scale * stats.mean:+.1f}{unit} [{scale * lo:+.1f}, {scale * hi:+.1f}]: {direction(stats.mean, lo, hi)}"
+
+
+def direction(mean: float, ci_low: float, ci_high: float) -> str:
+    """The sign of a paired difference in words, and whether its 95 % CI leaves 0 out ('resolved')."""
+    sign = "higher" if mean > 0 else "lower" if mean < 0 else "level"
+    return f"{sign}, not resolved" if ci_low <= 0 <= ci_high else f"{sign} (resolved)"
 
 
 # ------------------------------------------------------------------------------------- report
@@ -244,14 +249,16 @@ def label_free_lines(results: dict[str, Any]) -> list[str]:
 
     a = results["analysis"]["compare"]
     ev = results["evaluation"]
-    where = "the val/ images" if ev["split"] == "test" else "a seeded sample of the training images (no val/ folder)"
+    held_out = ev["split"] == "test"
+    where = "the val/ images" if held_out else "a seeded sample of the training images (no val/ folder)"
     lines = [
         f"No probe was possible: the data has no labels. Label-free measures instead, on {ev['images']} images "
         f"({where}): RankMe (Garrido et al. 2023; the effective rank of the average-pooled features, higher = more "
         "directions used) during training, and each run's masked-prediction loss on them at the end. The losses of "
         "two methods are comparable only with the same target and masking (MAE's norm-pix and DMJD's HOG are not).",
         "",
-        "| method | runs | ETE | RankMe untrained | RankMe @ budget | speed-up to baseline's final | held-out loss |",
+        "| method | runs | ETE | RankMe untrained | RankMe @ budget | speed-up to baseline's final | "
+        f"loss on the {'val/' if held_out else 'training'} images at the end |",
         "|---|---|---|---|---|---|---|",
     ]
     for variant in results["comparisons"]["compare"]["variants"]:
@@ -260,7 +267,23 @@ def label_free_lines(results: dict[str, Any]) -> list[str]:
         held = "; ".join(f"{k.split('/')[-1]} {number(v, 4)}" for k, v in heldout_stats(results, variant["runs"]).items())
         lines.append(f"| {label} | {m['seeds']} | {number(run['ete'])} | {number(m['start'])} | {number(m['at_time'])} | "
                      f"{_ratio(m)} | {held or '-'} |")  # fmt: skip
-    return lines
+    lowered = rankme_drop(a["metrics"]["rankme"])
+    return [*lines, "", lowered] if lowered else lines
+
+
+def rankme_drop(rankme: dict[str, dict[str, Any]]) -> str:
+    """A sentence naming the methods whose RankMe at the budget ended below the untrained encoder's
+    ('' when none did): by RankMe's own reading their features use fewer directions than at the start."""
+    from dmjd.bench.report import number
+
+    fell = [f"{label} {number(m['start'])} -> {number(m['at_time'])}" for label, m in rankme.items()
+            if m["start"]["mean"] is not None and m["at_time"]["mean"] is not None
+            and m["at_time"]["mean"] < m["start"]["mean"]]  # fmt: skip
+    if not fell:
+        return ""
+    return (f"Training lowered RankMe below the untrained encoder's ({'; '.join(fell)}): by this measure the trained "
+            "features use fewer directions than the untrained ones, so on this data and budget the label-free reading "
+            "does not show pre-training helping; a probe on labelled images would tell more.")  # fmt: skip
 
 
 def heldout_stats(results: dict[str, Any], runs: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -283,7 +306,7 @@ def _ratio(entry: dict[str, Any]) -> str:
 def write_compare_report(results: dict[str, Any], output_dir: Path) -> Path:
     """``report.md``: the verdict, the data and recipe, then the benchmark's report (labelled data)
     or the label-free table and figures (unlabelled)."""
-    from dmjd.bench.report import plot_comparison, write_report
+    from dmjd.bench.report import machine_line, plot_comparison, write_report
 
     head = ["# dmjd compare", "", f"**Verdict:** {results['verdict']}", "", *recipe_lines(results), ""]
     path = output_dir / "report.md"
@@ -294,7 +317,7 @@ def write_compare_report(results: dict[str, Any], output_dir: Path) -> Path:
     m = results["machine"]
     body = [
         f"- Command: `{results['command'] or '(called from Python)'}`",
-        f"- Machine: {m['device']}; CPU {m['cpu']} ({m['cpu_count']} cores); torch {m['torch']}, dmjd {m['dmjd']}",
+        f"- Machine: {machine_line(m)}; torch {m['torch']}, dmjd {m['dmjd']}",
         f"- Date (UTC): {results['date']}; commit: `{results['commit']}`; whole comparison "
         f"{results.get('wall_s', 0) / 60:.1f} min",
         f"- Schedule rule: {results['schedule_rule']}",

@@ -54,7 +54,8 @@ BUDGET_TOLERANCE = 0.05  # benchmark runs re-plan on a 5 % drift of their rate (
 SCHEDULE_RULE = (
     "train.budget={budget_s:g}s for every run (dmjd.engine.budget): the run measures its steps/s over its first "
     "steps, plans warmup ({warmup:g} of the steps) + cosine to end at the budget, re-plans once at the end of the "
-    "warmup when its rate drifted by more than {tolerance:g}, and stops at the budget; a discarded {calibrate_s:g} s "
+    "warmup when its rate drifted by more than {tolerance_pct:g} % (train.budget_tolerance; dmjd pretrain's default is "
+    "20 %), and stops at the budget; a discarded {calibrate_s:g} s "
     "run warms up the process first; evaluation before training, every ceil(planned steps / {eval_points}) optimizer "
     "steps (mid-epoch if need be) and at the end"
 )
@@ -424,7 +425,7 @@ def _schedule_rule(testbed: Testbed, budget: float | None, ete: float | None) ->
     if ete is not None:
         return ETE_RULE.format(ete=ete, warmup=testbed.warmup_fraction, grid=", ".join(f"{x:g}" for x in ete_grid(ete)))
     return SCHEDULE_RULE.format(calibrate_s=testbed.calibrate_s, warmup=testbed.warmup_fraction, budget_s=budget,
-                                tolerance=BUDGET_TOLERANCE, eval_points=testbed.eval_points)  # fmt: skip
+                                tolerance_pct=100 * BUDGET_TOLERANCE, eval_points=testbed.eval_points)  # fmt: skip
 
 
 def _train_all(

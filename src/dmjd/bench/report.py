@@ -51,13 +51,21 @@ def ratio(stats: dict[str, Any], reached: int | None = None) -> str:
     """``mean x [95 % CI]`` of a speed-up, with ``(n/total)`` when it is defined for only some seeds.
 
     Undefined everywhere means never reached (``reached`` 0), or reached before any training
-    because the baseline ended no better than it started.
+    because the baseline ended no better than it started (the untrained encoder already scored it).
     """
     if stats["mean"] is None:
-        return f"not reached (0/{stats['total']})" if not reached else "undefined (level held before training)"
+        return f"not reached (0/{stats['total']})" if not reached else "undefined (reached before any training)"
     low, high = stats.get("ci_low"), stats.get("ci_high")
     text = f"{stats['mean']:.2f}x" + (f" [{low:.2f}, {high:.2f}]" if low is not None else "")
     return text + (f" ({stats['n']}/{stats['total']})" if stats["n"] < stats["total"] else "")
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    """The device and the CPU of ``dmjd.bench.environment.machine_info``, the CPU named once when it
+    is the device: ``CPU AMD EPYC (2 cores, 2 torch threads)`` or ``NVIDIA H100; CPU ... (...)``."""
+    threads = f", {machine['torch_threads']} torch threads" if machine.get("torch_threads") else ""
+    cpu = f"CPU {machine['cpu']} ({machine['cpu_count']} cores{threads})"
+    return cpu if str(machine["device"]).startswith("CPU") else f"{machine['device']}; {cpu}"
 
 
 def number(stats: dict[str, Any], digits: int = 1) -> str:
@@ -350,8 +358,7 @@ def header_lines(results: dict[str, Any]) -> list[str]:
         "# dmjd efficiency benchmark",
         "",
         f"- Command: `{results['command'] or '(called from Python)'}`",
-        f"- Machine: {m['device']}; CPU {m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} torch threads); "
-        f"Python {m['python']}, torch {m['torch']}, dmjd {m['dmjd']}",
+        f"- Machine: {machine_line(m)}; Python {m['python']}, torch {m['torch']}, dmjd {m['dmjd']}",
         f"- Date (UTC): {results['date']}; commit: `{results['commit']}`"
         + (f"; {len(sittings)} sittings, the last at {sittings[-1]['date']}" if len(sittings) > 1 else ""),
         f"- Testbed `{testbed['name']}`: {testbed['description']}; seeds {', '.join(map(str, results['seeds']))}; "
