@@ -206,16 +206,16 @@ def test_image_folder_is_decoded_once_and_rebuilt_when_it_changes(tmp_path, monk
     monkeypatch.setenv("DMJD_CACHE", str(tmp_path / "cache"))
     _write_folder(tmp_path / "data", 3)
     (tmp_path / "data" / "a" / "broken.png").write_bytes(b"not an image")
-    arr = load_image_array("imagefolder", "train", str(tmp_path / "data"), 24, in_chans)
+    arr = load_image_array("imagefolder", "all", str(tmp_path / "data"), 24, in_chans)  # all: no held-out split
     assert arr.images.shape == (6, in_chans, 24, 24) and arr.images.dtype == np.uint8
     assert arr.labels.tolist() == [0, 0, 0, 1, 1, 1] and arr.unreadable == 1
     caches = list((tmp_path / "cache" / "decoded").glob("*.npz"))
     assert len(caches) == 1
-    again = load_image_array("imagefolder", "train", str(tmp_path / "data"), 24, in_chans)
+    again = load_image_array("imagefolder", "all", str(tmp_path / "data"), 24, in_chans)
     assert np.array_equal(again.images, arr.images)
     assert len(list((tmp_path / "cache" / "decoded").glob("*.npz"))) == 1  # reused, not rebuilt
     Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "data" / "b" / "new.png")
-    grown = load_image_array("imagefolder", "train", str(tmp_path / "data"), 24, in_chans)
+    grown = load_image_array("imagefolder", "all", str(tmp_path / "data"), 24, in_chans)
     assert len(grown.images) == 7 and len(list((tmp_path / "cache" / "decoded").glob("*.npz"))) == 2
 
 
