@@ -249,3 +249,13 @@ def test_resume_config_is_the_saved_config_with_the_overrides_on_top(tmp_path):
     resumed = resume_config(path, ["train.device=cpu", "optim.epochs=5"])
     assert (resumed.train.device, resumed.optim.epochs) == ("cpu", 5)
     assert resumed.model_copy(update={"train": cfg.train, "optim": cfg.optim}) == cfg  # nothing else changed
+
+
+def test_a_run_saved_before_the_held_out_split_resumes_on_every_image(tmp_path):
+    model, optimizer = _trained(0)
+    state = training_checkpoint(model, optimizer, None, RunState(), {}, tiny_config(), 1)
+    del state["config"]["data"]["split_holdout"]  # a checkpoint written before data.split_holdout existed
+    path = save_checkpoint(state, tmp_path / "old.pth")
+    assert resume_config(path).data.split_holdout is False  # what it trained on: all of its folder
+    new = save_checkpoint(training_checkpoint(model, optimizer, None, RunState(), {}, tiny_config(), 1), tmp_path / "n.pth")
+    assert resume_config(new).data.split_holdout is True
