@@ -1,12 +1,19 @@
-"""Process-group set-up on PyTorch's own distributed engine (torchrun, SLURM), and small helpers."""
+"""Process-group set-up on PyTorch's own distributed engine (torchrun, SLURM), and small helpers.
+
+Every decision that ends or reshapes a run (a stop signal, the time limit, a budget's plan) must be
+the same on every process, or one process enters a collective that the others never reach and the
+run hangs. ``agree_on_step`` makes them the same: once per optimizer step the processes share
+whether any of them was asked to stop and the main process's training clock.
+"""
 
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import sys
-from dataclasses import dataclass
-from typing import NoReturn
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -19,6 +26,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    control: Any = field(default=None, compare=False)  # the gloo group of host-side agreements (None: the default group)
 
     @property
     def is_main(self) -> bool:
@@ -54,7 +62,8 @@ def init_distributed(device_type: str) -> DistInfo:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
         atexit.register(leave_process_group)
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
+    control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None  # no device sync per step
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, control=control)
 
 
 def barrier(info: DistInfo) -> None:
@@ -70,6 +79,22 @@ def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= info.world_size
     return tensor
+
+
+def agree_on_step(info: DistInfo, signum: int | None, seconds: float) -> tuple[int | None, float]:
+    """The same stop request and training clock on every process: a stop signal any process received
+    (the largest signal number), and the main process's ``seconds`` (returned unchanged when alone).
+
+    The main process's clock is the run's: it alone runs the evaluations, whose time it takes off its
+    clock, while the others wait for it inside a collective. A budget's plan and the time limit
+    follow from the agreed clock, so every process plans and stops at the same step. Runs on a gloo
+    group on the host, so a GPU run does not wait for its device here.
+    """
+    if not (info.enabled and dist.is_initialized()):
+        return signum, seconds
+    shared = torch.tensor([float(signum or 0), seconds if info.is_main else -math.inf], dtype=torch.float64)
+    dist.all_reduce(shared, op=dist.ReduceOp.MAX, group=info.control)
+    return int(shared[0]) or None, float(shared[1])
 
 
 def leave_process_group() -> None:

@@ -25,7 +25,7 @@ from dmjd.data import Normalize
 from dmjd.engine import run_report
 from dmjd.engine.budget import PROVISIONAL_EPOCHS, TimeBudget, apply_plan, describe_plan, run_schedule
 from dmjd.engine.builders import build_dmjd_model, build_loss, build_masking, build_target, mean_std
-from dmjd.engine.distributed import DistInfo, barrier, init_distributed
+from dmjd.engine.distributed import DistInfo, agree_on_step, barrier, init_distributed
 from dmjd.engine.faults import NonFiniteSteps, StopSignals, TrainingInterrupted, check_disk_space, explain_oom
 from dmjd.engine.loss_sums import LossSums
 from dmjd.engine.metrics import MetricsLogger, bars_shown, cut_run_logs, progress_line
@@ -186,11 +186,14 @@ class Pretrainer:
                 each epoch (and when the time budget ends the run), and once before a fresh run
                 trains (epoch 0: the untrained encoder), e.g. a kNN / linear-probe monitor; a
                 returned dict is logged and printed as a ``kind: "eval"`` record. Its run time is
-                not counted as training time.
+                not counted as training time. In a distributed run the other processes wait for it
+                at a barrier, whether or not they were given a hook (it may be None off the main
+                process), so it must not enter a collective of its own.
             on_step_end: the same after every optimizer step (e.g. evaluations spaced in steps,
                 mid-epoch); it should decide cheaply from ``trainer.state`` when to do work. Like
-                ``on_epoch_end`` it runs on the main process only, so in a distributed run it must
-                not change what the processes compute (e.g. the schedule).
+                ``on_epoch_end`` it runs on the main process only (the others wait for it in the
+                next step's collectives), so it must not change what the processes compute (e.g.
+                the schedule).
 
         A finished run (all epochs trained) is left as it is: its saved summary is returned.
         """
@@ -205,9 +208,9 @@ class Pretrainer:
         last: dict[str, Any] = {}
         try:
             with self.stop:
-                if on_epoch_end is not None and self.state.opt_step == 0 and self.state.epoch_step == 0:
+                if self.state.opt_step == 0 and self.state.epoch_step == 0:
                     self._evaluate(on_epoch_end)  # epoch 0: the untrained encoder
-                    barrier(self.dist)
+                    barrier(self.dist)  # every process, hook or not: the others wait for the main one's
                 while not self.finished and not self.time_up:
                     before = RunState(**vars(self.state))
                     last = self._train_epoch(on_step_end)
@@ -218,8 +221,7 @@ class Pretrainer:
                     if self.logger is not None:
                         self.logger.print(run_report.epoch_line(self, last, before))
                     self._save_epoch_checkpoints()  # after the epoch's line: a resume keeps it in log.txt
-                    if on_epoch_end is not None:
-                        self._evaluate(on_epoch_end)
+                    self._evaluate(on_epoch_end)
                     barrier(self.dist)
                 return run_report.write_summary(self, time.perf_counter() - self._run_start, last)
         finally:
@@ -232,11 +234,11 @@ class Pretrainer:
         if self._lock is not None:
             self._lock.release()
 
-    def _evaluate(self, hook: EpochHook) -> None:
-        """Run an epoch or step hook on the main process, log and print what it returns (a
-        ``kind: "eval"`` record). Its run time is not training time: the run's start moves by it."""
+    def _evaluate(self, hook: EpochHook | None) -> None:
+        """Run an epoch or step hook (when given) on the main process, log and print what it returns
+        (a ``kind: "eval"`` record). Its run time is not training time: the run's start moves by it."""
         hook_start = time.perf_counter()
-        metrics = hook(self) if self.dist.is_main else None
+        metrics = hook(self) if hook is not None and self.dist.is_main else None
         if metrics and self.logger is not None:
             record = run_report.eval_record(self, metrics)
             self.logger.log(record)
@@ -314,8 +316,10 @@ class Pretrainer:
             sums.skipped += found_inf
             epoch_sums.skipped += found_inf
             st.opt_step += 1
+            signum, seconds = agree_on_step(self.dist, self.stop.signum, time.perf_counter() - self._run_start)
+            self.stop.signum = signum
             if self.budget is not None:
-                self._observe_budget()
+                self._observe_budget(seconds)
             if st.opt_step % cfg.train.log_interval == 0 or st.epoch_step >= usable_micro:
                 record = run_report.train_record(self, sums, window_images / max(time.perf_counter() - window_start, 1e-9))
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
@@ -332,13 +336,13 @@ class Pretrainer:
                 before = self._run_start
                 self._evaluate(on_step_end)
                 window_start += self._run_start - before  # evaluation is not training time
-            if self.stop.signum is not None:
+            if signum is not None:
                 self._save_interrupt_checkpoint()
             every = cfg.train.checkpoint_steps
             if every and st.opt_step % every == 0 and st.epoch_step < usable_micro:
                 st.elapsed = time.perf_counter() - self._run_start
                 self.save(ckpt.LAST)  # mid-epoch: resumable exactly like a preemption checkpoint
-            if self.time_limit_s is not None and time.perf_counter() - self._run_start >= self.time_limit_s:
+            if self.time_limit_s is not None and seconds >= self.time_limit_s:
                 self.time_up = True
                 break
             if st.opt_step >= self.total_steps:
@@ -349,10 +353,10 @@ class Pretrainer:
             self.logger.log({"kind": "epoch", **record, "time": round(time.perf_counter() - self._run_start, 3)})
         return record
 
-    def _observe_budget(self) -> None:
-        """Show the time budget this step; when it makes or changes the plan, follow it: schedule,
-        config (and config.yaml) and a log line."""
-        plan = cast(TimeBudget, self.budget).observe(self.state.opt_step, time.perf_counter() - self._run_start)
+    def _observe_budget(self, seconds: float) -> None:
+        """Show the time budget this step (``seconds``: the agreed training clock); when it makes or
+        changes the plan, follow it: schedule, config (and config.yaml) and a log line."""
+        plan = cast(TimeBudget, self.budget).observe(self.state.opt_step, seconds)
         if plan is None:
             return
         apply_plan(self.cfg, plan)
