@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from threadpoolctl import threadpool_limits
 
 # The suite runs in parallel workers (pytest -n 2 on 2 cores): one thread each, inherited by the
@@ -61,3 +64,14 @@ def one_thread():
 # Fine-tuning tests: 32 px one-channel inputs, and the MAE recipe with its regularisers off.
 FINETUNE_SPEC = InputSpec(img_size=32, in_chans=1, mean=(0.5,), std=(0.5,))
 PLAIN_FINETUNE = dict(mixup=0.0, cutmix=0.0, smoothing=0.0, rand_augment="none", reprob=0.0, drop_path=0.0)
+
+
+def write_images(folder: Path, n: int, classes: tuple[str, ...] = (), size: int = 24, seed: int = 0) -> Path:
+    """``n`` random RGB PNGs per class folder (or flat when ``classes`` is empty)."""
+    rng = np.random.default_rng(seed)
+    for c, sub in enumerate(classes or ("",)):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = rng.integers(0, 120, (size, size, 3), dtype=np.uint8) + 100 * c
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / sub / f"{i:03d}.png")
+    return folder

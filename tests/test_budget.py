@@ -1,7 +1,8 @@
-"""Time budgets (``train.budget``): the plan from a measured rate, the one re-plan, resume, refusals."""
+"""Time budgets (``train.budget``): the plan from a measured rate, re-plans when the rate drifts, resume, refusals."""
 
 from __future__ import annotations
 
+import itertools
 import types
 
 import pytest
@@ -13,6 +14,7 @@ from dmjd.config.duration import format_duration, parse_duration
 from dmjd.engine import Pretrainer
 from dmjd.engine import trainer as trainer_module
 from dmjd.engine.budget import BudgetTooSmallError, TimeBudget
+from dmjd.engine.optim import lr_at
 
 
 def feed(budget: TimeBudget, rates: list[tuple[int, float]], start_s: float = 0.0, first: int = 1):
@@ -54,14 +56,45 @@ def test_a_short_budget_measures_a_tenth_of_it_but_at_least_five_steps():
     assert plan.measured_steps == 5  # 0.5 + 5 x 0.4 = 2.5 s >= a tenth of 20 s
 
 
-def test_a_drifting_rate_is_replanned_once():
+def run_to_the_budget(budget: TimeBudget, seconds_per_step) -> tuple[list[tuple[int, float, float]], list]:
+    """Train against ``budget`` as the trainer does, a step taking ``seconds_per_step(step)``, until the
+    plan's last step or the budget's end; returns ``(step, seconds, lr of that step)`` and every plan made."""
+    trace, plans, step, seconds = [], [], 0, 0.0
+    while True:
+        plan = budget.plan
+        total, warmup = (plan.total_steps, plan.warmup_steps) if plan else (10**9, budget.provisional_warmup)
+        if step >= total or seconds >= budget.budget_s:
+            return trace, plans
+        lr = lr_at(step, total, warmup, 1.0, 0.0, budget.cosine_start())  # the lr the step trains with
+        step, seconds = step + 1, seconds + seconds_per_step(step)
+        trace.append((step, seconds, lr))
+        plan = budget.observe(step, seconds, lr_at(step, total, warmup, 1.0, 0.0, budget.cosine_start()))
+        plans += [plan] if plan is not None else []
+
+
+@pytest.mark.parametrize(("before", "after"), [(0.1, 0.25), (0.2, 0.1)])  # a slowdown, a speed-up
+def test_a_rate_that_changes_mid_run_is_replanned_and_the_cosine_still_ends_at_the_budget(before, after):
     budget = TimeBudget(100.0, steps_per_epoch=10, warmup_fraction=0.1, measure_steps=10)
-    plans = feed(budget, [(11, 0.1), (500, 0.2)])  # twice as slow after the plan
-    first, replanned = plans[0], plans[1]
-    assert replanned.replanned_at is not None and replanned.checked
-    assert replanned.steps_per_s == pytest.approx(5.0, rel=0.1)
-    assert replanned.total_steps < first.total_steps
-    assert len(plans) == 2  # never again, whatever the rate does then
+    trace, plans = run_to_the_budget(budget, lambda step: before if step < 200 else after)
+    first, last = plans[0], budget.plan
+    assert last.replans >= 1 and last.replanned_at > 200 and last.replanned_lr is not None
+    assert (last.total_steps < first.total_steps) == (after > before)
+    step, seconds, lr = trace[-1]
+    assert step == last.total_steps and 100.0 - after - 1e-6 <= seconds <= 100.0  # the plan ends at the budget
+    assert lr < 0.02  # the cosine's tail was trained: the last step's lr is near its end (0)
+    lrs = [lr for step, _, lr in trace if step > first.planned_at]  # the plan's warmup replaced the provisional one
+    assert max(abs(b - a) for a, b in itertools.pairwise(lrs)) <= 1 / first.warmup_steps + 1e-9  # the warmup's slope: no jump
+    assert max(lrs) == pytest.approx(1.0, abs=0.02)
+
+
+def test_a_steady_rate_is_not_replanned_and_a_resumed_budget_measures_afresh():
+    budget = TimeBudget(100.0, steps_per_epoch=10, warmup_fraction=0.1, measure_steps=10)
+    trace, plans = run_to_the_budget(budget, lambda step: 0.1)
+    assert len(plans) == 2 and plans[1].checked and budget.plan.replans == 0  # the plan, then its first check
+    assert trace[-1][0] == budget.plan.total_steps
+    resumed = TimeBudget(100.0, steps_per_epoch=10, measure_steps=10, plan=plans[0])
+    assert [resumed.observe(s, 50.0 + s) for s in (500, 503, 509)] == [None, None, None]  # a window from step 500
+    assert resumed.observe(510, 60.0).replanned_at == 510  # 1 step/s where the plan needs about 10
 
 
 def test_a_budget_shorter_than_one_step_is_refused():
@@ -110,14 +143,19 @@ def test_resumed_budgeted_run_follows_its_saved_plan(tmp_path, monkeypatch):
     fake_time(monkeypatch, 0.05)
     cfg = tiny_config("train.budget=6s", "train.budget_measure_steps=4", "train.max_time_s=2")
     first = Pretrainer(cfg, tmp_path)
-    first.fit()  # stopped by max_time_s (2 s of the 6 s budget) after planning
+    summary = first.fit()  # stopped by max_time_s (2 s of the 6 s budget) after planning
     plan = first.budget.plan
     assert plan is not None and first.state.opt_step < plan.total_steps
+    cut = summary["schedule_cut"]  # the summary and the last log line say the schedule was cut, where, at which lr
+    assert (cut["step"], cut["planned_steps"]) == (first.state.opt_step, plan.total_steps) and cut["lr"] > 0
+    assert f"the time limit stopped the run at step {cut['step']} of its {plan.total_steps} planned steps, with lr " in (
+        (tmp_path / "log.txt").read_text().splitlines()[-1]
+    )
     # the user's own command again (no plan in it), without the early stop
     resumed = Pretrainer(tiny_config("train.budget=6s", "train.budget_measure_steps=4"), tmp_path, resume="auto")
     assert resumed.budget.plan == plan
     assert (resumed.total_steps, resumed.warmup_steps) == (plan.total_steps, plan.warmup_steps)
-    resumed.fit()
+    assert resumed.fit()["schedule_cut"] is None
     assert resumed.budget.plan.planned_at == plan.planned_at  # no new measurement
 
 

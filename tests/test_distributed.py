@@ -1,18 +1,29 @@
-"""Two processes on gloo (CPU) reproduce one process with the same global batch and seed."""
+"""Runs under torchrun on gloo (CPU): two processes reproduce one with the same global batch and seed,
+a run resumes on another process count, the auto recipe (its monitor on) runs to its end, and a stop
+signal to torchrun stops every worker with a checkpoint."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY, tiny_config
-from dmjd.engine import Pretrainer, load_checkpoint
+from conftest import TINY, tiny_config, write_images
+from dmjd.engine import Pretrainer, TrainingInterrupted, load_checkpoint
 from dmjd.engine.metrics import read_metrics
+from dmjd.engine.resume import resume_config
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+TIMEOUT_S = 900  # generous: the machine may be busy
 
 
 def _free_port() -> int:
@@ -21,16 +32,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(tmp_path):
+def torchrun(nproc: int, *args: str) -> list[str]:
+    """``torchrun --nproc_per_node N -m dmjd ARGS`` on a free local port."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "dmjd", *args,
+    ]  # fmt: skip
+
+
+def leftover_processes(folder: Path) -> list[int]:
+    """Pids of running processes whose command line names ``folder`` (a worker or launcher of its run)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if str(folder) in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> Path:
+    return write_images(tmp_path_factory.mktemp("labelled"), 16, classes=("a", "b", "c"), size=16)
+
+
+def assert_weights_close(a: dict, b: dict) -> None:
+    # atol 1e-4: attention key biases get a mathematically zero gradient (softmax is shift
+    # invariant), so Adam turns reduction-order noise into updates of order lr (seen: 3e-5).
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-4)
+
+
+def test_two_processes_match_one_and_resume_on_one_then_back_on_two(tmp_path):
     overrides = ["optim.epochs=2", "optim.batch_size=64"]
     Pretrainer(tiny_config(*overrides), tmp_path / "one").fit()
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        "-m", "dmjd", "pretrain", "--config", "demo", "--output-dir", str(tmp_path / "two"),
-        *TINY, "optim.epochs=2", "optim.batch_size=32", "train.checkpoint_interval=1",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    cmd = torchrun(2, "pretrain", "--config", "demo", "--output-dir", str(tmp_path / "two"), *TINY,
+                   "optim.epochs=2", "optim.batch_size=32", "train.checkpoint_interval=1")  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = [r for r in read_metrics(tmp_path / "one" / "metrics.jsonl") if r["kind"] == "train"]
     two = [r for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if r["kind"] == "train"]
@@ -39,15 +80,76 @@ def test_two_processes_match_one(tmp_path):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
         assert b["lr"] == pytest.approx(a["lr"])
     wa = load_checkpoint(tmp_path / "one" / "checkpoint-last.pth")["model"]
-    wb = load_checkpoint(tmp_path / "two" / "checkpoint-last.pth")["model"]
-    # atol 1e-4: attention key biases get a mathematically zero gradient (softmax is shift
-    # invariant), so Adam turns reduction-order noise into updates of order lr (seen: 3e-5).
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-4)
-    # the 2-process run's epoch-1 checkpoint resumes in one process (same global batch of 64) and
-    # ends where the 1-process run ended
-    epoch_1 = tmp_path / "two" / "checkpoint-1.pth"
-    assert Pretrainer(tiny_config(*overrides), tmp_path / "resumed", resume=epoch_1).fit()["steps"] == 2 * 8
-    wr = load_checkpoint(tmp_path / "resumed" / "checkpoint-last.pth")["model"]
-    for key in wa:
-        torch.testing.assert_close(wr[key], wa[key], rtol=1e-4, atol=1e-4)
+    assert_weights_close(wa, load_checkpoint(tmp_path / "two" / "checkpoint-last.pth")["model"])
+
+    # the 2-process run's epoch-1 checkpoint (step 8) resumes in one process with its own saved config:
+    # the per-process batch becomes 64 (the global batch stays); SIGINT at step 12 stops it mid-epoch
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(tmp_path / "two" / "checkpoint-1.pth", mixed / "checkpoint-last.pth")
+    resumed = Pretrainer(resume_config(mixed / "checkpoint-last.pth"), mixed, resume="auto")
+    assert (resumed.cfg.optim.batch_size, resumed.state.opt_step) == (64, 8)
+
+    def interrupt(t: Pretrainer) -> None:
+        if t.state.opt_step == 12:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        resumed.fit(on_step_end=interrupt)
+    saved = load_checkpoint(mixed / "checkpoint-last.pth")
+    assert (saved["step"], saved["world_size"], saved["run_state"]["epoch_step"]) == (13, 1, 5)
+    # ... and back on two processes it ends at its plan (2 epochs, 16 steps) where the others ended
+    back = subprocess.run(torchrun(2, "pretrain", "--output-dir", str(mixed), "--resume", "auto"),
+                          capture_output=True, text=True, env=ENV, timeout=TIMEOUT_S)  # fmt: skip
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert back.stdout.count("dmjd: resumed on 2 processes instead of 1: optim.batch_size 64 -> 32") == 1
+    assert json.loads((mixed / "summary.json").read_text())["steps"] == 16
+    assert_weights_close(wa, load_checkpoint(mixed / "checkpoint-last.pth")["model"])
+    assert not (mixed / ".dmjd.lock").exists() and leftover_processes(mixed) == []
+
+
+def test_the_auto_recipe_with_its_monitor_runs_to_its_end_under_two_processes(labelled, tmp_path):
+    out = tmp_path / "auto"
+    cmd = torchrun(2, "pretrain", "--output-dir", str(out), f"data.path={labelled}", "train.budget=15s",
+                   "train.progress=false")  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["steps"] == summary["budget_plan"]["total_steps"] or summary["stopped_by"] == "time budget"
+    evals = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "eval"]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == summary["steps"]  # the monitor ran, before and at the end
+    assert not (out / ".dmjd.lock").exists() and leftover_processes(out) == []
+
+
+def _wait_for_training(out: Path, proc: subprocess.Popen, timeout_s: float = TIMEOUT_S) -> None:
+    """Wait until the run logged a training record (it is past start-up and its first evaluation)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and '"kind": "train"' in metrics.read_text():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no training record in {out} (torchrun exit code {proc.poll()})")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_to_torchrun_stops_every_worker_with_a_checkpoint(labelled, tmp_path, sig):
+    out = tmp_path / "run"
+    cmd = torchrun(2, "pretrain", "--output-dir", str(out), f"data.path={labelled}", "train.budget=30m",
+                   "train.progress=false", "train.log_interval=1")  # fmt: skip
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=ENV)
+        try:
+            _wait_for_training(out, proc)
+            proc.send_signal(sig)
+            proc.wait(timeout=TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    err = (tmp_path / "stderr").read_text()
+    assert "forcefully exiting" not in err  # every worker ended within torchrun's grace period
+    assert f"dmjd: interrupted by {sig.name} at step" in (out / "log.txt").read_text()
+    assert err.count(f"dmjd: {sig.name} received: saved") == 1  # one voice: rank 0's
+    assert load_checkpoint(out / "checkpoint-last.pth")["world_size"] == 2
+    assert not (out / ".dmjd.lock").exists() and leftover_processes(out) == []

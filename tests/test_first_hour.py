@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import TINY, tiny_config
+from conftest import TINY, tiny_config, write_images
 from dmjd.cli import main
 from dmjd.config import ConfigError, load_config
 from dmjd.data import eval_transform
@@ -78,17 +78,6 @@ def makefile_demo_command(demo_dir: Path) -> list[str]:
     line = next(line for line in (ROOT / "Makefile").read_text().splitlines() if "dmjd pretrain" in line)
     words = shlex.split(line.replace("$(BIN)/dmjd", "dmjd").replace("$(DEMO_DIR)", str(demo_dir)))
     return words[1:]
-
-
-def write_images(folder: Path, n: int, classes: tuple[str, ...] = (), size: int = 24, seed: int = 0) -> Path:
-    """``n`` random RGB PNGs per class folder (or flat when ``classes`` is empty)."""
-    rng = np.random.default_rng(seed)
-    for c, sub in enumerate(classes or ("",)):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            pixels = rng.integers(0, 120, (size, size, 3), dtype=np.uint8) + 100 * c
-            Image.fromarray(pixels.astype(np.uint8)).save(folder / sub / f"{i:03d}.png")
-    return folder
 
 
 @pytest.fixture(scope="module")

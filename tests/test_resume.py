@@ -19,6 +19,7 @@ from dmjd.engine.resume import (
     Restored,
     RunState,
     check_resumable,
+    keep_global_batch,
     load_pretraining_checkpoint,
     resolve_resume,
     restore_rng_state,
@@ -26,6 +27,7 @@ from dmjd.engine.resume import (
     resume_config,
     rng_state,
     run_changes,
+    split_global_batch,
     training_checkpoint,
     with_saved_plan,
 )
@@ -91,7 +93,7 @@ def test_training_checkpoint_round_trip_restores_weights_optimizer_position_and_
     assert saved["config"] == cfg.model_dump(mode="json")
 
     other, other_optimizer = _trained(1)  # other weights and moments
-    restored = restore_run(saved, other, other_optimizer, None, accum_iter=2)
+    restored = restore_run(saved, other, other_optimizer, None, accum_iter=1)
     assert restored == Restored(state, sums, 123)
     for (key, a), b in zip(model.state_dict().items(), other.state_dict().values()):
         assert torch.equal(a, b), key
@@ -134,13 +136,23 @@ def test_the_mismatch_error_is_one_line(tmp_path):
 @pytest.mark.parametrize(("epoch_step", "accum_iter", "fits"), [(3, 2, False), (4, 2, True), (5, 5, True), (7, 4, False)])
 def test_a_checkpoint_inside_an_accumulation_cycle_is_refused(tmp_path, epoch_step, accum_iter, fits):
     model, optimizer = _trained(0)
-    checkpoint = training_checkpoint(model, optimizer, None, RunState(epoch_step=epoch_step), {}, tiny_config(), 1)
+    cfg = tiny_config(f"optim.accum_iter={accum_iter}")
+    checkpoint = training_checkpoint(model, optimizer, None, RunState(epoch_step=epoch_step), {}, cfg, 1)
     saved = _saved(tmp_path, checkpoint)
     if fits:
         assert restore_run(saved, *_trained(1), None, accum_iter).state.epoch_step == epoch_step
     else:
         with pytest.raises(CheckpointError, match="inside a gradient-accumulation cycle"):
             restore_run(saved, *_trained(1), None, accum_iter)
+
+
+@pytest.mark.parametrize(("saved_accum", "accum_iter", "expected"), [(2, 4, 12), (4, 2, 6), (3, 1, 3)])
+def test_a_position_inside_the_epoch_is_converted_to_another_accumulation(tmp_path, saved_accum, accum_iter, expected):
+    model, optimizer = _trained(0)
+    cfg = tiny_config(f"optim.accum_iter={saved_accum}")
+    state = RunState(epoch_step=3 * saved_accum, opt_step=3)  # 3 optimizer steps into the epoch
+    saved = _saved(tmp_path, training_checkpoint(model, optimizer, None, state, {}, cfg, 1))
+    assert restore_run(saved, *_trained(1), None, accum_iter).state.epoch_step == expected
 
 
 # ------------------------------------------------------------------------ which checkpoint
@@ -197,9 +209,47 @@ def test_the_per_process_batch_may_change_with_the_process_count_when_the_global
     saved = tiny_config("optim.batch_size=64").model_dump(mode="json")
     assert run_changes(saved, tiny_config("optim.batch_size=32"), saved_world=2, world=4) == []
     assert run_changes(saved, tiny_config("optim.batch_size=128"), saved_world=2, world=1) == []
+    assert run_changes(saved, tiny_config("optim.batch_size=32", "optim.accum_iter=4"), saved_world=2, world=1) == []
     assert run_changes(saved, tiny_config("optim.batch_size=64"), saved_world=2, world=4) == [
-        "optim.batch_size x processes (the global batch): 128 -> 256"
+        "optim.batch_size x optim.accum_iter x processes (the global batch): 128 -> 256 "
+        "(optim.batch_size=32 optim.accum_iter=1 keeps it on 4 processes)"
     ]
+    assert run_changes(saved, tiny_config("optim.batch_size=64"), saved_world=2, world=3) == [
+        "optim.batch_size x optim.accum_iter x processes (the global batch): 128 -> 192 "
+        "(no split of 128 over 3 processes exists; run on 1, 2, 4, 8, 16, 32, 64 processes)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("global_batch", "accum_iter", "world", "split"),
+    [(64, 1, 2, (32, 1)), (64, 2, 4, (8, 2)), (48, 4, 3, (4, 4)), (24, 5, 2, (2, 6)), (12, 1, 8, None), (6, 1, 6, (1, 1))],
+)
+def test_a_global_batch_is_split_keeping_the_accumulation_when_it_can(global_batch, accum_iter, world, split):
+    assert split_global_batch(global_batch, accum_iter, world) == split
+    if split is not None:
+        assert split[0] * split[1] * world == global_batch
+
+
+def test_a_resume_on_another_process_count_re_derives_the_per_process_batch_and_says_so():
+    saved = tiny_config("optim.batch_size=32", "optim.accum_iter=2").model_dump(mode="json")  # x 2 processes = 128
+    cfg = tiny_config("optim.batch_size=32", "optim.accum_iter=2")
+    same, note = keep_global_batch(cfg, saved, saved_world=2, world=2)
+    assert same is cfg and note is None
+    one, note = keep_global_batch(cfg, saved, saved_world=2, world=1)
+    assert (one.optim.batch_size, one.optim.accum_iter) == (64, 2) and (cfg.optim.batch_size, cfg.optim.accum_iter) == (32, 2)
+    assert note == (
+        "dmjd: resumed on 1 processes instead of 2: optim.batch_size 32 -> 64, optim.accum_iter 2 -> 2; "
+        "the global batch stays 128"
+    )
+    assert run_changes(saved, one, saved_world=2, world=1) == []
+    eight, _ = keep_global_batch(cfg, saved, saved_world=2, world=8)
+    assert (eight.optim.batch_size, eight.optim.accum_iter) == (8, 2)
+    own = tiny_config("optim.batch_size=16", "optim.accum_iter=8")  # the user's own pair is kept (and checked later)
+    assert keep_global_batch(own, saved, saved_world=2, world=1)[0] is own
+    with pytest.raises(
+        ConfigError, match=r"global batch of 128 images .*no split of 128 over 3 processes exists; run on 1, 2, 4"
+    ):
+        keep_global_batch(cfg, saved, saved_world=2, world=3)
 
 
 def test_check_resumable_names_each_change_and_what_may_change(tmp_path):

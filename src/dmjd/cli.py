@@ -379,6 +379,7 @@ def _engine_exit_code(err: Exception) -> int:
     """Print a run's known failure (resources, teacher weights, non-finite steps, a signal) as one
     line and return its exit code; any other exception is re-raised with its traceback."""
     from dmjd.engine import NonFiniteLossError, ResourceError, TrainingInterrupted
+    from dmjd.engine.distributed import is_main_process
     from dmjd.targets import TeacherWeightsError
 
     if isinstance(err, (ResourceError, TeacherWeightsError, NonFiniteLossError)):
@@ -386,6 +387,7 @@ def _engine_exit_code(err: Exception) -> int:
         return EXIT_NONFINITE if isinstance(err, NonFiniteLossError) else EXIT_BAD_INPUT
     if isinstance(err, TrainingInterrupted):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run has stopped: one line, whatever follows
-        print(f"\ndmjd: {err}", file=sys.stderr)  # on its own line, after the terminal's ^C
+        if is_main_process():  # every process stops at the same step; one says so
+            print(f"\ndmjd: {err}", file=sys.stderr)  # on its own line, after the terminal's ^C
         return EXIT_INTERRUPTED
     raise err

@@ -242,8 +242,10 @@ class BudgetPlan(_Section):
     total_steps: int = Field(ge=1)
     warmup_steps: int = Field(ge=0)
     steps_per_epoch: int = Field(ge=1)
-    checked: bool = Field(False, description="whether the early drift check has been made")
-    replanned_at: int | None = Field(None, description="step of the re-plan, if the rate drifted")
+    checked: bool = Field(False, description="whether the rate has been checked against the plan")
+    replanned_at: int | None = Field(None, description="step of the latest re-plan, if the rate drifted")
+    replanned_lr: float | None = Field(None, description="lr at which the latest re-plan after the warmup starts its cosine")
+    replans: int = Field(0, ge=0, description="re-plans made (the rate drifted past train.budget_tolerance)")
 
     @property
     def epochs(self) -> float:

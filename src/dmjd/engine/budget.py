@@ -7,21 +7,27 @@ steps of the run (training seconds, evaluation time excluded) and
 1. after the first ``train.budget_measure_steps`` steps (or a tenth of the budget, whichever comes
    first, but at least 5 steps) plans the schedule: the steps that fit in the rest of the budget at the measured rate,
    with a warmup of ``train.budget_warmup`` of them (``BudgetPlan``);
-2. once, early on (at the end of the warmup, and no sooner than as many steps again as it measured),
-   compares the rate since the plan with the measured one and re-plans the cosine's end when they
-   differ by more than ``train.budget_tolerance``.
+2. then, over every following window of as many steps as it measured, compares the window's rate
+   with the rate the plan needs (its remaining steps in the budget's remaining seconds); when they
+   differ by more than ``train.budget_tolerance`` (the machine got busy, or free), it re-plans: the
+   steps that fit in the rest of the budget at the window's rate. A re-plan keeps the warmup; after
+   the warmup the cosine starts again from the current step at the current lr (``replanned_at``,
+   ``replanned_lr``) and ends at the new last step, so the lr never jumps and the cosine still ends
+   at the budget.
 
-The time budget itself also stops the run, so a run that slows down later still ends on time. The
-rate is measured from the end of the first step, so start-up (first batches, kernel selection) is
-not mistaken for the running speed, but the time it took is spent from the budget. The plan is part
-of the run's config (``train.budget_plan``): it is written to config.yaml, summary.json and every
-checkpoint, and a resumed run follows it exactly.
+The time budget itself also stops the run; a run stopped before its plan's last step says so (its
+summary's ``schedule_cut``). The rate is measured from the end of the first step, so start-up (first
+batches, kernel selection) is not mistaken for the running speed, but the time it took is spent
+from the budget. The plan is part of the run's config (``train.budget_plan``): it is written to
+config.yaml, summary.json and every checkpoint, and a resumed run follows it (and keeps re-planning
+from its own rate, measured afresh after the restart).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 from dmjd.config import Config, ConfigError
 from dmjd.config.duration import format_duration, parse_duration
@@ -63,7 +69,8 @@ def describe_plan(plan: BudgetPlan) -> str:
         f"{plan.steps_per_s:.3g} steps/s over the first {plan.measured_steps} steps, warmup {plan.warmup_steps} steps"
     )
     if plan.replanned_at is not None:
-        line += f" (re-planned at step {plan.replanned_at})"
+        start = f", the cosine from lr {plan.replanned_lr:.3g}" if plan.replanned_lr is not None else ""
+        line += f" (re-planned at step {plan.replanned_at}{start}; {plan.replans} re-plan{'s' * (plan.replans > 1)})"
     return line
 
 
@@ -76,7 +83,7 @@ class TimeBudget:
         steps_per_epoch: optimizer steps of one epoch.
         warmup_fraction: warmup steps as a fraction of the planned steps.
         measure_steps: steps the rate is measured over (fewer when a tenth of the budget ends sooner).
-        tolerance: relative drift of the rate that triggers the one re-plan.
+        tolerance: relative drift of a window's rate from the rate the plan needs that triggers a re-plan.
         plan: a saved plan to follow (a resumed run, or a config that carries one).
     """
 
@@ -93,6 +100,7 @@ class TimeBudget:
         self.warmup_fraction, self.measure_steps, self.tolerance = warmup_fraction, measure_steps, tolerance
         self.plan = plan
         self._start: tuple[int, float] | None = None  # (step, seconds) where the measurement began
+        self._window: tuple[int, float] | None = None  # (step, seconds) where the current drift window began
 
     @classmethod
     def from_config(cls, cfg: Config, steps_per_epoch: int) -> TimeBudget | None:
@@ -109,18 +117,24 @@ class TimeBudget:
         learning rate stays low while the rate is measured."""
         return max(1, round(100 * self.measure_steps * self.warmup_fraction))
 
-    def observe(self, step: int, seconds: float) -> BudgetPlan | None:
-        """Take note of optimizer step ``step`` ending ``seconds`` into training; returns the new
-        plan when this step made or changed it, else None.
+    def observe(self, step: int, seconds: float, lr: float | None = None) -> BudgetPlan | None:
+        """Take note of optimizer step ``step`` ending ``seconds`` into training (``lr``: the lr the
+        schedule gives the next step, where a re-plan's cosine starts); returns the new plan when
+        this step made, first checked or re-planned it, else None.
 
         Raises:
             BudgetTooSmallError: the first step of a fresh run already used the whole budget.
         """
         if self.plan is None:
-            return self._measure(step, seconds)
-        if not self.plan.checked and step >= self._check_step(self.plan):
-            return self._check(step, seconds)
-        return None
+            plan = self._measure(step, seconds)
+            self._window = (step, seconds) if plan is not None else None
+            return plan
+        if self._window is None:  # a resumed run: its rate is measured afresh from here
+            self._window = (step, seconds)
+            return None
+        if step - self._window[0] < max(self.plan.measured_steps, MIN_MEASURED):
+            return None
+        return self._check(step, seconds, lr)
 
     def _measure(self, step: int, seconds: float) -> BudgetPlan | None:
         if self._start is None:
@@ -146,19 +160,31 @@ class TimeBudget:
         )  # fmt: skip
         return self.plan
 
-    def _check_step(self, plan: BudgetPlan) -> int:
-        """The step of the drift check: the end of the warmup, and at least ``measured_steps`` after the plan."""
-        return max(plan.warmup_steps, plan.planned_at + plan.measured_steps)
-
-    def _check(self, step: int, seconds: float) -> BudgetPlan:
-        plan = self.plan
+    def _check(self, step: int, seconds: float, lr: float | None) -> BudgetPlan | None:
+        """Close the drift window ending at ``step``: re-plan when its rate is off the rate the plan
+        needs by more than the tolerance; returns the plan when it changed."""
+        plan, (first_step, first_s) = self.plan, cast(tuple[int, float], self._window)
         assert plan is not None
-        rate = (step - plan.planned_at) / max(seconds - plan.planned_at_s, 1e-9)
+        self._window = (step, seconds)
+        rate = (step - first_step) / max(seconds - first_s, 1e-9)
+        needed = (plan.total_steps - step) / max(self.budget_s - seconds, 1e-9)
         update: dict[str, object] = {"checked": True}
-        if abs(rate / plan.steps_per_s - 1.0) > self.tolerance:
-            update.update(steps_per_s=rate, total_steps=step + steps_in(self.budget_s - seconds, rate), replanned_at=step)
+        total = step + steps_in(self.budget_s - seconds, rate)
+        if abs(rate / max(needed, 1e-9) - 1.0) > self.tolerance and total != plan.total_steps:
+            after_warmup = step >= plan.warmup_steps and lr is not None
+            update.update(steps_per_s=rate, total_steps=total, replanned_at=step, replans=plan.replans + 1,
+                          replanned_lr=lr if after_warmup else plan.replanned_lr)  # fmt: skip
+        elif plan.checked:
+            return None
         self.plan = plan.model_copy(update=update)
         return self.plan
+
+    def cosine_start(self) -> tuple[int, float] | None:
+        """Where the plan's cosine starts when a re-plan after the warmup moved it: ``(step, lr)``."""
+        plan = self.plan
+        if plan is None or plan.replanned_at is None or plan.replanned_lr is None:
+            return None
+        return plan.replanned_at, plan.replanned_lr
 
 
 @dataclass(frozen=True)

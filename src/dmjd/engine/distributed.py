@@ -66,6 +66,12 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, control=control)
 
 
+def is_main_process() -> bool:
+    """Whether this process is the main one of its process group (True outside one), for lines that
+    every process reaches but only one should print."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def barrier(info: DistInfo) -> None:
     """Wait for every process (no-op when alone)."""
     if info.enabled and dist.is_initialized():

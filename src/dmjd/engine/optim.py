@@ -74,13 +74,25 @@ def peak_lr(optim: OptimConfig, masking: DisjointMasking, unique_batch: int) -> 
     return effective_lr(optim.blr, unique_batch, masking.num_views, m_corr, m_pred, optim.lr_rule)
 
 
-def lr_at(step: float, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float = 0.0) -> float:
-    """Per-iteration linear warmup to ``peak_lr``, then half-cycle cosine down to ``min_lr``."""
+def lr_at(
+    step: float,
+    total_steps: int,
+    warmup_steps: int,
+    peak_lr: float,
+    min_lr: float = 0.0,
+    cosine_start: tuple[int, float] | None = None,
+) -> float:
+    """Per-iteration linear warmup to ``peak_lr``, then half-cycle cosine down to ``min_lr`` at ``total_steps``.
+
+    ``cosine_start = (step, lr)`` starts the cosine there instead of at the warmup's end from the
+    peak: a schedule re-planned mid-run (a time budget) continues from its current lr.
+    """
     if step < warmup_steps:
         return peak_lr * step / warmup_steps
-    span = max(total_steps - warmup_steps, 1)
-    progress = min((step - warmup_steps) / span, 1.0)
-    return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    start, top = cosine_start or (warmup_steps, peak_lr)
+    span = max(total_steps - start, 1)
+    progress = min(max(step - start, 0) / span, 1.0)
+    return min_lr + (top - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def param_groups(

@@ -4,6 +4,13 @@ resumed run may change, and the global RNG state.
 A checkpoint holds the model, optimizer and scaler states, the run's position (``RunState``, plus
 the current epoch's loss sums and the size of ``log.txt`` mid-epoch), the global RNG states, the
 config and the process count, so a resumed run continues exactly where the stopped one was.
+
+A run resumed on another number of processes keeps its global batch (``optim.batch_size`` x
+``optim.accum_iter`` x processes), and with it the learning rate, the schedule and the images of each
+optimizer step (``keep_global_batch``): the per-process batch takes the change where it can, so every
+micro-step, its augmentation and its masks are the uninterrupted run's; otherwise the accumulation
+changes too, and each optimizer step still trains on the same images, with other augmentations and
+masks (they are drawn per micro-step).
 """
 
 from __future__ import annotations
@@ -122,6 +129,8 @@ def restore_run(
 ) -> Restored:
     """Load a ``training_checkpoint`` into the run's model, optimizer, scaler and global RNGs.
 
+    ``accum_iter`` is this run's: a saved position inside the epoch is converted to it.
+
     Raises:
         CheckpointError: the weights do not fit the configured model, or the checkpoint was saved
             inside a gradient-accumulation cycle.
@@ -138,8 +147,10 @@ def restore_run(
     run_state = dict(saved["run_state"])
     epoch_sums, log_bytes = run_state.pop("epoch_sums", None), run_state.pop("log_bytes", None)
     state = RunState(**run_state)
-    if state.epoch_step % accum_iter:
+    saved_accum = saved["config"]["optim"]["accum_iter"]
+    if state.epoch_step % saved_accum:
         raise ckpt.CheckpointError("checkpoint was saved inside a gradient-accumulation cycle")
+    state.epoch_step = state.epoch_step // saved_accum * accum_iter  # the same optimizer steps, at this accumulation
     if "rng" in saved:
         restore_rng_state(saved["rng"])
     return Restored(state, epoch_sums, log_bytes)
@@ -176,20 +187,79 @@ def load_pretraining_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def split_global_batch(global_batch: int, accum_iter: int, world: int) -> tuple[int, int] | None:
+    """``(optim.batch_size, optim.accum_iter)`` that give ``global_batch`` on ``world`` processes: the
+    accumulation kept when it can be, else the one nearest to it (the larger on a tie); None when
+    ``world`` does not divide ``global_batch``."""
+    if global_batch % world:
+        return None
+    per_process = global_batch // world
+    accums = [a for a in range(1, per_process + 1) if per_process % a == 0]
+    accum = min(accums, key=lambda a: (abs(a - accum_iter), -a))
+    return per_process // accum, accum
+
+
+def _keeping_words(global_batch: int, accum_iter: int, world: int) -> str:
+    """What keeps ``global_batch`` on ``world`` processes, in words (keys to set, or process counts)."""
+    split = split_global_batch(global_batch, accum_iter, world)
+    if split is None:
+        counts = [n for n in range(1, min(global_batch, 64) + 1) if global_batch % n == 0]
+        return f"no split of {global_batch} over {world} processes exists; run on {', '.join(map(str, counts))} processes"
+    return f"optim.batch_size={split[0]} optim.accum_iter={split[1]} keeps it on {world} processes"
+
+
+def keep_global_batch(cfg: Config, saved: dict[str, Any], saved_world: int, world: int) -> tuple[Config, str | None]:
+    """``cfg`` resumed on ``world`` processes with the saved run's global batch, and one line saying what
+    changed (None when the process count did not change).
+
+    When ``cfg`` keeps the saved ``optim.batch_size`` and ``optim.accum_iter`` (the user did not set
+    them), they are re-derived with ``split_global_batch``; a pair the user set is left to
+    ``check_resumable``.
+
+    Raises:
+        ConfigError: ``world`` does not divide the global batch (the message names the process counts
+            that do).
+    """
+    if world == saved_world:
+        return cfg, None
+    old, o = saved["optim"], cfg.optim
+    global_batch = old["batch_size"] * old["accum_iter"] * saved_world
+    if (o.batch_size, o.accum_iter) == (old["batch_size"], old["accum_iter"]):
+        split = split_global_batch(global_batch, o.accum_iter, world)
+        if split is None:
+            raise ConfigError(
+                f"the run was saved on {saved_world} processes with a global batch of {global_batch} images "
+                f"(optim.batch_size x optim.accum_iter x processes); {_keeping_words(global_batch, o.accum_iter, world)}"
+            )
+        cfg = cfg.model_copy(deep=True)
+        cfg.optim.batch_size, cfg.optim.accum_iter = split
+    o = cfg.optim
+    return cfg, (
+        f"dmjd: resumed on {world} processes instead of {saved_world}: optim.batch_size {old['batch_size']} -> "
+        f"{o.batch_size}, optim.accum_iter {old['accum_iter']} -> {o.accum_iter}; the global batch stays {global_batch}"
+    )
+
+
 def run_changes(saved: dict[str, Any], cfg: Config, saved_world: int | None = None, world: int = 1) -> list[str]:
     """The settings of ``cfg`` that differ from a saved run's config (``key: old -> new``) and
     change what the run computes (all but ``RESUMABLE_KEYS`` and ``monitor.*``).
 
-    With the saved run's process count, ``optim.batch_size`` (per process) may change with the
-    process count as long as the global batch stays: a run resumes on another number of processes.
+    With the saved run's process count, ``optim.batch_size`` and ``optim.accum_iter`` may change as
+    long as the global batch stays (a run resumes on another number of processes); when it does not
+    stay, the change names the pair that keeps it.
     """
     old = dotted_items(config_from_dict(saved).model_dump(mode="json"))
     new = dotted_items(cfg.model_dump(mode="json"))
     changes = []
     if saved_world is not None:
-        before, after = old.pop("optim.batch_size") * saved_world, new.pop("optim.batch_size") * world
+        accum = old.pop("optim.accum_iter")
+        before = old.pop("optim.batch_size") * accum * saved_world
+        after = new.pop("optim.batch_size") * new.pop("optim.accum_iter") * world
         if before != after:
-            changes.append(f"optim.batch_size x processes (the global batch): {before} -> {after}")
+            changes.append(
+                f"optim.batch_size x optim.accum_iter x processes (the global batch): {before} -> {after} "
+                f"({_keeping_words(before, accum, world)})"
+            )
     return changes + [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(old.keys() | new.keys())

@@ -58,6 +58,8 @@ class Run(Protocol):
 
     def lr_reached(self) -> float: ...
 
+    def lr_of(self, step: int) -> float: ...
+
     def position(self) -> dict[str, Any]: ...
 
 
@@ -175,6 +177,28 @@ def stopped_by(trainer: Run) -> str:
     return "epochs" if trainer.state.epoch >= trainer.num_epochs else "max_steps"
 
 
+def schedule_cut(trainer: Run) -> dict[str, Any] | None:
+    """Where the time limit stopped a run before its schedule's last step: ``{"step", "planned_steps",
+    "lr"}`` (the lr of its last step, not yet the cosine's end), None when it ran to its end."""
+    t = trainer
+    if not t.time_up or t.state.opt_step >= t.total_steps:
+        return None
+    planned = None if t.budget is not None and t.budget.plan is None else t.total_steps  # None: before any plan
+    return {"step": t.state.opt_step, "planned_steps": planned, "lr": t.lr_of(t.state.opt_step - 1)}
+
+
+def closing_lines(trainer: Run) -> list[str]:
+    """The lines that end a run's log: that its schedule was cut, and where (none when it was not)."""
+    cut = schedule_cut(trainer)
+    if cut is None:
+        return []
+    planned = f"of its {cut['planned_steps']} planned steps" if cut["planned_steps"] else "before its schedule was planned"
+    return [
+        f"dmjd: the schedule was cut: the time limit stopped the run at step {cut['step']} {planned}, with lr "
+        f"{cut['lr']:.3g} (the cosine ends at {trainer.cfg.optim.min_lr:.3g})"
+    ]
+
+
 def finished_summary(trainer: Run) -> dict[str, Any]:
     """For a run that has already finished: say so, and return its saved summary (its files are kept)."""
     if trainer.dist.is_main:
@@ -218,6 +242,7 @@ def write_summary(trainer: Run, seconds: float, last: dict[str, Any]) -> dict[st
     if t.budget is not None:
         summary["budget_s"] = t.budget.budget_s
         summary["budget_plan"] = t.budget.plan.model_dump() if t.budget.plan is not None else None
+    summary["schedule_cut"] = schedule_cut(t)
     if isinstance(t.target, FrozenNetworkTarget):
         summary.update(t.target.cost_metrics())
     summary = round_floats(summary)

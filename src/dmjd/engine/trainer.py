@@ -34,6 +34,7 @@ from dmjd.engine.resources import start_memory_notes
 from dmjd.engine.resume import (
     RunState,
     check_resumable,
+    keep_global_batch,
     load_pretraining_checkpoint,
     resolve_resume,
     restore_run,
@@ -73,9 +74,12 @@ class Pretrainer:
         if str(resume) == "auto" and resume_path is None and self.dist.is_main:
             print(f"dmjd: no checkpoint in {self.output_dir}, starting fresh")
         loaded = load_pretraining_checkpoint(resume_path) if resume_path is not None else None
+        self._start_notes: list[str] = []  # lines for the console and log.txt once the run's log is open
         if loaded is not None and resume_path is not None:
             cfg = with_saved_plan(cfg, loaded["config"])
+            cfg, rebatched = keep_global_batch(cfg, loaded["config"], loaded.get("world_size", 1), self.dist.world_size)
             check_resumable(loaded, cfg, resume_path, self.dist.world_size)
+            self._start_notes += [rebatched] if rebatched and self.dist.is_main else []
         start = read_start(cfg) if loaded is None else None  # read before anything is written
         if start is not None:
             cfg = config_for_source(cfg, start)
@@ -86,7 +90,6 @@ class Pretrainer:
         self.logger: MetricsLogger | None = None
         self._epoch_sums: LossSums | None = None  # the current epoch's, carried by mid-epoch checkpoints
         self._resumed_sums: dict[str, Any] | None = None
-        self._start_notes: list[str] = []  # lines for the console and log.txt once the run's log is open
         self._build()
         if start is not None:
             lines = load_start_weights(self.model, start, cfg)
@@ -223,6 +226,9 @@ class Pretrainer:
                     self._save_epoch_checkpoints()  # after the epoch's line: a resume keeps it in log.txt
                     self._evaluate(on_epoch_end)
                     barrier(self.dist)
+                if self.logger is not None:
+                    for line in run_report.closing_lines(self):
+                        self.logger.print(line)
                 return run_report.write_summary(self, time.perf_counter() - self._run_start, last)
         finally:
             if self.logger is not None:
@@ -356,7 +362,7 @@ class Pretrainer:
     def _observe_budget(self, seconds: float) -> None:
         """Show the time budget this step (``seconds``: the agreed training clock); when it makes or
         changes the plan, follow it: schedule, config (and config.yaml) and a log line."""
-        plan = cast(TimeBudget, self.budget).observe(self.state.opt_step, seconds)
+        plan = cast(TimeBudget, self.budget).observe(self.state.opt_step, seconds, self._lr())
         if plan is None:
             return
         apply_plan(self.cfg, plan)
@@ -371,8 +377,14 @@ class Pretrainer:
         usable_micro = self.steps_per_epoch * self.cfg.optim.accum_iter
         return not self.time_up and (self.state.opt_step < self.total_steps or self.state.epoch_step >= usable_micro)
 
+    def lr_of(self, step: int) -> float:
+        """The schedule's lr of optimizer step ``step`` (counted from 0; a re-planned budget's cosine
+        starts where it was re-planned)."""
+        start = self.budget.cosine_start() if self.budget is not None else None
+        return lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, self.cfg.optim.min_lr, start)
+
     def _lr(self) -> float:
-        return lr_at(self.state.opt_step, self.total_steps, self.warmup_steps, self.peak_lr, self.cfg.optim.min_lr)
+        return self.lr_of(self.state.opt_step)
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
