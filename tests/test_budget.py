@@ -148,8 +148,9 @@ def test_resumed_budgeted_run_follows_its_saved_plan(tmp_path, monkeypatch):
     assert plan is not None and first.state.opt_step < plan.total_steps
     cut = summary["schedule_cut"]  # the summary and the last log line say the schedule was cut, where, at which lr
     assert (cut["step"], cut["planned_steps"]) == (first.state.opt_step, plan.total_steps) and cut["lr"] > 0
-    assert f"the time limit stopped the run at step {cut['step']} of its {plan.total_steps} planned steps, with lr " in (
-        (tmp_path / "log.txt").read_text().splitlines()[-1]
+    assert (
+        f"the time limit stopped the run at step {cut['step']} of its {plan.total_steps} planned steps, with lr "
+        in ((tmp_path / "log.txt").read_text().splitlines()[-1])
     )
     # the user's own command again (no plan in it), without the early stop
     resumed = Pretrainer(tiny_config("train.budget=6s", "train.budget_measure_steps=4"), tmp_path, resume="auto")

@@ -33,6 +33,18 @@ EXIT_NONFINITE = 3
 EXIT_INTERRUPTED = 130
 
 
+def is_main_rank() -> bool:
+    """Whether this is the main process of a launch (torchrun's ``RANK``, SLURM's ``SLURM_PROCID``; True
+    alone), read from the environment so that it answers before torch loads."""
+    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+
+
+def say(line: str) -> None:
+    """Print a line every process of a launch reaches (a bad input, a stop) once: from the main one."""
+    if is_main_rank():
+        print(line, file=sys.stderr)
+
+
 def describe_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
     """One help line per config key: dotted name, default and description."""
     from pydantic import BaseModel
@@ -196,7 +208,7 @@ def pretrain_config(config: str | None, overrides: list[str], output_dir: str, r
             "run should train on; give data.path=FOLDER (the auto recipe) or --config PRESET"
         )
     cfg, choices, _ = auto_config(overrides)
-    for line in recipe_lines(choices, cfg.train.budget):
+    for line in recipe_lines(choices, cfg.train.budget) if is_main_rank() else []:
         print(line)
     return cfg
 
@@ -312,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (interrupt.fired or isinstance(err, KeyboardInterrupt)):
             raise
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print("\ndmjd: interrupted", file=sys.stderr)  # on its own line, after the terminal's ^C
+        say("\ndmjd: interrupted")  # on its own line, after the terminal's ^C
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
@@ -350,11 +362,14 @@ class _InterruptOnce:
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="dmjd: %(levelname)s: %(message)s")
+    if not is_main_rank():  # one voice under torchrun: the console's warnings are rank 0's (train.rank_logs: the rest)
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.ERROR)
     try:
         check_output_places(args)
         return int(args.func(args) or 0)
     except InputError as err:  # caught before the engine is imported: a bad config needs no torch
-        print(f"dmjd: error: {err}", file=sys.stderr)
+        say(f"dmjd: error: {err}")
         return EXIT_BAD_INPUT
     except Exception as err:
         return _engine_exit_code(err)
@@ -379,15 +394,13 @@ def _engine_exit_code(err: Exception) -> int:
     """Print a run's known failure (resources, teacher weights, non-finite steps, a signal) as one
     line and return its exit code; any other exception is re-raised with its traceback."""
     from dmjd.engine import NonFiniteLossError, ResourceError, TrainingInterrupted
-    from dmjd.engine.distributed import is_main_process
     from dmjd.targets import TeacherWeightsError
 
     if isinstance(err, (ResourceError, TeacherWeightsError, NonFiniteLossError)):
-        print(f"dmjd: error: {err}", file=sys.stderr)
+        say(f"dmjd: error: {err}")
         return EXIT_NONFINITE if isinstance(err, NonFiniteLossError) else EXIT_BAD_INPUT
     if isinstance(err, TrainingInterrupted):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run has stopped: one line, whatever follows
-        if is_main_process():  # every process stops at the same step; one says so
-            print(f"\ndmjd: {err}", file=sys.stderr)  # on its own line, after the terminal's ^C
+        say(f"\ndmjd: {err}")  # on its own line, after the terminal's ^C
         return EXIT_INTERRUPTED
     raise err

@@ -267,6 +267,9 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1, description="numbered checkpoints kept on disk")
     max_nonfinite_steps: int = Field(20, ge=1, description="stop after this many skipped steps in a row")
     max_time_s: float | None = Field(None, gt=0, description="stop after this much training time (s)")
+    rank_logs: bool = Field(
+        False, description="under torchrun, also write each other process's warnings to <output-dir>/rank-N.log"
+    )
     budget: str | float | None = Field(
         None,
         description="training time budget (90s, 20m, 2h): the run measures its step rate over its first steps "

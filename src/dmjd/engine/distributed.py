@@ -9,10 +9,12 @@ whether any of them was asked to stop and the main process's training clock.
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
@@ -66,10 +68,27 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, control=control)
 
 
-def is_main_process() -> bool:
-    """Whether this process is the main one of its process group (True outside one), for lines that
-    every process reaches but only one should print."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+def raise_together(info: DistInfo, error: Exception | None) -> None:
+    """Raise the main process's ``error`` on every process (nothing when it has none), so a check only
+    the main process makes (the run folder's lock) stops them all with its one line instead of leaving
+    the others waiting in a collective."""
+    if info.enabled and dist.is_initialized():
+        shared = [error if info.is_main else None]
+        dist.broadcast_object_list(shared, src=0, group=info.control)
+        error = shared[0]
+    if error is not None:
+        raise error
+
+
+def rank_log(folder: Path, info: DistInfo) -> Path:
+    """Send this process's log records (warnings and up) to ``folder/rank-<rank>.log`` as well: the
+    per-process detail that the console leaves to the main process (``train.rank_logs``)."""
+    path = folder / f"rank-{info.rank}.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logging.getLogger().addHandler(handler)
+    return path
 
 
 def barrier(info: DistInfo) -> None:

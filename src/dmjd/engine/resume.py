@@ -35,7 +35,7 @@ from dmjd.io import checkpoint as ckpt
 RESUMABLE_KEYS = frozenset({
     "data.num_workers", "data.pipeline", "data.device_memory_gb", "data.download", "train.device",
     "train.progress", "train.log_interval", "train.tensorboard", "train.checkpoint_interval", "train.checkpoint_steps",
-    "train.keep_checkpoints", "train.max_nonfinite_steps", "train.max_time_s", "train.compile", "train.compile_mode",
+    "train.keep_checkpoints", "train.max_nonfinite_steps", "train.max_time_s", "train.compile", "train.compile_mode", "train.rank_logs",
 })  # fmt: skip
 
 

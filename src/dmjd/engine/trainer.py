@@ -25,7 +25,7 @@ from dmjd.data import Normalize
 from dmjd.engine import run_report
 from dmjd.engine.budget import PROVISIONAL_EPOCHS, TimeBudget, apply_plan, describe_plan, run_schedule
 from dmjd.engine.builders import build_dmjd_model, build_loss, build_masking, build_target, mean_std
-from dmjd.engine.distributed import DistInfo, agree_on_step, barrier, init_distributed
+from dmjd.engine.distributed import DistInfo, agree_on_step, barrier, init_distributed, raise_together, rank_log
 from dmjd.engine.faults import NonFiniteSteps, StopSignals, TrainingInterrupted, check_disk_space, explain_oom
 from dmjd.engine.loss_sums import LossSums
 from dmjd.engine.metrics import MetricsLogger, bars_shown, cut_run_logs, progress_line
@@ -45,6 +45,7 @@ from dmjd.engine.run_dir import prepare_output_dir
 from dmjd.engine.runtime import autocast, autocast_dtype, resolve_device, seed_everything
 from dmjd.engine.start_weights import config_for_source, load_start_weights, read_start, small_data_note
 from dmjd.engine.training_data import training_data
+from dmjd.errors import InputError
 from dmjd.io import checkpoint as ckpt
 from dmjd.masking import MaskedViews, StepMasks, measured_pred_ratio
 from dmjd.models.dmjd import MaskedEncoder
@@ -83,8 +84,14 @@ class Pretrainer:
         start = read_start(cfg) if loaded is None else None  # read before anything is written
         if start is not None:
             cfg = config_for_source(cfg, start)
-        self._lock = prepare_output_dir(self.output_dir, resume_path is not None, overwrite, self.dist.is_main, lock=True)
-        barrier(self.dist)
+        try:
+            self._lock = prepare_output_dir(self.output_dir, resume_path is not None, overwrite, self.dist.is_main, lock=True)
+            refused = None
+        except InputError as err:  # the main process's check (the lock, a run already there): every process stops
+            refused = err
+        raise_together(self.dist, refused)
+        if cfg.train.rank_logs and not self.dist.is_main:
+            rank_log(self.output_dir, self.dist)
         self.state = RunState()
         self.cfg = cfg
         self.logger: MetricsLogger | None = None
