@@ -21,6 +21,7 @@ from conftest import TINY, tiny_config, write_images
 from dmjd.engine import Pretrainer, TrainingInterrupted, load_checkpoint
 from dmjd.engine.metrics import read_metrics
 from dmjd.engine.resume import resume_config
+from dmjd.engine.run_dir import RunLock
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TIMEOUT_S = 900  # generous: the machine may be busy
@@ -153,3 +154,36 @@ def test_a_stop_signal_to_torchrun_stops_every_worker_with_a_checkpoint(labelled
     assert err.count(f"dmjd: {sig.name} received: saved") == 1  # one voice: rank 0's
     assert load_checkpoint(out / "checkpoint-last.pth")["world_size"] == 2
     assert not (out / ".dmjd.lock").exists() and leftover_processes(out) == []
+
+
+def _one_line_refusal(cmd: list[str]) -> str:
+    """Run ``cmd`` (torchrun, 2 processes) expecting a refusal: its one ``dmjd: error:`` line."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=TIMEOUT_S)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("dmjd: error:")]
+    assert proc.returncode != 0 and len(errors) == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr.split("dmjd: error:")[0]  # no worker's traceback before it
+    return errors[0]
+
+
+def test_bad_input_under_torchrun_is_one_line_and_loses_nothing(tmp_path):
+    # a global batch of 33 saved on one process cannot be split over two
+    odd = tmp_path / "odd"
+    Pretrainer(tiny_config("optim.batch_size=33", "optim.max_steps=1"), odd).fit()
+    before = (odd / "checkpoint-last.pth").read_bytes()
+    line = _one_line_refusal(torchrun(2, "pretrain", "--output-dir", str(odd), "--resume", "auto"))
+    assert "global batch of 33 images" in line and "run on 1, 3, 11, 33 processes" in line
+    assert (odd / "checkpoint-last.pth").read_bytes() == before
+    # more processes than the data has global batches for
+    line = _one_line_refusal(torchrun(2, "pretrain", "--config", "demo", "--output-dir", str(tmp_path / "small"), *TINY,
+                                      "data.limit=40", "optim.batch_size=32"))  # fmt: skip
+    assert "fewer than one global batch of 64" in line
+    # a folder locked by a live process (this one)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    lock = RunLock(locked)
+    try:
+        line = _one_line_refusal(torchrun(2, "pretrain", "--config", "demo", "--output-dir", str(locked), *TINY))
+        assert f"is in use by another run (pid {os.getpid()}" in line
+        assert (locked / ".dmjd.lock").is_file() and sorted(p.name for p in locked.iterdir()) == [".dmjd.lock"]
+    finally:
+        lock.release()

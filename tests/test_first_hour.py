@@ -284,7 +284,10 @@ def test_resume_refuses_run_changes_allows_harmless_ones_and_leaves_finished_run
     before = _snapshot(out)
     resume = ["pretrain", "--output-dir", out, "--resume", "auto"]
     code, _, err = run([*resume, "optim.batch_size=32"])
-    assert code == 2 and "optim.batch_size x processes (the global batch): 64 -> 32" in err
+    assert (
+        code == 2
+        and "optim.accum_iter x processes (the global batch): 64 -> 32 (optim.batch_size=64 optim.accum_iter=1 keeps it" in err
+    )
     assert len(err.strip().splitlines()) == 1
     code, _, err = run([*resume, "model.depth=3", "masking.num_views=3", "target.name=hog", "optim.warmup_epochs=0"])
     assert code == 2
