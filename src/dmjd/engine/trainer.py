@@ -380,9 +380,10 @@ class Pretrainer:
                 self.logger.print(f"dmjd: {describe_plan(plan)}")
 
     def _epoch_complete(self) -> bool:
-        """Whether the epoch ran to its end: not cut by the time budget, nor by ``optim.max_steps`` before it."""
+        """Whether the epoch ran to its end: to its last step (also when the time budget or ``optim.max_steps``
+        ended the run there), else not cut by either before it."""
         usable_micro = self.steps_per_epoch * self.cfg.optim.accum_iter
-        return not self.time_up and (self.state.opt_step < self.total_steps or self.state.epoch_step >= usable_micro)
+        return self.state.epoch_step >= usable_micro or (not self.time_up and self.state.opt_step < self.total_steps)
 
     def lr_of(self, step: int) -> float:
         """The schedule's lr of optimizer step ``step`` (counted from 0; a re-planned budget's cosine
