@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from dmjd.bench.environment import device_name, git_commit, machine_info, now_utc, publish
-from dmjd.config import load_config
+from dmjd.config import Config, load_config
 from dmjd.data import build_dataset, endless
 from dmjd.data.shard_writer import keep_image, write_shards
 from dmjd.engine.training_data import training_data
@@ -76,9 +76,9 @@ def path_overrides(path: str, folder: Path, pattern: str, workers: int, batch: i
             "masking.block_size=1"]  # fmt: skip
 
 
-def measure(overrides: list[str], device: torch.device, batches: int, warmup: int) -> dict[str, float]:
-    """Images/s and busy cores while ``batches`` batches are consumed after ``warmup`` (worker start-up)."""
-    cfg = load_config("demo", overrides)
+def measure(cfg: Config, device: torch.device, batches: int, warmup: int) -> dict[str, float]:
+    """Images/s and busy cores while ``batches`` batches of ``cfg``'s training data are consumed after
+    ``warmup`` (worker start-up)."""
     data = training_data(cfg, device)
     stream = endless(data.batches)
     for _ in range(warmup):
@@ -130,7 +130,8 @@ def run_loader_benchmark(
         for r in range(rounds):  # rounds interleave the paths, so that a slow spell of the machine hits all
             for path in paths:
                 for w in workers:
-                    m = measure(path_overrides(path, folder, pattern, w, batch, img_size), dev, batches, warmup)
+                    cfg = load_config("demo", path_overrides(path, folder, pattern, w, batch, img_size))
+                    m = measure(cfg, dev, batches, warmup)
                     rounds_of.setdefault(f"{path} [{w} workers]", []).append(m)
                     print(f"loader: round {r + 1} {path} [{w} workers] {m['images_per_s']:.0f} images/s on "
                           f"{m['busy_cores']:.2f} busy cores", flush=True)  # fmt: skip
