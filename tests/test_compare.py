@@ -161,12 +161,14 @@ def test_data_it_cannot_use_is_refused_in_one_line(flat, tmp_path, capsys):
         assert len(err) == 1 and message in err[0], err
 
 
-def test_an_existing_comparison_is_not_written_over(tmp_path, capsys, labelled):
+def test_results_of_something_else_are_not_written_over(tmp_path, capsys, labelled):
+    """A folder whose results.json is not a comparison's (tests/test_compare_resume.py: one of other
+    settings; the same comparison continues)."""
     out = tmp_path / "o"
     out.mkdir()
     (out / "results.json").write_text("{}")
     assert main(["compare", str(labelled), "--budget", "1m", "--output-dir", str(out)]) == 2
-    assert "already holds a comparison" in capsys.readouterr().err
+    assert "holds results of another command or an older dmjd" in capsys.readouterr().err
     assert (out / "results.json").read_text() == "{}"
 
 

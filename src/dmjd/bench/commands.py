@@ -115,6 +115,9 @@ def register_compare_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="train.device of every run (default auto)")
     p.add_argument("--finetune-epochs", type=int, default=None,
                    help="end-of-run fine-tuning epochs (labelled data; default 10, 0 = none)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier comparison in --output-dir and start afresh (by default the same command "
+                   "continues it: finished runs kept, an unfinished one resumed)")  # fmt: skip
     p.set_defaults(func=run_compare_command)
 
 
@@ -128,10 +131,8 @@ def run_compare_command(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise InputError(f"--budget: {err}") from None
     out = Path(args.output_dir or f"compare-{Path(args.data).name}")
-    if (out / "results.json").exists():
-        raise InputError(f"{out} already holds a comparison (results.json); choose another --output-dir")
     results = run_compare(args.data, out, budget_s, args.methods, args.seeds, args.device, args.finetune_epochs,
-                          command=shlex.join(sys.argv))  # fmt: skip
+                          command=shlex.join(sys.argv), overwrite=args.overwrite)  # fmt: skip
     print(f"dmjd: verdict: {results['verdict']}")
     print(json.dumps({"report": str(out / "report.md"), "results": str(out / "results.json")}))
     return 0

@@ -17,18 +17,21 @@ data, run by ``dmjd.bench.efficiency.run_efficiency``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dmjd.bench.cost import cost_split, regime_sentence
 from dmjd.bench.efficiency import METRICS, run_efficiency, write_json
 from dmjd.bench.testbeds import SECTIONS, Section, Testbed, Variant
+from dmjd.config import load_config
 from dmjd.config.duration import format_duration
 from dmjd.data.profile import DataProfile
 from dmjd.errors import InputError
 from dmjd.eval.label_free import LabelFreeMonitor
-from dmjd.recipe import Choice, auto_config, method_choices
+from dmjd.recipe import STEP_EFFICIENCY, Choice, auto_config, device_flops, method_choices
 
 METHOD_LABELS = {"mae": "MAE", "dmjd": "DMJD"}
 LABEL_FREE_METRICS = {"rankme": "RankMe"}
@@ -150,20 +153,30 @@ def run_compare(
     finetune_epochs: int | None = None,
     command: str = "",
     flops_per_s: float | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the comparison and write ``results.json``, ``report.md`` (with its verdict) and figures.
 
+    The same call into the same folder continues a comparison that was stopped (``run_efficiency``:
+    finished runs kept, an unfinished one resumed; the recipe is made with the device speed the first
+    sitting measured, so that it picks the same model); ``overwrite`` starts afresh.
+
     Returns:
-        The results, with ``analysis``, ``verdict``, ``data_profile`` and ``recipe``.
+        The results, with ``analysis``, ``verdict``, ``data_profile``, ``recipe`` and ``cost`` (the
+        per-view cost split of this data path, ``dmjd.bench.cost.cost_split``).
     """
     from dataclasses import asdict
 
-    setup = compare_setup(data, budget_s, methods, seeds, device, finetune_epochs, flops_per_s)
     out = Path(output_dir)
+    flops_per_s = flops_per_s or (None if overwrite else _saved_flops(out)) or recipe_flops(device)
+    setup = compare_setup(data, budget_s, methods, seeds, device, finetune_epochs, flops_per_s)
     labelled = setup.profile.labelled
     monitor = None if labelled else label_free_monitor(setup, device)
     results = run_efficiency(setup.testbed, out, sections=[setup.section], command=command, monitor=monitor,
-                             metrics=METRICS if labelled else LABEL_FREE_METRICS)  # fmt: skip
+                             metrics=METRICS if labelled else LABEL_FREE_METRICS, overwrite=overwrite)  # fmt: skip
+    results["flops_per_s"] = flops_per_s
+    configs = {v.label: load_config(None, [*setup.testbed.base, *v.overrides]) for v in setup.section.variants}
+    results["cost"] = results.get("cost") or cost_split(configs, out / "cost-work")
     results["data_profile"] = asdict(setup.profile)
     results["recipe"] = [{"key": c.key, "value": c.value, "reason": c.reason} for c in setup.choices]
     if monitor is not None:  # not labelled
@@ -172,6 +185,20 @@ def run_compare(
     write_json(results, out / "results.json")
     write_compare_report(results, out)
     return results
+
+
+def recipe_flops(device: str | None) -> float:
+    """The sustained step FLOP/s the auto recipe sizes the model by, measured on ``device``."""
+    from dmjd.engine.runtime import resolve_device  # local: loads torch
+
+    dev = resolve_device(device or "auto")
+    return device_flops(str(dev)) * STEP_EFFICIENCY.get(dev.type, 0.15)
+
+
+def _saved_flops(out: Path) -> float | None:
+    """The FLOP/s an earlier sitting of a comparison in ``out`` made its recipe with (None: none)."""
+    path = out / "results.json"
+    return json.loads(path.read_text()).get("flops_per_s") if path.is_file() else None
 
 
 # ------------------------------------------------------------------------------------ verdict
@@ -309,6 +336,8 @@ def write_compare_report(results: dict[str, Any], output_dir: Path) -> Path:
     from dmjd.bench.report import machine_line, plot_comparison, write_report
 
     head = ["# dmjd compare", "", f"**Verdict:** {results['verdict']}", "", *recipe_lines(results), ""]
+    if results.get("cost"):
+        head += [f"- Cost per view on this machine: {regime_sentence(results['cost'])}", ""]
     path = output_dir / "report.md"
     if "knn_top1" in results["metrics"]:
         write_report(results, output_dir)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -302,3 +303,61 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output:
         plot_speedup(results, Path(args.output).with_suffix(".png"))
     return 0
+
+
+# ------------------------------------------------------------------------- a user's data path
+def cost_split(configs: dict[str, Config], workdir: Path, steps: int = 3, warmup: int = 1, batches: int = 4) -> dict[str, Any]:
+    """The per-view cost split of the data path of ``configs`` (``dmjd compare``'s methods, labelled,
+    on the user's data): the loader's images/s per busy core on this data, each method's compute
+    views/s, where the run's data went (held in memory or through workers) and the cost model's
+    prediction of each method's views/s and DM's speed-up with this machine's loader cores.
+
+    Loader cores are the CPUs this process may use (minus one that trains, on a CPU device).
+    """
+    from dmjd.data import DeviceBatches
+    from dmjd.engine.runtime import resolve_device
+    from dmjd.engine.training_data import training_data
+
+    first = next(iter(configs.values()))
+    device = resolve_device(first.train.device)
+    in_memory = isinstance(training_data(first, device).batches, DeviceBatches)
+    through_loader = first.model_copy(deep=True)
+    through_loader.data.pipeline, through_loader.data.num_workers = "loader", 1
+    loader = loader_rate(through_loader, batches, 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    loader_cores = max(cores - 1, 1) if device.type == "cpu" else cores
+    models = {label: CostModel(compute_rate(cfg, workdir / "step", steps, warmup), loader["images_per_s_per_core"],
+                               cfg.masking.num_views) for label, cfg in configs.items()}  # fmt: skip
+    shutil.rmtree(workdir, ignore_errors=True)
+    baseline = next(label for label, m in models.items() if m.num_views == 1) if any(
+        m.num_views == 1 for m in models.values()) else next(iter(models))  # fmt: skip
+    return {
+        "in_memory": in_memory,
+        "device": device.type,
+        "loader_images_per_core": loader["images_per_s_per_core"],
+        "loader_cores": loader_cores,
+        "baseline": baseline,
+        "methods": {label: {"num_views": m.num_views, "compute_views_per_s": m.compute_views_per_s,
+                            "views_per_s": m.views_per_s(loader_cores), "bound": m.bound(loader_cores),
+                            "speedup": dm_speedup(models[baseline], m, loader_cores)}
+                    for label, m in models.items()},
+    }  # fmt: skip
+
+
+def regime_sentence(split: dict[str, Any]) -> str:
+    """``cost_split`` in words: which regime this machine is in and whether DM's loading saving applies."""
+    base = split["baseline"]
+    b = split["methods"][base]
+    others = {label: m for label, m in split["methods"].items() if label != base}
+    rates = ", ".join(f"{label} {m['compute_views_per_s']:,.0f}" for label, m in split["methods"].items())
+    facts = (f"the loader decodes and augments {split['loader_images_per_core']:,.0f} images/s per core on this data; "
+             f"the training step runs {rates} views/s on data in memory")  # fmt: skip
+    through = "; ".join(f"{label} {m['speedup']:.2f}x {base}'s views/s ({m['bound']}-bound)" for label, m in others.items())
+    loader = (f"through a loader with {split['loader_cores']} core(s), {base} would be {b['bound']}-bound and the cost "
+              f"model (views/s = min(compute, K x loader images/s per core x cores)) predicts {through}")  # fmt: skip
+    if split["in_memory"]:
+        return (f"{facts}. This run held the data in memory, decoded once, so loading costs nothing per view and "
+                f"disjoint masking's loading saving does not apply here: time per ETE is the step's. {loader[0].upper()}"
+                f"{loader[1:]}, at equal ETE.")  # fmt: skip
+    saving = "applies" if b["bound"] == "data" else "does not apply (the step, not the loader, is the limit)"
+    return f"{facts}. This run read its data through DataLoader workers: {loader}, at equal ETE; DM's loading saving {saving}."
