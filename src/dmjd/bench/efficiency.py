@@ -439,20 +439,27 @@ def _train_all(
     if todo and ete is None:
         warm_up_process(todo[0].cfg, testbed.calibrate_s, out / "warm-up")
     for i, run in enumerate(runs, 1):
-        if run.key not in results["runs"]:
-            run_dir = out / "runs" / run.key
-            length = f"{ete:g} ETE, evaluated at ETE {', '.join(f'{x:g}' for x in ete_grid(ete))}" if ete is not None \
-                else f"{budget:g} s budget, about {testbed.eval_points} evaluations"  # fmt: skip
-            again = ", resuming its checkpoint" if (run_dir / ckpt.LAST).is_file() else ""
-            print(f"bench: [{i}/{len(runs)}] {run.label} seed {run.seed}: {length}{again}", flush=True)
-            evaluator = EteEvaluator(monitor, ete_grid(ete)) if ete is not None \
-                else PeriodicEvaluator(monitor, points=testbed.eval_points)  # fmt: skip
-            record = train_run(run.cfg, run_dir, evaluator, finetune, resume=True)
-            results["runs"][run.key] = {"label": run.label, "seed": run.seed, "overrides": run.overrides, **record}
-            write_json(results, out / "results.json")
-            delete_checkpoints(run_dir)
+        head = f"bench: [{i}/{len(runs)}] {run.label} seed {run.seed}"
+        if run.key in results["runs"]:
+            print(f"{head}: finished in an earlier sitting, kept", flush=True)
+            continue
+        run_dir = out / "runs" / run.key
+        evaluator: PeriodicEvaluator
+        if ete is not None:
+            grid = ete_grid(ete)
+            length, evaluator = (
+                f"{ete:g} ETE, evaluated at ETE {', '.join(f'{x:g}' for x in grid)}",
+                EteEvaluator(monitor, grid),
+            )
         else:
-            print(f"bench: [{i}/{len(runs)}] {run.label} seed {run.seed}: finished in an earlier sitting, kept", flush=True)
+            length = f"{budget:g} s budget, about {testbed.eval_points} evaluations"
+            evaluator = PeriodicEvaluator(monitor, points=testbed.eval_points)
+        again = ", resuming its checkpoint" if (run_dir / ckpt.LAST).is_file() else ""
+        print(f"{head}: {length}{again}", flush=True)
+        record = train_run(run.cfg, run_dir, evaluator, finetune, resume=True)
+        results["runs"][run.key] = {"label": run.label, "seed": run.seed, "overrides": run.overrides, **record}
+        write_json(results, out / "results.json")
+        delete_checkpoints(run_dir)
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:
