@@ -5,6 +5,7 @@ signal to torchrun stops every worker with a checkpoint."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import torch
 
 from conftest import TINY, tiny_config, write_images
 from dmjd.engine import Pretrainer, TrainingInterrupted, load_checkpoint
+from dmjd.engine.distributed import DistInfo, rank_log
 from dmjd.engine.metrics import read_metrics
 from dmjd.engine.resume import resume_config
 from dmjd.engine.run_dir import RunLock
@@ -109,10 +111,12 @@ def test_two_processes_match_one_and_resume_on_one_then_back_on_two(tmp_path):
     assert not (mixed / ".dmjd.lock").exists() and leftover_processes(mixed) == []
 
 
-def test_the_auto_recipe_with_its_monitor_runs_to_its_end_under_two_processes(labelled, tmp_path):
-    out = tmp_path / "auto"
-    cmd = torchrun(2, "pretrain", "--output-dir", str(out), f"data.path={labelled}", "train.budget=15s",
-                   "train.progress=false")  # fmt: skip
+def test_the_auto_recipe_with_its_monitor_runs_to_its_end_under_two_processes_in_one_voice(labelled, tmp_path):
+    folder, out = tmp_path / "photos", tmp_path / "auto"
+    shutil.copytree(labelled, folder)
+    (folder / "a" / "broken.png").write_bytes(b"\x89PNG broken")
+    cmd = torchrun(2, "pretrain", "--output-dir", str(out), f"data.path={folder}", "train.budget=15s",
+                   "train.progress=false", "train.rank_logs=true")  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -121,6 +125,27 @@ def test_the_auto_recipe_with_its_monitor_runs_to_its_end_under_two_processes(la
     evals = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "eval"]
     assert evals[0]["step"] == 0 and evals[-1]["step"] == summary["steps"]  # the monitor ran, before and at the end
     assert not (out / ".dmjd.lock").exists() and leftover_processes(out) == []
+    # one voice: the recipe, the start-up lines and the broken file's warning once; rank 1's own in its log
+    console = proc.stdout + proc.stderr
+    assert console.count("dmjd: recipe auto for a budget of 15 s") == 1 and console.count("dmjd: data imagefolder") == 1
+    assert console.count("skipping unreadable image") == 1
+    assert (out / "rank-1.log").is_file() and not (out / "rank-0.log").exists()  # rank 0 speaks on the console
+
+
+def test_a_rank_log_takes_the_warnings_of_its_process(tmp_path):
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        path = rank_log(tmp_path, DistInfo(rank=1, world_size=2))
+        logging.getLogger("dmjd.data.datasets").warning("skipping unreadable image x.png: broken")
+        logging.getLogger("dmjd.data.datasets").info("not this")
+    finally:
+        for handler in set(root.handlers) - set(before):
+            handler.close()
+            root.removeHandler(handler)
+    assert path == tmp_path / "rank-1.log"
+    assert path.read_text().splitlines()[0].endswith("WARNING dmjd.data.datasets: skipping unreadable image x.png: broken")
+    assert "not this" not in path.read_text()
 
 
 def _wait_for_training(out: Path, proc: subprocess.Popen, timeout_s: float = TIMEOUT_S) -> None:

@@ -429,6 +429,18 @@ def test_unreadable_images_are_logged_one_line_each_and_counted_per_epoch(tmp_pa
             assert "64 images, no labels, 2 unreadable files left out" in stdout
 
 
+def test_an_unreadable_file_is_logged_once_by_a_run_whose_monitor_reads_it_too(tmp_path, caplog):
+    folder = write_images(tmp_path / "imgs", 12, classes=("a", "b"), size=16)
+    (folder / "a" / "broken.png").write_bytes(b"\x89PNG broken")
+    with caplog.at_level("WARNING"):  # the auto recipe turns the monitor on: it checks the same files
+        code, stdout, err = run(["pretrain", "--output-dir", tmp_path / "run", f"data.path={folder}", "train.budget=5s",
+                                 "train.progress=false", "data.split_holdout=false"])  # fmt: skip
+    assert code == 0, err
+    assert [r.getMessage() for r in caplog.records].count(
+        f"skipping unreadable image {folder / 'a' / 'broken.png'}: cannot identify image file '{folder / 'a' / 'broken.png'}'"
+    ) == 1 and "eval after epoch 0" in stdout
+
+
 def test_sigint_message_stands_on_its_own_line(tmp_path):
     out = tmp_path / "run"
     args = [sys.executable, "-m", "dmjd", "pretrain", "--config", "demo", "--output-dir", str(out), *TINY,

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from dmjd.data.base import DataError, cache_dir
+from dmjd.data.base import DataError, cache_dir, report_unreadable
 from dmjd.data.datasets import ArrayImages, ImageFiles, TorchvisionImages, build_dataset
 from dmjd.data.decode import to_mode
 
@@ -152,7 +152,7 @@ def _decode(path: Path, size: int, in_chans: int, background: str) -> np.ndarray
             left, top = (nw - size) // 2, (nh - size) // 2
             arr = np.asarray(image.crop((left, top, left + size, top + size)))
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        LOG.warning("skipping unreadable image %s: %s", path, err)
+        report_unreadable(LOG, path, err)
         return None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 

@@ -7,9 +7,11 @@ data set has no labels) and 1 when the requested file was unreadable and another
 
 from __future__ import annotations
 
+import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,31 @@ Transform = Callable[[Image.Image], Any]  # a tensor for training; PIL images fo
 
 class DataError(InputError):
     """A data set is missing, empty or unreadable; the message names the options."""
+
+
+_reported: set[str] | None = None  # the unreadable files logged inside ``unreadable_once`` (None: outside)
+
+
+@contextmanager
+def unreadable_once() -> Iterator[None]:
+    """Inside this block each unreadable image file is logged once, however many readers meet it: a
+    pre-training run decodes its training set, and its monitor checks the same files for its splits."""
+    global _reported
+    outer = _reported
+    _reported = set() if outer is None else outer
+    try:
+        yield
+    finally:
+        _reported = outer
+
+
+def report_unreadable(log: logging.Logger, path: str | Path, err: BaseException) -> None:
+    """Log one line for an image file that cannot be read (once per file inside ``unreadable_once``)."""
+    if _reported is not None:
+        if str(path) in _reported:
+            return
+        _reported.add(str(path))
+    log.warning("skipping unreadable image %s: %s", path, err)
 
 
 def cache_dir() -> Path:

@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
-from dmjd.data.base import IMAGE_EXTENSIONS, DataError, StandInImages, Transform, cache_dir
+from dmjd.data.base import IMAGE_EXTENSIONS, DataError, StandInImages, Transform, cache_dir, report_unreadable
 from dmjd.data.shards import ShardImages, split_shards
 from dmjd.data.split import stratified_split
 
@@ -182,7 +182,7 @@ class ImageFiles(StandInImages):
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
             if path not in self._warned:
                 self._warned.add(path)
-                LOG.warning("skipping unreadable image %s: %s", path, err)
+                report_unreadable(LOG, path, err)
             return None
 
     def _label(self, index: int) -> int:
@@ -197,7 +197,7 @@ def _decodes(path: Path) -> bool:
             img.load()
         return True
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        LOG.warning("skipping unreadable image %s: %s", path, err)
+        report_unreadable(LOG, path, err)
         return False
 
 
