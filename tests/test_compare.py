@@ -177,3 +177,29 @@ def test_pretrain_refuses_a_budget_shorter_than_one_step(tmp_path, capsys):
                  "data.limit=256", "train.progress=false"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "shorter than one training step" in err[0]
+
+
+@pytest.mark.slow
+def test_compare_from_published_weights_has_the_starting_encoder_as_a_baseline(labelled, tmp_path):
+    """``dmjd compare DATA --init SOURCE``: continued MAE against continued DMJD from the same start, the
+    starting encoder beside an untrained one of its architecture and raw pixels."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    start = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16, patch_size=4,
+                              depth=2, embed_dim=64, num_heads=1)  # fmt: skip
+    save_file(start.state_dict(), str(tmp_path / "start.safetensors"))
+    out = tmp_path / "cmp"
+    run_compare(str(labelled), out, 10.0, seeds=(0, 1), finetune_epochs=1, flops_per_s=CPU,
+                init=str(tmp_path / "start.safetensors"))  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    base = results["baselines"]
+    assert base["init"] == str(tmp_path / "start.safetensors") and "knn_top1" in base["untrained"]
+    assert base["start_finetune_top1"] is not None and base["untrained_finetune_top1"] is not None
+    for run in results["runs"].values():
+        assert f"model.init={tmp_path / 'start.safetensors'}" in run["overrides"]
+    report = (out / "report.md").read_text()
+    assert "Starting encoder (model.init=" in report and "Untrained encoder of the same architecture" in report
+    assert "Fine-tuning the starting encoder" in report and "Raw pixels" in report

@@ -118,6 +118,9 @@ def register_compare_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="delete an earlier comparison in --output-dir and start afresh (by default the same command "
                    "continues it: finished runs kept, an unfinished one resumed)")  # fmt: skip
+    p.add_argument("--init", default=None, metavar="SOURCE",
+                   help="continue every run from these weights (model.init: MAE / timm / Hugging Face / dmjd); the "
+                   "starting encoder is then a baseline beside an untrained one and raw pixels")  # fmt: skip
     p.set_defaults(func=run_compare_command)
 
 
@@ -132,7 +135,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
         raise InputError(f"--budget: {err}") from None
     out = Path(args.output_dir or f"compare-{Path(args.data).name}")
     results = run_compare(args.data, out, budget_s, args.methods, args.seeds, args.device, args.finetune_epochs,
-                          command=shlex.join(sys.argv), overwrite=args.overwrite)  # fmt: skip
+                          command=shlex.join(sys.argv), overwrite=args.overwrite, init=args.init)  # fmt: skip
     print(f"dmjd: verdict: {results['verdict']}")
     print(json.dumps({"report": str(out / "report.md"), "results": str(out / "results.json")}))
     return 0

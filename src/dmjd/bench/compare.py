@@ -29,8 +29,10 @@ from dmjd.bench.testbeds import SECTIONS, Section, Testbed, Variant
 from dmjd.config import load_config
 from dmjd.config.duration import format_duration
 from dmjd.data.profile import DataProfile
+from dmjd.engine.start_weights import config_for_source
 from dmjd.errors import InputError
 from dmjd.eval.label_free import LabelFreeMonitor
+from dmjd.models.sources import load_source
 from dmjd.recipe import STEP_EFFICIENCY, Choice, auto_config, device_flops, method_choices
 
 METHOD_LABELS = {"mae": "MAE", "dmjd": "DMJD"}
@@ -70,8 +72,10 @@ def compare_setup(
     device: str | None = None,
     finetune_epochs: int | None = None,
     flops_per_s: float | None = None,
+    init: str | None = None,
 ) -> CompareSetup:
-    """The testbed and section of a comparison of ``methods`` on ``data`` at ``budget_s`` per run.
+    """The testbed and section of a comparison of ``methods`` on ``data`` at ``budget_s`` per run;
+    with ``init`` (any source ``model.init`` takes), every run continues from those weights.
 
     Raises:
         InputError: unknown or repeated methods, fine-tuning asked on unlabelled data, or what the
@@ -82,11 +86,13 @@ def compare_setup(
         raise InputError(f"--methods takes two or more of {', '.join(METHOD_LABELS)}, each once; got {','.join(methods)}")
     overrides = [data_override(data), f"train.budget={budget_s:g}", "recipe.method=dmjd"]
     overrides += [f"train.device={device}"] if device else []
-    cfg, choices, profile = auto_config(overrides, device, flops_per_s)
+    start = (f"model.init={init}",) if init else ()
+    cfg, choices, profile = auto_config([*overrides, *start], device, flops_per_s)
     if finetune_epochs and not profile.labelled:
         raise InputError(f"{data} has no labels (no class sub-folders): fine-tuning needs them; drop --finetune-epochs")
     grid, patch, width = cfg.model.img_size // cfg.model.patch_size, cfg.model.patch_size, cfg.model.embed_dim
-    assert width is not None  # the auto recipe sets model.embed_dim
+    if width is None:  # the auto recipe chooses no width when model.init gives it
+        width = load_source(str(init)).arch.embed_dim
     per_method = {m: method_choices(m, grid, patch, width) for m in methods}
     method_keys = {c.key for cs in per_method.values() for c in cs}
     common = tuple(c for c in choices if c.key not in method_keys and not c.key.startswith(("train.budget", "monitor.")))
@@ -96,8 +102,9 @@ def compare_setup(
     testbed = Testbed(
         name="compare",
         description=f"the auto recipe for {data} ({profile.num_images:,} images, "
-        f"{'labelled' if profile.labelled else 'unlabelled'}), one model for every method",
-        base=(data_override(data), *(c.override for c in common), *device_override, *RUN_SETTINGS),
+        f"{'labelled' if profile.labelled else 'unlabelled'}), one model for every method"
+        + (f", every run continuing from {init}" if init else ""),
+        base=(data_override(data), *start, *(c.override for c in common), *device_override, *RUN_SETTINGS),
         budget_s=budget_s,
         calibrate_s=min(10.0, budget_s / 10),
         eval_points=EVAL_POINTS,
@@ -154,6 +161,7 @@ def run_compare(
     command: str = "",
     flops_per_s: float | None = None,
     overwrite: bool = False,
+    init: str | None = None,
 ) -> dict[str, Any]:
     """Run the comparison and write ``results.json``, ``report.md`` (with its verdict) and figures.
 
@@ -169,13 +177,16 @@ def run_compare(
 
     out = Path(output_dir)
     flops_per_s = flops_per_s or (None if overwrite else _saved_flops(out)) or recipe_flops(device)
-    setup = compare_setup(data, budget_s, methods, seeds, device, finetune_epochs, flops_per_s)
+    setup = compare_setup(data, budget_s, methods, seeds, device, finetune_epochs, flops_per_s, init)
     labelled = setup.profile.labelled
     monitor = None if labelled else label_free_monitor(setup, device)
     results = run_efficiency(setup.testbed, out, sections=[setup.section], command=command, monitor=monitor,
                              metrics=METRICS if labelled else LABEL_FREE_METRICS, overwrite=overwrite)  # fmt: skip
     results["flops_per_s"] = flops_per_s
     configs = {v.label: load_config(None, [*setup.testbed.base, *v.overrides]) for v in setup.section.variants}
+    if init:  # the architecture the runs take from their start
+        start = load_source(init)
+        configs = {label: config_for_source(cfg, start) for label, cfg in configs.items()}
     results["cost"] = results.get("cost") or cost_split(configs, out / "cost-work")
     results["data_profile"] = asdict(setup.profile)
     results["recipe"] = [{"key": c.key, "value": c.value, "reason": c.reason} for c in setup.choices]
@@ -226,7 +237,7 @@ def _reach_words(entry: dict[str, Any], label: str, base: str, seeds: int) -> st
     speed = entry["speedup"]
     if speed["mean"] is None:
         if entry["reached"]:
-            return f"{label}'s speed-up to {base}'s final kNN is undefined: the untrained encoders already scored it"
+            return f"{label}'s speed-up to {base}'s final kNN is undefined: the encoders before training already scored it"
         return f"{label} did not reach {base}'s final kNN within the budget (0/{entry['seeds']} seeds)"
     ci = f" [{speed['ci_low']:.2f}, {speed['ci_high']:.2f}]" if speed.get("ci_low") is not None else ""
     count = f"{seeds} seeds" if speed["n"] == seeds else f"{speed['n']} of {seeds} seeds"

@@ -253,13 +253,27 @@ def build_monitor(cfg: Config, eval_images: int | None, pool: str | None = None)
 
 def baselines(cfg: Config, monitor: Monitor, finetune: EndOfRunFinetune) -> dict[str, Any]:
     """What pre-training must beat: the probes on raw pixels, and fine-tuning from the untrained
-    encoder (the first run's initialisation) with the same recipe."""
+    encoder (the first run's initialisation) with the same recipe.
+
+    Runs that start from ``model.init`` also get the starting encoder fine-tuned
+    (``start_finetune_top1``) and an untrained encoder of its architecture probed and fine-tuned
+    (``untrained``, ``untrained_finetune_top1``); ``init`` names the source.
+    """
     out: dict[str, Any] = {}
     if hasattr(monitor, "raw_pixels"):
         out["raw_pixels"] = monitor.raw_pixels()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Pretrainer(cfg, tmp, overwrite=True)
-        out["untrained_finetune_top1"] = finetune(trainer.model.encoder, trainer.amp_dtype, cfg.train.seed)
+        trainer = Pretrainer(cfg, Path(tmp) / "first", overwrite=True)
+        first = finetune(trainer.model.encoder, trainer.amp_dtype, cfg.train.seed)
+        if cfg.model.init is None:
+            out["untrained_finetune_top1"] = first
+        else:
+            out |= {"init": cfg.model.init, "start_finetune_top1": first}
+            untrained = trainer.cfg.model_copy(update={"model": trainer.cfg.model.model_copy(update={"init": None})})
+            del trainer
+            trainer = Pretrainer(untrained, Path(tmp) / "untrained", overwrite=True)
+            out["untrained"] = dict(monitor(trainer.model.encoder))
+            out["untrained_finetune_top1"] = finetune(trainer.model.encoder, trainer.amp_dtype, cfg.train.seed)
         del trainer
     release_device_memory()
     return out

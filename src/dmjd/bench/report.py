@@ -158,8 +158,17 @@ def baseline_lines(results: dict[str, Any], name: str) -> list[str]:
     a = results["analysis"][name]
     first = results["comparisons"][name]["variants"][0]["label"]
     lin, knn = a["metrics"][PRIMARY][first]["start"], a["metrics"]["knn_top1"][first]["start"]
-    lines = [f"- Untrained encoder (before training): linear {pct(lin)} %, kNN {pct(knn)} %"]
     base = results.get("baselines", {})
+    start = (
+        f"Starting encoder (model.init={base['init']}, before training)"
+        if base.get("init")
+        else "Untrained encoder (before training)"
+    )
+    lines = [f"- {start}: linear {pct(lin)} %, kNN {pct(knn)} %"]
+    if "untrained" in base:
+        fresh = base["untrained"]
+        lines.append(f"- Untrained encoder of the same architecture: linear {100 * fresh.get('linprobe_top1', float('nan')):.1f} %, "
+                     f"kNN {100 * fresh['knn_top1']:.1f} %")  # fmt: skip
     if "raw_pixels" in base:
         raw = base["raw_pixels"]
         lines.append(
@@ -175,6 +184,8 @@ def baseline_lines(results: dict[str, Any], name: str) -> list[str]:
         lines.append(f"- Fine-tuning the untrained encoder (same recipe): {', '.join(finetunes)}")
     elif base.get("untrained_finetune_top1") is not None:
         lines.append(f"- Fine-tuning the untrained encoder (same recipe): {100 * base['untrained_finetune_top1']:.1f} %")
+    if base.get("start_finetune_top1") is not None:
+        lines.append(f"- Fine-tuning the starting encoder (same recipe): {100 * base['start_finetune_top1']:.1f} %")
     return lines
 
 
@@ -265,7 +276,8 @@ def _signal_line(results: dict[str, Any], knn: dict[str, Any], labels: Sequence[
     best = max(labels, key=lambda lab: knn[lab]["at_time"]["mean"])
     value, untrained = 100 * knn[best]["at_time"]["mean"], 100 * knn[labels[0]]["start"]["mean"]
     raw = results.get("baselines", {}).get("raw_pixels", {}).get("knn_top1")
-    bars = {"the untrained encoder": untrained, **({"raw pixels": 100 * raw} if raw is not None else {})}
+    start = "the starting encoder" if results.get("baselines", {}).get("init") else "the untrained encoder"
+    bars = {start: untrained, **({"raw pixels": 100 * raw} if raw is not None else {})}
     beaten = [name for name, bar in bars.items() if value >= bar + SIGNAL_POINTS]
     detail = ", ".join(f"{name} {bar:.1f} %" for name, bar in bars.items())
     if len(beaten) == len(bars):
