@@ -8,6 +8,7 @@ nothing heavy either: ``main`` takes over Ctrl-C before the first slow import.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence, Sized
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import dmjd
 from dmjd.errors import InputError
@@ -340,14 +341,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 def console() -> int:
     """The ``dmjd`` console script (and ``python -m dmjd``): ``main`` with Ctrl-C ignored once it
     returns, so that the interpreter's shutdown (loader workers, process groups) is never cut short
-    by a traceback; the command is done by then. A process of a distributed run ends through
-    ``dmjd.engine.distributed.end_process``, which leaves out the interpreter's finalisation."""
+    by a traceback; the command is done by then. An interrupted command and a process of a
+    distributed run end through ``end_process``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     code = main()
     distributed = sys.modules.get("dmjd.engine.distributed")  # loaded only by commands that can join one
-    if distributed is not None and distributed.joined():
-        distributed.end_process(code)
+    if code == EXIT_INTERRUPTED or (distributed is not None and distributed.joined()):
+        end_process(code)
     return code
+
+
+def end_process(code: int) -> NoReturn:
+    """Exit with status ``code`` after running the exit handlers (the process group left, logging
+    flushed, loader workers stopped) and flushing stdout and stderr, without finalising the interpreter.
+
+    Two finalisations go wrong. DDP keeps gloo's worker threads alive past ``destroy_process_group``,
+    and finalisation then frees tensors they still hold after the GIL is gone: a rank that finished
+    its work died of SIGABRT (``terminate called without an active exception``; one two-process
+    pre-training in ten on a busy machine, torchrun then killing the others). And after a Ctrl-C
+    caught inside code run by ``exec`` (a dataclass being created), CPython's ``python -m`` ends the
+    process by SIGINT instead of the status the command returned.
+    """
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _InterruptOnce:

@@ -12,10 +12,9 @@ import atexit
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -136,19 +135,3 @@ def leave_process_group() -> None:
 def joined() -> bool:
     """Whether this process is in a process group (``init_distributed`` joined one)."""
     return dist.is_available() and dist.is_initialized()
-
-
-def end_process(code: int) -> NoReturn:
-    """End a process that joined a process group with exit status ``code``: run the exit handlers
-    (``leave_process_group``, logging's flush, loader workers' shutdown) while the interpreter is
-    whole, flush stdout and stderr, and exit without finalising the interpreter.
-
-    DDP keeps gloo's worker threads alive past ``destroy_process_group``; interpreter finalisation
-    then frees tensors those threads still hold after the GIL is gone, and a rank that finished its
-    work dies of SIGABRT (``terminate called without an active exception``; seen in one two-process
-    pre-training in ten on a busy machine, and torchrun then kills the others).
-    """
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
