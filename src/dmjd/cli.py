@@ -215,14 +215,14 @@ def pretrain_config(config: str | None, overrides: list[str], output_dir: str, r
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
+    cfg = pretrain_config(args.config, args.overrides, args.output_dir, args.resume)  # a bad config: before torch
     from dmjd.data.base import unreadable_once
 
     with unreadable_once():  # the training set, the monitor's splits and the figure meet the same broken files
-        return _pretrain(args)
+        return _pretrain(cfg, args)
 
 
-def _pretrain(args: argparse.Namespace) -> int:
-    cfg = pretrain_config(args.config, args.overrides, args.output_dir, args.resume)
+def _pretrain(cfg: Config, args: argparse.Namespace) -> int:
     from dmjd.engine import Pretrainer
     from dmjd.eval.plot import save_curves_figure
     from dmjd.eval.visualize import can_draw, save_reconstruction_figure

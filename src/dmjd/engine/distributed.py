@@ -14,10 +14,12 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,14 +69,21 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, control=control)
 
 
+def from_main(info: DistInfo, value: T) -> T:
+    """The main process's ``value`` on every process (``value`` itself when alone): one choice where
+    each process could make its own, e.g. the auto recipe's, which measures the device's speed."""
+    if not (info.enabled and dist.is_initialized()):
+        return value
+    shared = [value if info.is_main else None]
+    dist.broadcast_object_list(shared, src=0, group=info.control)
+    return cast(T, shared[0])
+
+
 def raise_together(info: DistInfo, error: Exception | None) -> None:
     """Raise the main process's ``error`` on every process (nothing when it has none), so a check only
     the main process makes (the run folder's lock) stops them all with its one line instead of leaving
     the others waiting in a collective."""
-    if info.enabled and dist.is_initialized():
-        shared = [error if info.is_main else None]
-        dist.broadcast_object_list(shared, src=0, group=info.control)
-        error = shared[0]
+    error = from_main(info, error)
     if error is not None:
         raise error
 

@@ -25,7 +25,15 @@ from dmjd.data import Normalize
 from dmjd.engine import run_report
 from dmjd.engine.budget import PROVISIONAL_EPOCHS, TimeBudget, apply_plan, describe_plan, run_schedule
 from dmjd.engine.builders import build_dmjd_model, build_loss, build_masking, build_target, mean_std
-from dmjd.engine.distributed import DistInfo, agree_on_step, barrier, init_distributed, raise_together, rank_log
+from dmjd.engine.distributed import (
+    DistInfo,
+    agree_on_step,
+    barrier,
+    from_main,
+    init_distributed,
+    raise_together,
+    rank_log,
+)
 from dmjd.engine.faults import NonFiniteSteps, StopSignals, TrainingInterrupted, check_disk_space, explain_oom
 from dmjd.engine.loss_sums import LossSums
 from dmjd.engine.metrics import MetricsLogger, bars_shown, cut_run_logs, progress_line
@@ -71,6 +79,7 @@ class Pretrainer:
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        cfg = from_main(self.dist, cfg)  # one config: an auto recipe measured on each process may differ
         resume_path = resolve_resume(self.output_dir, resume)
         if str(resume) == "auto" and resume_path is None and self.dist.is_main:
             print(f"dmjd: no checkpoint in {self.output_dir}, starting fresh")
