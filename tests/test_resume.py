@@ -238,7 +238,7 @@ def test_a_resume_on_another_process_count_re_derives_the_per_process_batch_and_
     one, note = keep_global_batch(cfg, saved, saved_world=2, world=1)
     assert (one.optim.batch_size, one.optim.accum_iter) == (64, 2) and (cfg.optim.batch_size, cfg.optim.accum_iter) == (32, 2)
     assert note == (
-        "dmjd: resumed on 1 processes instead of 2: optim.batch_size 32 -> 64, optim.accum_iter 2 -> 2; "
+        "dmjd: resumed on 1 process instead of 2: optim.batch_size 32 -> 64, optim.accum_iter 2 -> 2; "
         "the global batch stays 128"
     )
     assert run_changes(saved, one, saved_world=2, world=1) == []

@@ -235,7 +235,7 @@ def keep_global_batch(cfg: Config, saved: dict[str, Any], saved_world: int, worl
         cfg.optim.batch_size, cfg.optim.accum_iter = split
     o = cfg.optim
     return cfg, (
-        f"dmjd: resumed on {world} processes instead of {saved_world}: optim.batch_size {old['batch_size']} -> "
+        f"dmjd: resumed on {world} process{'es' * (world > 1)} instead of {saved_world}: optim.batch_size {old['batch_size']} -> "
         f"{o.batch_size}, optim.accum_iter {old['accum_iter']} -> {o.accum_iter}; the global batch stays {global_batch}"
     )
 
