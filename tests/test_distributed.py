@@ -181,6 +181,33 @@ def test_a_stop_signal_to_torchrun_stops_every_worker_with_a_checkpoint(labelled
     assert not (out / ".dmjd.lock").exists() and leftover_processes(out) == []
 
 
+def test_sigterm_to_one_rank_stops_both_at_one_step_with_a_checkpoint(tmp_path):
+    """A scheduler that signals one worker only (issue 32): both ranks stop at the same step and save,
+    nothing hangs or aborts, and at most one line is printed. Once the first rank has exited, torchrun
+    terminates the other, which may still be winding down, so its exit code and line are not pinned."""
+    out = tmp_path / "run"
+    cmd = torchrun(2, "pretrain", "--config", "demo", "--output-dir", str(out), *TINY, "optim.epochs=200",
+                   "optim.batch_size=32")  # fmt: skip
+    with open(tmp_path / "stderr", "w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, env=ENV)
+        try:
+            _wait_for_training(out, proc)
+            ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+            assert len(ranks) == 2
+            os.kill(int(ranks[-1]), signal.SIGTERM)
+            proc.wait(timeout=TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    err = (tmp_path / "stderr").read_text()
+    assert err.count("dmjd: SIGTERM received: saved") <= 1 and "dmjd: interrupted\n" not in err
+    assert "Traceback" not in err.split("failed (exitcode")[0]  # no worker's: torchrun's own report follows
+    assert "SIGABRT" not in err and "exitcode  : 130" in err
+    assert "dmjd: interrupted by SIGTERM at step" in (out / "log.txt").read_text()
+    assert load_checkpoint(out / "checkpoint-last.pth")["world_size"] == 2
+    assert leftover_processes(out) == []
+
+
 def _one_line_refusal(cmd: list[str]) -> str:
     """Run ``cmd`` (torchrun, 2 processes) expecting a refusal: its one ``dmjd: error:`` line."""
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=TIMEOUT_S)
