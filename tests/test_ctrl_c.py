@@ -158,3 +158,25 @@ def test_ctrl_c_at_moments_of_pretrain(tmp_path):
         out = tmp_path / f"run{i}"
         code, err, _ = _interrupt(pretrain(out), length * fraction, times=2 if i == 2 else 1)
         _check_stopped_cleanly(code, err, out, "summary.json", length * fraction)
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_moments_of_export_leaves_whole_files_or_none(checkpoint, tmp_path):
+    from safetensors import safe_open
+
+    def export(out: Path) -> list[str]:
+        return [*DMJD, "export", "--checkpoint", str(checkpoint), "--output-dir", str(out)]
+
+    code, err, length = _interrupt(export(tmp_path / "whole"), None)
+    assert code == 0, err
+    assert {"config.json", "model.safetensors", "README.md", "export.json"} <= {p.name for p in (tmp_path / "whole").iterdir()}
+    for i, fraction in enumerate((0.0, 0.25, 0.5, 0.75, 0.9, 1.1)):
+        out = tmp_path / f"run{i}"
+        code, err, _ = _interrupt(export(out), length * fraction)
+        _check_stopped_cleanly(code, err, out, "export.json", length * fraction)
+        if (out / "config.json").exists():
+            json.loads((out / "config.json").read_text())
+        if (out / "model.safetensors").exists():
+            with safe_open(str(out / "model.safetensors"), "pt") as f:
+                assert list(f.keys())
+        assert not list(out.glob(".tmp-*")) if out.exists() else True

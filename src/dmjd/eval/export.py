@@ -30,7 +30,7 @@ from timm.models import save_for_hf
 from torch import nn
 
 from dmjd.eval.loading import InputSpec
-from dmjd.io.atomic import file_mode
+from dmjd.io.atomic import atomic_files, atomic_write, file_mode
 from dmjd.models.convit import ConViT
 from dmjd.models.encoder import TimmDescribed, vit_size_name
 
@@ -156,32 +156,31 @@ def export_encoder(
         ValueError: the encoder is neither a ViT nor a ConViT.
     """
     folder = Path(folder).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    if isinstance(encoder, ConViT):
-        kwargs = encoder.arch_kwargs()
-        weights = {key: value.detach().cpu().contiguous() for key, value in encoder.state_dict().items()}
-        metadata = {"format": "pt", "arch": "convit", "arch_kwargs": json.dumps(kwargs), "input_spec": json.dumps(asdict(spec))}
-        save_file(weights, str(folder / WEIGHTS), metadata=metadata)
-        exported = ExportedEncoder(folder, CONVIT_CLASS, kwargs, "avg", "convit")
-    else:
-        name, kwargs = timm_architecture(encoder)
-        model = timm.create_model(name, pretrained=False, num_classes=0, global_pool=pool, fc_norm=False, **kwargs)
-        model.load_state_dict(encoder.state_dict(), strict=True)
-        data = {"input_size": (spec.in_chans, spec.img_size, spec.img_size), "mean": spec.mean, "std": spec.std,
-                "interpolation": "bicubic", "crop_pct": 1.0}  # fmt: skip
-        save_for_hf(model.cpu(), str(folder), model_config={"pretrained_cfg": {"tag": "dmjd", "license": license}},
-                    safe_serialization=True, data_config=data)  # fmt: skip
-        exported = ExportedEncoder(folder, name, kwargs, pool)
-    for path in exported.files:
-        os.chmod(path, file_mode())  # safetensors creates files 0600; exports are to be shared
+    with atomic_files(folder) as tmp:  # an interrupted export leaves no half-written file
+        if isinstance(encoder, ConViT):
+            kwargs = encoder.arch_kwargs()
+            weights = {key: value.detach().cpu().contiguous() for key, value in encoder.state_dict().items()}
+            metadata = {"format": "pt", "arch": "convit", "arch_kwargs": json.dumps(kwargs),
+                        "input_spec": json.dumps(asdict(spec))}  # fmt: skip
+            save_file(weights, str(tmp / WEIGHTS), metadata=metadata)
+            exported = ExportedEncoder(folder, CONVIT_CLASS, kwargs, "avg", "convit")
+        else:
+            name, kwargs = timm_architecture(encoder)
+            model = timm.create_model(name, pretrained=False, num_classes=0, global_pool=pool, fc_norm=False, **kwargs)
+            model.load_state_dict(encoder.state_dict(), strict=True)
+            data = {"input_size": (spec.in_chans, spec.img_size, spec.img_size), "mean": spec.mean, "std": spec.std,
+                    "interpolation": "bicubic", "crop_pct": 1.0}  # fmt: skip
+            save_for_hf(model.cpu(), str(tmp), model_config={"pretrained_cfg": {"tag": "dmjd", "license": license}},
+                        safe_serialization=True, data_config=data)  # fmt: skip
+            exported = ExportedEncoder(folder, name, kwargs, pool)
+        for path in tmp.iterdir():
+            os.chmod(path, file_mode())  # safetensors creates files 0600; exports are to be shared
     return exported
 
 
 def write_model_card(exported: ExportedEncoder, text: str) -> Path:
     """Write ``text`` (``model_card``) as the export's ``README.md``."""
-    path = exported.folder / CARD
-    path.write_text(text)
-    return path
+    return atomic_write(exported.folder / CARD, text)
 
 
 def model_card(

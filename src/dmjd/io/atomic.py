@@ -8,6 +8,7 @@ file (a hard kill can leave the temp file, never a partial target).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +47,22 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     with atomic_writer(path) as f:
         f.write(data.encode() if isinstance(data, str) else data)
     return Path(path)
+
+
+@contextmanager
+def atomic_files(folder: str | Path) -> Iterator[Path]:
+    """``with atomic_files(folder) as tmp: ...``: files written into ``tmp`` (a temp folder inside
+    ``folder``) then each replace their namesake in ``folder`` by one rename; an error or Ctrl-C before
+    leaves ``folder``'s files as they were. ``tmp`` is removed either way."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
+    try:
+        yield tmp
+        for path in sorted(tmp.iterdir()):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def file_mode() -> int:
