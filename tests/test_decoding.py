@@ -16,6 +16,7 @@ from PIL import Image
 from dmjd.config import ConfigError, load_config
 from dmjd.data import build_dataset, eval_transform, load_image_array, pretrain_transform, to_mode
 from dmjd.data.shard_writer import keep_image, write_shards
+from dmjd.data.streaming import shard_batches
 from dmjd.eval.features import labelled_splits
 
 SIZE = 32
@@ -151,3 +152,25 @@ def test_a_corrupt_alpha_png_is_one_line_and_a_1x1_transparent_image_decodes(tmp
     assert [int(skipped) for _, _, skipped in items] == [0, 1, 0]
     assert len([r for r in caplog.records if "b_corrupt.png" in r.getMessage()]) == 1
     assert _as_uint8(items[2][0]).min() == 255
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_streamed_shards_of_transparent_pngs_use_the_background(tmp_path, on_device):
+    """Shards made elsewhere may hold RGBA PNGs: the streaming loader (PIL in the workers, or the
+    device path's PIL fallback for what is not a JPEG) composites them on ``background`` too."""
+    buffer = io.BytesIO()
+    cutout().save(buffer, format="PNG")
+    with tarfile.open(tmp_path / "train-000000.tar", "w") as tar:
+        for i in range(4):
+            for ext, data in (("png", buffer.getvalue()), ("cls", b"0")):
+                info = tarfile.TarInfo(f"{i:04d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    batches, _ = shard_batches(str(tmp_path / "train-000000.tar"), 4, 0, 0, 1, 0, torch.device("cpu"), img_size=SIZE,
+                               in_chans=3, crop_scale=(0.9, 1.0), hflip=False, decode_on_device=on_device,
+                               background="black")  # fmt: skip
+    images, bad = next(iter(batches.epoch(0)))
+    assert bad == 0 and images.shape == (4, 3, SIZE, SIZE)
+    for image in images:
+        pixels = _as_uint8(image)
+        assert _red(pixels) == 0 and pixels[:, 0, 0].max() < 15  # black corner, no red

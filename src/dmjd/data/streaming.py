@@ -226,6 +226,7 @@ class DeviceDecodedBatches(ShardBatches):
     batch at once (``dmjd.data.resample``, images zero-padded to the batch's largest), seeded by
     ``(seed, epoch, step, rank)``. Images are decoded even in the batches a mid-epoch resume skips,
     so it stays exact. ``quantize`` rounds the crops to 8-bit levels, as the workers' crops are.
+    ``background``: what transparent pixels of the images PIL decodes become (``to_mode``).
     """
 
     def __init__(
@@ -241,9 +242,11 @@ class DeviceDecodedBatches(ShardBatches):
         hflip: bool = True,
         interpolation: Interpolation = "bicubic",
         quantize: bool = True,
+        background: str = "white",
     ) -> None:
         super().__init__(samples, index, batch_size, num_workers, device)
         self.size, self.in_chans, self.interpolation, self.quantize = size, in_chans, interpolation, quantize
+        self.background = background
         self.scale, self.hflip = scale, hflip
         self.generator = torch.Generator(device=device)
         self.rank_seed = _seed(samples.seed, samples.rank)  # each process augments its own images
@@ -268,7 +271,7 @@ class DeviceDecodedBatches(ShardBatches):
             image = decode_image(data.numpy().tobytes(), {}, BadCounter())
         if image is None:
             return None
-        array = torch.from_numpy(np.asarray(to_mode(image, self.in_chans)).copy())
+        array = torch.from_numpy(np.asarray(to_mode(image, self.in_chans, self.background)).copy())
         return (array[None] if array.dim() == 2 else array.permute(2, 0, 1)).to(self.device)
 
     def _batch(self, pieces: list[Piece], epoch: int, step: int) -> Tensor:
@@ -297,11 +300,13 @@ def shard_batches(
     interpolation: Interpolation = "bicubic",
     decode_on_device: bool = False,
     quantize: bool = True,
+    background: str = "white",
 ) -> tuple[ShardBatches, ShardIndex]:
     """The trainer's batches for ``data.name=webdataset`` (``data.path`` = the shard pattern):
     decoded and augmented by PIL in the loader workers (``pretrain_transform``), or with
     ``decode_on_device`` on ``device`` (``DeviceDecodedBatches``, crops rounded to 8-bit levels
-    unless ``quantize`` is False)."""
+    unless ``quantize`` is False); images PIL decodes have their transparent pixels composited on
+    ``background`` (``to_mode``)."""
     index = index_shards(pattern)
     chunk = min(batch_size, 256)  # a worker chunk of a whole batch goes to the step without a copy
     if decode_on_device:
@@ -318,9 +323,10 @@ def shard_batches(
             hflip,
             interpolation,
             quantize,
+            background,
         )
     else:
-        transform = pretrain_transform(img_size, in_chans, crop_scale, hflip, interpolation)
+        transform = pretrain_transform(img_size, in_chans, crop_scale, hflip, interpolation, background)
         samples = ShardSamples(index.urls, transform, seed, rank, world_size, chunk)
         batches = ShardBatches(samples, index, batch_size, num_workers, device)
     return batches, index

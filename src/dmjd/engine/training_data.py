@@ -148,7 +148,7 @@ def _shard_data(cfg: Config, device: torch.device, rank: int, world_size: int) -
     on_device = d.pipeline == "device"
     batches, index = shard_batches(
         d.path or "", cfg.optim.batch_size, cfg.train.seed, rank, world_size, d.num_workers, device, m.img_size,
-        m.in_chans, d.crop_scale, d.hflip, d.interpolation, on_device, d.quantize_crops,
+        m.in_chans, d.crop_scale, d.hflip, d.interpolation, on_device, d.quantize_crops, d.background,
     )  # fmt: skip
     data = describe_data(d.name, d.path, "train", sum(index.counts), len(index.classes), index.classes)
     where = "decoded and augmented on the device" if on_device else "decoded and augmented by PIL in the workers"
