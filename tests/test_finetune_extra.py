@@ -139,11 +139,12 @@ def test_convit_finetune_loss_falls_on_the_embedded_sample(tmp_path):
 
 # ------------------------------------------------------------------------------- ConViT export
 def test_convit_export_command_prints_a_strict_loading_line(convit_checkpoint, tmp_path, capsys):
-    target = tmp_path / "out" / "convit.safetensors"
-    cli(["export", "--checkpoint", str(convit_checkpoint), "--output", str(target)])
+    folder = tmp_path / "out"
+    cli(["export", "--checkpoint", str(convit_checkpoint), "--output-dir", str(folder)])
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
-    assert result["arch"] == "convit" and result["file"] == str(target.resolve())
+    target = folder.resolve() / "model.safetensors"
+    assert result["arch"] == "convit" and result["file"] == str(target)
     encoder, _ = load_encoder(convit_checkpoint)
     with safe_open(str(target), "pt") as f:
         meta = f.metadata()

@@ -117,7 +117,8 @@ def writable_output(args: argparse.Namespace, default_sub: str | None = None) ->
     when given); the run folder (``evals.jsonl``) is ``--output-dir``, else the checkpoint's folder.
 
     Raises:
-        InputError: ``--timm-model`` without ``--output-dir``.
+        InputError: ``--timm-model``, a hub folder or ``timm:NAME`` as ``--checkpoint`` without ``--output-dir``
+            (a file's results go to its folder).
         OutputDirError: the output folder cannot be written.
     """
     from dmjd.engine.run_dir import check_writable
@@ -127,9 +128,7 @@ def writable_output(args: argparse.Namespace, default_sub: str | None = None) ->
         return check_writable(folder), folder
     if not getattr(args, "checkpoint", None):
         raise InputError("--timm-model needs --output-dir (where its results go)")
-    from dmjd.models.sources import is_dmjd_run
-
-    if not is_dmjd_run(args.checkpoint):
+    if (Path(args.checkpoint) / "config.json").is_file() or str(args.checkpoint).startswith("timm:"):
         raise InputError(f"--checkpoint {args.checkpoint} is not a dmjd run: give --output-dir (where its results go)")
     run_dir = Path(args.checkpoint).parent
     folder = run_dir / default_sub if default_sub else run_dir
