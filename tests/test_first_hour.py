@@ -407,7 +407,9 @@ def test_plain_log_lines_per_interval_and_epoch_with_monitor_also_in_log_txt(dem
     evals = [line for line in stdout.splitlines() if line.startswith("dmjd: eval after epoch")]
     assert len(evals) == 3 and "knn_top1" in evals[0] and "pixels_knn_top1" in evals[0]
     assert (folder / "log.txt").read_text().splitlines() == [
-        line for line in stdout.splitlines() if line.startswith(("dmjd: epoch", "dmjd: eval", "dmjd: data embedded from"))
+        line
+        for line in stdout.splitlines()
+        if line.startswith(("dmjd: epoch", "dmjd: eval", "dmjd: data embedded from", "dmjd: note: pre-training from scratch"))
     ]
 
 
