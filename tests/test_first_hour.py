@@ -183,8 +183,9 @@ def test_an_unwritable_output_dir_is_one_line_before_anything_is_printed_or_comp
     def no_work(*_args, **_kwargs):
         raise AssertionError("work started before the output place was checked")
 
-    monkeypatch.setattr("dmjd.recipe.auto_config", no_work)
+    # dmjd.bench.compare first: imported while auto_config is patched, it would keep no_work for later tests
     monkeypatch.setattr("dmjd.bench.compare.run_compare", no_work)
+    monkeypatch.setattr("dmjd.recipe.auto_config", no_work)
     out = tmp_path / "runs" / "new"
     if case == "file":
         (tmp_path / "runs").write_text("a file where the run folder's parent should be")
