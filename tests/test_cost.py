@@ -19,6 +19,13 @@ def test_views_per_s_is_the_slower_of_compute_and_k_loaded_images():
     assert mae.views_per_s(20) == 1000.0 and mae.bound(20) == "compute"
 
 
+def test_on_a_shared_cpu_the_workers_get_the_cores_the_step_leaves():
+    model = CostModel(150.0, 20.0, 1)
+    assert model.shared_cpu_views_per_s(2, 1) == 20.0  # one worker: one core's worth
+    assert model.shared_cpu_views_per_s(2, 2) == pytest.approx(40.0 / (1 + 20.0 / 150.0))  # the step takes v/150 of a core
+    assert CostModel(150.0, 500.0, 2).shared_cpu_views_per_s(2, 2) == 150.0  # compute-bound
+
+
 def test_dm_speedup_is_k_when_data_bound_and_one_when_compute_bound():
     mae, dm = CostModel(1000.0, 100.0, 1), CostModel(1000.0, 100.0, 2)
     assert dm_speedup(mae, dm, 2) == pytest.approx(2.0)
@@ -45,6 +52,6 @@ def test_cost_benchmark_measures_every_path_and_predicts_the_loader_path(tmp_pat
         entry = r["rates"][label]
         assert entry["num_views"] == k and entry["compute"] > 0 and entry["device_path"] > 0
         cost = CostModel(entry["compute"], r["loader"]["images_per_s_per_core"], k)
-        assert entry["loader_0"]["predicted"] == pytest.approx(cost.views_per_s(entry["loader_0"]["loader_cores"]))
+        assert entry["loader_0"]["predicted"] == pytest.approx(cost.shared_cpu_views_per_s(r["cores"], 0))
         assert entry["loader_0"]["measured"] > 0 and entry["loader_0"]["bound"] in ("data", "compute")
     assert not (tmp_path / "work").exists()

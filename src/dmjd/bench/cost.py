@@ -60,6 +60,14 @@ class CostModel:
         """Views/s of training through the loader with ``cores`` loader cores: the slower of the two rates."""
         return min(self.compute_views_per_s, self.data_views_per_s(cores))
 
+    def shared_cpu_views_per_s(self, cores: float, workers: int) -> float:
+        """Views/s when the training step runs on the same CPU as ``workers`` loader workers (a CPU
+        device, one training thread): the step keeps ``views/s / compute`` of a core busy, the
+        workers share what is left, at most one core each."""
+        k_load = self.num_views * self.loader_images_per_core
+        shared = k_load * cores / (1.0 + k_load / self.compute_views_per_s)  # v = kL (cores - v / compute)
+        return min(self.compute_views_per_s, k_load * workers, shared)
+
     def bound(self, cores: float) -> str:
         """``"data"`` when the loader limits the rate with ``cores`` cores, else ``"compute"``."""
         return "data" if self.data_views_per_s(cores) < self.compute_views_per_s else "compute"
@@ -162,8 +170,9 @@ def run_cost_benchmark(
     (decoded once, augmented in memory) and the loader path with each worker count; the loader's
     images/s per busy core alone; and the cost model's prediction of each loader-path rate.
 
-    Training uses one torch thread, so that on a small machine a loader worker has a core of its own
-    (the model's premise); the prediction gives the loader ``min(workers, cores - 1)`` cores.
+    Training uses one torch thread; on a CPU it shares the cores with the workers, so each loader-path
+    rate is predicted by ``CostModel.shared_cpu_views_per_s``. Time enough steps that the batches the
+    workers prefetch before timing starts (2 per worker) are a small part of them.
     """
     cores = torch.multiprocessing.cpu_count()
     threads = torch.get_num_threads()
@@ -181,9 +190,9 @@ def run_cost_benchmark(
             for w in workers:
                 measured = data_path_rate(cost_config(folder, model, method, "loader", w, batch, img_size), workdir,
                                           steps, warmup)  # fmt: skip
-                loader_cores = max(min(w, cores - 1), 1)
-                entry[f"loader_{w}"] = {"measured": measured, "predicted": cost.views_per_s(loader_cores),
-                                        "bound": cost.bound(loader_cores), "loader_cores": loader_cores}  # fmt: skip
+                predicted = cost.shared_cpu_views_per_s(cores, w)
+                bound = "compute" if predicted >= cost.compute_views_per_s else "data"
+                entry[f"loader_{w}"] = {"measured": measured, "predicted": predicted, "bound": bound}
             print(f"cost: {model} {method}: " + ", ".join(
                 f"{k} {v if isinstance(v, (int, float)) else v['measured']:.1f}" for k, v in entry.items()
                 if k != "num_views"), flush=True)  # fmt: skip
@@ -215,7 +224,7 @@ def format_table(results: dict[str, Any]) -> str:
     workers = sorted({int(k.split("_")[1]) for r in results["rates"].values() for k in r if k.startswith("loader_")})
     lines = [
         f"Cost per ETE on {results['machine']['cpu']} ({results['cores']} cores), {results['img_size']} px crops of "
-        f"{results['images']} generated 500 x 375 JPEGs, batch {results['batch']}, {results['steps']} timed steps after "
+        f"{results['images']} generated {results.get('jpeg_size', '500x375')} JPEGs, batch {results['batch']}, {results['steps']} timed steps after "
         f"{results['warmup']}; training on 1 torch thread. Command: `{results.get('command', '')}`; date (UTC) "
         f"{results['date']}; commit `{results['commit']}`",
         "",
@@ -279,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     parser.add_argument("--workers", default="1,2", help="loader worker counts (default 1,2)")
     parser.add_argument("--images", type=int, default=256, help="JPEGs to generate (default 256)")
+    parser.add_argument("--jpeg-size", default="500x375",
+                        help="WxH of the generated JPEGs (default 500x375, ImageNet's typical size; larger ones make "
+                        "the loader slower per image)")  # fmt: skip
     parser.add_argument("--batch", type=int, default=16, help="images per step (default 16)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps (default 6)")
     parser.add_argument("--warmup", type=int, default=2, help="steps before timing (default 2)")
@@ -289,13 +301,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown := [m for m in models if m not in MODELS] + [m for m in methods if m not in METHODS]:
         parser.error(f"unknown model(s) or method(s): {', '.join(unknown)}")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = make_jpegs(Path(tmp) / "jpegs", args.images)
+        width, height = (int(v) for v in args.jpeg_size.split("x"))
+        folder = make_jpegs(Path(tmp) / "jpegs", args.images, size=(width, height))
         results = run_cost_benchmark(folder, Path(tmp) / "work", models, methods,
                                      [int(w) for w in args.workers.split(",")], args.batch, args.steps, args.warmup,
                                      args.img_size)  # fmt: skip
     per_core = results["loader"]["images_per_s_per_core"]
     results.update(
-        images=args.images, date=now_utc(), commit=git_commit(), machine=machine_info(torch.device("cpu")),
+        images=args.images, jpeg_size=args.jpeg_size, date=now_utc(), commit=git_commit(), machine=machine_info(torch.device("cpu")),
         command=shlex.join(sys.argv if argv is None else ["cost_per_ete", *argv]), gpu_cores=list(CORES_PER_ACCELERATOR),
         gpu_rates=H200_VIT_B_VIEWS_PER_S, gpu_prediction=gpu_prediction(per_core, H200_VIT_B_VIEWS_PER_S, CORES_PER_ACCELERATOR),
     )  # fmt: skip
