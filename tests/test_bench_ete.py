@@ -61,8 +61,10 @@ def test_the_same_fixed_ete_command_gives_identical_figures_and_a_rerun_trains_n
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(efficiency, "train_run", no_training)
+    monkeypatch.setattr(efficiency, "baselines", no_training)  # the saved ones are kept
+    saved = json.loads((first_study / "results.json").read_text())["baselines"]
     results = run_efficiency("smoke", first_study, **SMOKE)
-    assert _figures(first_study) == first and len(results["sittings"]) == 2
+    assert _figures(first_study) == first and len(results["sittings"]) == 2 and results["baselines"] == saved
 
 
 def test_an_interrupted_study_continues_exactly_where_it_stopped(first_study, tmp_path, monkeypatch):

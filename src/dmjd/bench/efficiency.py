@@ -370,6 +370,7 @@ def run_efficiency(
             "schedule_rule": _schedule_rule(testbed, budget, ete),
             "comparisons": comparisons,
             "runs": {k: v for k, v in saved.get("runs", {}).items() if k in {r.key for r in runs}},
+            **{k: saved[k] for k in ("baselines", "evaluation") if k in saved},  # kept while this sitting runs
         }
         write_json(results, out / "results.json")  # marks the folder as this benchmark's from the start
         if runs:
