@@ -71,6 +71,8 @@ def pair_lines(results: dict[str, Any], name: str) -> list[str]:
     lines = []
     for p in a["pairs"]:
         worse, better = p["worse"], p["better"]
+        if not p[PRIMARY]["seeds"]:
+            continue  # neither has a finished run with the other's seed yet (a study in progress)
         diffs = [f"{METRIC_WORDS.get(m, m)} {_diff(p[m]['diff_at_end'])} ({verdict(p[m]['diff_at_end'])})"
                  for m in results["metrics"]]  # fmt: skip
         diffs.append(f"fine-tune {_diff(p['finetune'])} ({verdict(p['finetune'])})")
