@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from dmjd.bench.throughput import synthetic_images
 from dmjd.config import Config, load_config
 from dmjd.data import endless
 from dmjd.engine import Pretrainer
+from dmjd.eval.monitor import available_cores
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def run_cost_benchmark(
     rate is predicted by ``CostModel.shared_cpu_views_per_s``. Time enough steps that the batches the
     workers prefetch before timing starts (2 per worker) are a small part of them.
     """
-    cores = torch.multiprocessing.cpu_count()
+    cores = available_cores()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -337,7 +337,7 @@ def cost_split(configs: dict[str, Config], workdir: Path, steps: int = 3, warmup
     through_loader = first.model_copy(deep=True)
     through_loader.data.pipeline, through_loader.data.num_workers = "loader", 1
     loader = loader_rate(through_loader, batches, 1)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     loader_cores = max(cores - 1, 1) if device.type == "cpu" else cores
     models = {label: CostModel(compute_rate(cfg, workdir / "step", steps, warmup), loader["images_per_s_per_core"],
                                cfg.masking.num_views) for label, cfg in configs.items()}  # fmt: skip
