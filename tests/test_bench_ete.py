@@ -106,6 +106,13 @@ def test_bad_ete_is_one_line_and_writes_nothing(args, words, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_the_readme_command_runs_the_testbeds_sections_without_its_step_profile(tmp_path, capsys):
+    out = tmp_path / "ete"
+    assert main(["bench", "--testbed", "smoke", "--ete", "2", "--seeds", "0", "--output-dir", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["sections"] == ["main"] and "profile" not in results and len(results["runs"]) == 6
+
+
 def test_a_folder_of_something_else_or_other_settings_is_refused_untouched(first_study, tmp_path):
     before = (first_study / "results.json").read_bytes()
     with pytest.raises(InputError, match="holds a benchmark with other ete"):
