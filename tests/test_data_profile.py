@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dmjd.data import DataError, build_dataset, embedded_sample, eval_transform, folder_layout, profile_data, stratified_split
+from dmjd.data import (
+    DataError,
+    build_dataset,
+    embedded_sample,
+    eval_transform,
+    folder_layout,
+    load_image_array,
+    profile_data,
+    stratified_split,
+)
 from dmjd.errors import InputError
 from dmjd.eval.features import dataset_labels, labelled_splits
 
@@ -142,3 +151,20 @@ def test_an_unreadable_file_is_left_out_of_its_split_not_replaced(tmp_path):
     train, test = labelled_splits("imagefolder", str(tmp_path), tf, tf)
     assert len(train) + len(test) == 9 and tmp_path / "a" / "0.png" not in {p for p, _ in train.samples + test.samples}
     assert all(train[i][2] == 0 for i in range(len(train)))  # no stand-in image
+
+
+def test_an_image_over_pils_pixel_limit_is_skipped_as_unreadable_by_every_reader(tmp_path, monkeypatch):
+    """PIL refuses images above Image.MAX_IMAGE_PIXELS with DecompressionBombError, which is no
+    OSError: one such PNG in a folder (openclipart-png has a 231-Mpixel one) must be reported and
+    left out like a corrupt file, not end the run with a traceback."""
+    for c in ("a", "b"):
+        _write(tmp_path / c, [((8, 8), "RGB")] * 5)
+    Image.new("RGB", (40, 40)).save(tmp_path / "a" / "huge.png")  # 1,600 pixels > 2 x the limit below
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setenv("DMJD_CACHE", str(tmp_path / "cache"))
+    assert profile_data("imagefolder", tmp_path).sampled == 10  # its header is skipped
+    tf = eval_transform(8, 3)
+    train, test = labelled_splits("imagefolder", str(tmp_path), tf, tf)
+    assert len(train) + len(test) == 10 and tmp_path / "a" / "huge.png" not in {p for p, _ in train.samples + test.samples}
+    array = load_image_array("imagefolder", "all", str(tmp_path), 8, 3)
+    assert array.images.shape[0] == 10 and array.unreadable == 1

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dmjd.data.base import UNREADABLE_ERRORS
 from dmjd.data.split import stratified_split
 from dmjd.errors import InputError
 
@@ -81,7 +82,7 @@ def write_clipart_folder(
             try:
                 with Image.open(files[i]) as image:
                     on_white(image, size).save(folder / f"{i:05d}-{files[i].stem}.png")  # unique: stems repeat
-            except (OSError, ValueError):
+            except UNREADABLE_ERRORS:
                 counts["unreadable"][category] = counts["unreadable"].get(category, 0) + 1
                 continue
             counts[split][category] = counts[split].get(category, 0) + 1

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
-from dmjd.data.base import DataError, cache_dir, report_unreadable
+from dmjd.data.base import UNREADABLE_ERRORS, DataError, cache_dir, report_unreadable
 from dmjd.data.datasets import ArrayImages, ImageFiles, TorchvisionImages, build_dataset
 from dmjd.data.decode import to_mode
 
@@ -151,7 +151,7 @@ def _decode(path: Path, size: int, in_chans: int, background: str) -> np.ndarray
             image = image.resize((nw, nh), Image.Resampling.BICUBIC)
             left, top = (nw - size) // 2, (nh - size) // 2
             arr = np.asarray(image.crop((left, top, left + size, top + size)))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+    except UNREADABLE_ERRORS as err:
         report_unreadable(LOG, path, err)
         return None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

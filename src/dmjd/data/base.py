@@ -21,6 +21,9 @@ from torch.utils.data import Dataset
 
 from dmjd.errors import InputError
 
+# What a file that does not decode raises (UnidentifiedImageError is an OSError; PIL refuses images
+# above Image.MAX_IMAGE_PIXELS with DecompressionBombError): such a file is reported and skipped.
+UNREADABLE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 Transform = Callable[[Image.Image], Any]  # a tensor for training; PIL images for open_source and write_shards

@@ -18,11 +18,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
-from dmjd.data.base import IMAGE_EXTENSIONS, DataError, StandInImages, Transform, cache_dir, report_unreadable
+from dmjd.data.base import (
+    IMAGE_EXTENSIONS,
+    UNREADABLE_ERRORS,
+    DataError,
+    StandInImages,
+    Transform,
+    cache_dir,
+    report_unreadable,
+)
 from dmjd.data.shards import ShardImages, split_shards
 from dmjd.data.split import stratified_split
 
@@ -179,7 +187,7 @@ class ImageFiles(StandInImages):
             with Image.open(path) as img:
                 img.load()
                 return img.copy()
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        except UNREADABLE_ERRORS as err:
             if path not in self._warned:
                 self._warned.add(path)
                 report_unreadable(LOG, path, err)
@@ -196,7 +204,7 @@ def _decodes(path: Path) -> bool:
             img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
             img.load()
         return True
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+    except UNREADABLE_ERRORS as err:
         report_unreadable(LOG, path, err)
         return False
 

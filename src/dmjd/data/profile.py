@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from dmjd.data.base import IMAGE_EXTENSIONS, DataError
+from dmjd.data.base import IMAGE_EXTENSIONS, UNREADABLE_ERRORS, DataError
 from dmjd.data.datasets import HELD_OUT_FOLDERS, HOLDOUT_FRACTION, HOLDOUT_SEED, imagefolder_split, infer_data_kind
 from dmjd.data.split import stratified_split
 
@@ -113,7 +113,7 @@ def _header(path: str) -> tuple[int, int, str] | None:
     try:
         with Image.open(path) as img:
             return img.height, img.width, img.mode
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+    except UNREADABLE_ERRORS:
         return None
 
 

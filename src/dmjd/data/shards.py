@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from dmjd.data.base import DataError, StandInImages, Transform
+from dmjd.data.base import UNREADABLE_ERRORS, DataError, StandInImages, Transform
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff")
 MANIFEST = "manifest.json"
@@ -202,7 +202,7 @@ def decode_image(data: bytes, sample: dict[str, Any], bad: BadCounter) -> Image.
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             return img.copy()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except UNREADABLE_ERRORS as err:
         bad(ValueError(f"sample {sample.get('__key__')} of {sample.get('__url__')}: {err}"))
         return None
 

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from dmjd.config import Config
 from dmjd.data.arrays import decoded_nbytes, open_source, to_image_array
-from dmjd.data.base import IMAGE_EXTENSIONS, DataError, dataset_classes, describe_data
+from dmjd.data.base import IMAGE_EXTENSIONS, UNREADABLE_ERRORS, DataError, dataset_classes, describe_data
 from dmjd.data.datasets import build_dataset
 from dmjd.data.pipeline import Batches, DeviceBatches, LoaderBatches, choose_pipeline, device_budget_bytes
 from dmjd.data.sampler import EpochBatchSampler, SeededSamples
@@ -89,7 +89,7 @@ def _first_image_is_grey(name: str, path: str) -> bool | None:
     try:
         with Image.open(first) as image:
             return image.mode in GREY_MODES
-    except (OSError, ValueError):
+    except UNREADABLE_ERRORS:
         return None
 
 
