@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The fixed-ETE study of issue 30 on 2 CPU cores: the main section's six configurations (MAE, +DM,
-# MAE-block, +DM-block, +JD, DMJD) at 100 ETE per run, 3 seeds, on the clip-art folder and on 4,000
+# MAE-block, +DM-block, +JD, DMJD) at 100 ETE per run, 3 seeds, on the clip-art folder and on 2,000
 # Fashion-MNIST images. Hours of CPU; resumable: run the same command again (in a later sitting) and
 # it continues where it stopped (finished runs kept, the unfinished one resumed from its checkpoint).
 # Its figures do not depend on the machine's load, so it may run beside other work (nice'd).

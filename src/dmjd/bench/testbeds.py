@@ -466,8 +466,8 @@ TESTBEDS: dict[str, Testbed] = {
         ),
         _study(
             "fmnist-ete",
-            "the first 4,000 Fashion-MNIST training images at 32 px; probes on 2,000 + 2,000 images",
-            (*_GEOMETRY, "data.name=fashion_mnist", "data.limit=4000"),
+            "the first 2,000 Fashion-MNIST training images at 32 px; probes on 2,000 + 2,000 images",
+            (*_GEOMETRY, "data.name=fashion_mnist", "data.limit=2000"),
             eval_images=2000,
         ),
         _study(
