@@ -81,5 +81,8 @@ def test_regime_sentences_say_whether_dms_loading_saving_applies():
                                   "speedup": 2.0}}}  # fmt: skip
     text = regime_sentence(split)
     assert "MAE would be data-bound" in text and "DMJD 2.00x MAE's views/s" in text and "saving applies" in text
+    assert "shared with the step" not in text  # a comparison saved before shared_cores existed reads as before
+    split["shared_cores"] = True
+    assert "1 core(s) shared with the step" in regime_sentence(split)
     split["in_memory"] = True
     assert "loading saving does not apply here" in regime_sentence(split)

@@ -26,6 +26,13 @@ def test_on_a_shared_cpu_the_workers_get_the_cores_the_step_leaves():
     assert CostModel(150.0, 500.0, 2).shared_cpu_views_per_s(2, 2) == 150.0  # compute-bound
 
 
+def test_a_machines_rate_is_the_shared_model_on_a_cpu_and_the_min_model_beside_an_accelerator():
+    """dmjd compare's cost split (machine_views_per_s) models a CPU as the cost benchmark does."""
+    model = CostModel(150.0, 20.0, 2)
+    assert model.machine_views_per_s("cpu", 2) == model.shared_cpu_views_per_s(2, 2) < model.views_per_s(2)
+    assert model.machine_views_per_s("cuda", 2) == model.views_per_s(2) == 80.0
+
+
 def test_dm_speedup_is_k_when_data_bound_and_one_when_compute_bound():
     mae, dm = CostModel(1000.0, 100.0, 1), CostModel(1000.0, 100.0, 2)
     assert dm_speedup(mae, dm, 2) == pytest.approx(2.0)

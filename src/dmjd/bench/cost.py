@@ -72,6 +72,14 @@ class CostModel:
         """``"data"`` when the loader limits the rate with ``cores`` cores, else ``"compute"``."""
         return "data" if self.data_views_per_s(cores) < self.compute_views_per_s else "compute"
 
+    def machine_views_per_s(self, device_type: str, cores: float) -> float:
+        """Views/s through the loader on a machine with ``cores`` CPU cores: shared with the step
+        (``shared_cpu_views_per_s``, a worker per core) on a CPU device, all of them loading
+        (``views_per_s``) beside an accelerator."""
+        if device_type == "cpu":
+            return self.shared_cpu_views_per_s(cores, max(int(cores), 1))
+        return self.views_per_s(cores)
+
 
 def dm_speedup(baseline: CostModel, dm: CostModel, cores: float) -> float:
     """DM's wall-clock speed-up over ``baseline`` at equal ETE with ``cores`` loader cores: the
@@ -325,7 +333,8 @@ def cost_split(configs: dict[str, Config], workdir: Path, steps: int = 3, warmup
     views/s, where the run's data went (held in memory or through workers) and the cost model's
     prediction of each method's views/s and DM's speed-up with this machine's loader cores.
 
-    Loader cores are the CPUs this process may use (minus one that trains, on a CPU device).
+    Loader cores are the CPUs this process may use; on a CPU device the step shares them with the
+    workers (``CostModel.machine_views_per_s``), as the cost benchmark models this machine.
     """
     from dmjd.data import DeviceBatches
     from dmjd.engine.runtime import resolve_device
@@ -338,21 +347,23 @@ def cost_split(configs: dict[str, Config], workdir: Path, steps: int = 3, warmup
     through_loader.data.pipeline, through_loader.data.num_workers = "loader", 1
     loader = loader_rate(through_loader, batches, 1)
     cores = available_cores()
-    loader_cores = max(cores - 1, 1) if device.type == "cpu" else cores
     models = {label: CostModel(compute_rate(cfg, workdir / "step", steps, warmup), loader["images_per_s_per_core"],
                                cfg.masking.num_views) for label, cfg in configs.items()}  # fmt: skip
     shutil.rmtree(workdir, ignore_errors=True)
     baseline = next(label for label, m in models.items() if m.num_views == 1) if any(
         m.num_views == 1 for m in models.values()) else next(iter(models))  # fmt: skip
+    rates = {label: m.machine_views_per_s(device.type, cores) for label, m in models.items()}
     return {
         "in_memory": in_memory,
         "device": device.type,
         "loader_images_per_core": loader["images_per_s_per_core"],
-        "loader_cores": loader_cores,
+        "loader_cores": cores,
+        "shared_cores": device.type == "cpu",
         "baseline": baseline,
         "methods": {label: {"num_views": m.num_views, "compute_views_per_s": m.compute_views_per_s,
-                            "views_per_s": m.views_per_s(loader_cores), "bound": m.bound(loader_cores),
-                            "speedup": dm_speedup(models[baseline], m, loader_cores)}
+                            "views_per_s": rates[label],
+                            "bound": "data" if rates[label] < m.compute_views_per_s else "compute",
+                            "speedup": rates[label] / rates[baseline]}
                     for label, m in models.items()},
     }  # fmt: skip
 
@@ -366,8 +377,11 @@ def regime_sentence(split: dict[str, Any]) -> str:
     facts = (f"the loader decodes and augments {split['loader_images_per_core']:,.0f} images/s per core on this data; "
              f"the training step runs {rates} views/s on data in memory")  # fmt: skip
     through = "; ".join(f"{label} {m['speedup']:.2f}x {base}'s views/s ({m['bound']}-bound)" for label, m in others.items())
-    loader = (f"through a loader with {split['loader_cores']} core(s), {base} would be {b['bound']}-bound and the cost "
-              f"model (views/s = min(compute, K x loader images/s per core x cores)) predicts {through}")  # fmt: skip
+    shared = split.get("shared_cores", False)  # absent from comparisons made before it existed
+    model = "views/s = min(compute, K x loader images/s per core x cores)" + (", the step sharing the cores" if shared else "")
+    cores = f"{split['loader_cores']} core(s)" + (" shared with the step" if shared else "")
+    loader = (f"through a loader with {cores}, {base} would be {b['bound']}-bound and the cost model ({model}) "
+              f"predicts {through}")  # fmt: skip
     if split["in_memory"]:
         return (f"{facts}. This run held the data in memory, decoded once, so loading costs nothing per view and "
                 f"disjoint masking's loading saving does not apply here: time per ETE is the step's. {loader[0].upper()}"
