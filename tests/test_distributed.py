@@ -27,6 +27,9 @@ from dmjd.engine.run_dir import RunLock
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TIMEOUT_S = 900  # generous: the machine may be busy
+# A small ViT for the auto recipe's budgeted runs (its own choice for 30 min would be a ViT-B).
+SMALL_VIT = ("model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_dim=32",
+             "model.decoder_depth=1", "model.decoder_heads=2", "model.vdb_hidden=32")  # fmt: skip
 
 
 def _free_port() -> int:
@@ -165,9 +168,7 @@ def test_a_stop_signal_to_torchrun_stops_every_worker_with_a_checkpoint(labelled
     here) the step in flight and the 1.3 GB checkpoint outlasted torchrun's 30-s grace period under
     heavy load (seen once at load 12), which then killed the workers."""
     out = tmp_path / "run"
-    small = ("model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_dim=32",
-             "model.decoder_depth=1", "model.decoder_heads=2", "model.vdb_hidden=32")  # fmt: skip
-    cmd = torchrun(2, "pretrain", "--output-dir", str(out), f"data.path={labelled}", "train.budget=30m", *small,
+    cmd = torchrun(2, "pretrain", "--output-dir", str(out), f"data.path={labelled}", "train.budget=30m", *SMALL_VIT,
                    "train.progress=false", "train.log_interval=1")  # fmt: skip
     with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
         proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=ENV)
@@ -184,6 +185,31 @@ def test_a_stop_signal_to_torchrun_stops_every_worker_with_a_checkpoint(labelled
     assert err.count(f"dmjd: {sig.name} received: saved") == 1  # one voice: rank 0's
     assert load_checkpoint(out / "checkpoint-last.pth")["world_size"] == 2
     assert not (out / ".dmjd.lock").exists() and leftover_processes(out) == []
+
+
+def test_workers_whose_torchrun_is_killed_stop_with_a_checkpoint_instead_of_training_on(labelled, tmp_path):
+    """kill -9 of torchrun (an OOM killer, a scheduler) cannot be forwarded: its workers used to train
+    on as orphans. They ask the kernel for SIGTERM when their launcher dies, so they stop together at
+    one step, save, and leave nothing running."""
+    out = tmp_path / "run"
+    cmd = torchrun(2, "pretrain", "--output-dir", str(out), f"data.path={labelled}", "train.budget=30m", *SMALL_VIT,
+                   "train.progress=false", "train.log_interval=1")  # fmt: skip
+    with open(tmp_path / "stderr", "w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, env=ENV)
+        try:
+            _wait_for_training(out, proc)
+            proc.kill()
+            proc.wait(timeout=TIMEOUT_S)
+            deadline = time.monotonic() + 120
+            while leftover_processes(out) and time.monotonic() < deadline:
+                time.sleep(0.5)
+        finally:
+            for pid in leftover_processes(out):
+                os.kill(pid, signal.SIGKILL)
+    assert leftover_processes(out) == []
+    assert "dmjd: interrupted by SIGTERM at step" in (out / "log.txt").read_text()
+    assert load_checkpoint(out / "checkpoint-last.pth")["world_size"] == 2
+    assert not (out / ".dmjd.lock").exists()
 
 
 def test_sigterm_to_one_rank_stops_both_at_one_step_with_a_checkpoint(tmp_path):

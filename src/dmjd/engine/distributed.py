@@ -9,9 +9,12 @@ whether any of them was asked to stop and the main process's training clock.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import logging
 import math
 import os
+import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -47,18 +50,37 @@ def _env_int(*names: str) -> int | None:
     return None
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
+
+
+def stop_with_launcher() -> bool:
+    """Ask Linux for SIGTERM when torchrun's agent (this worker's parent) dies, so that a launcher
+    killed with SIGKILL (which it cannot forward) stops its workers through their stop-signal path
+    (agree, save, exit) instead of leaving them training as orphans. Returns whether it was set."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        return False
+    if os.getppid() == 1:  # the launcher died before the request: nobody will signal
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group when launched by torchrun (or srun under SLURM), else run alone.
 
     Uses NCCL on GPUs and gloo on CPUs; ``MASTER_ADDR``/``MASTER_PORT`` come from the launcher
     (torchrun sets them; under SLURM set them in the batch script as MAE's docs do). Joining
-    registers ``leave_process_group`` to run at exit.
+    registers ``leave_process_group`` to run at exit; a torchrun worker stops when its launcher
+    dies (``stop_with_launcher``).
     """
     world = _env_int("WORLD_SIZE", "SLURM_NTASKS") or 1
     if world <= 1:
         return DistInfo()
     rank = _env_int("RANK", "SLURM_PROCID") or 0
     local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID") or 0
+    stop_with_launcher()
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
