@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -75,3 +77,12 @@ def write_images(folder: Path, n: int, classes: tuple[str, ...] = (), size: int 
             pixels = rng.integers(0, 120, (size, size, 3), dtype=np.uint8) + 100 * c
             Image.fromarray(pixels.astype(np.uint8)).save(folder / sub / f"{i:03d}.png")
     return folder
+
+
+def load_tool(name: str) -> ModuleType:
+    """The script ``tools/NAME.py`` as a module (tools/ is no package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "tools" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

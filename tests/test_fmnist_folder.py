@@ -1,20 +1,17 @@
 """tools/make_fmnist_folder.py: a small labelled folder drawn from Fashion-MNIST (issue 31's target data)."""
 
 import gzip
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import load_tool
+
 
 def _tool():
-    path = Path(__file__).parents[1] / "tools" / "make_fmnist_folder.py"
-    spec = importlib.util.spec_from_file_location("make_fmnist_folder", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("make_fmnist_folder")
 
 
 def _write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:

@@ -1,12 +1,10 @@
 """The folder of natural photos (dmjd.data.photos, tools/make_photo_folder.py)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import load_tool
 from dmjd.data import ImageFiles, eval_transform, photos, profile_data
 from dmjd.data.photos import packaged_photos, photo_crops, write_photo_folder
 from dmjd.errors import InputError
@@ -70,11 +68,7 @@ def test_write_photo_folder_rejects_bad_input(tmp_path):
 
 
 def _tool():
-    path = Path(__file__).parents[1] / "tools" / "make_photo_folder.py"
-    spec = importlib.util.spec_from_file_location("make_photo_folder", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("make_photo_folder")
 
 
 def test_tool_on_the_packaged_photos(tmp_path, capsys):
