@@ -128,6 +128,9 @@ def test_machine_line_names_the_cpu_once_and_an_undefined_speedup_says_why():
     assert machine_line({**cpu, "device": "NVIDIA H100"}) == "NVIDIA H100; CPU AMD EPYC (2 cores, 2 torch threads)"
     assert ratio({"mean": None, "total": 3}, reached=3) == "undefined (reached before any training)"
     assert ratio({"mean": None, "total": 3}, reached=0) == "not reached (0/3)"
+    wide = {"mean": 4.7, "ci_low": 7e-19, "ci_high": 3.0e16, "n": 2, "total": 3}  # two seeds: t = 12.7
+    assert ratio(wide) == "4.70x [<0.01, >100] (2/3)"
+    assert ratio({"mean": 1.5, "ci_low": 1.2, "ci_high": 1.9, "n": 3, "total": 3}) == "1.50x [1.20, 1.90]"
 
 
 @pytest.mark.parametrize(

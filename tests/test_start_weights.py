@@ -5,8 +5,9 @@ import timm
 import torch
 
 from conftest import tiny_config
-from dmjd.config import ConfigError
+from dmjd.config import ConfigError, load_config
 from dmjd.engine import Pretrainer
+from dmjd.engine.run_report import model_words
 from dmjd.eval.export import export_encoder
 from dmjd.eval.loading import InputSpec, load_encoder
 from dmjd.io.checkpoint import CheckpointError
@@ -53,6 +54,9 @@ def test_official_mae_start_resamples_and_takes_the_architecture(tmp_path):
     notes = "\n".join(trainer._start_notes)
     assert "position embedding resampled from 4^2 to 6^2 tokens" in notes
     assert "visible distillation branch" not in notes
+    # the start-up line names the source's ViT, not the size preset it replaced (model.size is 'tiny')
+    assert model_words(trainer.cfg) == "ViT 192 wide, 2 blocks, 3 heads"
+    assert model_words(load_config("mae-vit-b")) == "vit-base"
 
 
 def test_a_size_the_config_fixes_must_match_and_nothing_is_written(tmp_path):

@@ -25,6 +25,7 @@ from typing import Any
 
 from dmjd.bench.cost import cost_split, regime_sentence
 from dmjd.bench.efficiency import METRICS, run_efficiency, write_json
+from dmjd.bench.report import ci_bound
 from dmjd.bench.testbeds import SECTIONS, Section, Testbed, Variant
 from dmjd.config import load_config
 from dmjd.config.duration import format_duration
@@ -239,7 +240,7 @@ def _reach_words(entry: dict[str, Any], label: str, base: str, seeds: int) -> st
         if entry["reached"]:
             return f"{label}'s speed-up to {base}'s final kNN is undefined: the encoders before training already scored it"
         return f"{label} did not reach {base}'s final kNN within the budget (0/{entry['seeds']} seeds)"
-    ci = f" [{speed['ci_low']:.2f}, {speed['ci_high']:.2f}]" if speed.get("ci_low") is not None else ""
+    ci = f" [{ci_bound(speed['ci_low'])}, {ci_bound(speed['ci_high'])}]" if speed.get("ci_low") is not None else ""
     count = f"{seeds} seeds" if speed["n"] == seeds else f"{speed['n']} of {seeds} seeds"
     words = f"{label} reached {base}'s final kNN {speed['mean']:.2f}x sooner{ci} over {count}"
     if speed.get("ci_low") is not None and speed["ci_low"] <= 1 <= speed["ci_high"]:

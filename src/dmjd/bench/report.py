@@ -56,8 +56,14 @@ def ratio(stats: dict[str, Any], reached: int | None = None) -> str:
     if stats["mean"] is None:
         return f"not reached (0/{stats['total']})" if not reached else "undefined (reached before any training)"
     low, high = stats.get("ci_low"), stats.get("ci_high")
-    text = f"{stats['mean']:.2f}x" + (f" [{low:.2f}, {high:.2f}]" if low is not None else "")
+    text = f"{stats['mean']:.2f}x" + (f" [{ci_bound(low)}, {ci_bound(high)}]" if low is not None else "")
     return text + (f" ({stats['n']}/{stats['total']})" if stats["n"] < stats["total"] else "")
+
+
+def ci_bound(value: float) -> str:
+    """A bound of a speed-up's CI; beyond 0.01x-100x as ``<0.01`` / ``>100`` (two seeds' t-interval on
+    log ratios spans many decades, and its digits say nothing)."""
+    return "<0.01" if value < 0.01 else ">100" if value > 100 else f"{value:.2f}"
 
 
 def machine_line(machine: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ from dmjd.engine.optim import rates_summary
 from dmjd.engine.resume import RunState
 from dmjd.io.atomic import atomic_write
 from dmjd.masking import DisjointMasking
-from dmjd.models import DMJDModel
+from dmjd.models import VIT_SIZES, DMJDModel
 from dmjd.targets import FrozenNetworkTarget, Target
 
 
@@ -70,6 +70,17 @@ def where(trainer: Run) -> str:
     return f"at step {trainer.state.opt_step} (epoch {epoch}{'' if epochs is None else f'/{epochs}'})"
 
 
+def model_words(cfg: Config) -> str:
+    """The encoder as the start-up line names it: ``vit-base``, or its width, depth and heads when they
+    replace the size preset's (a recipe's or ``model.init``'s ViT is no ViT-B)."""
+    m = cfg.model
+    if m.arch != "vit" or (m.embed_dim, m.depth, m.num_heads) == (None, None, None):
+        return f"{m.arch}-{m.size}"
+    preset = VIT_SIZES[m.size]
+    return (f"ViT {m.embed_dim or preset['embed_dim']} wide, {m.depth or preset['depth']} blocks, "
+            f"{m.num_heads or preset['num_heads']} heads")  # fmt: skip
+
+
 def print_start(trainer: Run, logger: MetricsLogger, notes: list[str]) -> None:
     """The start-up lines: model, masking, target, batch and learning rate, schedule (console), then
     the data and its warnings, a warning when the warmup outlasts the run, and ``notes`` (memory,
@@ -77,7 +88,7 @@ def print_start(trainer: Run, logger: MetricsLogger, notes: list[str]) -> None:
     t, c, m = trainer, trainer.cfg, trainer.masking
     n_params = sum(p.numel() for p in t.model.parameters() if p.requires_grad)
     print(
-        f"dmjd: {c.model.arch}-{c.model.size} ({n_params / 1e6:.2f}M trainable params) on {t.device}"
+        f"dmjd: {model_words(c)} ({n_params / 1e6:.2f}M trainable params) on {t.device}"
         f" x{t.dist.world_size}, precision {t.amp_dtype or torch.float32}\n"
         f"dmjd: masking {m!r}\n"
         f"dmjd: target {c.target.name} (dim {t.target.dim}), VDB {'on' if t.model.vdb is not None else 'off'}\n"
