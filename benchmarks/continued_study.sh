@@ -7,11 +7,12 @@
 #
 #   benchmarks/continued_study.sh prepare OUT   # the folders and the source: fixed epochs, may run beside other work
 #   benchmarks/continued_study.sh compare OUT   # the two comparisons: wall-clock budgets, run it with the machine alone
+#   benchmarks/continued_study.sh summary OUT   # both read together: levels and seed-paired differences
 #
 # Needs Debian's openclipart-png and dataset-fashion-mnist. Both stages resume when run again.
 set -euo pipefail
-stage=${1:?usage: benchmarks/continued_study.sh prepare|compare OUT}
-out=${2:?usage: benchmarks/continued_study.sh prepare|compare OUT}
+stage=${1:?usage: benchmarks/continued_study.sh prepare|compare|summary OUT}
+out=${2:?usage: benchmarks/continued_study.sh prepare|compare|summary OUT}
 budget=${BUDGET:-2m}
 here=$(dirname "$0")/..
 dmjd=${DMJD:-dmjd}
@@ -41,6 +42,10 @@ case $stage in
   compare)
     $dmjd compare "$out/fmnist-1k" --init "$out/source" --budget "$budget" --seeds 3 --output-dir "$out/continued"
     $dmjd compare "$out/fmnist-1k" --budget "$budget" --seeds 3 --output-dir "$out/scratch"
+    python "$here/benchmarks/continued_summary.py" "$out/continued" "$out/scratch"
     ;;
-  *) echo "continued_study.sh: stage must be prepare or compare, not '$stage'" >&2; exit 2 ;;
+  summary)
+    python "$here/benchmarks/continued_summary.py" "$out/continued" "$out/scratch"
+    ;;
+  *) echo "continued_study.sh: stage must be prepare, compare or summary, not '$stage'" >&2; exit 2 ;;
 esac
