@@ -172,5 +172,8 @@ def test_verdict_words_follow_the_sign_and_the_interval():
     assert verdict({"mean": -1.2, "ci_low": -3.0, "ci_high": 0.5}) == "lower, not resolved"
     assert verdict({"mean": -1.2, "ci_low": -2.0, "ci_high": -0.5}) == "lower (resolved)"
     assert verdict({"mean": 0.4, "ci_low": None, "ci_high": None}) == "one seed, no CI"
+    # two seeds tied exactly (+3.4 on 325 test images): a zero-width interval is no resolution
+    tied = {"mean": 3.4, "std": 0.0, "n": 2, "ci_low": 3.4, "ci_high": 3.4}
+    assert verdict(tied) == "higher by the same amount on all 2 seeds (no spread: no CI)"
     assert ratio_verdict({"mean": None}, 0, 3) == "never reached (0/3 seeds)"
     assert ratio_verdict({"mean": 0.8, "ci_low": 0.6, "ci_high": 0.9}, 3, 3) == "slower (resolved)"

@@ -33,11 +33,17 @@ def verdict(diff: dict[str, Any]) -> str:
         return "no paired seeds"
     if diff["ci_low"] is None:
         return "one seed, no CI"
+    if diff.get("std") == 0:  # accuracies on a few hundred images are quantised: seeds can tie exactly
+        return f"{_direction(diff['mean'])} by the same amount on all {diff['n']} seeds (no spread: no CI)"
     if diff["ci_low"] > 0:
         return "higher (resolved)"
     if diff["ci_high"] < 0:
         return "lower (resolved)"
-    return f"{'higher' if diff['mean'] > 0 else 'lower' if diff['mean'] < 0 else 'level'}, not resolved"
+    return f"{_direction(diff['mean'])}, not resolved"
+
+
+def _direction(mean: float) -> str:
+    return "higher" if mean > 0 else "lower" if mean < 0 else "level"
 
 
 def ratio_verdict(ratio: dict[str, Any], reached: int, seeds: int) -> str:
