@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from dmjd.bench import efficiency
+from dmjd.bench.analysis import difference_verdict as verdict
 from dmjd.bench.efficiency import run_efficiency
-from dmjd.bench.equal_ete import analyse_equal_ete, ratio_verdict, verdict
+from dmjd.bench.equal_ete import analyse_equal_ete, ratio_verdict
 from dmjd.bench.evaluators import EteEvaluator, ete_grid
 from dmjd.cli import main
 from dmjd.engine.metrics import read_metrics

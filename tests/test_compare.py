@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dmjd.bench.compare import _paired_words, compare_setup, direction, rankme_drop, run_compare
+from dmjd.bench.analysis import difference_verdict
+from dmjd.bench.compare import _paired_words, compare_setup, rankme_drop, run_compare
 from dmjd.bench.environment import cpu_model
 from dmjd.bench.report import machine_line, ratio
 from dmjd.cli import main
@@ -102,7 +103,7 @@ def test_compare_on_an_unlabelled_folder_uses_label_free_measures(flat, tmp_path
     ],
 )
 def test_verdict_words_follow_the_sign_and_the_confidence_interval(mean, low, high, words):
-    assert direction(mean, low, high) == words
+    assert difference_verdict({"mean": mean, "std": 1.0, "n": 3, "ci_low": low, "ci_high": high}) == words
 
 
 def test_a_paired_difference_reads_its_sign_and_ci_in_the_verdict():

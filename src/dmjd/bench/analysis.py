@@ -185,6 +185,22 @@ def mean_curve(curves: Sequence[Curve], grid: Sequence[float] | np.ndarray) -> t
     return values.mean(axis=0), values.min(axis=0), values.max(axis=0)
 
 
+def difference_verdict(diff: Mapping[str, Any]) -> str:
+    """A seed-paired difference (``Stats`` as a dict) in words: which way it goes and whether its
+    95 % CI excludes 0. Seeds that all differ by exactly the same amount (accuracies on a few hundred
+    test images are quantised) give a zero-width interval, which resolves nothing."""
+    if diff["mean"] is None:
+        return "no paired seeds"
+    if diff["ci_low"] is None:
+        return "one seed, no CI"
+    direction = "higher" if diff["mean"] > 0 else "lower" if diff["mean"] < 0 else "level"
+    if diff.get("std") == 0:
+        return f"{direction} by the same amount on all {diff['n']} seeds (no spread: no CI)"
+    if diff["ci_low"] > 0 or diff["ci_high"] < 0:
+        return f"{direction} (resolved)"
+    return f"{direction}, not resolved"
+
+
 def paired_difference(worse: Mapping[str, float | None], better: Mapping[str, float | None], scale: float = 1.0) -> Stats:
     """Mean and 95 % CI of ``scale * (better - worse)`` over the seeds both have (seed-paired)."""
     return aggregate([scale * (b - w) for s, w in worse.items() if w is not None and (b := better.get(s)) is not None])

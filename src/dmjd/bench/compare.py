@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +174,6 @@ def run_compare(
         The results, with ``analysis``, ``verdict``, ``data_profile``, ``recipe`` and ``cost`` (the
         per-view cost split of this data path, ``dmjd.bench.cost.cost_split``).
     """
-    from dataclasses import asdict
-
     out = Path(output_dir)
     flops_per_s = flops_per_s or (None if overwrite else _saved_flops(out)) or recipe_flops(device)
     setup = compare_setup(data, budget_s, methods, seeds, device, finetune_epochs, flops_per_s, init)
@@ -250,7 +248,7 @@ def _reach_words(entry: dict[str, Any], label: str, base: str, seeds: int) -> st
 
 def _paired_words(table: dict[str, Any], base: str, label: str, what: str, scale: float = 100) -> str:
     """``what`` as a seed-paired difference at equal time with its 95 % CI ('' without paired seeds)."""
-    from dmjd.bench.analysis import aggregate
+    from dmjd.bench.analysis import aggregate, difference_verdict
 
     a, b = table[base]["at_time_by_seed"], table[label]["at_time_by_seed"]
     stats = aggregate([b[s] - a[s] for s in a if a[s] is not None and b.get(s) is not None])
@@ -260,13 +258,7 @@ def _paired_words(table: dict[str, Any], base: str, label: str, what: str, scale
     if stats.ci_low is None or stats.ci_high is None:
         return f"{what} {scale * stats.mean:+.1f}{unit} (one seed)"
     lo, hi = stats.ci_low, stats.ci_high
-    return f"{what} {scale * stats.mean:+.1f}{unit} [{scale * lo:+.1f}, {scale * hi:+.1f}]: {direction(stats.mean, lo, hi)}"
-
-
-def direction(mean: float, ci_low: float, ci_high: float) -> str:
-    """The sign of a paired difference in words, and whether its 95 % CI leaves 0 out ('resolved')."""
-    sign = "higher" if mean > 0 else "lower" if mean < 0 else "level"
-    return f"{sign}, not resolved" if ci_low <= 0 <= ci_high else f"{sign} (resolved)"
+    return f"{what} {scale * stats.mean:+.1f}{unit} [{scale * lo:+.1f}, {scale * hi:+.1f}]: {difference_verdict(asdict(stats))}"
 
 
 # ------------------------------------------------------------------------------------- report

@@ -26,26 +26,6 @@ from dmjd.bench.analysis import (
 from dmjd.bench.evaluators import ete_grid
 
 
-def verdict(diff: dict[str, Any]) -> str:
-    """A seed-paired difference (``Stats`` as a dict) in words: which way it goes and whether its
-    95 % CI excludes 0."""
-    if diff["mean"] is None:
-        return "no paired seeds"
-    if diff["ci_low"] is None:
-        return "one seed, no CI"
-    if diff.get("std") == 0:  # accuracies on a few hundred images are quantised: seeds can tie exactly
-        return f"{_direction(diff['mean'])} by the same amount on all {diff['n']} seeds (no spread: no CI)"
-    if diff["ci_low"] > 0:
-        return "higher (resolved)"
-    if diff["ci_high"] < 0:
-        return "lower (resolved)"
-    return f"{_direction(diff['mean'])}, not resolved"
-
-
-def _direction(mean: float) -> str:
-    return "higher" if mean > 0 else "lower" if mean < 0 else "level"
-
-
 def ratio_verdict(ratio: dict[str, Any], reached: int, seeds: int) -> str:
     """An ETE speed-up in words: resolved when its 95 % CI excludes 1x."""
     if ratio["mean"] is None:

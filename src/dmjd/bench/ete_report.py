@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dmjd.bench.equal_ete import ratio_verdict, verdict
+from dmjd.bench.analysis import difference_verdict
+from dmjd.bench.equal_ete import ratio_verdict
 from dmjd.bench.report import (
     AXES,
     PRIMARY,
@@ -73,9 +74,9 @@ def pair_lines(results: dict[str, Any], name: str) -> list[str]:
         worse, better = p["worse"], p["better"]
         if not p[PRIMARY]["seeds"]:
             continue  # neither has a finished run with the other's seed yet (a study in progress)
-        diffs = [f"{METRIC_WORDS.get(m, m)} {_diff(p[m]['diff_at_end'])} ({verdict(p[m]['diff_at_end'])})"
+        diffs = [f"{METRIC_WORDS.get(m, m)} {_diff(p[m]['diff_at_end'])} ({difference_verdict(p[m]['diff_at_end'])})"
                  for m in results["metrics"]]  # fmt: skip
-        diffs.append(f"fine-tune {_diff(p['finetune'])} ({verdict(p['finetune'])})")
+        diffs.append(f"fine-tune {_diff(p['finetune'])} ({difference_verdict(p['finetune'])})")
         lin = p[PRIMARY]
         reach = [x for x in lin["better_ete_to_level"].values() if x is not None]
         at = f"at ETE {sum(reach) / len(reach):.1f} on average, " if reach else ""

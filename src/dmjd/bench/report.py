@@ -56,7 +56,7 @@ def ratio(stats: dict[str, Any], reached: int | None = None) -> str:
     if stats["mean"] is None:
         return f"not reached (0/{stats['total']})" if not reached else "undefined (reached before any training)"
     low, high = stats.get("ci_low"), stats.get("ci_high")
-    text = f"{stats['mean']:.2f}x" + (f" [{ci_bound(low)}, {ci_bound(high)}]" if low is not None else "")
+    text = f"{stats['mean']:.2f}x" + (f" [{ci_bound(low)}, {ci_bound(high)}]" if low is not None and high is not None else "")
     return text + (f" ({stats['n']}/{stats['total']})" if stats["n"] < stats["total"] else "")
 
 
@@ -331,6 +331,8 @@ def ordering_line(worse: str, better: str, metric: dict[str, Any], name: str = "
         return f"  - {better} > {worse}{label}: {stats.mean:+.1f} points (one seed, no confidence interval)"
     lo, hi = stats.ci_low, stats.ci_high
     verdict = "holds (95 % CI above 0)" if lo > 0 else "REVERSED (95 % CI below 0)" if hi < 0 else "not resolved (CI spans 0)"
+    if stats.std == 0:  # every seed differs by exactly as much: a zero-width interval resolves nothing
+        verdict = "the same on every seed (no spread: no CI)"
     mean = round(stats.mean, 1) + 0.0  # a mean of 0 is '+0.0', not '-0.0'
     return f"  - {better} > {worse}{label}: {mean:+.1f} points [{lo:+.1f}, {hi:+.1f}] over {stats.n} seeds: {verdict}"
 
