@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import shutil
 
 import pytest
 import timm
@@ -230,6 +231,29 @@ def test_export_command_writes_a_hub_folder(run, tmp_path, capsys):
     card = (target / "README.md").read_text()
     assert card.startswith("---\nlicense: cc-by-4.0\n") and "dmjd export --checkpoint" in card and "ETE" in card
     assert json.loads((target / "config.json").read_text())["pretrained_cfg"]["license"] == "cc-by-4.0"
+
+
+def test_the_model_card_names_the_vits_sizes_and_its_runs_own_evaluation(run, tmp_path):
+    """A recipe's small ViT is exported as timm's vit_base_patch16_224 with other sizes: the card says
+    which sizes, and carries the run's last monitor evaluation (summary.json) with its baselines."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copy(run[0] / "checkpoint-last.pth", folder)
+    epoch = int(torch.load(folder / "checkpoint-last.pth", weights_only=False).get("epoch", 0))
+    summary = {"evaluation": {"epoch": epoch, "knn_top1": 0.634, "linprobe_top1": 0.596},
+               "evaluation_untrained": {"knn_top1": 0.577}, "evaluation_raw_pixels": {"knn_top1": 0.578}}  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps(summary))
+    cli(["export", "--checkpoint", str(folder), "--output-dir", str(tmp_path / "exported")])
+    card = (tmp_path / "exported" / "README.md").read_text()
+    m = run[2].model
+    assert f"# ViT {m.embed_dim} wide, {m.depth} blocks, patch {m.patch_size}, {m.img_size} px (timm `vit_" in card
+    for row in ("| kNN, this encoder | pre-training monitor | 63.40 |", "| linear probe, this encoder | pre-training monitor | 59.60 |",
+                "| kNN, untrained encoder (baseline) | pre-training monitor | 57.70 |", "| kNN, raw pixels (baseline) |"):  # fmt: skip
+        assert row in card, row
+    summary["evaluation"]["epoch"] = epoch + 1  # another checkpoint's evaluation is not this one's
+    (folder / "summary.json").write_text(json.dumps(summary))
+    cli(["export", "--checkpoint", str(folder), "--output-dir", str(tmp_path / "again")])
+    assert "None recorded for this checkpoint." in (tmp_path / "again" / "README.md").read_text()
 
 
 def test_visualize_and_plot_commands(run, tmp_path, capsys):

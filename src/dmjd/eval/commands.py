@@ -729,6 +729,7 @@ def _card_inputs(
     evals_file = run_dir / "evals.jsonl"
     evals = [r for r in (read_metrics(evals_file) if evals_file.is_file() else [])
              if r.get("epoch") == position["epoch"] and r.get("kind") in ("knn", "linprobe", "finetune")]  # fmt: skip
+    evals += _monitor_records(summary, position["epoch"], cfg.data.name)
     m, k, t = cfg.masking, cfg.masking.num_views, cfg.target
     method = (f"{'DMJD' if k > 1 or cfg.model.vdb else 'MAE-style'} masked image modeling: {k} view(s), {m.pattern} "
               f"masking {m.mask_ratio:g}, {t.name} target, visible distillation branch {'on' if cfg.model.vdb else 'off'}")  # fmt: skip
@@ -742,6 +743,20 @@ def _card_inputs(
     commands = [f"dmjd pretrain --config {run_dir / 'config.yaml'} --output-dir {run_dir}",
                 f"dmjd export --checkpoint {checkpoint} --output-dir {folder}"]  # fmt: skip
     return run, evals, commands
+
+
+def _monitor_records(summary: dict[str, Any], epoch: int, data: str) -> list[dict[str, Any]]:
+    """The pre-training run's own last evaluation (``summary.json``: kNN and linear probe on the
+    held-out split, beside the untrained encoder and raw pixels) as card records, when it is this
+    checkpoint's."""
+    final = summary.get("evaluation") or {}
+    if final.get("epoch") != epoch:
+        return []
+    rows = [("this encoder", final), ("untrained encoder (baseline)", summary.get("evaluation_untrained") or {}),
+            ("raw pixels (baseline)", summary.get("evaluation_raw_pixels") or {})]  # fmt: skip
+    return [{"kind": f"{name} {words}", "protocol": "pre-training monitor", key: record[key], "data": f"{data}, held-out split"}
+            for words, record in rows for key, name in (("knn_top1", "kNN,"), ("linprobe_top1", "linear probe,"))
+            if record.get(key) is not None]  # fmt: skip
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:

@@ -206,7 +206,7 @@ def model_card(
     lines = [
         "---", f"license: {license}", "library_name: timm" if exported.arch == "vit" else "library_name: dmjd",
         "tags:", *[f"- {tag}" for tag in tags], "---", "",
-        f"# {exported.model_name}: an encoder pre-trained with dmjd", "",
+        f"# {_title(exported)}: an encoder pre-trained with dmjd", "",
         f"- **Method:** {run.get('method', 'unknown')}",
         f"- **Starting weights:** {run.get('init') or 'none (pre-trained from scratch)'}",
         f"- **Data:** {run.get('data', 'unknown')}",
@@ -224,6 +224,16 @@ def model_card(
         "## Commands", "", "```", *commands, "```", "",
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def _title(exported: ExportedEncoder) -> str:
+    """The card's name for the encoder: the timm model, or the ViT's own sizes when ``config.json``
+    gives that model other sizes (a 64-wide ViT is no ``vit_base_patch16_224``)."""
+    k = exported.kwargs
+    if exported.arch != "vit" or "embed_dim" not in k:
+        return exported.model_name
+    return (f"ViT {k['embed_dim']} wide, {k['depth']} blocks, patch {k['patch_size']}, {k.get('img_size', 224)} px "
+            f"(timm `{exported.model_name}` with these sizes)")  # fmt: skip
 
 
 def _top1(record: dict[str, Any]) -> float | None:
