@@ -11,9 +11,10 @@ import yaml
 from conftest import tiny_config
 from dmjd.config import ConfigError
 from dmjd.config.duration import format_duration, parse_duration
+from dmjd.config.schema import BudgetPlan
 from dmjd.engine import Pretrainer
 from dmjd.engine import trainer as trainer_module
-from dmjd.engine.budget import BudgetTooSmallError, TimeBudget
+from dmjd.engine.budget import BudgetTooSmallError, TimeBudget, worth_showing
 from dmjd.engine.optim import lr_at
 
 
@@ -169,3 +170,12 @@ def test_a_plan_for_another_data_size_is_refused(tmp_path, monkeypatch):
     cfg.train.budget_plan = type(trainer.budget.plan)(**plan)
     with pytest.raises(ConfigError, match="budget_plan=null"):
         Pretrainer(cfg, tmp_path / "b")
+
+
+def test_a_replan_reaches_the_console_only_when_it_moves_the_plan_by_more_than_a_tenth():
+    first = BudgetPlan(budget_s=120.0, steps_per_s=15.0, measured_steps=20, planned_at=21, planned_at_s=1.5,
+                       total_steps=1800, warmup_steps=180, steps_per_epoch=15)  # fmt: skip
+    assert worth_showing(first, None)  # the first plan always
+    assert not worth_showing(first.model_copy(update={"total_steps": 1900}), 1800)  # +5.6 %: log.txt only
+    assert worth_showing(first.model_copy(update={"total_steps": 2000}), 1800)  # +11 %
+    assert worth_showing(first.model_copy(update={"total_steps": 1600}), 1800)  # -11 %

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dmjd.config import Config, ConfigError, config_to_yaml
 from dmjd.data import Normalize
 from dmjd.engine import run_report
-from dmjd.engine.budget import PROVISIONAL_EPOCHS, TimeBudget, apply_plan, describe_plan, run_schedule
+from dmjd.engine.budget import PROVISIONAL_EPOCHS, TimeBudget, apply_plan, describe_plan, run_schedule, worth_showing
 from dmjd.engine.builders import build_dmjd_model, build_loss, build_masking, build_target, mean_std
 from dmjd.engine.distributed import (
     DistInfo,
@@ -126,6 +126,7 @@ class Pretrainer:
         self.stop = StopSignals()
         self.time_up = False
         self._run_start = 0.0  # perf_counter() at which the run's training time began (moved by evaluations)
+        self._shown_plan_steps: int | None = None  # total steps of the last budget plan printed on the console
         self.evals = run_report.saved_evals(self.output_dir) if loaded is not None else []
 
     @property
@@ -386,7 +387,11 @@ class Pretrainer:
         if self.logger is not None:
             (self.output_dir / "config.yaml").write_text(config_to_yaml(self.cfg))
             if plan.replanned_at == self.state.opt_step or not plan.checked:
-                self.logger.print(f"dmjd: {describe_plan(plan)}")
+                if worth_showing(plan, self._shown_plan_steps):
+                    self.logger.print(f"dmjd: {describe_plan(plan)}")
+                    self._shown_plan_steps = plan.total_steps
+                else:
+                    self.logger.write(f"dmjd: {describe_plan(plan)}")
 
     def _epoch_complete(self) -> bool:
         """Whether the epoch ran to its end: to its last step (also when the time budget or ``optim.max_steps``
