@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from dmjd.bench.analysis import Curve, aggregate, mean_curve
+from dmjd.bench.analysis import Curve, aggregate, mean_curve, no_spread
 from dmjd.bench.testbeds import SECTIONS, Claim, Section, Variant, saved_testbed
 
 METRIC_NAMES = {"linprobe_top1": "linear probe", "knn_top1": "kNN"}
@@ -331,7 +331,7 @@ def ordering_line(worse: str, better: str, metric: dict[str, Any], name: str = "
         return f"  - {better} > {worse}{label}: {stats.mean:+.1f} points (one seed, no confidence interval)"
     lo, hi = stats.ci_low, stats.ci_high
     verdict = "holds (95 % CI above 0)" if lo > 0 else "REVERSED (95 % CI below 0)" if hi < 0 else "not resolved (CI spans 0)"
-    if stats.std == 0:  # every seed differs by exactly as much: a zero-width interval resolves nothing
+    if no_spread(stats.std):  # every seed differs by exactly as much: a zero-width interval resolves nothing
         verdict = "the same on every seed (no spread: no CI)"
     mean = round(stats.mean, 1) + 0.0  # a mean of 0 is '+0.0', not '-0.0'
     return f"  - {better} > {worse}{label}: {mean:+.1f} points [{lo:+.1f}, {hi:+.1f}] over {stats.n} seeds: {verdict}"
