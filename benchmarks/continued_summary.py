@@ -40,6 +40,16 @@ def start_scores(results: dict[str, Any]) -> dict[str, float]:
     return levels | {"fine-tune": 100 * results["baselines"][key]}
 
 
+def level_row(levels: dict[str, float]) -> dict[str, str]:
+    """One level per measure, '-' where there is none."""
+    return {m: f"{levels[m]:.1f}" if m in levels else "-" for m in MEASURES}
+
+
+def seeds_row(results: dict[str, Any], label: str) -> dict[str, str]:
+    """``label``'s mean ± std over seeds, per measure."""
+    return {m: cell(aggregate(list(per_seed(results, label, m).values()))) for m in MEASURES}
+
+
 def cell(stats: Stats, signed: bool = False) -> str:
     """``mean ± std`` (a level) or ``+mean [low, high]`` (a difference)."""
     if stats.mean is None:
@@ -57,20 +67,16 @@ def main() -> None:
     p.add_argument("scratch", type=Path, help="the dmjd compare folder without --init")
     args = p.parse_args()
     cont, scratch = (json.loads((f / "results.json").read_text()) for f in (args.continued, args.scratch))
-    start, untrained = start_scores(cont), start_scores(scratch)
-    pixels = cont["baselines"]["raw_pixels"]
+    start, b = start_scores(cont), cont["baselines"]
+    untrained = {m: 100 * b["untrained"][METRICS[m]] for m in METRICS} | {"fine-tune": 100 * b["untrained_finetune_top1"]}
     rows = {
-        "starting encoder (no training on the target)": {m: cell(aggregate([start[m]])) for m in MEASURES},
-        **{f"continued {label}": {m: cell(aggregate(list(per_seed(cont, label, m).values()))) for m in MEASURES}
-           for label in ("MAE", "DMJD")},
-        **{f"{label} from scratch": {m: cell(aggregate(list(per_seed(scratch, label, m).values()))) for m in MEASURES}
-           for label in ("MAE", "DMJD")},
-        "untrained, the source's architecture": {m: cell(aggregate([100 * cont["baselines"]["untrained"][METRICS[m]]]))
-                                                 if m in METRICS else f"{100 * cont['baselines']['untrained_finetune_top1']:.1f}"
-                                                 for m in MEASURES},
-        "untrained, the from-scratch architecture (mean of the seeds)": {m: cell(aggregate([untrained[m]])) for m in MEASURES},
-        "raw pixels": {m: f"{100 * pixels[METRICS[m]]:.1f}" if m in METRICS else "-" for m in MEASURES},
-    }  # fmt: skip
+        "starting encoder (no training on the target)": level_row(start),
+        **{f"continued {label}": seeds_row(cont, label) for label in ("MAE", "DMJD")},
+        **{f"{label} from scratch": seeds_row(scratch, label) for label in ("MAE", "DMJD")},
+        "untrained, the source's architecture": level_row(untrained),
+        "untrained, the from-scratch architecture (mean of the seeds)": level_row(start_scores(scratch)),
+        "raw pixels": level_row({m: 100 * b["raw_pixels"][METRICS[m]] for m in METRICS}),
+    }
     print("| encoder | " + " | ".join(MEASURES) + " |\n|---|" + "---|" * len(MEASURES))
     for name, row in rows.items():
         print(f"| {name} | " + " | ".join(row[m] for m in MEASURES) + " |")

@@ -21,7 +21,8 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 from dmjd.config import Config, load_config  # noqa: E402  (after the thread setting above)
 from dmjd.eval.loading import InputSpec  # noqa: E402
 
-TINY = [
+# A 2-block ViT of width 32 and its branches (sizes only: what a budgeted or recipe run keeps).
+TINY_VIT = [
     "model.embed_dim=32",
     "model.depth=2",
     "model.num_heads=2",
@@ -29,6 +30,9 @@ TINY = [
     "model.decoder_depth=1",
     "model.decoder_heads=2",
     "model.vdb_hidden=32",
+]
+TINY = [
+    *TINY_VIT,
     "model.patch_size=8",
     "masking.block_size=1",
     "data.limit=512",

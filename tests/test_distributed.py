@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, tiny_config, write_images
+from conftest import TINY, TINY_VIT, tiny_config, write_images
 from dmjd.engine import Pretrainer, TrainingInterrupted, load_checkpoint
 from dmjd.engine.distributed import DistInfo, rank_log
 from dmjd.engine.metrics import read_metrics
@@ -27,9 +27,6 @@ from dmjd.engine.run_dir import RunLock
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TIMEOUT_S = 900  # generous: the machine may be busy
-# A small ViT for the auto recipe's budgeted runs (its own choice for 30 min would be a ViT-B).
-SMALL_VIT = ("model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_dim=32",
-             "model.decoder_depth=1", "model.decoder_heads=2", "model.vdb_hidden=32")  # fmt: skip
 
 
 def _free_port() -> int:
@@ -168,7 +165,7 @@ def test_a_stop_signal_to_torchrun_stops_every_worker_with_a_checkpoint(labelled
     here) the step in flight and the 1.3 GB checkpoint outlasted torchrun's 30-s grace period under
     heavy load (seen once at load 12), which then killed the workers."""
     out = tmp_path / "run"
-    cmd = torchrun(2, "pretrain", "--output-dir", str(out), f"data.path={labelled}", "train.budget=30m", *SMALL_VIT,
+    cmd = torchrun(2, "pretrain", "--output-dir", str(out), f"data.path={labelled}", "train.budget=30m", *TINY_VIT,
                    "train.progress=false", "train.log_interval=1")  # fmt: skip
     with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
         proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=ENV)
@@ -192,7 +189,7 @@ def test_workers_whose_torchrun_is_killed_stop_with_a_checkpoint_instead_of_trai
     on as orphans. They ask the kernel for SIGTERM when their launcher dies, so they stop together at
     one step, save, and leave nothing running."""
     out = tmp_path / "run"
-    cmd = torchrun(2, "pretrain", "--output-dir", str(out), f"data.path={labelled}", "train.budget=30m", *SMALL_VIT,
+    cmd = torchrun(2, "pretrain", "--output-dir", str(out), f"data.path={labelled}", "train.budget=30m", *TINY_VIT,
                    "train.progress=false", "train.log_interval=1")  # fmt: skip
     with open(tmp_path / "stderr", "w") as stderr:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, env=ENV)

@@ -34,9 +34,12 @@ def per_class_draw(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     return np.sort(by_class[np.arange(len(by_class)) - first < per_class])
 
 
-def write_fmnist_folder(out: Path, path: str | None, per_split: dict[str, int], seed: int) -> dict[str, int]:
-    """Write ``OUT/train`` (from the training split) and ``OUT/val`` (from the test split); returns
-    images written per folder.
+FOLDERS = {"train": "train", "val": "test"}  # folder written: Fashion-MNIST split drawn from
+
+
+def write_fmnist_folder(out: Path, path: str | None, per_class: dict[str, int], seed: int) -> dict[str, int]:
+    """Write ``OUT/train`` (from the training split) and ``OUT/val`` (from the test split),
+    ``per_class[folder]`` images per class each; returns images written per folder.
 
     Raises:
         InputError: ``out`` is not new or empty.
@@ -45,9 +48,9 @@ def write_fmnist_folder(out: Path, path: str | None, per_split: dict[str, int], 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} already exists and is not an empty folder; choose a new one")
     counts = {}
-    for folder, (split, per_class) in zip(("train", "val"), per_split.items(), strict=True):
+    for folder, split in FOLDERS.items():
         source = fashion_mnist(split, lambda image: image, path, download=False)
-        chosen = per_class_draw(source.labels, per_class, seed)
+        chosen = per_class_draw(source.labels, per_class[folder], seed)
         for i in chosen:
             target = out / folder / FASHION_MNIST_CLASSES[source.labels[i]].replace("/", "_")
             target.mkdir(parents=True, exist_ok=True)
@@ -70,11 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the folder and print its counts; bad input is one line, exit 2."""
     args = build_parser().parse_args(argv)
-    per_split = {"train": args.train_per_class, "test": args.test_per_class}
+    per_class = {"train": args.train_per_class, "val": args.test_per_class}
     try:
-        if min(per_split.values()) < 1:
+        if min(per_class.values()) < 1:
             raise InputError("--train-per-class and --test-per-class must be at least 1")
-        counts = write_fmnist_folder(Path(args.out), args.path, per_split, args.seed)
+        counts = write_fmnist_folder(Path(args.out), args.path, per_class, args.seed)
     except (InputError, DataError) as err:
         print(f"make_fmnist_folder: error: {err}", file=sys.stderr)
         return 2

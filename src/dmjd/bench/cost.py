@@ -70,7 +70,11 @@ class CostModel:
 
     def bound(self, cores: float) -> str:
         """``"data"`` when the loader limits the rate with ``cores`` cores, else ``"compute"``."""
-        return "data" if self.data_views_per_s(cores) < self.compute_views_per_s else "compute"
+        return self.limit(self.views_per_s(cores))
+
+    def limit(self, views_per_s: float) -> str:
+        """What limits a predicted rate: ``"data"`` below the step's compute rate, else ``"compute"``."""
+        return "data" if views_per_s < self.compute_views_per_s else "compute"
 
     def machine_views_per_s(self, device_type: str, cores: float) -> float:
         """Views/s through the loader on a machine with ``cores`` CPU cores: shared with the step
@@ -199,8 +203,7 @@ def run_cost_benchmark(
                 measured = data_path_rate(cost_config(folder, model, method, "loader", w, batch, img_size), workdir,
                                           steps, warmup)  # fmt: skip
                 predicted = cost.shared_cpu_views_per_s(cores, w)
-                bound = "compute" if predicted >= cost.compute_views_per_s else "data"
-                entry[f"loader_{w}"] = {"measured": measured, "predicted": predicted, "bound": bound}
+                entry[f"loader_{w}"] = {"measured": measured, "predicted": predicted, "bound": cost.limit(predicted)}
             print(f"cost: {model} {method}: " + ", ".join(
                 f"{k} {v if isinstance(v, (int, float)) else v['measured']:.1f}" for k, v in entry.items()
                 if k != "num_views"), flush=True)  # fmt: skip
@@ -362,7 +365,7 @@ def cost_split(configs: dict[str, Config], workdir: Path, steps: int = 3, warmup
         "baseline": baseline,
         "methods": {label: {"num_views": m.num_views, "compute_views_per_s": m.compute_views_per_s,
                             "views_per_s": rates[label],
-                            "bound": "data" if rates[label] < m.compute_views_per_s else "compute",
+                            "bound": m.limit(rates[label]),
                             "speedup": rates[label] / rates[baseline]}
                     for label, m in models.items()},
     }  # fmt: skip

@@ -387,11 +387,12 @@ class Pretrainer:
         if self.logger is not None:
             (self.output_dir / "config.yaml").write_text(config_to_yaml(self.cfg))
             if plan.replanned_at == self.state.opt_step or not plan.checked:
+                line = f"dmjd: {describe_plan(plan)}"
                 if worth_showing(plan, self._shown_plan_steps):
-                    self.logger.print(f"dmjd: {describe_plan(plan)}")
+                    self.logger.print(line)
                     self._shown_plan_steps = plan.total_steps
                 else:
-                    self.logger.write(f"dmjd: {describe_plan(plan)}")
+                    self.logger.write(line)
 
     def _epoch_complete(self) -> bool:
         """Whether the epoch ran to its end: to its last step (also when the time budget or ``optim.max_steps``
