@@ -86,6 +86,17 @@ def test_the_auto_recipe_takes_the_architecture_from_model_init(tmp_path):
     assert trainer.cfg.model.embed_dim == 192
 
 
+def test_the_continued_recipe_evaluates_labelled_data_about_five_times(tmp_path):
+    from dmjd.recipe import auto_config
+
+    official_mae_checkpoint(tmp_path / "mae.pth")
+    init = f"model.init={tmp_path / 'mae.pth'}"
+    short, long = (auto_config(["data.name=embedded", init, f"train.budget={b}"], "cpu", 1e9) for b in ("10s", "2h"))
+    intervals = [{c.key: c for c in r.choices}["monitor.interval"] for r in (short, long)]
+    assert intervals[0].value == 1 and intervals[1].value > 1 and "the starting encoder" in intervals[1].reason
+    assert short.config.monitor.interval == 1
+
+
 def test_closing_lines_compare_with_the_starting_encoder():
     from dmjd.cli import achievement_lines, meaning_lines
 

@@ -171,7 +171,7 @@ def choose_recipe(
         ConfigError: an unknown method, or a data set smaller than the smallest batch.
     """
     if start is not None:
-        return _continued_recipe(profile, method, device_type, start)
+        return _continued_recipe(profile, budget_s, method, flops_per_s, device_type, start)
     if method not in METHODS:
         raise ConfigError(f"recipe.method={method!r}; choose from {', '.join(METHODS)}")
     n = profile.num_images
@@ -210,24 +210,25 @@ def choose_recipe(
     if profile.path is not None:  # a named set at its default location has no folder to name
         choices.append(Choice("data.path", profile.path, "the data set's folder"))
     if profile.labelled:
-        every = max(1, round(epochs / 5))
-        choices.append(Choice("monitor.interval", every, f"labelled data: kNN + linear probe every {every} epochs "
-                              "(about 5 evaluations), against the untrained encoder and raw pixels"))  # fmt: skip
+        choices.append(_monitor_choice(epochs, "the untrained encoder"))
     return choices + method_choices(method, grid, patch, size.width)
 
 
-def _continued_recipe(profile: DataProfile, method: str, device_type: str, start: SourceArch) -> list[Choice]:
+def _continued_recipe(
+    profile: DataProfile, budget_s: float, method: str, flops_per_s: float, device_type: str, start: SourceArch
+) -> list[Choice]:
     """``choose_recipe`` when pre-training continues from ``start``: its architecture, a lower base lr,
-    a short warmup."""
+    a short warmup, and on labelled data the monitor's interval from the epochs the budget trains it."""
     patch = start.patch_size
     side = max(4 * patch, -(-image_side(profile) // patch) * patch)
     grid = side // patch
+    batch = _batch(profile.num_images, device_type)
     choices = [
         Choice("model.img_size", side, f"typical image {profile.typical_size[0]}x{profile.typical_size[1]} px, "
                f"a multiple of the starting encoder's patch {patch}"),
         Choice("model.patch_size", patch, f"the starting encoder's (model.init): a {grid}x{grid} token grid"),
         Choice("model.in_chans", profile.channels, "grey images" if profile.channels == 1 else "colour images"),
-        Choice("optim.batch_size", _batch(profile.num_images, device_type), f"{profile.num_images:,} images: at least 8 steps per epoch"),
+        Choice("optim.batch_size", batch, f"{profile.num_images:,} images: at least 8 steps per epoch"),
         Choice("optim.blr", CONTINUED_BLR, CONTINUED_BLR_REASON),
         Choice("optim.lr_rule", "dmjd", "Eq. 4 (equals the linear rule for K = 1)"),
         Choice("train.budget_warmup", CONTINUED_WARMUP, "a short warmup: the encoder is trained already"),
@@ -235,7 +236,18 @@ def _continued_recipe(profile: DataProfile, method: str, device_type: str, start
     ]  # fmt: skip
     if profile.path is not None:
         choices.append(Choice("data.path", profile.path, "the data set's folder"))
+    if profile.labelled:
+        size = VitSize(start.embed_dim, start.depth, start.num_heads, CONTINUED_BLR)
+        epochs = _epochs(profile, budget_s, method, flops_per_s, size, side, patch, batch)
+        choices.append(_monitor_choice(epochs, "the starting encoder"))
     return choices + method_choices(method, grid, patch, start.embed_dim)
+
+
+def _monitor_choice(epochs: float, baseline: str) -> Choice:
+    """Labelled data: evaluate about 5 times over the ``epochs`` the budget is expected to train."""
+    every = max(1, round(epochs / 5))
+    return Choice("monitor.interval", every, f"labelled data: kNN + linear probe every {every} epochs "
+                  f"(about 5 evaluations), against {baseline} and raw pixels")  # fmt: skip
 
 
 def _size_reason(size: VitSize, rung: str, epochs: float) -> str:
@@ -257,14 +269,27 @@ def _model_size(
     profile: DataProfile, budget_s: float, method: str, flops_per_s: float, side: int, patch: int, batch: int
 ) -> tuple[VitSize, float]:
     """The largest ladder rung the budget trains for ``MIN_EPOCHS`` (else the smallest), with its epochs."""
-    steps_per_epoch = max(profile.num_images // batch, 1)
     chosen = VIT_LADDER[0], 0.0
     for size in VIT_LADDER:
-        step_s = step_flops(size, side, patch, profile.channels, method, batch) / flops_per_s
-        epochs = budget_s / step_s / steps_per_epoch
+        epochs = _epochs(profile, budget_s, method, flops_per_s, size, side, patch, batch)
         if size is VIT_LADDER[0] or epochs >= MIN_EPOCHS:
             chosen = size, epochs
     return chosen
+
+
+def _epochs(
+    profile: DataProfile,
+    budget_s: float,
+    method: str,
+    flops_per_s: float,
+    size: VitSize,
+    side: int,
+    patch: int,
+    batch: int,
+) -> float:
+    """The epochs ``budget_s`` trains ``size`` on this data, at the step rate ``step_flops`` estimates."""
+    step_s = step_flops(size, side, patch, profile.channels, method, batch) / flops_per_s
+    return budget_s / step_s / max(profile.num_images // batch, 1)
 
 
 def method_choices(method: str, grid: int, patch: int, width: int) -> list[Choice]:
