@@ -497,6 +497,7 @@ def test_the_demo_ends_with_its_knn_next_to_untrained_encoder_and_raw_pixels(dem
     summary = json.loads((folder / "summary.json").read_text())
     for key in ("evaluation", "evaluation_untrained", "evaluation_raw_pixels"):
         assert 0 <= summary[key]["knn_top1"] <= 1
+    assert summary["evaluation_test_images"] > 0  # the closing words weigh a change against it
     accuracy = curves_figure([folder]).axes[2]
     assert any(len(line.get_xdata()) == 3 for line in accuracy.get_lines())  # epochs 0, 1, 2
     assert (folder / "curves.png").stat().st_size > 0

@@ -104,3 +104,17 @@ def test_closing_lines_compare_with_the_starting_encoder():
     assert "starting encoder 0.7000" in achievement_lines(summary, "photos", init="mae.pth")[0]
     assert "from 70.0 % (at the start) to 80.0 %" in meaning_lines(summary, "photos", init="mae.pth")[0]
     assert "untrained encoder 0.7000" in achievement_lines(summary, "photos")[0]
+
+
+def test_the_closing_words_call_a_change_within_the_test_splits_sampling_error_none():
+    from dmjd.cli import meaning_lines
+    from dmjd.eval.chance import sampling_error
+
+    assert abs(sampling_error(0.62, 1000) - 0.0301) < 1e-4
+    small = {"evaluation": {"knn_top1": 0.621, "epoch": 2}, "evaluation_untrained": {"knn_top1": 0.620},
+             "evaluation_test_images": 1000}  # fmt: skip
+    assert "within the sampling error of its 1,000 test images" in meaning_lines(small, "photos", init="s.pth")[0]
+    large = {**small, "evaluation_test_images": 10**7}  # 0.03 points of sampling error
+    fall = {**small, "evaluation": {"knn_top1": 0.55, "epoch": 2}}
+    assert "lowered the encoder's kNN top-1 (62.0 % untrained, 55.0 % now)" in meaning_lines(fall, "photos")[0]
+    assert "raised the encoder's kNN top-1 from 62.0 % (untrained) to 62.1 %" in meaning_lines(large, "photos")[0]

@@ -116,7 +116,8 @@ def sample_images(cfg: Config, n: int) -> torch.Tensor:
 def monitor_hook(cfg: Config, trainer: Pretrainer) -> Callable[[Pretrainer], dict | None] | None:
     """The online kNN / linear-probe monitor as an epoch hook, when ``monitor.interval`` > 0.
 
-    Its first call (step 0: the untrained encoder) also reports the raw-pixel baselines.
+    Its first call (step 0: the untrained encoder) also reports the raw-pixel baselines and the
+    number of test images (``test_images``), which says how large a change the probes can tell.
     """
     if cfg.monitor.interval == 0 or not trainer.dist.is_main:
         return None
@@ -126,7 +127,7 @@ def monitor_hook(cfg: Config, trainer: Pretrainer) -> Callable[[Pretrainer], dic
 
     def hook(t: Pretrainer) -> dict | None:
         if t.state.opt_step == 0:
-            return {**monitor(t.model.encoder), **monitor.pixel_baseline()}
+            return {**monitor(t.model.encoder), **monitor.pixel_baseline(), "test_images": len(monitor.test_set)}
         if t.state.epoch % cfg.monitor.interval == 0 or t.finished or t.time_up:
             return monitor(t.model.encoder)
         return None
@@ -153,7 +154,10 @@ def achievement_lines(summary: dict[str, Any], data_name: str, init: str | None 
 
 def meaning_lines(summary: dict[str, Any], data: str, init: str | None = None) -> list[str]:
     """What a monitored run's numbers mean, in words (trained against untrained, or the ``model.init``
-    start, against raw pixels), and what to run next."""
+    start, against raw pixels), and what to run next. A change within the sampling error of the
+    test split (``dmjd.eval.chance.sampling_error``) is said to be one, not a rise or a fall."""
+    from dmjd.eval.chance import sampling_error
+
     before = "at the start" if init else "untrained"
     trained, untrained = summary.get("evaluation", {}), summary.get("evaluation_untrained", {})
     key = next((k for k in ("knn_top1", "linprobe_top1") if k in trained and k in untrained), None)
@@ -162,10 +166,16 @@ def meaning_lines(summary: dict[str, Any], data: str, init: str | None = None) -
     name = {"knn_top1": "kNN", "linprobe_top1": "linear-probe"}[key]
     value, start = 100 * trained[key], 100 * untrained[key]
     pixels = summary.get("evaluation_raw_pixels", {}).get(key)
-    gain = value - start
-    words = (f"pre-training raised the encoder's {name} top-1 from {start:.1f} % ({before}) to {value:.1f} % "
-             f"({gain:+.1f} points)" if gain > 0 else
-             f"pre-training did not raise the encoder's {name} top-1 ({start:.1f} % {before}, {value:.1f} % now)")  # fmt: skip
+    gain, n = value - start, summary.get("evaluation_test_images")
+    noise = 100 * sampling_error((value + start) / 200, n) if n else 0.0
+    if abs(gain) <= noise:
+        words = (f"pre-training left the encoder's {name} top-1 within the sampling error of its {n:,} test images "
+                 f"({start:.1f} % {before}, {value:.1f} % now; ±{noise:.1f} points)")  # fmt: skip
+    elif gain > 0:
+        words = (f"pre-training raised the encoder's {name} top-1 from {start:.1f} % ({before}) to {value:.1f} % "
+                 f"({gain:+.1f} points)")  # fmt: skip
+    else:
+        words = f"pre-training lowered the encoder's {name} top-1 ({start:.1f} % {before}, {value:.1f} % now)"
     if pixels is not None:
         beat = value > 100 * pixels
         words += (f", above raw pixels' {100 * pixels:.1f} %" if beat else

@@ -270,8 +270,8 @@ def saved_evals(output_dir: Path) -> list[dict[str, Any]]:
 
 def evaluation_summary(evals: list[dict[str, Any]]) -> dict[str, Any]:
     """The last evaluation's accuracies (``evaluation``), those of the untrained encoder
-    (``evaluation_untrained``, the epoch-0 evaluation) and the ``pixels_*`` baselines it
-    reported (``evaluation_raw_pixels``)."""
+    (``evaluation_untrained``, the epoch-0 evaluation), the ``pixels_*`` baselines it reported
+    (``evaluation_raw_pixels``) and the test split's size (``evaluation_test_images``) when it said it."""
     if not evals:
         return {}
     first, last = evals[0], evals[-1]
@@ -282,4 +282,6 @@ def evaluation_summary(evals: list[dict[str, Any]]) -> dict[str, Any]:
         pixels = {k.removeprefix("pixels_"): v for k, v in first.items() if k.startswith("pixels_")}
         if pixels:
             out["evaluation_raw_pixels"] = pixels
+        if "test_images" in first:
+            out["evaluation_test_images"] = first["test_images"]
     return out
