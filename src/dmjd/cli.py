@@ -127,7 +127,7 @@ def monitor_hook(cfg: Config, trainer: Pretrainer) -> Callable[[Pretrainer], dic
 
     def hook(t: Pretrainer) -> dict | None:
         if t.state.opt_step == 0:
-            return {**monitor(t.model.encoder), **monitor.pixel_baseline(), "test_images": len(monitor.test_set)}
+            return {**monitor(t.model.encoder), **monitor.pixel_baseline(), "test_images": len(cast(Sized, monitor.test_set))}
         if t.state.epoch % cfg.monitor.interval == 0 or t.finished or t.time_up:
             return monitor(t.model.encoder)
         return None
