@@ -352,6 +352,16 @@ def test_report_reads_an_output_written_before_the_testbed_rename(smoke_dir, tmp
     assert "- Testbed `smoke`: " in report
 
 
+def test_the_report_says_where_a_run_departs_from_its_testbeds_defaults(smoke_dir):
+    from dmjd.bench.report import header_lines
+
+    results = json.loads((smoke_dir / "results.json").read_text())
+    assert not any("departs" in line for line in header_lines(results))  # the testbed's own settings
+    results.update(sections=["dm_block"], ete=300.0)
+    line = next(line for line in header_lines(results) if "departs" in line)
+    assert "sections dm_block (testbed: main" in line and "300 ETE per run (testbed: a time budget)" in line
+
+
 def _as_seed(results: dict, seed: int) -> dict:
     """A copy of a one-seed benchmark output relabelled as another seed's."""
     out = json.loads(json.dumps(results))

@@ -366,6 +366,23 @@ def _claim_line(claim: Claim, base: str, lin: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------- report
+def departures(results: dict[str, Any], testbed: dict[str, Any]) -> list[str]:
+    """What a benchmark set on the command line against its testbed's defaults (sections, seeds, ETE
+    or time budget), so that the testbed's description is not read as this run's."""
+    out = []
+    for key in ("sections", "seeds"):
+        ran, default = list(results.get(key) or []), list(testbed.get(key) or [])
+        if ran and default and ran != default:
+            out.append(f"{key} {', '.join(map(str, ran))} (testbed: {', '.join(map(str, default))})")
+    ete, default_ete = results.get("ete"), testbed.get("ete")
+    if ete != default_ete:
+        run_words = f"{ete:g} ETE per run" if ete else f"a budget of {results['budget_s']:g} s per run"
+        out.append(f"{run_words} (testbed: {f'{default_ete:g} ETE' if default_ete else 'a time budget'})")
+    elif not ete and results.get("budget_s") != testbed.get("budget_s"):
+        out.append(f"a budget of {results['budget_s']:g} s per run (testbed: {testbed.get('budget_s'):g} s)")
+    return out
+
+
 def header_lines(results: dict[str, Any]) -> list[str]:
     """The report's opening: command, machine, date and commit, testbed, schedule rule, evaluation
     protocol and the settings every run shares."""
@@ -385,6 +402,8 @@ def header_lines(results: dict[str, Any]) -> list[str]:
         f"{length}; whole benchmark {results.get('wall_s', 0) / 60:.1f} min",
         f"- Schedule rule: {results['schedule_rule']}",
     ]
+    if changed := departures(results, testbed):
+        lines.insert(-1, f"- This run departs from the testbed's defaults: {'; '.join(changed)}")
     if ev:  # a benchmark of the step profile alone evaluates nothing
         lines.append(
             f"- Evaluation: weighted kNN (k={ev.get('knn_k')}) and logistic-regression linear probe on frozen "
