@@ -219,6 +219,28 @@ def test_image_folder_is_decoded_once_and_rebuilt_when_it_changes(tmp_path, monk
     assert len(grown.images) == 7 and len(list((tmp_path / "cache" / "decoded").glob("*.npz"))) == 2
 
 
+def test_two_processes_decoding_the_same_folder_at_once_both_succeed(tmp_path, monkeypatch):
+    """torchrun's ranks decode a new folder together; one rank's cache rename used to take the other's
+    temp file away (FileNotFoundError: the torchrun stop-signal test failed on it in 2 of 4 runs). Here the second process's
+    whole write runs between the first's write and its rename, the interleaving that failed."""
+    import dmjd.data.arrays as arrays
+
+    monkeypatch.setenv("DMJD_CACHE", str(tmp_path / "cache"))
+    _write_folder(tmp_path / "data", 3)
+    savez, nested, calls = np.savez, [], []
+
+    def savez_with_another_writer(file, **arrays_):
+        savez(file, **arrays_)
+        calls.append(file)
+        if len(calls) == 1:  # the first writer has written, not renamed: the other writes and renames
+            nested.append(load_image_array("imagefolder", "all", str(tmp_path / "data"), 24, 1))
+
+    monkeypatch.setattr(arrays.np, "savez", savez_with_another_writer)
+    first = load_image_array("imagefolder", "all", str(tmp_path / "data"), 24, 1)
+    assert np.array_equal(first.images, nested[0].images)
+    assert [p.name.endswith(".npz") for p in (tmp_path / "cache" / "decoded").iterdir()] == [True]  # no temp left
+
+
 def test_auto_takes_the_device_path_only_when_the_set_fits():
     assert choose_pipeline("auto", 10, 100)[0] == "device"
     assert choose_pipeline("auto", 1000, 100)[0] == "loader"

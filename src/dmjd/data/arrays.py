@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from dmjd.data.base import UNREADABLE_ERRORS, DataError, cache_dir, report_unreadable
 from dmjd.data.datasets import ArrayImages, ImageFiles, TorchvisionImages, build_dataset
 from dmjd.data.decode import to_mode
+from dmjd.io.atomic import atomic_writer
 
 LOG = logging.getLogger(__name__)
 
@@ -174,8 +175,6 @@ def _cached_folder(files: ImageFiles, size: int, in_chans: int, limit: int | Non
     images = np.stack([a for a in decoded if a is not None])
     labels = np.array([samples[i][1] for i in keep], dtype=np.int64)
     out = ImageArray(images, labels, len(samples) - len(keep))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp.npz")
-    np.savez(tmp, images=out.images, labels=out.labels, unreadable=np.int64(out.unreadable))
-    tmp.replace(cache)
+    with atomic_writer(cache) as f:  # a temp file of its own: torchrun's ranks decode the same folder at once
+        np.savez(f, images=out.images, labels=out.labels, unreadable=np.int64(out.unreadable))
     return out

@@ -33,6 +33,7 @@ from dmjd.data.base import (
 )
 from dmjd.data.shards import ShardImages, split_shards
 from dmjd.data.split import stratified_split
+from dmjd.io.atomic import atomic_writer
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
@@ -73,11 +74,9 @@ def _prepare_debian_fashion_mnist(src: Path, root: Path) -> None:
     raw.mkdir(parents=True, exist_ok=True)
     for gz in src.glob("*-ubyte.gz"):
         out = raw / gz.name.removesuffix(".gz")
-        if not out.exists():
-            tmp = out.with_suffix(".tmp")
-            with gzip.open(gz, "rb") as fin, open(tmp, "wb") as fout:
+        if not out.exists():  # each process its own temp file: torchrun's ranks may unpack at once
+            with gzip.open(gz, "rb") as fin, atomic_writer(out) as fout:
                 shutil.copyfileobj(fin, fout)
-            tmp.replace(out)
 
 
 def fashion_mnist(split: str, transform: Transform, path: str | None, download: bool) -> Dataset:
