@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence, Sized
 from pathlib import Path
 from types import FrameType
@@ -334,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     interrupt = _InterruptOnce()
     previous = signal.signal(signal.SIGINT, interrupt)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, interrupt.unraisable(sys.unraisablehook)
     try:
         return _run(argv)
     except BaseException as err:
@@ -346,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        sys.unraisablehook = previous_hook
 
 
 def console() -> int:
@@ -392,6 +395,25 @@ class _InterruptOnce:
         if os.getpid() == self.pid:
             self.fired = True
             raise KeyboardInterrupt
+
+    def unraisable(self, fallback: Callable[[Any], object]) -> Callable[[Any], None]:
+        """A ``sys.unraisablehook`` that delivers again an interrupt this handler raised where Python
+        cannot propagate it (a weakref callback, e.g. importlib's module-lock one, or a ``__del__``):
+        there it was printed as "Exception ignored" and lost, and the command ran on to exit 0.
+        Anything else goes to ``fallback``."""
+
+        def hook(info: Any) -> None:
+            if isinstance(info.exc_value, KeyboardInterrupt) and self.fired and os.getpid() == self.pid:
+                self.fired = False
+                signal.signal(signal.SIGINT, self)
+                # Sent from a thread a moment later: raised here, it would be lost in this hook too.
+                again = threading.Timer(0.01, os.kill, (self.pid, signal.SIGINT))
+                again.daemon = True
+                again.start()
+                return
+            fallback(info)
+
+        return hook
 
 
 def _run(argv: Sequence[str] | None) -> int:
