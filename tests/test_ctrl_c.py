@@ -60,7 +60,7 @@ def test_ctrl_c_twice_is_still_one_line_and_the_previous_handler_comes_back(monk
 
 def test_ctrl_c_that_lands_where_python_cannot_raise_it_still_interrupts(monkeypatch, capsys):
     """A SIGINT handled inside a ``__del__`` or a weakref callback (importlib's module-lock one, seen
-    once in six runs of the linprobe test below) was printed as "Exception ignored" and lost: the
+    in the linprobe test below) was printed as "Exception ignored" and lost: the
     command ran on to exit 0. It is delivered again after that place, and the command stops."""
 
     class Finalised:
