@@ -80,6 +80,24 @@ def test_ctrl_c_that_lands_where_python_cannot_raise_it_still_interrupts(monkeyp
     assert capsys.readouterr().err.strip().splitlines() == ["dmjd: interrupted"]
 
 
+def test_finalisers_of_objects_the_interrupt_cut_short_stay_off_the_console(monkeypatch, capsys):
+    """Ctrl-C inside a DataLoader iterator's construction left it without ``_workers_status``; its
+    ``__del__`` then failed as the command unwound, an "Exception ignored" traceback after the one line."""
+
+    class HalfBuilt:
+        def __init__(self) -> None:
+            raise KeyboardInterrupt  # the interrupt, before the attribute below is set
+
+        def __del__(self) -> None:
+            self.status.clear()  # AttributeError, as the DataLoader iterator's
+
+    printed = []  # what would reach the console as "Exception ignored"
+    monkeypatch.setattr(sys, "unraisablehook", printed.append)
+    monkeypatch.setattr("dmjd.eval.commands.load_source", lambda *_a, **_k: HalfBuilt())
+    assert main(["knn", "--checkpoint", "x"]) == EXIT_INTERRUPTED
+    assert capsys.readouterr().err.strip().splitlines() == ["dmjd: interrupted"] and printed == []
+
+
 def test_a_forked_loader_worker_ignores_ctrl_c():
     """Workers forked from the command inherit its handler, which leaves Ctrl-C to the main process."""
     handler = cli._InterruptOnce()

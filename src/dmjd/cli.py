@@ -343,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # loader's error) is the interrupt.
         if not (interrupt.fired or isinstance(err, KeyboardInterrupt)):
             raise
+        interrupt.stopping = True
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         say("\ndmjd: interrupted")  # on its own line, after the terminal's ^C
         return EXIT_INTERRUPTED
@@ -389,6 +390,7 @@ class _InterruptOnce:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.fired = False
+        self.stopping = False  # the command is unwinding from the interrupt
 
     def __call__(self, _signum: int, _frame: FrameType | None) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -400,9 +402,14 @@ class _InterruptOnce:
         """A ``sys.unraisablehook`` that delivers again an interrupt this handler raised where Python
         cannot propagate it (a weakref callback, e.g. importlib's module-lock one, or a ``__del__``):
         there it was printed as "Exception ignored" and lost, and the command ran on to exit 0.
-        Anything else goes to ``fallback``."""
+        While the command unwinds from the interrupt, the finalisers of objects it cut short in their
+        construction (a DataLoader iterator without its workers' status) fail: that goes to the log
+        at debug level, not the console. Anything else goes to ``fallback``."""
 
         def hook(info: Any) -> None:
+            if self.stopping:
+                logging.getLogger(__name__).debug("while stopping: %r in %r", info.exc_value, info.object)
+                return
             if isinstance(info.exc_value, KeyboardInterrupt) and self.fired and os.getpid() == self.pid:
                 self.fired = False
                 signal.signal(signal.SIGINT, self)
