@@ -90,6 +90,26 @@ def _stop_after_first_epoch(trainer):
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def test_a_signal_that_arrives_during_the_steps_agreement_stops_the_run_at_the_next_step(tmp_path, monkeypatch):
+    """The handler can run while ``agree_on_step`` waits in its collective (a rank waiting for the
+    others): the agreement then says "no signal", and assigning it erased the one just received, so
+    the run went on (a torchrun stop-signal test failed so, 1 run in 4). It stops one step later."""
+    import dmjd.engine.trainer as trainer_module
+
+    agree, calls = trainer_module.agree_on_step, []
+
+    def signal_during_the_collective(info, signum, seconds):
+        result = agree(info, signum, seconds)  # what the collective decided, without the signal below
+        calls.append(signum)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGTERM)  # the handler runs now, inside the "collective"
+        return result
+
+    monkeypatch.setattr(trainer_module, "agree_on_step", signal_during_the_collective)
+    with pytest.raises(TrainingInterrupted, match=r"SIGTERM received: saved .* at step 4 "):
+        Pretrainer(tiny_config("optim.epochs=2", "data.limit=256"), tmp_path / "run").fit()
+
+
 def test_an_interrupted_epoch_logs_the_loss_of_all_its_steps_and_says_where_it_stopped(tmp_path):
     cfg = tiny_config("optim.epochs=2", "data.limit=256")
     Pretrainer(cfg, tmp_path / "full").fit()

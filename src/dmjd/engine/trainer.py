@@ -340,7 +340,8 @@ class Pretrainer:
             epoch_sums.skipped += found_inf
             st.opt_step += 1
             signum, seconds = agree_on_step(self.dist, self.stop.signum, time.perf_counter() - self._run_start)
-            self.stop.signum = signum
+            if signum is not None:  # never None over a signal that arrived during the collective: that
+                self.stop.signum = signum  # one is shared at the next step (it was lost, 1 run in 4)
             if self.budget is not None:
                 self._observe_budget(seconds)
             if st.opt_step % cfg.train.log_interval == 0 or st.epoch_step >= usable_micro:
